@@ -1,0 +1,32 @@
+"""The ``certsrv`` command: one module per verb group, each a thin shell over the library."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import CertSrvError
+
+
+@click.group()
+@click.version_option(package_name="pycertsrv")
+def cli() -> None:
+    """pycertsrv: a certificate authority with online backup and consistent restore."""
+
+
+def main() -> None:
+    """Entry point: run the group, turning CertSrvError into one line and exit status 1."""
+    try:
+        cli.main(standalone_mode=False)
+    except CertSrvError as e:
+        click.echo(f"certsrv: {e}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("certsrv: aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)

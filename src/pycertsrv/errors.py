@@ -1,0 +1,249 @@
+"""HRESULT values and the exception tree of pycertsrv.
+
+Every failure the library, the service or the client reports is a :class:`CertSrvError`
+carrying the spec's HRESULT (spec §1.5), in the manner of pywin32's ``pywintypes.error``:
+``err.hresult``, ``err.function`` (the operation or subject) and ``err.message``.
+The service maps the HRESULT to an HTTP status; the client maps it back to the same class.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+S_OK = 0x00000000
+E_UNEXPECTED = 0x8000FFFF
+E_ACCESSDENIED = 0x80070005
+E_INVALIDARG = 0x80070057
+E_OUTOFMEMORY = 0x8007000E
+E_NOTIMPL = 0x80004001
+E_FAIL = 0x80004005
+ERROR_FILE_NOT_FOUND = 0x80070002
+ERROR_PATH_NOT_FOUND = 0x80070003
+ERROR_INVALID_HANDLE = 0x80070006
+ERROR_INVALID_DATA = 0x8007000D
+ERROR_SHARING_VIOLATION = 0x80070020
+ERROR_NOT_SUPPORTED = 0x80070032
+ERROR_FILE_EXISTS = 0x80070050
+ERROR_INVALID_PASSWORD = 0x80070056
+ERROR_DIR_NOT_EMPTY = 0x80070091
+ERROR_ALREADY_EXISTS = 0x800700B7
+ERROR_DIRECTORY = 0x8007010B
+ERROR_BUSY = 0x800700AA
+ERROR_CRC = 0x80070017
+ERROR_OBJECT_EXISTS = 0x80071392
+ERROR_INVALID_STATE = 0x8007139F
+RPC_S_SERVER_UNAVAILABLE = 0x800706BA
+CRYPT_E_NOT_FOUND = 0x80092004
+CRYPT_E_NO_MATCH = 0x80092009
+NTE_BAD_SIGNATURE = 0x80090006
+NTE_BAD_KEY = 0x80090003
+CERTSRV_E_BAD_REQUESTSUBJECT = 0x80094001
+CERTSRV_E_NO_REQUEST = 0x80094002
+CERTSRV_E_BAD_REQUESTSTATUS = 0x80094003
+CERTSRV_E_PROPERTY_EMPTY = 0x80094004
+CERTSRV_E_INVALID_CA_CERTIFICATE = 0x80094005
+CERTSRV_E_ENROLL_DENIED = 0x80094011
+CERTSRV_E_UNSUPPORTED_CERT_TYPE = 0x80094800
+CERTSRV_E_TEMPLATE_DENIED = 0x80094012
+CERTSRV_E_BAD_RENEWAL_CERT_ATTRIBUTE = 0x8009400E
+CERTSRV_E_KEY_LENGTH = 0x80094811
+CERTSRV_E_BAD_REQUEST_KEY_ARCHIVAL = 0x8009400D
+# ESE errors mapped as 0xC8000000 | -jet_err (spec §1.5 [INF]).
+JET_ERR_BACKUP_IN_PROGRESS = 0xC80001F9
+JET_ERR_RESTORE_IN_PROGRESS = 0xC80001FA
+JET_ERR_NO_BACKUP = 0xC8000208
+JET_ERR_INVALID_BACKUP_SEQUENCE = 0xC8000209
+JET_ERR_INVALID_BACKUP = 0xC800020E
+JET_ERR_ENDING_RESTORE_LOG_TOO_LOW = 0xC8000229
+JET_ERR_STARTING_RESTORE_LOG_TOO_HIGH = 0xC800022A
+JET_ERR_MISSING_RESTORE_LOG_FILES = 0xC800022D
+JET_ERR_MISSING_FULL_BACKUP = 0xC8000230
+JET_ERR_MISSING_FILE_TO_BACKUP = 0xC8000239
+JET_ERR_LOG_FILE_CORRUPT = 0xC80001F5  # -501
+JET_ERR_BAD_LOG_SIGNATURE = 0xC8000212  # -530 (log of another database)
+JET_ERR_MISSING_LOG_FILE = 0xC8000210  # -528
+JET_ERR_DATABASE_CORRUPTED = 0xC8000567  # -1383
+JET_ERR_BACKUP_ABORT_BY_SERVER = 0xC8000321
+JET_ERR_CHECKPOINT_CORRUPT = 0xC8000215  # -533
+JET_ERR_RESTORE_OF_NON_BACKUP_DATABASE = 0xC8000267  # -615
+
+HRESULT_NAMES: dict[int, str] = {
+    S_OK: "S_OK",
+    E_UNEXPECTED: "E_UNEXPECTED",
+    E_ACCESSDENIED: "E_ACCESSDENIED",
+    E_INVALIDARG: "E_INVALIDARG",
+    E_OUTOFMEMORY: "E_OUTOFMEMORY",
+    E_NOTIMPL: "E_NOTIMPL",
+    E_FAIL: "E_FAIL",
+    ERROR_FILE_NOT_FOUND: "ERROR_FILE_NOT_FOUND",
+    ERROR_PATH_NOT_FOUND: "ERROR_PATH_NOT_FOUND",
+    ERROR_INVALID_HANDLE: "ERROR_INVALID_HANDLE",
+    ERROR_INVALID_DATA: "ERROR_INVALID_DATA",
+    ERROR_SHARING_VIOLATION: "ERROR_SHARING_VIOLATION",
+    ERROR_NOT_SUPPORTED: "ERROR_NOT_SUPPORTED",
+    ERROR_FILE_EXISTS: "ERROR_FILE_EXISTS",
+    ERROR_INVALID_PASSWORD: "ERROR_INVALID_PASSWORD",
+    ERROR_DIR_NOT_EMPTY: "ERROR_DIR_NOT_EMPTY",
+    ERROR_ALREADY_EXISTS: "ERROR_ALREADY_EXISTS",
+    ERROR_DIRECTORY: "ERROR_DIRECTORY",
+    ERROR_BUSY: "ERROR_BUSY",
+    ERROR_CRC: "ERROR_CRC",
+    ERROR_OBJECT_EXISTS: "ERROR_OBJECT_EXISTS",
+    ERROR_INVALID_STATE: "ERROR_INVALID_STATE",
+    RPC_S_SERVER_UNAVAILABLE: "RPC_S_SERVER_UNAVAILABLE",
+    CRYPT_E_NOT_FOUND: "CRYPT_E_NOT_FOUND",
+    CRYPT_E_NO_MATCH: "CRYPT_E_NO_MATCH",
+    NTE_BAD_SIGNATURE: "NTE_BAD_SIGNATURE",
+    NTE_BAD_KEY: "NTE_BAD_KEY",
+    CERTSRV_E_BAD_REQUESTSUBJECT: "CERTSRV_E_BAD_REQUESTSUBJECT",
+    CERTSRV_E_NO_REQUEST: "CERTSRV_E_NO_REQUEST",
+    CERTSRV_E_BAD_REQUESTSTATUS: "CERTSRV_E_BAD_REQUESTSTATUS",
+    CERTSRV_E_PROPERTY_EMPTY: "CERTSRV_E_PROPERTY_EMPTY",
+    CERTSRV_E_INVALID_CA_CERTIFICATE: "CERTSRV_E_INVALID_CA_CERTIFICATE",
+    CERTSRV_E_ENROLL_DENIED: "CERTSRV_E_ENROLL_DENIED",
+    CERTSRV_E_UNSUPPORTED_CERT_TYPE: "CERTSRV_E_UNSUPPORTED_CERT_TYPE",
+    CERTSRV_E_TEMPLATE_DENIED: "CERTSRV_E_TEMPLATE_DENIED",
+    CERTSRV_E_BAD_RENEWAL_CERT_ATTRIBUTE: "CERTSRV_E_BAD_RENEWAL_CERT_ATTRIBUTE",
+    CERTSRV_E_KEY_LENGTH: "CERTSRV_E_KEY_LENGTH",
+    CERTSRV_E_BAD_REQUEST_KEY_ARCHIVAL: "CERTSRV_E_BAD_REQUEST_KEY_ARCHIVAL",
+    JET_ERR_BACKUP_IN_PROGRESS: "JET_errBackupInProgress",
+    JET_ERR_RESTORE_IN_PROGRESS: "JET_errRestoreInProgress",
+    JET_ERR_NO_BACKUP: "JET_errNoBackup",
+    JET_ERR_INVALID_BACKUP_SEQUENCE: "JET_errInvalidBackupSequence",
+    JET_ERR_INVALID_BACKUP: "JET_errInvalidBackup",
+    JET_ERR_ENDING_RESTORE_LOG_TOO_LOW: "JET_errEndingRestoreLogTooLow",
+    JET_ERR_STARTING_RESTORE_LOG_TOO_HIGH: "JET_errStartingRestoreLogTooHigh",
+    JET_ERR_MISSING_RESTORE_LOG_FILES: "JET_errMissingRestoreLogFiles",
+    JET_ERR_MISSING_FULL_BACKUP: "JET_errMissingFullBackup",
+    JET_ERR_MISSING_FILE_TO_BACKUP: "JET_errMissingFileToBackup",
+    JET_ERR_LOG_FILE_CORRUPT: "JET_errLogFileCorrupt",
+    JET_ERR_BAD_LOG_SIGNATURE: "JET_errBadLogSignature",
+    JET_ERR_MISSING_LOG_FILE: "JET_errMissingLogFile",
+    JET_ERR_DATABASE_CORRUPTED: "JET_errDatabaseCorrupted",
+    JET_ERR_BACKUP_ABORT_BY_SERVER: "JET_errBackupAbortByServer",
+    JET_ERR_CHECKPOINT_CORRUPT: "JET_errCheckpointCorrupt",
+    JET_ERR_RESTORE_OF_NON_BACKUP_DATABASE: "JET_errRestoreOfNonBackupDatabase",
+}
+
+
+def hresult_from_win32(code: int) -> int:
+    """Wrap a Win32 error code as an HRESULT (spec §1.5 helper)."""
+    return code if code <= 0 else (0x80070000 | (code & 0xFFFF))
+
+
+def hresult_name(hresult: int) -> str:
+    """Symbolic name of an HRESULT, or its hex form when unknown."""
+    return HRESULT_NAMES.get(hresult & 0xFFFFFFFF, f"HRESULT_{hresult & 0xFFFFFFFF:08X}")
+
+
+class CertSrvError(Exception):
+    """A failure with the spec's HRESULT.
+
+    :param hresult: the HRESULT (spec §1.5).
+    :param function: the operation or subject that failed (e.g. ``"backup"``, ``"CertSrvBackupOpenFile"``).
+    :param message: one line naming what went wrong.
+    """
+
+    default_hresult: ClassVar[int] = E_FAIL
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, hresult: int | None = None, function: str = "", message: str = "") -> None:
+        self.hresult = (self.default_hresult if hresult is None else hresult) & 0xFFFFFFFF
+        self.function = function
+        self.message = message
+        super().__init__(str(self))
+
+    @property
+    def name(self) -> str:
+        """The HRESULT's symbolic name."""
+        return hresult_name(self.hresult)
+
+    def __str__(self) -> str:
+        subject = f"{self.function}: " if self.function else ""
+        return f"{subject}0x{self.hresult:08X} {self.name}: {self.message}"
+
+    def __reduce__(self) -> tuple[type[CertSrvError], tuple[int, str, str]]:
+        return (type(self), (self.hresult, self.function, self.message))
+
+    def to_json(self) -> dict[str, object]:
+        """The error as the service's JSON body."""
+        return {
+            "hresult": self.hresult,
+            "hresult_hex": f"0x{self.hresult:08X}",
+            "name": self.name,
+            "function": self.function,
+            "message": self.message,
+            "error": type(self).__name__,
+        }
+
+
+class InvalidArgument(CertSrvError):
+    """Malformed or unacceptable input (bad CSR, unknown name, bad flag)."""
+
+    default_hresult = E_INVALIDARG
+    http_status = 400
+
+
+class AccessDenied(CertSrvError):
+    """The caller lacks the role the call needs (spec §1.6)."""
+
+    default_hresult = E_ACCESSDENIED
+    http_status = 403
+
+
+class NotFound(CertSrvError):
+    """The named request, certificate, file or session does not exist."""
+
+    default_hresult = ERROR_FILE_NOT_FOUND
+    http_status = 404
+
+
+class SequenceError(CertSrvError):
+    """A call made out of the order spec §2.20 allows."""
+
+    default_hresult = E_UNEXPECTED
+    http_status = 409
+
+
+class Conflict(CertSrvError):
+    """The target is busy, exists already or is in a state that forbids the call."""
+
+    default_hresult = ERROR_BUSY
+    http_status = 409
+
+
+class CorruptData(CertSrvError):
+    """A log, database, checkpoint or backup file failed its checks."""
+
+    default_hresult = JET_ERR_LOG_FILE_CORRUPT
+    http_status = 500
+
+
+class Unavailable(CertSrvError):
+    """The service could not be reached or is shutting down."""
+
+    default_hresult = RPC_S_SERVER_UNAVAILABLE
+    http_status = 503
+
+
+ERROR_CLASSES: dict[str, type[CertSrvError]] = {
+    cls.__name__: cls
+    for cls in (
+        CertSrvError,
+        InvalidArgument,
+        AccessDenied,
+        NotFound,
+        SequenceError,
+        Conflict,
+        CorruptData,
+        Unavailable,
+    )
+}
+
+
+def error_from_json(body: dict[str, object]) -> CertSrvError:
+    """Rebuild the exception a service sent as JSON (the client's half of the mapping)."""
+    cls = ERROR_CLASSES.get(str(body.get("error", "")), CertSrvError)
+    raw = body.get("hresult", E_FAIL)
+    hresult = raw if isinstance(raw, int) else E_FAIL
+    return cls(hresult, str(body.get("function", "")), str(body.get("message", "")))

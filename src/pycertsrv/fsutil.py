@@ -1,0 +1,151 @@
+"""Crash-safe file helpers: temp name, fsync, rename, fsync the directory."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import ERROR_SHARING_VIOLATION, Conflict
+
+CHUNK = 1 << 20
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename or unlink inside it is durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` atomically and durably.
+
+    :param path: the final name; a temp name beside it is written, fsynced and renamed.
+    :param data: the whole content.
+    :param mode: permission bits of the new file.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fsync_file(path: Path) -> None:
+    """fsync an existing file by name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class HomeLock:
+    """An exclusive ``flock`` on a home, with the holder's pid written inside.
+
+    :param home: the CA home directory.
+    :param purpose: what the holder does (shown to a second opener).
+    """
+
+    FILENAME = ".lock"
+
+    def __init__(self, home: Path, purpose: str = "open") -> None:
+        self.home = Path(home)
+        self.path = self.home / self.FILENAME
+        self.purpose = purpose
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise ``Conflict`` (ERROR_SHARING_VIOLATION) naming the holder's pid."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self.holder() or "unknown pid"
+            os.close(fd)
+            raise Conflict(
+                ERROR_SHARING_VIOLATION,
+                str(self.home),
+                f"home is in use by another process ({holder}); stop it first",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} {self.purpose}\n".encode())
+        self._fd = fd
+
+    def holder(self) -> str | None:
+        """The text the current holder wrote (``pid N purpose``), if any."""
+        try:
+            return self.path.read_text().strip() or None
+        except OSError:
+            return None
+
+    def is_held(self) -> bool:
+        """Whether some process (possibly this one) holds the lock now."""
+        if self._fd is not None:
+            return True
+        if not self.path.exists():
+            return False
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def release(self) -> None:
+        """Drop the lock (idempotent)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> HomeLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def cleanup_on_failure(*paths: Path) -> Iterator[None]:
+    """Remove ``paths`` (files or trees) if the body raises; used for staging areas."""
+    import shutil
+
+    try:
+        yield
+    except BaseException:
+        for p in paths:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+        raise

@@ -1,0 +1,765 @@
+"""The CA database engine: redo log with group commit, SQLite materialised tables, checkpoint,
+soft recovery at open, hard recovery from a backup.
+
+Public interface (the CA and backup layers use nothing else, so a PostgreSQL backend can
+sit behind the same names later):
+
+- ``Store.create(home, name)`` / ``Store.open(home)`` — make or open a home's database
+  (exclusive ``flock``; open runs soft recovery and reports it in ``store.recovery``).
+- ``store.transaction()`` — ``with`` block collecting row images; durable when it exits.
+- ``store.get / select / count / max_value`` — reads of applied state.
+- ``store.roll_log()`` — close the current generation, return its number.
+- ``store.generations()`` — generations with LSN ranges and times.
+- ``store.checkpoint()`` — sync SQLite, write ``system/edb.chk``.
+- ``store.truncate_logs(below)`` — delete generations below one not needed for recovery.
+- ``store.snapshot(dest)`` — consistent copy of SQLite at some LSN, without stopping writers.
+- ``hard_recover(db, log_dir, gen_low, gen_high)`` — replay backed-up logs onto a snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import (
+    E_INVALIDARG,
+    E_UNEXPECTED,
+    ERROR_FILE_EXISTS,
+    ERROR_FILE_NOT_FOUND,
+    JET_ERR_CHECKPOINT_CORRUPT,
+    JET_ERR_DATABASE_CORRUPTED,
+    JET_ERR_MISSING_LOG_FILE,
+    CertSrvError,
+    Conflict,
+    CorruptData,
+    InvalidArgument,
+    NotFound,
+)
+from ..fsutil import HomeLock, atomic_write, fsync_dir, fsync_file
+from . import logfile, schema
+from .replay import RecoveryReport, apply_ops, check_chain, encode_payload, read_meta, replay, set_applied
+
+DB_DIR = "db"
+LOG_DIR = "logs"
+SYSTEM_DIR = "system"
+CHECKPOINT_FILE = "edb.chk"
+OPS = {"=", "!=", "<", "<=", ">", ">=", "is null", "is not null", "like"}
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """Engine settings.
+
+    :param log_size: roll the generation when it would grow past this many bytes.
+    :param checkpoint_records: checkpoint after this many applied records (0: only on demand/close).
+    :param circular_logging: delete generations below the checkpoint by itself (no incrementals).
+    """
+
+    log_size: int = 8 << 20
+    checkpoint_records: int = 20000
+    circular_logging: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationInfo:
+    """A log generation: number, file, LSN range (last is first-1 when empty), times, state."""
+
+    generation: int
+    path: Path
+    first_lsn: int
+    last_lsn: int
+    created_us: int
+    size: int
+    closed: bool
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The checkpoint: every LSN up to ``lsn`` is durable in SQLite; ``generation`` holds ``lsn+1``."""
+
+    lsn: int
+    generation: int
+    time_us: int
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A consistent SQLite copy: the LSN it contains and the generation holding the next record."""
+
+    path: Path
+    lsn: int
+    generation: int
+    size: int
+
+
+def db_file_name(name: str) -> str:
+    """The database file name for a CA name (path-safe)."""
+    safe = "".join(c if (c.isalnum() or c in "-_ .") else "_" for c in name).strip(" .") or "ca"
+    return f"{safe}.db"
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # Relaxed sync is safe: the redo log is the durable record and SQLite is rebuilt from it;
+    # NORMAL in WAL mode keeps the file consistent across power loss (it may lose the tail).
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def read_checkpoint(path: Path) -> Checkpoint | None:
+    """Read ``edb.chk``; None when absent, CorruptData when unreadable."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        doc = json.loads(raw)
+        body = json.dumps(doc["body"], sort_keys=True).encode()
+        import zlib
+
+        if zlib.crc32(body) != doc["crc32"]:
+            raise ValueError("checksum mismatch")
+        b = doc["body"]
+        return Checkpoint(int(b["lsn"]), int(b["generation"]), int(b["time_us"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptData(JET_ERR_CHECKPOINT_CORRUPT, path.name, f"checkpoint file is corrupt: {e}") from None
+
+
+def write_checkpoint(path: Path, cp: Checkpoint, identity: str) -> None:
+    """Write ``edb.chk`` atomically with a CRC32 over its body."""
+    import zlib
+
+    body = {"lsn": cp.lsn, "generation": cp.generation, "time_us": cp.time_us, "identity": identity}
+    raw = json.dumps(body, sort_keys=True).encode()
+    atomic_write(path, json.dumps({"body": body, "crc32": zlib.crc32(raw)}, sort_keys=True).encode())
+
+
+class Transaction:
+    """Row images collected inside ``with store.transaction() as tx``; written when the block exits."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.ops: list[list[Any]] = []
+        self._overlay: dict[tuple[str, tuple[Any, ...]], dict[str, Any] | None] = {}
+        self.lsn: int | None = None
+
+    def put(self, table: str, row: dict[str, Any]) -> None:
+        """Store the whole resulting row (missing columns are NULL)."""
+        t = schema.table(table)
+        image = schema.row_to_image(t, row)
+        self.ops.append([table, "p", image])
+        key = tuple(row[k] for k in t.key)
+        self._overlay[(table, key)] = {c: row.get(c) for c in t.column_names}
+
+    def delete(self, table: str, key: Any) -> None:
+        """Delete a row by primary key (a scalar or a tuple)."""
+        t = schema.table(table)
+        k = key if isinstance(key, tuple) else (key,)
+        if len(k) != len(t.key):
+            raise InvalidArgument(None, "store", f"key for {table} needs {len(t.key)} values")
+        self.ops.append([table, "d", list(k)])
+        self._overlay[(table, k)] = None
+
+    def get(self, table: str, key: Any) -> dict[str, Any] | None:
+        """Read a row as this transaction sees it (its own writes, then committed state)."""
+        k = key if isinstance(key, tuple) else (key,)
+        if (table, k) in self._overlay:
+            row = self._overlay[(table, k)]
+            return dict(row) if row is not None else None
+        self._store._wait_applied_all()
+        return self._store.get(table, k)
+
+    def select(self, table: str, where: Sequence[tuple[str, str, Any]] = (), **kw: Any) -> list[dict[str, Any]]:
+        """``Store.select`` over committed state, after every earlier commit is applied."""
+        self._store._wait_applied_all()
+        return self._store.select(table, where, **kw)
+
+    def next_id(self, table: str) -> int:
+        """Allocate the next integer key of a single-key table (never reused in this process)."""
+        return self._store._next_id(table)
+
+
+class Store:
+    """An open CA database (see the module docstring for the interface)."""
+
+    def __init__(self, home: Path, options: StoreOptions) -> None:
+        self.home = Path(home).resolve()
+        self.options = options
+        self.db_dir = self.home / DB_DIR
+        self.log_dir = self.home / LOG_DIR
+        self.system_dir = self.home / SYSTEM_DIR
+        self.checkpoint_path = self.system_dir / CHECKPOINT_FILE
+        self.lock = HomeLock(self.home, "store")
+        self.db_path: Path = self.db_dir / "ca.db"
+        self.name = ""
+        self.identity = ""
+        self.recovery = RecoveryReport()
+        self._write_lock = threading.RLock()
+        self._sync_cond = threading.Condition()
+        self._fd_lock = threading.Lock()
+        self._apply_cond = threading.Condition()
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+        self._fd = -1
+        self._gen = 0
+        self._gen_first = 0
+        self._gen_created = 0
+        self._gen_size = 0
+        self._next_lsn = 1
+        self._appended_lsn = 0
+        self._durable_lsn = 0
+        self._applied_lsn = 0
+        self._syncing = False
+        self._ids: dict[str, int] = {}
+        self._cp: Checkpoint | None = None
+        self._failed: str | None = None
+        self._closed = True
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @staticmethod
+    def exists(home: Path) -> bool:
+        """Whether ``home`` holds a database."""
+        d = Path(home) / DB_DIR
+        return d.is_dir() and any(p.suffix == ".db" for p in d.iterdir())
+
+    @classmethod
+    def create(cls, home: Path, name: str, options: StoreOptions | None = None) -> Store:
+        """Make an empty database in ``home`` and open it.
+
+        :param home: the CA home (created if missing).
+        :param name: the CA name; the database file is named after it.
+        :param options: engine settings.
+        """
+        home = Path(home)
+        if cls.exists(home):
+            raise Conflict(ERROR_FILE_EXISTS, str(home), "a database exists already in this home")
+        for sub in (DB_DIR, LOG_DIR, SYSTEM_DIR):
+            (home / sub).mkdir(parents=True, exist_ok=True)
+        identity = secrets.token_bytes(16)
+        db_path = home / DB_DIR / db_file_name(name)
+        tmp = db_path.with_name(db_path.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        conn.execute("BEGIN")
+        schema.create_schema(conn)
+        meta = {"identity": identity.hex(), "name": name, "applied_lsn": "0",
+                "circular_logging": "1" if (options and options.circular_logging) else "0"}
+        conn.executemany("INSERT OR REPLACE INTO _meta (key, value) VALUES (?, ?)", meta.items())
+        conn.commit()
+        conn.close()
+        fsync_file(tmp)
+        os.replace(tmp, db_path)
+        fsync_dir(db_path.parent)
+        log_dir = home / LOG_DIR
+        for g in logfile.list_generations(log_dir).values():
+            g.unlink()  # leftovers of a failed earlier create in this home
+        logfile.create_generation(log_dir, logfile.LogHeader(1, identity, logfile.now_us(), 1))
+        write_checkpoint(home / SYSTEM_DIR / CHECKPOINT_FILE, Checkpoint(0, 1, logfile.now_us()),
+                         identity.hex())
+        return cls.open(home, options)
+
+    @classmethod
+    def open(cls, home: Path, options: StoreOptions | None = None) -> Store:
+        """Open ``home``'s database for writing, taking its lock and running soft recovery.
+
+        :param home: the CA home.
+        :param options: engine settings (defaults when None).
+        """
+        store = cls(Path(home), options or StoreOptions())
+        if not cls.exists(store.home):
+            raise NotFound(ERROR_FILE_NOT_FOUND, str(store.home), "no CA database in this home")
+        store.lock.acquire()
+        try:
+            store._open()
+        except BaseException:
+            store._close_handles()
+            store.lock.release()
+            raise
+        return store
+
+    def _open(self) -> None:
+        dbs = sorted(p for p in self.db_dir.iterdir() if p.suffix == ".db")
+        self.db_path = dbs[0]
+        self._writer = _connect(self.db_path)
+        schema.migrate(self._writer)
+        meta = read_meta(self._writer)
+        self.identity = meta["identity"]
+        self.name = meta.get("name", "")
+        ident = bytes.fromhex(self.identity)
+        if meta.get("circular_logging") != ("1" if self.options.circular_logging else "0"):
+            self._writer.execute("UPDATE _meta SET value = ? WHERE key = 'circular_logging'",
+                                 ("1" if self.options.circular_logging else "0",))
+        applied = int(meta["applied_lsn"])
+        self._cp = read_checkpoint(self.checkpoint_path)
+        # Stale temp files of an interrupted roll never held a committed record.
+        for p in self.log_dir.glob("*.log.tmp"):
+            p.unlink()
+        gens = logfile.list_generations(self.log_dir)
+        headers = check_chain(gens, ident)
+        if not headers:
+            raise CorruptData(JET_ERR_MISSING_LOG_FILE, str(self.log_dir), "no log generation found")
+        # Replay starts at the generation holding applied+1: the last one whose first LSN <= applied+1.
+        start = [g for g, h in headers.items() if h.first_lsn <= applied + 1]
+        if not start:
+            first = min(headers)
+            raise CorruptData(JET_ERR_MISSING_LOG_FILE, logfile.log_name(first - 1 if first > 1 else first),
+                              f"database needs LSN {applied + 1} but the oldest log starts at "
+                              f"{headers[first].first_lsn}")
+        files = [gens[g] for g in headers if g >= max(start)]
+        self.recovery = replay(self._writer, files, ident, applied, kind="soft", cut_torn_tail=True)
+        newest = max(headers)
+        res, _ = logfile.scan(gens[newest], ident)
+        self._gen = newest
+        self._gen_first = headers[newest].first_lsn
+        self._gen_created = headers[newest].created_us
+        self._gen_size = res.end
+        last = res.last_lsn if res.last_lsn is not None else headers[newest].first_lsn - 1
+        if last < self.recovery.to_lsn:
+            raise CorruptData(JET_ERR_DATABASE_CORRUPTED, self.db_path.name,
+                              f"database is at LSN {self.recovery.to_lsn}, past the log's end {last}")
+        self._next_lsn = last + 1
+        self._appended_lsn = self._durable_lsn = self._applied_lsn = last
+        self._fd = os.open(gens[newest], os.O_WRONLY | os.O_APPEND)
+        self._closed = False
+        if self.recovery.replayed or self.recovery.torn_tail:
+            self.recovery.clean = False
+            self.checkpoint()
+
+    def close(self) -> None:
+        """Checkpoint and release everything; after a clean close nothing needs replay."""
+        if self._closed:
+            return
+        try:
+            if self._failed is None:
+                with self._write_lock:
+                    self.checkpoint()
+        finally:
+            self._closed = True
+            self._close_handles()
+            self.lock.release()
+
+    def _close_handles(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        with self._conns_lock:
+            for c in self._conns:
+                with contextlib.suppress(sqlite3.Error):
+                    c.close()
+            self._conns.clear()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise CertSrvError(E_UNEXPECTED, "store", "the database is closed")
+        if self._failed is not None:
+            raise CertSrvError(E_UNEXPECTED, "store", f"the database stopped after a write failure: {self._failed}")
+
+    # ---------------------------------------------------------------- writes
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Collect row images; on exit append one record, wait for durability, apply to SQLite.
+
+        Bodies are serialised; the fsync is shared by concurrent committers (group commit).
+        Compute and validate before entering: the body should only read and put.
+        """
+        self._check_usable()
+        tx = Transaction(self)
+        with self._write_lock:
+            yield tx
+            if not tx.ops:
+                return
+            self._check_usable()
+            lsn = self._next_lsn
+            ts = logfile.now_us()
+            rec = logfile.encode_record(lsn, ts, encode_payload(tx.ops))
+            if self._gen_size + len(rec) > self.options.log_size and self._gen_size > logfile.HEADER_SIZE:
+                self._roll_locked()
+            self._append(rec)
+            self._next_lsn = lsn + 1
+            self._appended_lsn = lsn
+            tx.lsn = lsn
+        self._wait_durable(lsn)
+        self._apply_in_order(lsn, tx.ops)
+
+    def _append(self, rec: bytes) -> None:
+        before = self._gen_size
+        try:
+            view = memoryview(rec)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as e:
+            # Leave no partial frame behind: the next record must follow a whole one.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, before)
+            raise CertSrvError(None, "store", f"cannot append to {logfile.log_name(self._gen)}: {e}") from None
+        self._gen_size = before + len(rec)
+
+    def _wait_durable(self, lsn: int) -> None:
+        with self._sync_cond:
+            while self._durable_lsn < lsn:
+                if self._failed is not None:
+                    raise CertSrvError(E_UNEXPECTED, "store", self._failed)
+                if self._syncing:
+                    self._sync_cond.wait()
+                    continue
+                self._syncing = True
+                target = self._appended_lsn
+                self._sync_cond.release()
+                err: OSError | None = None
+                try:
+                    with self._fd_lock:
+                        os.fdatasync(self._fd)
+                except OSError as e:
+                    err = e
+                finally:
+                    self._sync_cond.acquire()
+                    self._syncing = False
+                    if err is None:
+                        self._durable_lsn = max(self._durable_lsn, target)
+                    else:
+                        # After a failed fsync the page cache state is unknown (fsyncgate): stop writing.
+                        self._failed = f"fsync of the log failed: {err}"
+                    self._sync_cond.notify_all()
+
+    def _apply_in_order(self, lsn: int, ops: list[list[Any]]) -> None:
+        with self._apply_cond:
+            while self._applied_lsn != lsn - 1:
+                self._apply_cond.wait()
+            assert self._writer is not None
+            try:
+                self._writer.execute("BEGIN")
+                apply_ops(self._writer, ops)
+                set_applied(self._writer, lsn)
+                self._writer.commit()
+            except sqlite3.Error as e:
+                self._writer.rollback()
+                self._failed = f"record LSN {lsn} is durable but could not be applied: {e}"
+                self._apply_cond.notify_all()
+                raise CertSrvError(E_UNEXPECTED, "store", self._failed) from None
+            self._applied_lsn = lsn
+            self._apply_cond.notify_all()
+        cp = self._cp
+        if self.options.checkpoint_records and (cp is None or lsn - cp.lsn >= self.options.checkpoint_records):
+            self.checkpoint()
+
+    def _wait_applied_all(self) -> None:
+        target = self._appended_lsn
+        with self._apply_cond:
+            while self._applied_lsn < target and self._failed is None:
+                self._apply_cond.wait()
+
+    def _next_id(self, table: str) -> int:
+        t = schema.table(table)
+        if len(t.key) != 1:
+            raise InvalidArgument(None, "store", f"{table} has no single integer key")
+        with self._write_lock:
+            if table not in self._ids:
+                self._wait_applied_all()
+                cur = self.max_value(table, t.key[0])
+                self._ids[table] = int(cur or 0)
+            self._ids[table] += 1
+            return self._ids[table]
+
+    # ---------------------------------------------------------------- log management
+
+    def roll_log(self) -> int:
+        """Close the current generation (made durable) and start the next; returns the closed number."""
+        self._check_usable()
+        with self._write_lock:
+            return self._roll_locked()
+
+    def _roll_locked(self) -> int:
+        closed = self._gen
+        with self._fd_lock:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+        with self._sync_cond:
+            self._durable_lsn = max(self._durable_lsn, self._appended_lsn)
+            self._sync_cond.notify_all()
+        path = self.log_dir / logfile.log_name(closed)
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o444)  # closed generations are immutable
+        header = logfile.LogHeader(closed + 1, bytes.fromhex(self.identity), logfile.now_us(), self._next_lsn)
+        new = logfile.create_generation(self.log_dir, header)
+        with self._fd_lock:
+            self._fd = os.open(new, os.O_WRONLY | os.O_APPEND)
+        self._gen = closed + 1
+        self._gen_first = self._next_lsn
+        self._gen_created = header.created_us
+        self._gen_size = logfile.HEADER_SIZE
+        return closed
+
+    def generations(self) -> list[GenerationInfo]:
+        """Every generation in the log directory with its LSN range, oldest first."""
+        self._check_usable()
+        with self._write_lock:
+            gens = logfile.list_generations(self.log_dir)
+            headers = {g: logfile.read_header(p) for g, p in gens.items()}
+            out: list[GenerationInfo] = []
+            nums = sorted(headers)
+            for i, g in enumerate(nums):
+                h = headers[g]
+                if g == self._gen:
+                    last = self._appended_lsn
+                    size = self._gen_size
+                else:
+                    nxt = headers[nums[i + 1]].first_lsn if i + 1 < len(nums) else self._gen_first
+                    last = nxt - 1
+                    size = gens[g].stat().st_size
+                out.append(GenerationInfo(g, gens[g], h.first_lsn, last, h.created_us, size, g != self._gen))
+            return out
+
+    @property
+    def current_generation(self) -> int:
+        """Number of the generation being written."""
+        return self._gen
+
+    @property
+    def applied_lsn(self) -> int:
+        """Highest LSN applied to SQLite."""
+        return self._applied_lsn
+
+    @property
+    def last_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint last written."""
+        return self._cp
+
+    @property
+    def circular_logging(self) -> bool:
+        """Whether generations below the checkpoint are deleted automatically."""
+        return self.options.circular_logging
+
+    def _generation_of(self, lsn: int) -> int:
+        """The generation that holds (or will hold) ``lsn``."""
+        if lsn >= self._gen_first:
+            return self._gen
+        gens = logfile.list_generations(self.log_dir)
+        best = self._gen
+        for g, p in sorted(gens.items(), reverse=True):
+            if logfile.read_header(p).first_lsn <= lsn:
+                return g
+            best = g
+        return best
+
+    def checkpoint(self) -> Checkpoint:
+        """Make SQLite durable up to the applied LSN and record that position in ``edb.chk``."""
+        if self._closed:
+            raise CertSrvError(E_UNEXPECTED, "store", "the database is closed")
+        with self._apply_cond:
+            assert self._writer is not None
+            lsn = self._applied_lsn
+            self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            fsync_file(self.db_path)
+            wal = self.db_path.with_name(self.db_path.name + "-wal")
+            if wal.exists():
+                fsync_file(wal)
+            cp = Checkpoint(lsn, self._generation_of(lsn + 1), logfile.now_us())
+            write_checkpoint(self.checkpoint_path, cp, self.identity)
+            self._cp = cp
+        if self.options.circular_logging:
+            self.truncate_logs(cp.generation)
+        return cp
+
+    def truncate_logs(self, below: int) -> list[int]:
+        """Delete generations numbered below ``below``; returns the numbers deleted.
+
+        Refused when ``below`` is past the checkpoint's generation: those logs are still
+        needed for crash recovery.
+        """
+        self._check_usable()
+        cp = self._cp
+        if cp is None or below > cp.generation:
+            raise InvalidArgument(
+                E_INVALIDARG, "truncate",
+                f"generation {below:08X} is past the checkpoint's "
+                f"({(cp.generation if cp else 0):08X}); those logs are needed for recovery")
+        deleted: list[int] = []
+        for g, p in logfile.list_generations(self.log_dir).items():
+            if g < below and g != self._gen:
+                p.unlink()
+                deleted.append(g)
+        if deleted:
+            fsync_dir(self.log_dir)
+        return deleted
+
+    def snapshot(self, dest: Path) -> SnapshotInfo:
+        """Copy SQLite consistently to ``dest`` (one file, rollback journal) without stopping writers.
+
+        :param dest: the file to write (replaced atomically).
+        """
+        self._check_usable()
+        dest = Path(dest)
+        tmp = dest.with_name(dest.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        src = self._reader()
+        dst = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            src.backup(dst)  # one step: a single read transaction, so one consistent LSN
+            dst.execute("PRAGMA journal_mode=DELETE")
+            lsn = int(dst.execute("SELECT value FROM _meta WHERE key='applied_lsn'").fetchone()[0])
+        finally:
+            dst.close()
+        fsync_file(tmp)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+        return SnapshotInfo(dest, lsn, self._generation_of(lsn + 1), dest.stat().st_size)
+
+    # ---------------------------------------------------------------- reads
+
+    def _reader(self) -> sqlite3.Connection:
+        self._check_usable()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def get(self, table: str, key: Any) -> dict[str, Any] | None:
+        """The row with primary key ``key`` (scalar or tuple), or None."""
+        t = schema.table(table)
+        k = key if isinstance(key, tuple) else (key,)
+        rows = self.select(table, [(c, "=", v) for c, v in zip(t.key, k)], limit=1)
+        return rows[0] if rows else None
+
+    def _where(self, table: str, where: Sequence[tuple[str, str, Any]]) -> tuple[str, list[Any]]:
+        t = schema.table(table)
+        parts: list[str] = []
+        params: list[Any] = []
+        for col, op, val in where:
+            if col not in t.column_names or op not in OPS:
+                raise InvalidArgument(None, "store", f"bad filter {col} {op}")
+            if op in ("is null", "is not null"):
+                parts.append(f"{col} {op.upper()}")
+            else:
+                parts.append(f"{col} {op.upper()} ?")
+                params.append(val)
+        return (" WHERE " + " AND ".join(parts)) if parts else "", params
+
+    def select(
+        self,
+        table: str,
+        where: Sequence[tuple[str, str, Any]] = (),
+        *,
+        order_by: Sequence[str] = (),
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Rows matching every ``(column, op, value)`` filter.
+
+        :param table: table name.
+        :param where: filters; op is one of ``= != < <= > >= like``, ``is null``, ``is not null``.
+        :param order_by: column names, ``-name`` for descending.
+        :param limit: at most this many rows.
+        :param offset: skip this many rows first.
+        """
+        t = schema.table(table)
+        clause, params = self._where(table, where)
+        order = []
+        for o in order_by:
+            desc = o.startswith("-")
+            col = o.lstrip("-")
+            if col not in t.column_names:
+                raise InvalidArgument(None, "store", f"cannot order by {col}")
+            order.append(f"{col} {'DESC' if desc else 'ASC'}")
+        sql = f"SELECT * FROM {table}{clause}"
+        if order:
+            sql += " ORDER BY " + ", ".join(order)
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            params += [int(limit), int(offset)]
+        return [dict(r) for r in self._reader().execute(sql, params)]
+
+    def count(self, table: str, where: Sequence[tuple[str, str, Any]] = ()) -> int:
+        """Number of rows matching the filters."""
+        clause, params = self._where(table, where)
+        return int(self._reader().execute(f"SELECT COUNT(*) FROM {table}{clause}", params).fetchone()[0])
+
+    def max_value(self, table: str, column: str) -> Any:
+        """Largest value of a column (None for an empty table)."""
+        t = schema.table(table)
+        if column not in t.column_names:
+            raise InvalidArgument(None, "store", f"{table} has no column {column}")
+        return self._reader().execute(f"SELECT MAX({column}) FROM {table}").fetchone()[0]
+
+    def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check`` result (``"ok"`` when sound)."""
+        return str(self._reader().execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def hard_recover(
+    db_path: Path,
+    log_dir: Path,
+    gen_low: int,
+    gen_high: int,
+    *,
+    identity: str | None = None,
+    until_lsn: int | None = None,
+    until_us: int | None = None,
+    extra_generations: Sequence[Path] = (),
+) -> RecoveryReport:
+    """Replay generations ``gen_low..gen_high`` from ``log_dir`` onto a restored database file.
+
+    :param db_path: the database snapshot to bring forward (modified in place).
+    :param log_dir: directory holding the backed-up generations.
+    :param gen_low: first generation to replay.
+    :param gen_high: last generation to replay; each one in between must exist.
+    :param identity: the CA's database identity (defaults to the snapshot's own).
+    :param until_lsn: stop after this LSN.
+    :param until_us: stop before the first record later than this time (µs since epoch).
+    :param extra_generations: contiguous newer generations to roll forward afterwards (phase II).
+    """
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        meta = read_meta(conn)
+        ident = identity or meta["identity"]
+        if meta["identity"] != ident:
+            raise CorruptData(JET_ERR_DATABASE_CORRUPTED, db_path.name,
+                              f"database belongs to {meta['identity']}, not {ident}")
+        gens = logfile.list_generations(Path(log_dir))
+        check_chain(gens, bytes.fromhex(ident), gen_low, gen_high, restore=True)
+        files = [gens[g] for g in range(gen_low, gen_high + 1)] + list(extra_generations)
+        rep = replay(conn, files, bytes.fromhex(ident), int(meta["applied_lsn"]), kind="hard",
+                     cut_torn_tail=False, until_lsn=until_lsn, until_us=until_us)
+        result = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        if result != "ok":
+            raise CorruptData(JET_ERR_DATABASE_CORRUPTED, db_path.name, f"integrity check failed: {result}")
+        return rep
+    finally:
+        conn.close()
+
+
+def copy_database(src: Path, dest: Path) -> None:
+    """Copy a closed database file durably (used when placing restored files)."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    fsync_file(tmp)
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)

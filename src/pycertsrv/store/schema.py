@@ -1,0 +1,177 @@
+"""The materialised tables (spec §1.1: Request, Attribute, Extension, CRL) and their migrations.
+
+Rows travel through the redo log as *images*: a list of column values in this order, blobs
+base64-encoded, so replay needs only this schema and never the CA's logic.
+"""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidArgument
+
+# AD CS dispositions (certview.h DB_DISP_*).
+DISP_PENDING = 9
+DISP_ISSUED = 20
+DISP_REVOKED = 21
+DISP_ERROR = 30
+DISP_DENIED = 31
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column: name and SQLite type (INTEGER, TEXT or BLOB)."""
+
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """A logged table: columns in image order, primary key, secondary indexes."""
+
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    indexes: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """Column names in image order."""
+        return tuple(c.name for c in self.columns)
+
+    def ddl(self) -> list[str]:
+        """CREATE statements for the table and its indexes."""
+        cols = ", ".join(f"{c.name} {c.type}" for c in self.columns)
+        stmts = [f"CREATE TABLE {self.name} ({cols}, PRIMARY KEY ({', '.join(self.key)}))"]
+        for idx in self.indexes:
+            stmts.append(f"CREATE INDEX ix_{self.name}_{'_'.join(idx)} ON {self.name} ({', '.join(idx)})")
+        return stmts
+
+
+def _cols(spec: str) -> tuple[Column, ...]:
+    out = []
+    for part in spec.split(","):
+        name, typ = part.split()
+        out.append(Column(name, typ))
+    return tuple(out)
+
+
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (
+        Table(
+            "request",
+            _cols(
+                "request_id INTEGER, disposition INTEGER, status_code INTEGER, disposition_message TEXT,"
+                " submitted_at TEXT, resolved_at TEXT, requester TEXT, raw_request BLOB,"
+                " request_subject TEXT, template TEXT,"
+                " serial TEXT, raw_cert BLOB, not_before TEXT, not_after TEXT, subject TEXT,"
+                " thumbprint TEXT, revoked_at TEXT, revocation_reason INTEGER, invalidity_date TEXT"
+            ),
+            ("request_id",),
+            (("serial",), ("disposition",), ("not_after",)),
+        ),
+        Table("attribute", _cols("request_id INTEGER, name TEXT, value TEXT"), ("request_id", "name")),
+        Table(
+            "extension",
+            _cols("request_id INTEGER, oid TEXT, flags INTEGER, value BLOB"),
+            ("request_id", "oid"),
+        ),
+        Table(
+            "crl",
+            _cols("number INTEGER, this_update TEXT, next_update TEXT, raw BLOB, entries INTEGER"),
+            ("number",),
+        ),
+        Table(
+            "backup_history",
+            _cols(
+                "backup_id INTEGER, kind TEXT, started_at TEXT, ended_at TEXT,"
+                " gen_low INTEGER, gen_high INTEGER, snapshot_lsn INTEGER, truncated INTEGER"
+            ),
+            ("backup_id",),
+        ),
+        Table("setting", _cols("name TEXT, value TEXT"), ("name",)),
+    )
+}
+
+META_DDL = "CREATE TABLE IF NOT EXISTS _meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+# Migrations: MIGRATIONS[v] takes a database at version v to v+1.
+MIGRATIONS: dict[int, list[str]] = {}
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create every table at the current schema version (inside the caller's transaction)."""
+    conn.execute(META_DDL)
+    for table in TABLES.values():
+        for stmt in table.ddl():
+            conn.execute(stmt)
+    conn.execute(
+        "INSERT OR REPLACE INTO _meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+    )
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring an older database up to SCHEMA_VERSION; returns the version it found."""
+    row = conn.execute("SELECT value FROM _meta WHERE key = 'schema_version'").fetchone()
+    found = int(row[0]) if row else 0
+    version = found
+    while version < SCHEMA_VERSION:
+        for stmt in MIGRATIONS[version]:
+            conn.execute(stmt)
+        version += 1
+        conn.execute("UPDATE _meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    return found
+
+
+def table(name: str) -> Table:
+    """The table called ``name`` or InvalidArgument."""
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise InvalidArgument(None, "store", f"no table named {name!r}") from None
+
+
+def row_to_image(t: Table, row: dict[str, Any]) -> list[Any]:
+    """A row dict as the log's image: values in column order, blobs base64."""
+    unknown = set(row) - set(t.column_names)
+    if unknown:
+        raise InvalidArgument(None, "store", f"table {t.name} has no column {sorted(unknown)[0]!r}")
+    for k in t.key:
+        if row.get(k) is None:
+            raise InvalidArgument(None, "store", f"row for {t.name} lacks key column {k!r}")
+    image: list[Any] = []
+    for c in t.columns:
+        v = row.get(c.name)
+        if v is not None and c.type == "BLOB":
+            v = base64.b64encode(bytes(v)).decode("ascii")
+        image.append(v)
+    return image
+
+
+def image_to_params(t: Table, image: list[Any]) -> list[Any]:
+    """SQL parameters for an image (blobs decoded)."""
+    if len(image) != len(t.columns):
+        raise ValueError(f"image for {t.name} has {len(image)} values, expected {len(t.columns)}")
+    return [
+        base64.b64decode(v) if (v is not None and c.type == "BLOB") else v
+        for c, v in zip(t.columns, image)
+    ]
+
+
+def upsert_sql(t: Table) -> str:
+    """The statement that puts a whole row image."""
+    names = ", ".join(t.column_names)
+    marks = ", ".join("?" for _ in t.columns)
+    return f"INSERT OR REPLACE INTO {t.name} ({names}) VALUES ({marks})"
+
+
+def delete_sql(t: Table) -> str:
+    """The statement that deletes a row by primary key."""
+    return f"DELETE FROM {t.name} WHERE " + " AND ".join(f"{k} = ?" for k in t.key)
