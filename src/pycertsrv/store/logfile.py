@@ -82,7 +82,8 @@ def read_header(path: Path, identity: bytes | None = None) -> LogHeader:
     (crc,) = struct.unpack_from("<I", raw, HEADER.size)
     magic, version, gen, created, ident, first = HEADER.unpack(body)
     if magic != MAGIC or zlib.crc32(body) != crc:
-        raise CorruptData(JET_ERR_LOG_FILE_CORRUPT, path.name, "not a pycertsrv log generation (bad header at offset 0)")
+        raise CorruptData(JET_ERR_LOG_FILE_CORRUPT, path.name,
+                          "bad header at offset 0 (not a pycertsrv log generation)")
     if version != FORMAT_VERSION:
         raise CorruptData(JET_ERR_LOG_FILE_CORRUPT, path.name, f"log format version {version} is not supported")
     expected = parse_log_name(path.name)
