@@ -1,0 +1,612 @@
+"""The server side of an online backup: the session state machine of spec §2.20.
+
+One backup runs at a time per CA (spec §2.2 [INF]: ESE allows one external backup per
+instance). A session moves ``PREPARED(kind, phase)`` with ``phase`` in ``DB -> LOGS ->
+TRUNCATED``; at most one file is open at a time.
+
+- *Full* backup: at Prepare a consistent SQLite snapshot at LSN S is copied into
+  ``HOME/staging/<handle>/`` without stopping issuance (``Store.snapshot``). The database
+  name listed is the live database path; opening it streams the snapshot. When the log list
+  is requested the current generation is rolled and generations ``gen(S+1) .. rolled`` are
+  listed: snapshot + those logs = the CA as it was at the roll.
+- *Incremental* (logs only): the generations after the previous recorded backup's
+  ``gen_high`` up to the rolled one.
+
+File-name rule (spec §2.6, CSRA §3.1.4.1.22: the server MUST check that the name is one it
+listed): ``open_file`` compares the name, exactly as a string, with the names this session
+listed (tag removed). Anything else -- a relative name, ``..``, another absolute path, a name
+still carrying its tag -- fails with ERROR_FILE_NOT_FOUND (0x80070002) before anything is
+opened, so a caller learns nothing about files outside the list. A listed file is opened with
+``O_NOFOLLOW`` and must be a regular file: a listed path that was replaced by a symlink or
+something else fails with E_ACCESSDENIED (0x80070005). Dynamic files (published CA
+certificates and CRLs) may be opened once listed by GetDynamicFileList (spec §6 item 7:
+we follow the client section, CSRA §3.2.4.1.22).
+
+A backup is recorded in the ``backup_history`` table (one store transaction) at End when it
+is complete (every required file read to its end), or whenever TruncateLogs ran, because the
+truncated generations exist nowhere else and the next incremental must start after them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import (
+    E_ACCESSDENIED,
+    E_INVALIDARG,
+    E_UNEXPECTED,
+    ERROR_FILE_NOT_FOUND,
+    JET_ERR_BACKUP_IN_PROGRESS,
+    JET_ERR_INVALID_BACKUP,
+    JET_ERR_INVALID_BACKUP_SEQUENCE,
+    JET_ERR_MISSING_FILE_TO_BACKUP,
+    JET_ERR_MISSING_FULL_BACKUP,
+    AccessDenied,
+    CertSrvError,
+    Conflict,
+    CorruptData,
+    InvalidArgument,
+    NotFound,
+    SequenceError,
+)
+from ..home import Home
+from ..store import Store, log_name
+
+# spec §1.3 / §1.4 file-type tags.
+CSBFT_LOG = chr(0x21)
+CSBFT_CERTSERVER_DATABASE = chr(0x44)
+CSBFT_LOG_DIR = chr(0x82)
+CSBFT_CHECKPOINT_DIR = chr(0x83)
+CSBACKUP_TYPE_FULL = 0x1
+CSBACKUP_TYPE_LOGS_ONLY = 0x2
+JET_BIT_BACKUP_INCREMENTAL = 0x1
+
+FULL = "full"
+INCREMENTAL = "incremental"
+PHASE_DB = "DB"
+PHASE_LOGS = "LOGS"
+PHASE_TRUNCATED = "TRUNCATED"
+
+# Largest chunk one Read returns: bounds the service's memory whatever the database size.
+MAX_READ = 4 << 20
+SETTING_REQUIRES_FULL = "backup_requires_full"
+# spec §1.3 wszREGDBLASTFULLBACKUP / wszREGDBLASTINCREMENTALBACKUP [INF]: last backup times.
+SETTING_LAST_FULL = "DBLastFullBackup"
+SETTING_LAST_INCREMENTAL = "DBLastIncrementalBackup"
+TRUE_VALUES = {"1", "true", "yes", "on"}
+
+
+class _HasStore(Protocol):
+    store: Store
+
+    def dynamic_files(self) -> list[Path]: ...
+
+
+def decode_backup_type(grbit: int, flags: int) -> str:
+    """The backup kind for BackupPrepare's ``grbitJet`` and ``dwBackupFlags`` (spec §2.2 [INF]).
+
+    grbit 0 with flags 0 or 1 is a full backup (flags 0: the MS-CSRA example); flags 2
+    (CSBACKUP_TYPE_LOGS_ONLY) or grbit 1 (JET_bitBackupIncremental) is incremental. grbit 1
+    with flags 1 asks for both kinds at once and, like every other combination, is refused
+    with E_INVALIDARG.
+
+    :param grbit: the ``grbitJet`` argument.
+    :param flags: the ``dwBackupFlags`` argument.
+    """
+    if grbit == 0 and flags in (0, CSBACKUP_TYPE_FULL):
+        return FULL
+    if (grbit == 0 and flags == CSBACKUP_TYPE_LOGS_ONLY) or (
+        grbit == JET_BIT_BACKUP_INCREMENTAL and flags in (0, CSBACKUP_TYPE_LOGS_ONLY)
+    ):
+        return INCREMENTAL
+    raise InvalidArgument(E_INVALIDARG, "BackupPrepare",
+                          f"grbitJet 0x{grbit & 0xFFFFFFFF:X} with dwBackupFlags 0x{flags & 0xFFFFFFFF:X} "
+                          "is neither a full (0/1) nor a logs-only (2, or grbit 1) backup")
+
+
+@dataclass
+class _OpenFile:
+    name: str
+    fd: int
+    size: int
+    pos: int = 0
+
+
+@dataclass
+class _Session:
+    handle: str
+    principal: str
+    kind: str
+    started: datetime
+    staging: Path
+    last_activity: float
+    phase: str = PHASE_DB
+    ready: bool = False
+    snapshot_path: Path | None = None
+    snapshot_lsn: int | None = None
+    gen_low: int | None = None
+    gen_high: int | None = None
+    db_names: list[str] = field(default_factory=list)
+    db_listed: bool = False
+    log_names: list[str] | None = None
+    dynamic_names: list[str] = field(default_factory=list)
+    done: set[str] = field(default_factory=set)
+    open: _OpenFile | None = None
+    truncated: bool = False
+    truncated_gens: list[int] = field(default_factory=list)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    busy: int = 0
+    ended: bool = False
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    """A row of ``backup_history``."""
+
+    backup_id: int
+    kind: str
+    started_at: str
+    ended_at: str
+    gen_low: int
+    gen_high: int
+    snapshot_lsn: int | None
+    truncated: bool
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def backup_history(store: Store) -> list[BackupRecord]:
+    """Every recorded backup, oldest first.
+
+    :param store: the open CA database.
+    """
+    rows = store.select("backup_history", order_by=["backup_id"])
+    return [BackupRecord(int(r["backup_id"]), str(r["kind"]), str(r["started_at"]), str(r["ended_at"]),
+                         int(r["gen_low"]), int(r["gen_high"]),
+                         None if r["snapshot_lsn"] is None else int(r["snapshot_lsn"]), bool(r["truncated"]))
+            for r in rows]
+
+
+class BackupManager:
+    """One CA's backup sessions (spec §2.20); every method is thread-safe.
+
+    :param authority_or_store: the CA (``Authority``: its store and dynamic files) or a bare ``Store``.
+    :param home: the CA home (staging area, published files).
+    :param timeout: seconds a session may stay idle before :meth:`expire_idle` ends it.
+    :param clock: monotonic clock (tests pass their own).
+    """
+
+    def __init__(self, authority_or_store: _HasStore | Store, home: Home, timeout: float = 600.0,
+                 *, clock: Callable[[], float] = time.monotonic) -> None:
+        if isinstance(authority_or_store, Store):
+            self.store = authority_or_store
+            self._authority: _HasStore | None = None
+        else:
+            self.store = authority_or_store.store
+            self._authority = authority_or_store
+        self.home = home
+        self.timeout = float(timeout)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._session: _Session | None = None
+        self.expired: list[str] = []
+        self._clean_staging()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _clean_staging(self) -> None:
+        """Remove snapshots left by a service that died mid-backup (no session survives a restart)."""
+        d = self.home.staging_dir
+        if d.is_dir():
+            for p in d.iterdir():
+                if p.is_dir() and not p.is_symlink() and p.name.startswith("backup-"):
+                    shutil.rmtree(p, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _use(self, handle: str, function: str, principal: str | None = None) -> Iterator[_Session]:
+        """The live session for ``handle``, locked and marked busy; E_UNEXPECTED when there is none."""
+        with self._lock:
+            s = self._session
+            if s is None or not secrets.compare_digest(s.handle, str(handle)) or (
+                principal is not None and s.principal != principal
+            ):
+                # spec §2.20: anything but Prepare in state IDLE -> 0x8000FFFF.
+                raise SequenceError(E_UNEXPECTED, function,
+                                    "no backup session with this handle (never prepared, ended or expired)")
+            s.busy += 1
+        try:
+            with s.lock:
+                if s.ended or not s.ready:
+                    raise SequenceError(E_UNEXPECTED, function, "the backup session has ended")
+                s.last_activity = self._clock()
+                yield s
+                s.last_activity = self._clock()
+        finally:
+            with self._lock:
+                s.busy -= 1
+
+    def _required(self, s: _Session) -> list[str]:
+        """Files that must be read to their end before TruncateLogs (spec §2.9)."""
+        req = list(s.log_names or [])
+        if s.kind == FULL:
+            req += s.db_names
+        return req
+
+    def _complete(self, s: _Session) -> bool:
+        return s.log_names is not None and all(n in s.done for n in self._required(s))
+
+    def _dynamic_paths(self) -> list[Path]:
+        if self._authority is not None:
+            paths = [Path(p) for p in self._authority.dynamic_files()]
+        else:
+            d = self.home.publish_dir
+            paths = sorted(p for p in d.iterdir()) if d.is_dir() else []
+        return [p.absolute() for p in paths if p.is_file() and not p.is_symlink()]
+
+    # ------------------------------------------------------------------ spec §2.20 events
+
+    def prepare(self, principal_id: str, grbit: int = 0, flags: int = CSBACKUP_TYPE_FULL) -> str:
+        """BackupPrepare: start a session, return its handle.
+
+        :param principal_id: who asks (a second Prepare by the same caller is a sequence error).
+        :param grbit: ``grbitJet`` (0, or 1 = JET_bitBackupIncremental).
+        :param flags: ``dwBackupFlags`` (0/1 full, 2 logs only).
+        """
+        fn = "BackupPrepare"
+        kind = decode_backup_type(int(grbit), int(flags))
+        with self._lock:
+            cur = self._session
+            if cur is not None:
+                if cur.principal == principal_id:
+                    raise SequenceError(E_UNEXPECTED, fn,
+                                        "this caller already has a backup in progress; call BackupEnd first")
+                raise Conflict(JET_ERR_BACKUP_IN_PROGRESS, fn,
+                               f"another backup is in progress (by {cur.principal}, started "
+                               f"{cur.started.isoformat(timespec='seconds')})")
+            if kind == INCREMENTAL:
+                self._check_incremental_allowed(fn)
+            handle = secrets.token_hex(16)
+            s = _Session(handle, principal_id, kind, datetime.now(UTC),
+                         self.home.staging_dir / f"backup-{handle}", self._clock())
+            self._session = s
+        with s.lock:
+            try:
+                if kind == FULL:
+                    s.staging.mkdir(parents=True, mode=0o700)
+                    snap = self.store.snapshot(s.staging / self.store.db_path.name)
+                    s.snapshot_path = snap.path
+                    s.snapshot_lsn = snap.lsn
+                    s.gen_low = snap.generation
+                    s.db_names = [str(self.store.db_path)]
+                else:
+                    hist = backup_history(self.store)
+                    s.gen_low = hist[-1].gen_high + 1
+                s.ready = True
+                s.last_activity = self._clock()
+            except BaseException:
+                self._release(s)
+                raise
+        return handle
+
+    def _check_incremental_allowed(self, fn: str) -> None:
+        # ESE refuses incremental backups under circular logging (spec §2.2, JET_errInvalidBackup).
+        if self.store.circular_logging:
+            raise Conflict(JET_ERR_INVALID_BACKUP, fn,
+                           "circular logging is on: log generations are not kept, so no logs-only backup")
+        hist = backup_history(self.store)
+        if not any(r.kind == FULL for r in hist):
+            raise Conflict(JET_ERR_MISSING_FULL_BACKUP, fn, "no full backup has been taken yet; take one first")
+        flag = self.store.get("setting", SETTING_REQUIRES_FULL)
+        if flag is not None and str(flag["value"]).strip().lower() in TRUE_VALUES:
+            # spec §2.17: backups from before a restore must not be mixed with later ones.
+            raise Conflict(JET_ERR_MISSING_FULL_BACKUP, fn,
+                           "the database was restored since the last full backup; take a full backup first")
+
+    def info(self, handle: str, principal_id: str | None = None) -> dict[str, Any]:
+        """What a client needs to label the set: kind, CA name, database identity, handle.
+
+        :param handle: the session handle.
+        :param principal_id: when given, the session must belong to this caller.
+        """
+        with self._use(handle, "BackupInfo", principal_id) as s:
+            return {"handle": s.handle, "kind": s.kind, "ca_name": self.store.name,
+                    "identity": self.store.identity, "phase": s.phase,
+                    "started": s.started.isoformat(), "snapshot_lsn": s.snapshot_lsn,
+                    "gen_low": s.gen_low, "gen_high": s.gen_high}
+
+    def database_names(self, handle: str, principal_id: str | None = None) -> list[str]:
+        """BackupGetDatabaseNames: the database file, tagged 'D' (full backups only).
+
+        :param handle: the session handle.
+        :param principal_id: when given, the session must belong to this caller.
+        """
+        fn = "BackupGetDatabaseNames"
+        with self._use(handle, fn, principal_id) as s:
+            if s.kind != FULL:
+                # CSRA §3.1.4.1.18: SHOULD fail with 0xC8000209 without a full BackupPrepare.
+                raise SequenceError(JET_ERR_INVALID_BACKUP_SEQUENCE, fn,
+                                    "a logs-only backup has no database files")
+            if s.open is not None:
+                raise SequenceError(E_UNEXPECTED, fn, f"{Path(s.open.name).name} is still open")
+            if s.phase != PHASE_DB:
+                # ESE-LogInfo: once the log list was given, database files are no longer part of the backup.
+                raise SequenceError(E_UNEXPECTED, fn, "the log list was already requested")
+            s.db_listed = True
+            return [CSBFT_CERTSERVER_DATABASE + n for n in s.db_names]
+
+    def backup_logs(self, handle: str, principal_id: str | None = None) -> list[str]:
+        """BackupGetBackupLogs: roll the log (first call) and list the generations, tagged '!'.
+
+        :param handle: the session handle.
+        :param principal_id: when given, the session must belong to this caller.
+        """
+        fn = "BackupGetBackupLogs"
+        with self._use(handle, fn, principal_id) as s:
+            if s.open is not None:
+                raise SequenceError(E_UNEXPECTED, fn, f"{Path(s.open.name).name} is still open")
+            if s.log_names is None:
+                assert s.gen_low is not None
+                rolled = self.store.roll_log()
+                gens = {g.generation: g for g in self.store.generations()}
+                names: list[str] = []
+                for g in range(s.gen_low, rolled + 1):
+                    info = gens.get(g)
+                    if info is None:
+                        raise CorruptData(JET_ERR_MISSING_FILE_TO_BACKUP, fn,
+                                          f"log generation {log_name(g)} is needed by this backup but is gone")
+                    names.append(str(info.path))
+                s.gen_high = rolled
+                s.log_names = names
+                if s.phase == PHASE_DB:
+                    s.phase = PHASE_LOGS
+                # The snapshot can no longer be opened (spec §2.4), so free its disk space now.
+                if s.snapshot_path is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        s.snapshot_path.unlink()
+            return [CSBFT_LOG + n for n in s.log_names]
+
+    def dynamic_files(self, handle: str, principal_id: str | None = None) -> list[str]:
+        """BackupGetDynamicFileList: published CA certificates and CRLs, untagged (spec §2.5).
+
+        :param handle: the session handle.
+        :param principal_id: when given, the session must belong to this caller.
+        """
+        with self._use(handle, "BackupGetDynamicFileList", principal_id) as s:
+            names = [str(p) for p in self._dynamic_paths()]
+            s.dynamic_names = sorted(set(s.dynamic_names) | set(names))
+            return names
+
+    def database_locations(self, handle: str, principal_id: str | None = None) -> list[str]:
+        """RestoreGetDatabaseLocations on a backup context: 'D' db file, 0x82 log dir, 0x83 system dir.
+
+        :param handle: the session handle.
+        :param principal_id: when given, the session must belong to this caller.
+        """
+        with self._use(handle, "RestoreGetDatabaseLocations", principal_id):
+            return [CSBFT_CERTSERVER_DATABASE + str(self.store.db_path),
+                    CSBFT_LOG_DIR + str(self.store.log_dir),
+                    CSBFT_CHECKPOINT_DIR + str(self.store.system_dir)]
+
+    def open_file(self, handle: str, name: str, principal_id: str | None = None) -> int:
+        """BackupOpenFile: open a listed file (tag removed); returns its size in bytes.
+
+        :param handle: the session handle.
+        :param name: a name from this session's database, log or dynamic list, without its tag.
+        :param principal_id: when given, the session must belong to this caller.
+        """
+        fn = "BackupOpenFile"
+        with self._use(handle, fn, principal_id) as s:
+            if s.open is not None:
+                raise SequenceError(E_UNEXPECTED, fn, f"called while {Path(s.open.name).name} is open")
+            name = str(name)
+            if s.db_listed and name in s.db_names:
+                if s.phase != PHASE_DB:
+                    raise SequenceError(E_UNEXPECTED, fn,
+                                        f"{Path(name).name}: database files cannot be opened after the log list "
+                                        "was requested")
+                assert s.snapshot_path is not None
+                path = s.snapshot_path
+            elif (s.log_names is not None and name in s.log_names) or name in s.dynamic_names:
+                path = Path(name)
+            else:
+                # CSRA §3.1.4.1.22: only names this session listed; nothing else is looked at.
+                raise NotFound(ERROR_FILE_NOT_FOUND, fn, f"{name!r} is not a file listed by this backup session")
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise NotFound(ERROR_FILE_NOT_FOUND, fn, f"{path.name} no longer exists") from None
+            except OSError as e:
+                # ELOOP: the listed path is now a symlink.
+                raise AccessDenied(E_ACCESSDENIED, fn, f"{path.name} cannot be opened safely: {e.strerror}") from None
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                raise AccessDenied(E_ACCESSDENIED, fn, f"{path.name} is not a regular file")
+            s.open = _OpenFile(name, fd, st.st_size)
+            return int(st.st_size)
+
+    def read(self, handle: str, n: int, principal_id: str | None = None) -> bytes:
+        """BackupRead: the next at most ``n`` bytes (at most MAX_READ) of the open file; b"" at its end.
+
+        :param handle: the session handle.
+        :param n: bytes wanted (> 0).
+        :param principal_id: when given, the session must belong to this caller.
+        """
+        fn = "BackupRead"
+        with self._use(handle, fn, principal_id) as s:
+            f = s.open
+            if f is None:
+                raise SequenceError(E_UNEXPECTED, fn, "no file is open")
+            if int(n) <= 0:
+                raise InvalidArgument(E_INVALIDARG, fn, f"buffer size {n} must be positive")
+            want = min(int(n), MAX_READ, max(f.size - f.pos, 0))
+            data = os.pread(f.fd, want, f.pos) if want else b""
+            f.pos += len(data)
+            return data
+
+    def close_file(self, handle: str, principal_id: str | None = None) -> None:
+        """BackupClose: close the open file; it counts as backed up when it was read to its end.
+
+        :param handle: the session handle.
+        :param principal_id: when given, the session must belong to this caller.
+        """
+        fn = "BackupClose"
+        with self._use(handle, fn, principal_id) as s:
+            f = s.open
+            if f is None:
+                raise SequenceError(E_UNEXPECTED, fn, "no file is open")
+            os.close(f.fd)
+            s.open = None
+            if f.pos >= f.size:
+                s.done.add(f.name)
+
+    def truncate_logs(self, handle: str, principal_id: str | None = None) -> list[int]:
+        """BackupTruncateLogs: delete the generations this backup made redundant; returns their numbers.
+
+        :param handle: the session handle.
+        :param principal_id: when given, the session must belong to this caller.
+        """
+        fn = "BackupTruncateLogs"
+        with self._use(handle, fn, principal_id) as s:
+            if s.open is not None:
+                raise SequenceError(E_UNEXPECTED, fn, f"{Path(s.open.name).name} is still open")
+            if s.log_names is None:
+                raise SequenceError(E_UNEXPECTED, fn, "the log list was not requested, so the backup is not complete")
+            missing = [n for n in self._required(s) if n not in s.done]
+            if missing:
+                # spec §2.9 / CSRA §3.1.4.1.18: every listed DB and log file must be backed up first.
+                raise SequenceError(E_UNEXPECTED, fn,
+                                    f"{Path(missing[0]).name} was not read to its end"
+                                    + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+            assert s.gen_high is not None
+            # Never delete a generation crash recovery still needs: checkpoint first, then stop at its
+            # generation. Everything below gen_high+1 is in this backup or in earlier recorded ones.
+            cp = self.store.checkpoint()
+            below = min(s.gen_high + 1, cp.generation)
+            deleted = self.store.truncate_logs(below)
+            s.truncated = True
+            s.truncated_gens = sorted(set(s.truncated_gens) | set(deleted))
+            s.phase = PHASE_TRUNCATED
+            return deleted
+
+    def end(self, handle: str, principal_id: str | None = None) -> dict[str, Any]:
+        """BackupEnd: finish the session, record it when complete, release the lock.
+
+        :param handle: the session handle.
+        :param principal_id: when given, the session must belong to this caller.
+        :returns: ``{"recorded": bool, "backup_id": int|None}``.
+        """
+        with self._use(handle, "BackupEnd", principal_id) as s:
+            return self._finish(s, aborted=False)
+
+    def expire_idle(self) -> list[str]:
+        """End every session idle for longer than the timeout; returns the handles ended."""
+        with self._lock:
+            s = self._session
+            if s is None or s.busy or not s.ready or self._clock() - s.last_activity <= self.timeout:
+                return []
+            s.busy += 1
+        try:
+            with s.lock:
+                if s.ended:
+                    return []
+                self._finish(s, aborted=True)
+                self.expired.append(s.handle)
+                return [s.handle]
+        finally:
+            with self._lock:
+                s.busy -= 1
+
+    def close(self) -> None:
+        """Abort any session (service shutdown)."""
+        with self._lock:
+            s = self._session
+        if s is not None:
+            with s.lock:
+                if not s.ended:
+                    self._finish(s, aborted=True)
+
+    def status(self) -> dict[str, Any] | None:
+        """The running session (who, since when, phase) or None; no handle is revealed."""
+        with self._lock:
+            s = self._session
+            if s is None:
+                return None
+            return {"principal": s.principal, "kind": s.kind, "phase": s.phase,
+                    "started": s.started.isoformat(), "idle_seconds": round(self._clock() - s.last_activity, 3),
+                    "open_file": Path(s.open.name).name if s.open else None}
+
+    # ------------------------------------------------------------------ end of a session
+
+    def _finish(self, s: _Session, *, aborted: bool) -> dict[str, Any]:
+        """Close, record (complete or truncated), remove staging, release the CA-wide lock."""
+        result: dict[str, Any] = {"recorded": False, "backup_id": None}
+        try:
+            if s.open is not None:
+                # spec §2.20 [INF]: End implicitly closes an open file.
+                with contextlib.suppress(OSError):
+                    os.close(s.open.fd)
+                s.open = None
+            if s.truncated or (not aborted and self._complete(s)):
+                result["backup_id"] = self._record(s)
+                result["recorded"] = True
+        finally:
+            self._release(s)
+        return result
+
+    def _record(self, s: _Session) -> int:
+        assert s.gen_low is not None and s.gen_high is not None
+        ended = _now_iso()
+        with self.store.transaction() as tx:
+            bid = tx.next_id("backup_history")
+            tx.put("backup_history", {
+                "backup_id": bid, "kind": s.kind, "started_at": s.started.isoformat(), "ended_at": ended,
+                "gen_low": s.gen_low, "gen_high": s.gen_high, "snapshot_lsn": s.snapshot_lsn,
+                "truncated": 1 if s.truncated else 0})
+            if s.kind == FULL:
+                tx.put("setting", {"name": SETTING_LAST_FULL, "value": ended})
+                if tx.get("setting", SETTING_REQUIRES_FULL) is not None:
+                    tx.delete("setting", SETTING_REQUIRES_FULL)
+            else:
+                tx.put("setting", {"name": SETTING_LAST_INCREMENTAL, "value": ended})
+        return bid
+
+    def _release(self, s: _Session) -> None:
+        s.ended = True
+        if s.open is not None:
+            with contextlib.suppress(OSError):
+                os.close(s.open.fd)
+            s.open = None
+        shutil.rmtree(s.staging, ignore_errors=True)
+        with self._lock:
+            if self._session is s:
+                self._session = None
+
+
+__all__ = [
+    "CSBFT_CERTSERVER_DATABASE",
+    "CSBFT_CHECKPOINT_DIR",
+    "CSBFT_LOG",
+    "CSBFT_LOG_DIR",
+    "FULL",
+    "INCREMENTAL",
+    "MAX_READ",
+    "BackupManager",
+    "BackupRecord",
+    "CertSrvError",
+    "backup_history",
+    "decode_backup_type",
+]

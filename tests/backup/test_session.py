@@ -1,0 +1,351 @@
+"""BackupManager in process against a real store: spec §2.20 state machine, truncation, records."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from pycertsrv.backup.session import (
+    CSBFT_CERTSERVER_DATABASE,
+    CSBFT_CHECKPOINT_DIR,
+    CSBFT_LOG,
+    CSBFT_LOG_DIR,
+    MAX_READ,
+    SETTING_REQUIRES_FULL,
+    BackupManager,
+    backup_history,
+    decode_backup_type,
+)
+from pycertsrv.errors import (
+    E_ACCESSDENIED,
+    E_INVALIDARG,
+    E_UNEXPECTED,
+    ERROR_FILE_NOT_FOUND,
+    JET_ERR_BACKUP_IN_PROGRESS,
+    JET_ERR_INVALID_BACKUP,
+    JET_ERR_INVALID_BACKUP_SEQUENCE,
+    JET_ERR_MISSING_FULL_BACKUP,
+    CertSrvError,
+)
+from pycertsrv.home import Home
+from pycertsrv.store import Store, StoreOptions, list_generations, parse_log_name
+
+from .helpers import add_requests, full_backup, read_all, restore_copy, rows
+
+
+def hr(exc: pytest.ExceptionInfo[CertSrvError]) -> int:
+    return exc.value.hresult
+
+
+@pytest.mark.parametrize(("grbit", "flags", "kind"), [
+    (0, 0, "full"), (0, 1, "full"), (0, 2, "incremental"), (1, 0, "incremental"), (1, 2, "incremental"),
+])
+def test_decode_backup_type_accepts_spec_encodings(grbit: int, flags: int, kind: str) -> None:
+    assert decode_backup_type(grbit, flags) == kind
+
+
+@pytest.mark.parametrize(("grbit", "flags"), [(0, 3), (0, 4), (1, 1), (2, 0), (4, 1), (0x10, 1), (0, 0xFFFFFFFF)])
+def test_decode_backup_type_rejects_others(grbit: int, flags: int) -> None:
+    with pytest.raises(CertSrvError) as e:
+        decode_backup_type(grbit, flags)
+    assert hr(e) == E_INVALIDARG
+
+
+def test_full_backup_lists_tags_and_restores_to_the_roll(mgr: BackupManager, store: Store, tmp_path: Path) -> None:
+    add_requests(store, 50, tag="before")
+    out = tmp_path / "set"
+    written_between: list[int] = []
+
+    def between() -> None:  # issued after the snapshot, before the roll: must come back from the logs
+        written_between.extend(add_requests(store, 30, tag="during"))
+
+    res = full_backup(mgr, out, between=between, truncate=False)
+    assert [e[0] for e in res["dbs"]] == [CSBFT_CERTSERVER_DATABASE]
+    assert res["dbs"][0][1:] == str(store.db_path)
+    assert all(e[0] == CSBFT_LOG for e in res["logs"]) and res["logs"]
+    add_requests(store, 10, tag="after")  # after the roll: not in the set
+    gens = [parse_log_name(Path(e[1:]).name) for e in res["logs"]]
+    assert gens == list(range(gens[0], gens[-1] + 1))  # type: ignore[operator]
+    db = restore_copy(out / store.db_path.name, out, tmp_path / "scratch", gens[0], gens[-1])  # type: ignore[arg-type]
+    got = {r[0] for r in rows(db, "SELECT requester FROM request")}
+    assert got == {"before", "during"}
+    assert rows(db, "SELECT COUNT(*) FROM request")[0][0] == 80
+    assert rows(db, "PRAGMA integrity_check")[0][0] == "ok"
+    hist = backup_history(store)
+    assert len(hist) == 1 and hist[0].kind == "full" and (hist[0].gen_low, hist[0].gen_high) == (gens[0], gens[-1])
+    assert hist[0].snapshot_lsn is not None and not hist[0].truncated
+    assert res["end"]["recorded"] is True
+
+
+def test_database_locations_tags(mgr: BackupManager, store: Store) -> None:
+    h = mgr.prepare("op", 0, 1)
+    locs = mgr.database_locations(h)
+    assert locs == [CSBFT_CERTSERVER_DATABASE + str(store.db_path), CSBFT_LOG_DIR + str(store.log_dir),
+                    CSBFT_CHECKPOINT_DIR + str(store.system_dir)]
+    assert [ord(e[0]) for e in locs] == [0x44, 0x82, 0x83]
+    mgr.end(h)
+
+
+def test_one_backup_at_a_time(mgr: BackupManager) -> None:
+    h = mgr.prepare("alice", 0, 1)
+    with pytest.raises(CertSrvError) as e:
+        mgr.prepare("alice", 0, 1)
+    assert hr(e) == E_UNEXPECTED
+    with pytest.raises(CertSrvError) as e:
+        mgr.prepare("bob", 0, 1)
+    assert hr(e) == JET_ERR_BACKUP_IN_PROGRESS and "alice" in e.value.message
+    # bob cannot drive alice's session even with its handle
+    with pytest.raises(CertSrvError) as e:
+        mgr.backup_logs(h, "bob")
+    assert hr(e) == E_UNEXPECTED
+    mgr.end(h, "alice")
+    h2 = mgr.prepare("bob", 0, 1)
+    mgr.end(h2)
+
+
+def test_incremental_needs_a_full_backup(mgr: BackupManager, store: Store, tmp_path: Path) -> None:
+    with pytest.raises(CertSrvError) as e:
+        mgr.prepare("op", 0, 2)
+    assert hr(e) == JET_ERR_MISSING_FULL_BACKUP
+    assert mgr.status() is None  # nothing left locked
+    full = full_backup(mgr, tmp_path / "full", truncate=False)
+    add_requests(store, 5)
+    h = mgr.prepare("op", 1, 0)
+    with pytest.raises(CertSrvError) as e:
+        mgr.database_names(h)
+    assert hr(e) == JET_ERR_INVALID_BACKUP_SEQUENCE
+    logs = mgr.backup_logs(h)
+    full_high = parse_log_name(Path(full["logs"][-1][1:]).name)
+    assert parse_log_name(Path(logs[0][1:]).name) == full_high + 1  # type: ignore[operator]
+    for e2 in logs:
+        read_all(mgr, h, e2[1:], tmp_path / Path(e2[1:]).name)
+    assert mgr.end(h)["recorded"]
+    hist = backup_history(store)
+    assert [r.kind for r in hist] == ["full", "incremental"]
+    assert hist[1].gen_low == hist[0].gen_high + 1 and hist[1].snapshot_lsn is None
+
+
+def test_incremental_refused_after_restore_until_full(mgr: BackupManager, store: Store, tmp_path: Path) -> None:
+    full_backup(mgr, tmp_path / "a", truncate=False)
+    with store.transaction() as tx:  # what the restore side writes
+        tx.put("setting", {"name": SETTING_REQUIRES_FULL, "value": "1"})
+    with pytest.raises(CertSrvError) as e:
+        mgr.prepare("op", 0, 2)
+    assert hr(e) == JET_ERR_MISSING_FULL_BACKUP
+    full_backup(mgr, tmp_path / "b", truncate=False)
+    assert store.get("setting", SETTING_REQUIRES_FULL) is None
+    assert store.get("setting", "DBLastFullBackup") is not None
+    mgr.end(mgr.prepare("op", 0, 2))
+
+
+def test_incremental_refused_with_circular_logging(tmp_path: Path) -> None:
+    home = Home.at(tmp_path / "c")
+    store = Store.create(home.root, "Circ CA", StoreOptions(circular_logging=True))
+    try:
+        mgr = BackupManager(store, home, 600)
+        full_backup(mgr, tmp_path / "set")  # a full backup still works
+        with pytest.raises(CertSrvError) as e:
+            mgr.prepare("op", 0, 2)
+        assert hr(e) == JET_ERR_INVALID_BACKUP
+    finally:
+        store.close()
+
+
+def test_sequencing_errors(mgr: BackupManager, store: Store, tmp_path: Path) -> None:
+    add_requests(store, 3)
+    for call in (lambda: mgr.database_names("nope"), lambda: mgr.read("nope", 10), lambda: mgr.end("nope"),
+                 lambda: mgr.close_file("nope"), lambda: mgr.truncate_logs("nope")):
+        with pytest.raises(CertSrvError) as e:
+            call()
+        assert hr(e) == E_UNEXPECTED
+    h = mgr.prepare("op", 0, 1)
+    db = mgr.database_names(h)[0][1:]
+    for call in (lambda: mgr.read(h, 10), lambda: mgr.close_file(h), lambda: mgr.truncate_logs(h)):
+        with pytest.raises(CertSrvError) as e:
+            call()
+        assert hr(e) == E_UNEXPECTED
+    size = mgr.open_file(h, db)
+    assert size > 0
+    with pytest.raises(CertSrvError) as e:
+        mgr.open_file(h, db)
+    assert hr(e) == E_UNEXPECTED and "open" in e.value.message
+    with pytest.raises(CertSrvError) as e:
+        mgr.backup_logs(h)
+    assert hr(e) == E_UNEXPECTED
+    assert len(mgr.read(h, 10)) == 10
+    with pytest.raises(CertSrvError) as e:
+        mgr.read(h, 0)
+    assert hr(e) == E_INVALIDARG
+    mgr.close_file(h)  # not read to the end
+    logs = mgr.backup_logs(h)
+    with pytest.raises(CertSrvError) as e:
+        mgr.open_file(h, db)  # database files only before the log list (ESE-LogInfo)
+    assert hr(e) == E_UNEXPECTED
+    with pytest.raises(CertSrvError) as e:
+        mgr.database_names(h)
+    assert hr(e) == E_UNEXPECTED
+    for e2 in logs:
+        read_all(mgr, h, e2[1:], tmp_path / Path(e2[1:]).name)
+    before = set(list_generations(store.log_dir))
+    with pytest.raises(CertSrvError) as e:
+        mgr.truncate_logs(h)  # the database was not read to its end
+    assert hr(e) == E_UNEXPECTED and store.db_path.name in e.value.message
+    assert set(list_generations(store.log_dir)) == before  # nothing deleted
+    assert mgr.end(h)["recorded"] is False  # incomplete: not a base for incrementals
+    assert backup_history(store) == []
+    with pytest.raises(CertSrvError) as e:
+        mgr.backup_logs(h)
+    assert hr(e) == E_UNEXPECTED
+
+
+def test_truncate_keeps_what_recovery_needs(mgr: BackupManager, store: Store, home: Home, tmp_path: Path) -> None:
+    add_requests(store, 600)  # several 64 KiB generations
+    assert len(list_generations(store.log_dir)) > 2
+    res = full_backup(mgr, tmp_path / "set")
+    listed = {parse_log_name(Path(e[1:]).name) for e in res["logs"]}
+    # everything up to the roll is in the snapshot or the listed logs; nothing newer goes
+    assert res["deleted"] and max(res["deleted"]) <= max(listed)  # type: ignore[type-var]
+    remaining = set(list_generations(store.log_dir))
+    cp = store.last_checkpoint
+    assert cp is not None and all(g >= min(cp.generation, max(listed) + 1) for g in remaining)  # type: ignore[type-var]
+    assert store.current_generation in remaining
+    assert backup_history(store)[0].truncated
+    add_requests(store, 5, tag="later")
+    n = store.count("request")
+    store.close()
+    again = Store.open(home.root)  # soft recovery works with what is left
+    try:
+        assert again.count("request") == n
+    finally:
+        again.close()
+
+
+def test_path_tricks_are_refused_and_nothing_read(mgr: BackupManager, store: Store, home: Home,
+                                                  tmp_path: Path) -> None:
+    home.publish_dir.mkdir(parents=True, exist_ok=True)
+    (home.publish_dir / "ca.crt").write_bytes(b"cert")
+    (home.publish_dir / "evil.crl").symlink_to("/etc/passwd")
+    h = mgr.prepare("op", 0, 1)
+    db = mgr.database_names(h)[0][1:]
+    dyn = mgr.dynamic_files(h)
+    assert dyn == [str(home.publish_dir / "ca.crt")]  # the symlink is not listed
+    logs = [e[1:] for e in mgr.backup_logs(h)]
+    tricks = [
+        "/etc/passwd",
+        str(store.checkpoint_path),
+        str(home.publish_dir / "evil.crl"),
+        Path(logs[0]).name,  # relative
+        str(store.log_dir / ".." / "logs" / Path(logs[0]).name),
+        CSBFT_LOG + logs[0],  # tag not removed
+        logs[0] + "\0",
+        db + "-wal",
+        "",
+    ]
+    for name in tricks:
+        with pytest.raises(CertSrvError) as e:
+            mgr.open_file(h, name)
+        assert hr(e) == ERROR_FILE_NOT_FOUND, name
+        with pytest.raises(CertSrvError):
+            mgr.read(h, 10)  # nothing is open
+    # a listed generation swapped for a symlink after listing
+    target = Path(logs[-1])
+    os.chmod(target, 0o644)
+    target.unlink()
+    target.symlink_to("/etc/passwd")
+    with pytest.raises(CertSrvError) as e:
+        mgr.open_file(h, str(target))
+    assert hr(e) == E_ACCESSDENIED
+    assert mgr.open_file(h, dyn[0]) == 4  # dynamic files are readable once listed
+    assert mgr.read(h, 100) == b"cert"
+    mgr.close_file(h)
+    mgr.end(h)
+
+
+def test_expiry_releases_lock_and_staging(mgr: BackupManager, store: Store, home: Home, clock: object) -> None:
+    h = mgr.prepare("alice", 0, 1)
+    db = mgr.database_names(h)[0][1:]
+    mgr.open_file(h, db)
+    staged = list(home.staging_dir.iterdir())
+    assert len(staged) == 1 and any(staged[0].iterdir())
+    clock.now += 599  # type: ignore[attr-defined]
+    assert mgr.expire_idle() == []
+    clock.now += 2  # type: ignore[attr-defined]
+    assert mgr.expire_idle() == [h]
+    assert list(home.staging_dir.iterdir()) == []
+    with pytest.raises(CertSrvError) as e:
+        mgr.read(h, 10)
+    assert hr(e) == E_UNEXPECTED
+    mgr.end(mgr.prepare("bob", 0, 1))
+    assert backup_history(store) == [] or backup_history(store)[-1].kind == "full"
+
+
+def test_stale_staging_removed_at_start(store: Store, home: Home) -> None:
+    stale = home.staging_dir / "backup-deadbeef"
+    stale.mkdir(parents=True)
+    (stale / "x.db").write_bytes(b"x")
+    BackupManager(store, home, 600)
+    assert not stale.exists()
+
+
+def test_backup_while_writers_run(mgr: BackupManager, store: Store, tmp_path: Path) -> None:
+    """Writers keep committing during the whole session; everything committed before the roll comes back."""
+    add_requests(store, 20, tag="seed")
+    stop = threading.Event()
+    committed: list[tuple[int, int]] = []  # (request id, commit order)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def writer(tag: str) -> None:
+        try:
+            while not stop.is_set():
+                rid = add_requests(store, 1, tag=tag)[0]
+                with lock:
+                    committed.append((rid, len(committed)))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(f"w{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    out = tmp_path / "set"
+    out.mkdir()
+    h = mgr.prepare("op", 0, 1)
+    for e in mgr.database_names(h):
+        read_all(mgr, h, e[1:], out / Path(e[1:]).name, chunk=4096)
+    with lock:
+        before_roll = {rid for rid, _ in committed}
+    logs = mgr.backup_logs(h)
+    for e in logs:
+        read_all(mgr, h, e[1:], out / Path(e[1:]).name, chunk=4096)
+    mgr.end(h)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    gens = [parse_log_name(Path(e[1:]).name) for e in logs]
+    db = restore_copy(out / store.db_path.name, out, tmp_path / "r", gens[0], gens[-1])  # type: ignore[arg-type]
+    got = {r[0] for r in rows(db, "SELECT request_id FROM request")}
+    assert before_roll <= got
+    # no partial transaction: each request has both of its attribute rows
+    bad = rows(db, "SELECT r.request_id FROM request r LEFT JOIN attribute a ON a.request_id = r.request_id "
+                   "GROUP BY r.request_id HAVING COUNT(a.name) != 2")
+    assert bad == []
+    assert rows(db, "PRAGMA integrity_check")[0][0] == "ok"
+
+
+def test_read_is_bounded(mgr: BackupManager, home: Home) -> None:
+    home.publish_dir.mkdir(parents=True, exist_ok=True)
+    big = home.publish_dir / "big.crl"
+    big.write_bytes(os.urandom(MAX_READ + 100))
+    h = mgr.prepare("op", 0, 1)
+    assert mgr.dynamic_files(h) == [str(big)]
+    assert mgr.open_file(h, str(big)) == MAX_READ + 100
+    first = mgr.read(h, 10 * MAX_READ)
+    assert len(first) == MAX_READ
+    assert first + mgr.read(h, 10 * MAX_READ) == big.read_bytes()
+    assert mgr.read(h, 10) == b""
+    mgr.close_file(h)
+    mgr.end(h)
