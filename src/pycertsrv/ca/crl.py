@@ -1,0 +1,69 @@
+"""Full CRLs (RFC 5280 §5): building and signing, and the published files in HOME/publish."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from ..fsutil import atomic_write
+from .issuance import authority_key_identifier
+from .keys import CAPrivateKey, signing_hash
+from .revocation import crl_entry
+
+# Published ("dynamic") file names inside HOME/publish, beside the CA certificate.
+CRL_DER = "ca.crl"
+CRL_PEM = "ca.crl.pem"
+CA_DER = "ca.cer"
+
+
+def build_crl(
+    key: CAPrivateKey,
+    ca_cert: x509.Certificate,
+    revoked_rows: Iterable[dict[str, Any]],
+    number: int,
+    this_update: dt.datetime,
+    next_update: dt.datetime,
+) -> x509.CertificateRevocationList:
+    """Sign a full CRL: issuer, thisUpdate/nextUpdate, cRLNumber, AKI, one entry per revoked row.
+
+    :param key: the CA key.
+    :param ca_cert: the CA certificate (issuer name, SKI for the AKI).
+    :param revoked_rows: request rows with disposition revoked (serial, revoked_at, reason, invalidity date).
+    :param number: the cRLNumber (RFC 5280 §5.2.3: monotonically increasing).
+    :param this_update: thisUpdate.
+    :param next_update: nextUpdate.
+    """
+    b = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(this_update)
+        .next_update(next_update)
+        .add_extension(authority_key_identifier(ca_cert), critical=False)  # RFC 5280 §5.2.1 MUST
+        .add_extension(x509.CRLNumber(number), critical=False)  # RFC 5280 §5.2.3 MUST
+    )
+    for row in revoked_rows:
+        b = b.add_revoked_certificate(crl_entry(row))
+    return b.sign(key, signing_hash(key))
+
+
+def write_published(publish_dir: Path, crl: x509.CertificateRevocationList) -> tuple[Path, Path]:
+    """Write the CRL as DER (``ca.crl``) and PEM (``ca.crl.pem``) atomically; returns both paths."""
+    publish_dir.mkdir(parents=True, exist_ok=True)
+    der_path = publish_dir / CRL_DER
+    pem_path = publish_dir / CRL_PEM
+    atomic_write(der_path, crl.public_bytes(Encoding.DER))
+    atomic_write(pem_path, crl.public_bytes(Encoding.PEM))
+    return der_path, pem_path
+
+
+def write_ca_certificate(cert_path: Path, cert: x509.Certificate, chain: Iterable[x509.Certificate] = ()) -> None:
+    """Publish the CA certificate as PEM at ``cert_path`` (with its parents after it) and as DER ``ca.cer``."""
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    pem = cert.public_bytes(Encoding.PEM) + b"".join(c.public_bytes(Encoding.PEM) for c in chain)
+    atomic_write(cert_path, pem)
+    atomic_write(cert_path.parent / CA_DER, cert.public_bytes(Encoding.DER))
