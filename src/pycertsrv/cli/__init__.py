@@ -30,3 +30,5 @@ def main() -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+
+from . import ca  # noqa: E402,F401  (CA verbs)
