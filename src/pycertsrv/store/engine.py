@@ -291,6 +291,11 @@ class Store:
         return store
 
     def _open(self) -> None:
+        # A registered restore is acted on before anything else (spec §3.3: the CA refuses to start on an
+        # uncompleted registration and runs hard recovery on a completed one before serving).
+        from .registration import recover_registered
+
+        self.hard_recovery = recover_registered(self.home)
         dbs = sorted(p for p in self.db_dir.iterdir() if p.suffix == ".db")
         self.db_path = dbs[0]
         self._writer = _connect(self.db_path)

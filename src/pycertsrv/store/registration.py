@@ -1,0 +1,658 @@
+"""The restore registration (``HOME/system/restore.json``) and the hard recovery run at start.
+
+A restore is *registered* by the certbcli restore functions (spec §2.14–2.16) and *performed*
+at the CA's next start (spec §3.3 "What happens at next service start"):
+
+- ``registered`` — at least one set registered, not completed: the CA refuses to start
+  (JET_errRestoreInProgress) and another context cannot register (spec §2.14 interlock).
+- ``complete`` — ``RestoreRegisterComplete(S_OK)``: the next :meth:`Store.open` replays
+  genLow..genHigh from the backup log path onto a temp copy of the restored database
+  (phase I), rolls forward contiguous newer generations of the live log directory (phase II),
+  checks integrity, then commits by renaming the copy into place.
+- ``failed`` — completed with a failure hr, or recovery failed: the CA refuses to start with it.
+- ``recovering`` — internal: the recovered copy is ready and the finishing steps (rename,
+  moving conflicting generations aside, the fresh generation, checkpoint) are being done;
+  each is idempotent, so a crash here is finished at the next start.
+
+Spec §6 item 11 leaves the persistence and the merging of repeated registrations open; we
+keep one JSON file, written atomically, whose genLow/genHigh are the min/max over the sets.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import (
+    E_FAIL,
+    E_INVALIDARG,
+    ERROR_DIRECTORY,
+    ERROR_FILE_NOT_FOUND,
+    JET_ERR_ENDING_RESTORE_LOG_TOO_LOW,
+    JET_ERR_MISSING_RESTORE_LOG_FILES,
+    JET_ERR_RESTORE_IN_PROGRESS,
+    S_OK,
+    CertSrvError,
+    Conflict,
+    CorruptData,
+    InvalidArgument,
+    NotFound,
+    SequenceError,
+    hresult_name,
+)
+from ..fsutil import atomic_write, fsync_dir, fsync_file
+from . import logfile, schema
+from .replay import RecoveryReport, apply_ops, encode_payload, read_meta, set_applied
+
+FORMAT = "pycertsrv-restore/1"
+REGISTRATION_FILE = "restore.json"
+LAST_RESTORE_FILE = "last-restore.json"
+
+STATE_REGISTERED = "registered"
+STATE_COMPLETE = "complete"
+STATE_FAILED = "failed"
+STATE_RECOVERING = "recovering"
+STATES = (STATE_REGISTERED, STATE_COMPLETE, STATE_FAILED, STATE_RECOVERING)
+
+# Settings written by the recovery epilogue (spec §1.3 wszREGDBLASTRECOVERY; §2.17: the next backup must be full).
+SETTING_LAST_RECOVERY = "DBLastRecovery"
+SETTING_REQUIRES_FULL = "backup_requires_full"
+
+MAX_GENERATION = 0xFFFFFFFF
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _stamp() -> str:
+    # No dot in the name: Store._open picks database files by suffix, and a dot would make one.
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+@dataclass
+class RegisteredSet:
+    """One ``RestoreRegister`` call: a full set (with a restore map) or an incremental one."""
+
+    kind: str
+    gen_low: int
+    gen_high: int
+    backup_log_path: str | None
+    checkpoint_path: str | None
+    log_path: str | None
+    restore_map: list[list[str]]
+    context: str
+    via: str
+    registered_at: str
+
+
+@dataclass
+class Registration:
+    """The whole registration file (merged over the registered sets)."""
+
+    state: str
+    context: str
+    pid: int
+    created: str
+    updated: str
+    checkpoint_path: str | None = None
+    log_path: str | None = None
+    restore_map: list[list[str]] = field(default_factory=list)
+    backup_log_path: str | None = None
+    gen_low: int = 0
+    gen_high: int = 0
+    until_us: int | None = None
+    identity: str | None = None
+    sets: list[RegisteredSet] = field(default_factory=list)
+    hr: int = S_OK
+    message: str = ""
+    recovery: dict[str, Any] | None = None
+    format: str = FORMAT
+
+    def to_json(self) -> dict[str, Any]:
+        """The registration as plain data (what the file holds)."""
+        d = asdict(self)
+        d["hr_hex"] = f"0x{self.hr:08X}"
+        d["hr_name"] = hresult_name(self.hr)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Registration:
+        """Parse the file's content; KeyError/TypeError/ValueError on a malformed one."""
+        if d.get("format") != FORMAT:
+            raise ValueError(f"format {d.get('format')!r} is not {FORMAT}")
+        if d.get("state") not in STATES:
+            raise ValueError(f"unknown state {d.get('state')!r}")
+        sets = [RegisteredSet(**s) for s in d.get("sets", [])]
+        names = {f for f in cls.__dataclass_fields__ if f != "sets"}
+        kw = {k: v for k, v in d.items() if k in names}
+        return cls(sets=sets, **kw)
+
+    @property
+    def has_full(self) -> bool:
+        """Whether a full set has been registered."""
+        return any(s.kind == "full" for s in self.sets)
+
+    def summary(self) -> str:
+        """One line: state, generations, sets."""
+        kinds = ", ".join(f"{s.kind} {s.gen_low:08X}..{s.gen_high:08X}" for s in self.sets) or "no sets"
+        return f"restore {self.state}: generations {self.gen_low:08X}..{self.gen_high:08X} ({kinds})"
+
+
+def registration_path(home: Path) -> Path:
+    """``HOME/system/restore.json``."""
+    return Path(home) / "system" / REGISTRATION_FILE
+
+
+def read_registration(home: Path) -> Registration | None:
+    """The registration of ``home``, or None; an unreadable file is a Conflict (the CA must not start)."""
+    path = registration_path(home)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return Registration.from_json(json.loads(raw))
+    except (ValueError, KeyError, TypeError) as e:
+        raise Conflict(JET_ERR_RESTORE_IN_PROGRESS, str(path),
+                       f"restore registration is unreadable ({e}); run the restore again with --force") from None
+
+
+def write_registration(home: Path, reg: Registration) -> None:
+    """Write the registration atomically (temp, fsync, rename, fsync dir)."""
+    path = registration_path(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    reg.updated = _now_iso()
+    atomic_write(path, json.dumps(reg.to_json(), indent=1, sort_keys=True).encode(), mode=0o600)
+
+
+def clear_registration(home: Path) -> None:
+    """Remove the registration (idempotent)."""
+    path = registration_path(home)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+        fsync_dir(path.parent)
+
+
+def _resolve_db_target(home: Path, new_name: str) -> Path:
+    """Where the restore map puts the database: it must be a ``.db`` file in ``HOME/db``."""
+    db_dir = (Path(home) / "db").resolve()
+    p = Path(new_name)
+    target = (p if p.is_absolute() else db_dir / p).resolve()
+    if target.parent != db_dir or target.suffix != ".db":
+        raise InvalidArgument(E_INVALIDARG, new_name,
+                              f"restore map must name a .db file in {db_dir} (the CA's database directory)")
+    return target
+
+
+def register(
+    home: Path,
+    *,
+    context: str,
+    checkpoint_path: str | None,
+    log_path: str | None,
+    restore_map: list[tuple[str, str]] | None,
+    backup_log_path: str | None,
+    gen_low: int,
+    gen_high: int,
+    until_us: int | None = None,
+    identity: str | None = None,
+    force: bool = False,
+    via: str = "register",
+    function: str = "CertSrvRestoreRegister",
+) -> Registration:
+    """Register one restored set, merging with earlier registrations (spec §2.14).
+
+    :param home: the CA home (its lock must be held by the caller's restore context).
+    :param context: id of the restore context registering.
+    :param checkpoint_path: checkpoint directory (the 0x83 location), or None.
+    :param log_path: the live log directory (the 0x82 location), or None.
+    :param restore_map: ``[(backup_db_name, new_db_name)]`` for the full set; None/empty for an incremental.
+    :param backup_log_path: directory holding this set's restored log generations.
+    :param gen_low: lowest generation of this set.
+    :param gen_high: highest generation of this set.
+    :param until_us: stop the replay before the first record later than this (point in time).
+    :param identity: the database identity the sets belong to (checked at recovery).
+    :param force: replace a registration left uncompleted by another (dead) context.
+    :param via: ``register`` or ``file`` (CertSrvRestoreRegisterThroughFile).
+    :param function: the name errors carry.
+    """
+    for name, v in (("genLow", gen_low), ("genHigh", gen_high)):
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_GENERATION:
+            raise InvalidArgument(E_INVALIDARG, function, f"{name} {v!r} is not a generation (1..0xFFFFFFFF)")
+    if gen_high < gen_low:
+        raise InvalidArgument(E_INVALIDARG, function, f"genHigh {gen_high:08X} is below genLow {gen_low:08X}")
+    if backup_log_path is None:
+        raise InvalidArgument(E_INVALIDARG, function, "a backup log path is needed to replay the generations")
+    full = bool(restore_map)
+    rmap: list[list[str]] = []
+    for pair in restore_map or []:
+        if len(pair) != 2 or not all(isinstance(x, str) and x for x in pair):
+            raise InvalidArgument(E_INVALIDARG, function, f"restore map entry {pair!r} is not (old, new)")
+        _resolve_db_target(home, pair[1])
+        rmap.append([pair[0], pair[1]])
+    if len(rmap) > 1:
+        raise InvalidArgument(E_INVALIDARG, function, "a CA has one database: the restore map takes one entry")
+    old = read_registration(home) if not force else _read_or_none(home)
+    now = _now_iso()
+    if old is not None and old.state == STATE_REGISTERED and old.context != context and not force:
+        # spec §2.14: until RegisterComplete, a second registration cannot succeed.
+        raise Conflict(JET_ERR_RESTORE_IN_PROGRESS, function,
+                       f"a restore registered by another context (pid {old.pid}) is not completed; "
+                       "restore again with --force to replace it")
+    if old is not None and old.state == STATE_RECOVERING and not force:
+        raise Conflict(JET_ERR_RESTORE_IN_PROGRESS, function,
+                       "a registered restore is being recovered; start the CA to finish it, or use --force")
+    if full:
+        # A full registration starts a new restore: it replaces whatever was registered before.
+        reg = Registration(state=STATE_REGISTERED, context=context, pid=os.getpid(), created=now, updated=now)
+        reg.restore_map = rmap
+        reg.gen_low, reg.gen_high = gen_low, gen_high
+    else:
+        if old is None or not old.has_full or old.state == STATE_FAILED:
+            raise SequenceError(ERROR_DIRECTORY, function,
+                                "Restore of an incremental image cannot be performed before a restore "
+                                "from a full image" + (" (the registered restore failed)" if old else ""))
+        reg = old
+        reg.gen_low, reg.gen_high = min(reg.gen_low, gen_low), max(reg.gen_high, gen_high)
+        reg.state = STATE_REGISTERED
+        reg.context = context
+        reg.pid = os.getpid()
+        reg.hr, reg.message = S_OK, ""
+    if identity is not None:
+        if reg.identity is not None and reg.identity != identity:
+            raise InvalidArgument(E_INVALIDARG, function,
+                                  f"set belongs to database {identity}, the registered full set to {reg.identity}")
+        reg.identity = identity
+    reg.checkpoint_path = checkpoint_path if checkpoint_path is not None else reg.checkpoint_path
+    reg.log_path = log_path if log_path is not None else reg.log_path
+    reg.backup_log_path = backup_log_path if reg.backup_log_path is None or full else reg.backup_log_path
+    if until_us is not None:
+        reg.until_us = until_us
+    if not full and any((o.kind, o.gen_low, o.gen_high, o.backup_log_path)
+                        == ("incremental", gen_low, gen_high, backup_log_path) for o in reg.sets):
+        write_registration(home, reg)  # the same incremental again: nothing new to merge
+        return reg
+    reg.sets.append(RegisteredSet(
+        kind="full" if full else "incremental", gen_low=gen_low, gen_high=gen_high,
+        backup_log_path=backup_log_path, checkpoint_path=checkpoint_path, log_path=log_path,
+        restore_map=rmap, context=context, via=via, registered_at=now))
+    write_registration(home, reg)
+    return reg
+
+
+def _read_or_none(home: Path) -> Registration | None:
+    try:
+        return read_registration(home)
+    except Conflict:
+        return None  # --force replaces an unreadable registration
+
+
+def complete(home: Path, *, context: str, hr: int = S_OK, message: str = "",
+             function: str = "CertSrvRestoreRegisterComplete") -> Registration:
+    """Mark the registration complete (``hr`` S_OK) or failed (any other hr) — spec §2.16.
+
+    :param home: the CA home.
+    :param context: the context that registered.
+    :param hr: the outcome of the restore (S_OK when the files were placed).
+    :param message: why it failed, when it did.
+    """
+    reg = read_registration(home)
+    if reg is None or reg.context != context or reg.state != STATE_REGISTERED:
+        raise SequenceError(None, function, "this restore context has no registration to complete")
+    hr &= 0xFFFFFFFF
+    if hr == S_OK:
+        reg.state = STATE_COMPLETE
+    else:
+        reg.state = STATE_FAILED
+        reg.hr = hr
+        reg.message = message or f"restore completed with {hresult_name(hr)} (0x{hr:08X})"
+    write_registration(home, reg)
+    return reg
+
+
+def mark_failed(home: Path, hr: int, message: str) -> None:
+    """Record a failure in the registration (the CA then refuses to start with ``hr``)."""
+    reg = _read_or_none(home)
+    if reg is None:
+        return
+    reg.state = STATE_FAILED
+    reg.hr = hr & 0xFFFFFFFF
+    reg.message = message
+    write_registration(home, reg)
+
+
+# ---------------------------------------------------------------- hard recovery at start
+
+
+@dataclass
+class RestoreOutcome:
+    """What the start-time hard recovery did."""
+
+    report: RecoveryReport
+    applied_lsn: int
+    generation: int
+    superseded: list[str]
+    superseded_dir: str | None
+    database: str
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        s = f"restore: {self.report.summary()}; database at LSN {self.applied_lsn}, new generation " \
+            f"{self.generation:08X}"
+        if self.superseded:
+            s += f"; {len(self.superseded)} conflicting generation(s) moved to {self.superseded_dir}"
+        return s
+
+    def to_json(self) -> dict[str, Any]:
+        """The outcome as plain data."""
+        d = asdict(self)
+        d["report"] = self.report.to_json()
+        return d
+
+
+def recover_registered(home: Path) -> RestoreOutcome | None:
+    """The hook :meth:`Store._open` runs first: act on a registered restore, if any.
+
+    Refuses (raises) on an uncompleted or failed registration; runs hard recovery on a
+    completed one; finishes an interrupted one. Returns None when nothing is registered.
+
+    :param home: the CA home (its lock is held by the caller).
+    """
+    home = Path(home)
+    reg = read_registration(home)
+    if reg is None:
+        return None
+    if reg.state == STATE_REGISTERED:
+        raise Conflict(JET_ERR_RESTORE_IN_PROGRESS, str(home),
+                       f"a restore is registered but not completed ({reg.summary()}); the CA will not start "
+                       "until it is completed (spec §2.16) — run the restore again with --force")
+    if reg.state == STATE_FAILED:
+        hr = reg.hr if reg.hr != S_OK else E_FAIL
+        cls = CorruptData if (hr & 0xFFFF0000) == 0xC8000000 else Conflict
+        raise cls(hr, str(home), f"the registered restore failed: {reg.message}; the CA will not start "
+                                 "until a full set is restored again (certsrv restore --force)")
+    if reg.state == STATE_COMPLETE:
+        try:
+            reg.recovery = _recover_into_temp(home, reg)
+        except CertSrvError as e:
+            _discard_temp(home, reg)
+            mark_failed(home, e.hresult, str(e))
+            raise
+        except (OSError, sqlite3.Error, ValueError) as e:
+            _discard_temp(home, reg)
+            mark_failed(home, E_FAIL, f"hard recovery failed: {e}")
+            raise CertSrvError(E_FAIL, str(home), f"hard recovery failed: {e}") from e
+        reg.state = STATE_RECOVERING
+        write_registration(home, reg)
+    return _finish(home, reg)
+
+
+def _temp_name(target: Path) -> Path:
+    return target.with_name(f".{target.name}.recovering")
+
+
+def _discard_temp(home: Path, reg: Registration) -> None:
+    if not reg.restore_map:
+        return
+    with contextlib.suppress(CertSrvError, OSError):
+        tmp = _temp_name(_resolve_db_target(home, reg.restore_map[0][1]))
+        for p in (tmp, tmp.with_name(tmp.name + "-journal")):
+            p.unlink(missing_ok=True)
+
+
+def _collect_generations(reg: Registration) -> list[Path]:
+    """Files of genLow..genHigh across every registered backup log path; a missing one is named."""
+    found: dict[int, Path] = {}
+    dirs: list[str] = []
+    for s in reg.sets:
+        d = s.backup_log_path or reg.backup_log_path
+        if d is None or d in dirs:
+            continue
+        dirs.append(d)
+        for g, p in logfile.list_generations(Path(d)).items():
+            found.setdefault(g, p)
+    files: list[Path] = []
+    for g in range(reg.gen_low, reg.gen_high + 1):
+        if g not in found:
+            raise CorruptData(JET_ERR_MISSING_RESTORE_LOG_FILES, logfile.log_name(g),
+                              f"log generation {g:08X} is missing from the backup log path "
+                              f"({', '.join(dirs)}); registered {reg.gen_low:08X}..{reg.gen_high:08X}")
+        files.append(found[g])
+    return files
+
+
+@dataclass
+class _LiveGen:
+    generation: int
+    path: Path
+    first: int
+    last: int
+    end: int
+    size: int
+    ok: bool  # identity matches and no bad frame except a torn tail
+    torn: bool
+
+
+def _scan_live(path: Path, gen: int, ident: bytes) -> _LiveGen:
+    try:
+        res, _ = logfile.scan(path, ident)
+    except CertSrvError:
+        return _LiveGen(gen, path, 0, 0, 0, 0, False, False)
+    first = res.header.first_lsn
+    last = res.last_lsn if res.last_lsn is not None else first - 1
+    bad = res.bad_offset is not None
+    return _LiveGen(gen, path, first, last, res.end, res.size, not bad or res.bad_is_tail, bad and res.bad_is_tail)
+
+
+def _epilogue_record(lsn: int, when: datetime) -> tuple[bytes, list[list[Any]]]:
+    """The record the recovery appends: DBLastRecovery and backup_requires_full (logged, so replayable)."""
+    t = schema.table("setting")
+    ops: list[list[Any]] = [
+        ["setting", "p", schema.row_to_image(t, {"name": SETTING_LAST_RECOVERY, "value": when.isoformat()})],
+        ["setting", "p", schema.row_to_image(t, {"name": SETTING_REQUIRES_FULL, "value": "1"})],
+    ]
+    return logfile.encode_record(lsn, int(when.timestamp() * 1_000_000), encode_payload(ops)), ops
+
+
+def _recover_into_temp(home: Path, reg: Registration) -> dict[str, Any]:
+    """Phases I and II plus the epilogue on a temp copy of the database; returns the finishing plan."""
+    from .engine import hard_recover  # engine imports this module lazily; avoid the cycle at import time
+
+    if not reg.restore_map or not reg.has_full:
+        raise SequenceError(ERROR_DIRECTORY, str(home), "no full set is registered (the restore map is empty)")
+    target = _resolve_db_target(home, reg.restore_map[0][1])
+    if not target.is_file():
+        raise NotFound(ERROR_FILE_NOT_FOUND, str(target), "the restored database file is missing")
+    files = _collect_generations(reg)
+    tmp = _temp_name(target)
+    for p in (tmp, tmp.with_name(tmp.name + "-journal")):
+        p.unlink(missing_ok=True)
+    shutil.copyfile(target, tmp)
+    conn = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        meta = read_meta(conn)
+    finally:
+        conn.close()
+    ident_hex = meta["identity"]
+    if reg.identity is not None and reg.identity != ident_hex:
+        raise CorruptData(JET_ERR_MISSING_RESTORE_LOG_FILES, target.name,
+                          f"database belongs to {ident_hex}, the registered sets to {reg.identity}")
+    ident = bytes.fromhex(ident_hex)
+    snapshot_lsn = int(meta["applied_lsn"])
+    # Phase I's end: the last LSN the backed-up generations hold.
+    last_res, _ = logfile.scan(files[-1], ident)
+    if last_res.bad_offset is not None:
+        raise logfile.corrupt_error(last_res)
+    phase1_end = last_res.last_lsn if last_res.last_lsn is not None else last_res.header.first_lsn - 1
+    if phase1_end < snapshot_lsn:
+        raise CorruptData(JET_ERR_ENDING_RESTORE_LOG_TOO_LOW, files[-1].name,
+                          f"the logs end at LSN {phase1_end}, before the database's LSN {snapshot_lsn}")
+    # Phase II: contiguous newer generations of the live log directory (spec §3.3, ESE phase II).
+    log_dir = Path(home) / "logs"
+    live = logfile.list_generations(log_dir)
+    extras: list[Path] = []
+    expected = phase1_end + 1
+    g = reg.gen_high + 1
+    while g in live:
+        info = _scan_live(live[g], g, ident)
+        if not info.ok or info.first != expected:
+            break
+        extras.append(live[g])
+        expected = info.last + 1
+        g += 1
+        if info.torn:
+            break  # only the last file may end in a torn tail
+    rep = hard_recover(tmp, files[0].parent, reg.gen_low, reg.gen_low, identity=ident_hex,
+                       until_us=reg.until_us, extra_generations=files[1:] + extras)
+    applied = rep.to_lsn
+    chain = files + extras
+    if rep.stopped_at is not None and rep.generations:
+        g_end = rep.generations[-1]
+    else:
+        g_end = logfile.read_header(chain[-1]).generation
+    # Which live generations agree with the recovered LSN sequence: a contiguous run ending exactly at
+    # `applied`. Everything else conflicts (e.g. records past --until, another CA) and is moved aside.
+    infos = {gen: _scan_live(p, gen, ident) for gen, p in live.items()}
+    consistent = {gen for gen, i in infos.items() if i.ok and i.first <= applied + 1 and i.last <= applied}
+    keep: list[int] = []
+    if consistent:
+        top = max(consistent)
+        if infos[top].last == applied:
+            keep = [top]
+            cur = top
+            while cur - 1 in consistent and infos[cur - 1].last + 1 == infos[cur].first:
+                cur -= 1
+                keep.append(cur)
+    supersede = sorted(live[gen].name for gen in live if gen not in keep)
+    torn = {live[gen].name: infos[gen].end for gen in keep if infos[gen].torn}
+    fresh = (max(keep) if keep else g_end) + 1
+    # The epilogue: one logged record at applied+1, in the fresh generation.
+    when = datetime.now(UTC)
+    record, ops = _epilogue_record(applied + 1, when)
+    conn = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        apply_ops(conn, ops)
+        set_applied(conn, applied + 1)
+        conn.commit()
+    finally:
+        conn.close()
+    fsync_file(tmp)
+    fsync_dir(tmp.parent)
+    others = sorted(p.name for p in target.parent.iterdir() if p.suffix == ".db" and p != target)
+    return {
+        "target": str(target),
+        "temp": str(tmp),
+        "identity": ident_hex,
+        "applied_lsn": applied + 1,
+        "generation": fresh,
+        "generation_created_us": int(when.timestamp() * 1_000_000),
+        "record": base64.b64encode(record).decode("ascii"),
+        "supersede": supersede,
+        "supersede_dir": f"superseded-{_stamp()}",
+        "torn": torn,
+        "db_supersede": others,
+        "report": rep.to_json(),
+        "recovered_at": when.isoformat(),
+        "backup_log_paths": sorted({s.backup_log_path for s in reg.sets if s.backup_log_path}),
+    }
+
+
+def _move(src: Path, dest_dir: Path) -> None:
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dest_dir / src.name)
+
+
+def _finish(home: Path, reg: Registration) -> RestoreOutcome:
+    """The idempotent steps after the recovered copy is durable (safe to repeat after a crash)."""
+    from .engine import Checkpoint, write_checkpoint
+
+    plan = reg.recovery
+    assert plan is not None
+    home = Path(home)
+    target = Path(plan["target"])
+    tmp = Path(plan["temp"])
+    db_dir = target.parent
+    log_dir = home / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    db_aside = db_dir / plan["supersede_dir"]
+    if tmp.exists():
+        # Stale WAL/SHM/journal beside the target belong to the file being replaced; SQLite would apply
+        # a stale WAL to the new file, so they must go before the rename.
+        for suffix in ("-wal", "-shm", "-journal"):
+            side = target.with_name(target.name + suffix)
+            if side.exists():
+                _move(side, db_aside)
+        os.replace(tmp, target)
+        fsync_dir(db_dir)
+    elif not target.exists():
+        raise NotFound(ERROR_FILE_NOT_FOUND, str(target), "the recovered database file is missing")
+    for name in plan["db_supersede"]:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            p = db_dir / (name + suffix)
+            if p.exists():
+                _move(p, db_aside)
+    if db_aside.exists():
+        fsync_dir(db_dir)
+    aside = log_dir / plan["supersede_dir"]
+    for name in plan["supersede"]:
+        p = log_dir / name
+        if p.exists():
+            _move(p, aside)
+    for name, end in plan["torn"].items():
+        p = log_dir / name
+        if p.exists() and p.stat().st_size > end:
+            # The torn bytes were never committed; keep a copy anyway (nothing is deleted), then cut.
+            aside.mkdir(parents=True, exist_ok=True)
+            if not (aside / name).exists():
+                shutil.copyfile(p, aside / name)
+            os.chmod(p, 0o644)
+            fd = os.open(p, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, end)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    if aside.exists():
+        fsync_dir(aside)
+    gen = int(plan["generation"])
+    ident = bytes.fromhex(plan["identity"])
+    applied = int(plan["applied_lsn"])
+    header = logfile.LogHeader(gen, ident, int(plan["generation_created_us"]), applied)
+    data = header.encode() + base64.b64decode(plan["record"])
+    atomic_write(log_dir / logfile.log_name(gen), data)
+    write_checkpoint(home / "system" / "edb.chk", Checkpoint(applied, gen, logfile.now_us()), plan["identity"])
+    report = RecoveryReport(**plan["report"])
+    outcome = RestoreOutcome(report=report, applied_lsn=applied, generation=gen,
+                             superseded=list(plan["supersede"]),
+                             superseded_dir=str(aside) if plan["supersede"] else None, database=str(target))
+    done = reg.to_json()
+    done["outcome"] = outcome.to_json()
+    atomic_write(home / "system" / LAST_RESTORE_FILE, json.dumps(done, indent=1, sort_keys=True).encode(),
+                 mode=0o600)
+    clear_registration(home)
+    # The backup log path copies are ours only inside HOME/restore; anything else belongs to the operator.
+    restore_root = (home / "restore").resolve()
+    for d in plan.get("backup_log_paths", []):
+        p = Path(d).resolve()
+        if p.is_dir() and (p == restore_root or restore_root in p.parents):
+            shutil.rmtree(p, ignore_errors=True)
+    return outcome
+
+
+def last_restore(home: Path) -> dict[str, Any] | None:
+    """The record of the last finished restore (registration + outcome), if any."""
+    try:
+        data: dict[str, Any] = json.loads((Path(home) / "system" / LAST_RESTORE_FILE).read_bytes())
+        return data
+    except (FileNotFoundError, ValueError):
+        return None

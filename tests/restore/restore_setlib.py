@@ -1,0 +1,114 @@
+"""Test helpers for the restore tests: a source CA database, hand-built backup sets, row comparison.
+
+Sets are built the way the backup writer builds them (Store.snapshot, roll, copy the generations,
+certbkxp.dat written last per CONTRACTS.md), so restore tests do not depend on the service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pycertsrv.fsutil import atomic_write, sha256_file
+from pycertsrv.store import Store, StoreOptions, logfile
+from pycertsrv.store.registration import SETTING_LAST_RECOVERY, SETTING_REQUIRES_FULL
+from pycertsrv.store.schema import TABLES
+
+OPTS = StoreOptions(log_size=64 << 10, checkpoint_records=50)
+IGNORED_SETTINGS = {SETTING_LAST_RECOVERY, SETTING_REQUIRES_FULL}
+
+
+def make_source(home: Path, name: str = "Test CA") -> Store:
+    """A fresh store in ``home``."""
+    return Store.create(home, name, OPTS)
+
+
+def add_requests(store: Store, n: int, *, tag: str = "r") -> list[int]:
+    """Insert ``n`` issued-looking request rows (one transaction each) with an attribute and extension."""
+    ids = []
+    for _ in range(n):
+        with store.transaction() as tx:
+            rid = tx.next_id("request")
+            tx.put("request", {
+                "request_id": rid, "disposition": 20, "status_code": 0, "submitted_at": datetime.now(UTC).isoformat(),
+                "requester": tag, "raw_request": os.urandom(64), "serial": f"{rid:032x}", "raw_cert": os.urandom(200),
+                "subject": f"CN={tag}-{rid}", "not_after": "2035-01-01T00:00:00+00:00",
+            })
+            tx.put("attribute", {"request_id": rid, "name": "tag", "value": tag})
+            tx.put("extension", {"request_id": rid, "oid": "2.5.29.17", "flags": 0, "value": os.urandom(16)})
+        ids.append(rid)
+    return ids
+
+
+def revoke(store: Store, rid: int) -> None:
+    """Change an existing row (so replay must apply updates, not only inserts)."""
+    row = store.get("request", rid)
+    assert row is not None
+    row.update(disposition=21, revoked_at=datetime.now(UTC).isoformat(), revocation_reason=1)
+    with store.transaction() as tx:
+        tx.put("request", row)
+
+
+def rows(store: Store) -> dict[str, list[dict[str, Any]]]:
+    """Every table's rows, ordered by key, settings written by a restore left out."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, t in TABLES.items():
+        rs = store.select(name, order_by=list(t.key))
+        if name == "setting":
+            rs = [r for r in rs if r["name"] not in IGNORED_SETTINGS]
+        out[name] = rs
+    return out
+
+
+def _manifest(store: Store, d: Path, kind: str, gen_low: int, gen_high: int, snapshot_lsn: int | None,
+              db_rel: str | None) -> None:
+    files = []
+    for p in sorted((d / "DataBase").iterdir()):
+        if p.name == "certbkxp.dat":
+            continue
+        role = "database" if p.suffix == ".db" else "log"
+        files.append({"path": f"DataBase/{p.name}", "size": p.stat().st_size, "sha256": sha256_file(p), "role": role})
+    locations = [chr(0x44) + str(store.db_path), chr(0x82) + str(store.log_dir), chr(0x83) + str(store.system_dir)]
+    doc = {"format": "pycertsrv-backup/1", "kind": kind, "ca_name": store.name, "identity": store.identity,
+           "created": datetime.now(UTC).isoformat(), "gen_low": gen_low, "gen_high": gen_high,
+           "snapshot_lsn": snapshot_lsn, "database": db_rel, "locations": locations, "files": files}
+    atomic_write(d / "DataBase" / "certbkxp.dat", json.dumps(doc, indent=1).encode())
+
+
+def full_set(store: Store, d: Path) -> tuple[int, dict[str, list[dict[str, Any]]]]:
+    """Write a full set to ``d``; returns (gen_high, the source's rows at the moment of the roll)."""
+    (d / "DataBase").mkdir(parents=True)
+    snap = store.snapshot(d / "DataBase" / store.db_path.name)
+    high = store.roll_log()
+    moment = rows(store)
+    for g in range(snap.generation, high + 1):
+        shutil.copyfile(store.log_dir / logfile.log_name(g), d / "DataBase" / logfile.log_name(g))
+    _manifest(store, d, "full", snap.generation, high, snap.lsn, f"DataBase/{store.db_path.name}")
+    return high, moment
+
+
+def incremental_set(store: Store, d: Path, after: int) -> tuple[int, dict[str, list[dict[str, Any]]]]:
+    """Write an incremental set with generations after ``after``; returns (gen_high, rows at the roll)."""
+    (d / "DataBase").mkdir(parents=True)
+    high = store.roll_log()
+    moment = rows(store)
+    for g in range(after + 1, high + 1):
+        shutil.copyfile(store.log_dir / logfile.log_name(g), d / "DataBase" / logfile.log_name(g))
+    _manifest(store, d, "incremental", after + 1, high, None, None)
+    return high, moment
+
+
+def manifest(d: Path) -> dict[str, Any]:
+    """A set's certbkxp.dat."""
+    data: dict[str, Any] = json.loads((d / "DataBase" / "certbkxp.dat").read_bytes())
+    return data
+
+
+def tick() -> None:
+    """Let the clock move on so record times differ (the --until tests need distinct instants)."""
+    time.sleep(0.002)
