@@ -32,3 +32,4 @@ def main() -> None:
         sys.exit(e.exit_code)
 
 from . import ca  # noqa: E402,F401  (CA verbs)
+from . import service  # noqa: E402,F401  (serve, status, shutdown)

@@ -1,0 +1,10 @@
+"""The network client of the service: :class:`Client` (enrollment, administration, control).
+
+The backup helper adds :mod:`pycertsrv.client.backup` (``BackupSession``) on top of ``Client.call``.
+"""
+
+from __future__ import annotations
+
+from .client import DEFAULT_TLS_PORT, Client, local_socket
+
+__all__ = ["DEFAULT_TLS_PORT", "Client", "local_socket"]

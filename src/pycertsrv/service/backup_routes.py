@@ -1,0 +1,231 @@
+"""Backup endpoints under ``/backup/...`` (the ICertAdminD backup methods, spec §2.19), Operator only.
+
+Each handler parses, calls one :class:`pycertsrv.backup.BackupManager` method in a worker thread
+and renders; the state machine and every rule live in the manager (spec §2.20). Only a caller
+holding the Operator role gets through (spec §1.6: the backup privilege; Administrator alone
+is refused). A session belongs to the principal that prepared it: another caller presenting
+its handle gets E_UNEXPECTED, as if no session existed.
+
+======  ==========================================  ===========================================
+method  path                                        certbcli function
+======  ==========================================  ===========================================
+POST    /backup/sessions                            CertSrvBackupPrepare  {grbit, flags}
+POST    /backup/sessions/{h}/database-names         CertSrvBackupGetDatabaseNames
+POST    /backup/sessions/{h}/logs                   CertSrvBackupGetBackupLogs (rolls the log)
+POST    /backup/sessions/{h}/dynamic-files          CertSrvBackupGetDynamicFileList
+POST    /backup/sessions/{h}/locations              CertSrvRestoreGetDatabaseLocations
+POST    /backup/sessions/{h}/open                   CertSrvBackupOpenFile  {name}
+POST    /backup/sessions/{h}/read?n=N               CertSrvBackupRead (raw bytes; empty = EOF)
+POST    /backup/sessions/{h}/close                  CertSrvBackupClose
+POST    /backup/sessions/{h}/truncate               CertSrvBackupTruncateLogs
+DELETE  /backup/sessions/{h}                        CertSrvBackupEnd
+GET     /backup/status                              (who runs a backup now; no handle shown)
+======  ==========================================  ===========================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..backup.session import MAX_READ, BackupManager
+from ..errors import E_INVALIDARG, RPC_S_SERVER_UNAVAILABLE, InvalidArgument, Unavailable
+from . import auth
+from .middleware import json_response, read_model
+from .openapi import add_route
+
+log = logging.getLogger(__name__)
+OPERATOR_ONLY = frozenset({auth.OPERATOR})
+HANDLE = "{handle:[0-9a-f]{32}}"
+
+
+class PrepareBody(BaseModel):
+    """``POST /backup/sessions`` body: BackupPrepare's grbitJet and dwBackupFlags."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    grbit: int = Field(0, ge=0, le=0xFFFFFFFF)
+    flags: int = Field(1, ge=0, le=0xFFFFFFFF)
+
+
+class OpenBody(BaseModel):
+    """``POST /backup/sessions/{h}/open`` body."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(max_length=4096)
+    hint: int = Field(0, ge=0, le=0xFFFFFFFF)
+
+
+def principal_id(request: web.Request) -> str:
+    """The caller a session is bound to: the Unix uid, or the TLS client certificate's SHA-256."""
+    p: auth.Principal = request["principal"]
+    if p.kind == "tls" and p.cert_sha256:
+        return f"cert-sha256:{p.cert_sha256}"
+    return p.ident
+
+
+def _manager(request: web.Request) -> BackupManager:
+    mgr = request.app.get("backup")
+    if mgr is None:
+        raise Unavailable(RPC_S_SERVER_UNAVAILABLE, "backup", "backups are not available in this service")
+    assert isinstance(mgr, BackupManager)
+    return mgr
+
+
+async def _run(request: web.Request, method: str, *args: Any) -> Any:
+    mgr = _manager(request)
+    handle = request.match_info.get("handle")
+    fn = getattr(mgr, method)
+    call = functools.partial(fn, *args) if handle is None else functools.partial(fn, handle, *args,
+                                                                                   principal_id(request))
+    return await asyncio.to_thread(call)
+
+
+async def prepare(request: web.Request) -> web.Response:
+    """BackupPrepare."""
+    body = await read_model(request, PrepareBody)
+    request["audit"].update(grbit=body.grbit, flags=body.flags)
+    mgr = _manager(request)
+    pid = principal_id(request)
+    handle = await asyncio.to_thread(mgr.prepare, pid, body.grbit, body.flags)
+    info = await asyncio.to_thread(mgr.info, handle, pid)
+    request["audit"].update(kind=info["kind"])
+    return json_response(info)
+
+
+async def database_names(request: web.Request) -> web.Response:
+    """BackupGetDatabaseNames."""
+    return json_response({"names": await _run(request, "database_names")})
+
+
+async def backup_logs(request: web.Request) -> web.Response:
+    """BackupGetBackupLogs."""
+    return json_response({"names": await _run(request, "backup_logs")})
+
+
+async def dynamic_files(request: web.Request) -> web.Response:
+    """BackupGetDynamicFileList."""
+    return json_response({"names": await _run(request, "dynamic_files")})
+
+
+async def locations(request: web.Request) -> web.Response:
+    """RestoreGetDatabaseLocations on a backup context."""
+    return json_response({"names": await _run(request, "database_locations")})
+
+
+async def open_file(request: web.Request) -> web.Response:
+    """BackupOpenFile."""
+    body = await read_model(request, OpenBody)
+    return json_response({"size": await _run(request, "open_file", body.name)})
+
+
+async def read(request: web.Request) -> web.Response:
+    """BackupRead: the next chunk as raw bytes (at most MAX_READ); an empty body is the end of the file."""
+    raw = request.query.get("n", str(MAX_READ))
+    try:
+        n = int(raw)
+    except ValueError:
+        raise InvalidArgument(E_INVALIDARG, "BackupRead", f"n={raw!r} is not a byte count") from None
+    data = await _run(request, "read", n)
+    return web.Response(body=data, content_type="application/octet-stream")
+
+
+async def close_file(request: web.Request) -> web.Response:
+    """BackupClose."""
+    await _run(request, "close_file")
+    return json_response({})
+
+
+async def truncate(request: web.Request) -> web.Response:
+    """BackupTruncateLogs."""
+    deleted = await _run(request, "truncate_logs")
+    request["audit"].update(deleted=deleted)
+    return json_response({"deleted": deleted})
+
+
+async def end(request: web.Request) -> web.Response:
+    """BackupEnd."""
+    result = await _run(request, "end")
+    request["audit"].update(result)
+    return json_response(result)
+
+
+async def status(request: web.Request) -> web.Response:
+    """The backup in progress, if any."""
+    return json_response({"session": await _run(request, "status")})
+
+
+def _names_schema() -> dict[str, Any]:
+    return {"type": "object", "required": ["names"],
+            "properties": {"names": {"type": "array", "items": {"type": "string"}}}}
+
+
+def setup_routes(app: web.Application) -> None:
+    """Create the app's BackupManager and register the backup endpoints."""
+    authority = app["authority"]
+    if app.get("backup") is None and getattr(authority, "store", None) is not None:
+        app["backup"] = BackupManager(authority, app["home"], app["config"].service.backup_session_timeout)
+
+    async def _close(app: web.Application) -> None:
+        mgr = app.get("backup")
+        if isinstance(mgr, BackupManager):
+            await asyncio.to_thread(mgr.close)  # abort a running session: staging removed, lock released
+
+    app.on_cleanup.append(_close)
+    # Idle sessions are ended by the service's housekeeping task (service.server._housekeeping),
+    # which calls BackupManager.expire_idle() periodically (service.backup_session_timeout).
+    h = f"/backup/sessions/{HANDLE}"
+    common: dict[str, Any] = {"tag": "backup", "roles": OPERATOR_ONLY}
+    handle_param = [{"name": "handle", "in": "path", "required": True, "schema": {"type": "string"}}]
+    add_route(app, "POST", "/backup/sessions", prepare, operation_id="backup_prepare",
+              summary="BackupPrepare: start the one backup session (grbit 0/flags 0|1 full; flags 2 or grbit 1 "
+                      "logs only)",
+              description="spec §2.2, §2.20. Busy: same caller 0x8000FFFF, another 0xC80001F9; logs-only without a "
+                          "full backup 0xC8000230, with circular logging 0xC800020E; bad flags 0x80070057.",
+              body={"type": "object", "additionalProperties": False,
+                    "properties": {"grbit": {"type": "integer"}, "flags": {"type": "integer"}}},
+              response={"type": "object", "required": ["handle", "kind", "ca_name", "identity"]}, **common)
+    add_route(app, "POST", f"{h}/database-names", database_names, operation_id="backup_database_names",
+              summary="BackupGetDatabaseNames: the database file, tagged 'D' (full backups, before the log list)",
+              parameters=handle_param, response=_names_schema(), audit=False, **common)
+    add_route(app, "POST", f"{h}/logs", backup_logs, operation_id="backup_logs",
+              summary="BackupGetBackupLogs: roll the log, list the generations to back up, tagged '!'",
+              parameters=handle_param, response=_names_schema(), **common)
+    add_route(app, "POST", f"{h}/dynamic-files", dynamic_files, operation_id="backup_dynamic_files",
+              summary="BackupGetDynamicFileList: published CA certificates and CRLs (untagged)",
+              parameters=handle_param, response=_names_schema(), audit=False, **common)
+    add_route(app, "POST", f"{h}/locations", locations, operation_id="backup_locations",
+              summary="RestoreGetDatabaseLocations: database file 'D', log dir U+0082, system dir U+0083",
+              parameters=handle_param, response=_names_schema(), audit=False, **common)
+    add_route(app, "POST", f"{h}/open", open_file, operation_id="backup_open",
+              summary="BackupOpenFile: open a name this session listed (tag removed); returns its size",
+              description="Any other name (relative, '..', another path, tagged) fails with ERROR_FILE_NOT_FOUND "
+                          "and nothing is read; a listed path replaced by a symlink fails with E_ACCESSDENIED.",
+              parameters=handle_param,
+              body={"type": "object", "required": ["name"], "additionalProperties": False,
+                    "properties": {"name": {"type": "string"}, "hint": {"type": "integer"}}},
+              response={"type": "object", "required": ["size"], "properties": {"size": {"type": "integer"}}},
+              audit=False, **common)
+    read_op = add_route(app, "POST", f"{h}/read", read, operation_id="backup_read",
+                        summary=f"BackupRead: next chunk of the open file (raw bytes, at most {MAX_READ}); "
+                                "empty at the end",
+                        parameters=[*handle_param, {"name": "n", "in": "query", "required": False,
+                                                    "schema": {"type": "integer", "minimum": 1}}],
+                        response={"type": "string", "format": "binary"}, audit=False, **common)
+    object.__setattr__(read_op, "response_content_type", "application/octet-stream")
+    add_route(app, "POST", f"{h}/close", close_file, operation_id="backup_close",
+              summary="BackupClose: close the open file (it counts as backed up when read to its end)",
+              parameters=handle_param, audit=False, **common)
+    add_route(app, "POST", f"{h}/truncate", truncate, operation_id="backup_truncate",
+              summary="BackupTruncateLogs: delete generations this backup made redundant (all files read first)",
+              parameters=handle_param, **common)
+    add_route(app, "DELETE", h, end, operation_id="backup_end",
+              summary="BackupEnd: end the session, record a complete backup, release the lock",
+              parameters=handle_param, **common)
+    add_route(app, "GET", "/backup/status", status, operation_id="backup_status",
+              summary="The backup session in progress (caller, kind, phase, idle time), or null",
+              audit=False, **common)

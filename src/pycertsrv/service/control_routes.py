@@ -1,0 +1,124 @@
+"""Server control and status: ``GET /online`` (IsServerOnline), ``GET /status``, ``POST /control``
+(ServerControl, spec §2.18, §4.1).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import __version__
+from ..errors import E_INVALIDARG, InvalidArgument
+from . import auth
+from .middleware import json_response, read_model
+from .openapi import add_route
+
+# certbcli.h CSCONTROL_* (spec §1.3, §4.1)
+CSCONTROL_SHUTDOWN = 1
+CSCONTROL_SUSPEND = 2
+CSCONTROL_RESTART = 3
+
+
+class ControlBody(BaseModel):
+    """``POST /control`` body."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    flags: int = Field(ge=0, le=0xFFFFFFFF)
+
+
+async def online(request: web.Request) -> web.Response:
+    """IsServerOnline (spec §4.2): true when serving, false when suspended or stopping."""
+    state = request.app["state"]
+    return json_response({"online": state.online, "name": request.app["authority"].name})
+
+
+async def status(request: web.Request) -> web.Response:
+    """What the service is, where it listens, what recovery did, and who the caller is."""
+    app = request.app
+    state = app["state"]
+    principal: auth.Principal = request["principal"]
+    body: dict[str, Any] = {
+        "name": app["authority"].name,
+        "online": state.online,
+        "state": state.state,
+        "pid": os.getpid(),
+        "version": __version__,
+        "home": str(app["home"].root),
+        "listeners": list(state.listeners),
+        "recovery": state.recovery,
+        "caller": principal.to_json(),
+        "crl_published": state.crl_published,
+    }
+    return json_response(body)
+
+
+async def control(request: web.Request) -> web.Response:
+    """ServerControl: 1 = shutdown (after this answer), 2/3 = success doing nothing, other = E_INVALIDARG."""
+    body = await read_model(request, ControlBody)
+    request["audit"]["flags"] = body.flags
+    if body.flags == CSCONTROL_SHUTDOWN:
+        request.app["state"].request_stop("ServerControl(CSCONTROL_SHUTDOWN) by " + request["principal"].ident)
+        action = "shutdown"
+    elif body.flags in (CSCONTROL_SUSPEND, CSCONTROL_RESTART):
+        # spec §4.1: "2 or 3 -> not used; the CA returns success without doing anything".
+        action = "none"
+    else:
+        # spec §4.1: "any other value -> error, SHOULD be 0x80070057".
+        raise InvalidArgument(E_INVALIDARG, "ServerControl", f"unknown control flags {body.flags}")
+    return json_response({"flags": body.flags, "action": action, "out": None})
+
+
+ONLINE_SCHEMA = {
+    "type": "object",
+    "required": ["online", "name"],
+    "properties": {"online": {"type": "boolean"}, "name": {"type": "string"}},
+}
+STATUS_SCHEMA = {
+    "type": "object",
+    "required": ["name", "online", "state", "pid", "version", "home", "listeners", "caller"],
+    "properties": {
+        "name": {"type": "string"},
+        "online": {"type": "boolean"},
+        "state": {"type": "string", "enum": ["running", "suspended", "stopping"]},
+        "pid": {"type": "integer"},
+        "version": {"type": "string"},
+        "home": {"type": "string"},
+        "listeners": {"type": "array", "items": {"type": "string"}},
+        "recovery": {"type": ["object", "null"]},
+        "caller": {"type": "object"},
+        "crl_published": {"type": ["string", "null"]},
+    },
+}
+CONTROL_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["flags"],
+    "properties": {"flags": {"type": "integer", "minimum": 0, "maximum": 4294967295,
+                             "description": "1 = CSCONTROL_SHUTDOWN; 2, 3 = no effect; other = E_INVALIDARG"}},
+}
+CONTROL_SCHEMA = {
+    "type": "object",
+    "required": ["flags", "action"],
+    "properties": {"flags": {"type": "integer"}, "action": {"type": "string", "enum": ["shutdown", "none"]},
+                   "out": {"type": "null"}},
+}
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the control endpoints."""
+    add_route(app, "GET", "/online", online, operation_id="online", tag="control",
+              summary="IsServerOnline: true when serving, false when suspended or stopping",
+              description="spec §2.1, §4.2. When nothing answers, the client raises RPC_S_SERVER_UNAVAILABLE "
+                          "(0x800706BA). Also names the CA (used to check a `HOST\\CA Name` config string).",
+              roles=auth.OPERATION_ROLES["online"], audit=False, response=ONLINE_SCHEMA)
+    add_route(app, "GET", "/status", status, operation_id="status", tag="control",
+              summary="Service status: CA name, state, listeners, last recovery, the caller's identity and roles",
+              roles=auth.OPERATION_ROLES["status"], audit=False, response=STATUS_SCHEMA)
+    add_route(app, "POST", "/control", control, operation_id="server_control", tag="control",
+              summary="ServerControl (spec §2.18, §4.1): flags 1 = shut down cleanly, 2/3 = no-op, other = 400",
+              description="Shutdown answers first, then stops: in-flight requests finish, the checkpoint is "
+                          "written and the socket removed. Audited.",
+              roles=auth.OPERATION_ROLES["server_control"], body=CONTROL_BODY, response=CONTROL_SCHEMA)

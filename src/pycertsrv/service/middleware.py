@@ -1,0 +1,141 @@
+"""The one middleware of the service: identify the caller, gate on the operation's roles, bound the body,
+turn every failure into a JSON ``CertSrvError`` body with its HTTP status, write the audit record.
+
+Also the body helpers handlers use: :func:`read_model` (JSON -> pydantic model, 4xx on anything wrong).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from ..errors import (
+    E_INVALIDARG,
+    E_UNEXPECTED,
+    ERROR_FILE_NOT_FOUND,
+    ERROR_NOT_SUPPORTED,
+    CertSrvError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from . import auth
+from .openapi import operations
+
+log = logging.getLogger("pycertsrv.service")
+M = TypeVar("M", bound=BaseModel)
+
+
+class BodyTooLarge(InvalidArgument):
+    """Internal marker: body over ``service.max_body`` (sent as InvalidArgument with HTTP 413)."""
+
+    http_status = 413
+
+
+def error_response(err: CertSrvError, status: int | None = None) -> web.Response:
+    """The JSON error answer for ``err`` (``CertSrvError.to_json()``), status from its class."""
+    body = err.to_json()
+    if isinstance(err, BodyTooLarge):
+        body["error"] = "InvalidArgument"  # the client rebuilds the public class
+    return web.json_response(body, status=status or err.http_status)
+
+
+def _from_http_exception(request: web.Request, e: web.HTTPException) -> CertSrvError:
+    what = f"{request.method} {request.path}"
+    if e.status == 404:
+        return NotFound(ERROR_FILE_NOT_FOUND, what, "no such endpoint (see /openapi.json)")
+    if e.status == 405:
+        err = InvalidArgument(ERROR_NOT_SUPPORTED, what, f"method {request.method} not allowed here")
+        return err
+    if e.status == 413:
+        return BodyTooLarge(E_INVALIDARG, what, f"request body exceeds the limit of "
+                            f"{request.app['config'].service.max_body} bytes (service.max_body)")
+    return InvalidArgument(E_INVALIDARG, what, e.reason or f"HTTP {e.status}")
+
+
+@web.middleware
+async def service_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Identify, gate, run, map errors, audit (see the module docstring)."""
+    app = request.app
+    route = request.match_info.route
+    op = operations(app).get(route.name or "") if route is not None else None
+    principal = auth.identify(request.transport, app["roles"])
+    request["principal"] = principal
+    request["operation"] = op.operation_id if op else None
+    request["audit"] = {}
+    error: dict[str, Any] | None = None
+    status = 500
+    try:
+        try:
+            limit = app["config"].service.max_body
+            length = request.content_length
+            if length is not None and length > limit:
+                # Refused before anything is read (issue: "refused before they are read whole").
+                raise BodyTooLarge(E_INVALIDARG, f"{request.method} {request.path}",
+                                   f"request body of {length} bytes exceeds the limit of {limit} bytes "
+                                   "(service.max_body)")
+            if op is not None and op.roles is not None:
+                auth.require(request, *op.roles)
+            resp: web.StreamResponse = await handler(request)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            raise _from_http_exception(request, e) from None
+        except CertSrvError:
+            raise
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception:
+            log.exception("unexpected failure in %s %s", request.method, request.path)
+            raise CertSrvError(E_UNEXPECTED, f"{request.method} {request.path}",
+                               "internal error (see the service log)") from None
+    except CertSrvError as err:
+        if isinstance(err, Unavailable):
+            log.info("%s %s: %s", request.method, request.path, err)
+        resp = error_response(err)
+        error = err.to_json()
+    status = resp.status
+    if op is not None and op.audit:
+        app["audit"].write(principal, op.operation_id, request.method, request.path, status, error,
+                           request["audit"] or None)
+    return resp
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON (bounded by ``service.max_body``), or InvalidArgument."""
+    what = request.get("operation") or f"{request.method} {request.path}"
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(E_INVALIDARG, str(what), f"request body exceeds the limit of "
+                           f"{request.app['config'].service.max_body} bytes (service.max_body)") from None
+    if not raw:
+        raise InvalidArgument(E_INVALIDARG, str(what), "a JSON object body is required")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidArgument(E_INVALIDARG, str(what), f"malformed JSON body: {e}") from None
+
+
+async def read_model(request: web.Request, model: type[M]) -> M:
+    """Parse and validate the JSON body as ``model``; a missing or wrong field names itself in a 400."""
+    what = request.get("operation") or f"{request.method} {request.path}"
+    data = await read_json(request)
+    if not isinstance(data, dict):
+        raise InvalidArgument(E_INVALIDARG, str(what), f"the body must be a JSON object, not {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidArgument(E_INVALIDARG, str(what), f"field {where!r}: {first['msg']}") from None
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """A JSON answer."""
+    return web.json_response(data, status=status)

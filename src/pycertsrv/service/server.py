@@ -1,0 +1,209 @@
+"""The running daemon: open the home (lock + crash recovery), listen, serve, stop cleanly.
+
+``serve(home)`` opens the Authority (which takes the home's lock and runs the store's soft recovery,
+logged here), listens on the home's Unix socket (mode ``service.socket_mode``) and, when
+``service.tcp_port`` is set, on TLS over TCP requiring a client certificate chained to
+``service.client_ca``. SIGTERM, SIGINT or ServerControl(CSCONTROL_SHUTDOWN) stop it: listeners close,
+in-flight requests finish, the Authority is closed (checkpoint written), the socket removed, so the
+next start has nothing to replay (spec §4.1: "clean ESE shutdown so no replay is needed next time").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..config import Config
+from ..errors import E_INVALIDARG, ERROR_SHARING_VIOLATION, CertSrvError, Conflict, InvalidArgument
+from ..home import Home
+from .app import ServiceState, create_app
+
+log = logging.getLogger("pycertsrv.service")
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
+
+
+def socket_path(home: Home, cfg: Config) -> Path:
+    """The Unix socket the service of ``home`` listens on (``service.socket``, relative to the home)."""
+    p = Path(cfg.service.socket)
+    return p if p.is_absolute() else home.root / p
+
+
+def _home_path(home: Home, value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else home.root / p
+
+
+def server_ssl_context(home: Home, cfg: Config) -> ssl.SSLContext:
+    """TLS context: our certificate and key, client certificates REQUIRED and verified against client_ca."""
+    s = cfg.service
+    missing = [k for k in ("tls_cert", "tls_key", "client_ca") if getattr(s, k) is None]
+    if missing:
+        raise InvalidArgument(E_INVALIDARG, "service", f"tcp_port is set but {', '.join(missing)} is not; "
+                              "the TCP listener needs TLS with client certificates")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(_home_path(home, s.tls_cert or ""), _home_path(home, s.tls_key or ""))
+        ctx.load_verify_locations(cafile=str(_home_path(home, s.client_ca or "")))
+    except (OSError, ssl.SSLError) as e:
+        raise InvalidArgument(E_INVALIDARG, "service", f"cannot load TLS files: {e}") from None
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def _clear_stale_socket(path: Path) -> None:
+    if not path.exists() and not path.is_symlink():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)  # nobody listens: left by a killed service
+        return
+    finally:
+        probe.close()
+    raise Conflict(ERROR_SHARING_VIOLATION, str(path), "another service is listening on this socket")
+
+
+async def _periodic_crl(app: web.Application, state: ServiceState) -> None:
+    """Publish a CRL when due (crl.period_hours); asks ``Authority.crl_due()`` when it has one."""
+    a = app["authority"]
+    cfg: Config = app["config"]
+    period = cfg.crl.period_hours * 3600.0
+    interval = min(60.0, max(0.5, period / 4))
+    last = time.monotonic()
+    while True:
+        try:
+            if hasattr(a, "crl_due"):
+                due = bool(await asyncio.to_thread(a.crl_due))
+            else:
+                due = time.monotonic() - last >= period
+            if due and state.state == "running":
+                crl = await asyncio.to_thread(a.publish_crl)
+                last = time.monotonic()
+                state.crl_done()
+                log.info("published CRL (periodic): %s", getattr(crl, "number", crl))
+        except CertSrvError as e:
+            log.warning("periodic CRL: %s", e)
+        await asyncio.sleep(interval)
+
+
+async def _housekeeping(app: web.Application) -> None:
+    """Expire idle backup sessions (spec §2.20: a session whose client vanished releases everything)."""
+    while True:
+        await asyncio.sleep(5.0)
+        mgr = app.get("backup")
+        if mgr is not None and hasattr(mgr, "expire_idle"):
+            try:
+                await asyncio.to_thread(mgr.expire_idle)
+            except CertSrvError as e:
+                log.warning("backup session expiry: %s", e)
+
+
+async def run_app(
+    authority: Any,
+    *,
+    socket_override: Path | None = None,
+    tcp_override: tuple[str, int] | None = None,
+    shutdown_timeout: float = 30.0,
+) -> None:
+    """Serve ``authority`` until stopped (signal or ServerControl); does not close the Authority."""
+    app = create_app(authority)
+    home: Home = app["home"]
+    cfg: Config = app["config"]
+    state: ServiceState = app["state"]
+    recovery = getattr(getattr(authority, "store", None), "recovery", None)
+    state.recovery = recovery.to_json() if recovery is not None else None
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    state.on_stop(loop, stop.set)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, state.request_stop, f"signal {sig.name}")
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    sock = socket_override or socket_path(home, cfg)
+    tasks: list[asyncio.Task[None]] = []
+    made_socket = False
+    try:
+        if len(os.fsencode(sock)) > UNIX_PATH_MAX:
+            raise InvalidArgument(E_INVALIDARG, str(sock), f"socket path longer than {UNIX_PATH_MAX} bytes; "
+                                  "set service.socket to a shorter path")
+        _clear_stale_socket(sock)
+        old = os.umask(0o177)  # no window where the socket is wider than socket_mode
+        try:
+            await web.UnixSite(runner, str(sock)).start()
+        finally:
+            os.umask(old)
+        made_socket = True
+        os.chmod(sock, cfg.service.socket_mode)
+        state.listeners.append(f"unix:{sock}")
+        tcp = tcp_override
+        if tcp is None and cfg.service.tcp_port is not None:
+            tcp = (cfg.service.tcp_host or "0.0.0.0", cfg.service.tcp_port)
+        if tcp is not None:
+            site = web.TCPSite(runner, tcp[0], tcp[1], ssl_context=server_ssl_context(home, cfg),
+                               reuse_address=True)
+            await site.start()
+            server = getattr(site, "_server", None)
+            bound = server.sockets[0].getsockname() if server and server.sockets else (tcp[0], tcp[1])
+            state.listeners.append(f"{bound[0]}:{bound[1]}")
+        log.info("serving CA %r from %s on %s", authority.name, home.root, ", ".join(state.listeners))
+        tasks.append(asyncio.create_task(_periodic_crl(app, state)))
+        tasks.append(asyncio.create_task(_housekeeping(app)))
+        await stop.wait()
+        log.info("stopping: %s", state.stop_reason)
+    finally:
+        state.state = "stopping"
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        # Closes listeners, lets in-flight requests finish (up to shutdown_timeout), runs on_cleanup.
+        await runner.cleanup()
+        if made_socket:
+            sock.unlink(missing_ok=True)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def serve(
+    home: Home | Path | str | None = None,
+    *,
+    socket: Path | None = None,
+    tcp: tuple[str, int] | None = None,
+    passphrase: bytes | None = None,
+    shutdown_timeout: float = 30.0,
+) -> None:
+    """Run the service of ``home`` until SIGTERM, SIGINT or ServerControl(CSCONTROL_SHUTDOWN).
+
+    :param home: the CA home (default: ``$CERTSRV_HOME`` or ``~/.certsrv``).
+    :param socket: Unix socket path instead of ``service.socket``.
+    :param tcp: ``(host, port)`` TLS listener instead of ``service.tcp_host/tcp_port`` (port 0: any free port).
+    :param passphrase: the CA key's passphrase (default: as the configuration says).
+    :param shutdown_timeout: seconds in-flight requests get to finish when stopping.
+    """
+    from ..ca import Authority
+
+    hm = home if isinstance(home, Home) else Home.at(home)
+    # Takes the home's lock (a second service fails naming the holder's pid) and runs soft recovery.
+    authority = Authority.open(hm.root, passphrase=passphrase)
+    try:
+        recovery = getattr(authority.store, "recovery", None)
+        if recovery is not None:
+            log.info("%s", recovery.summary())
+        asyncio.run(run_app(authority, socket_override=socket, tcp_override=tcp, shutdown_timeout=shutdown_timeout))
+    finally:
+        # Checkpoint: the next start has nothing to replay.
+        authority.close()
+        log.info("stopped; checkpoint written")
