@@ -667,9 +667,7 @@ class LocalSession:
         return self.manager.truncate_logs(self.handle, self.principal)
 
     def end(self) -> dict[str, Any]:
-        """End the session (once)."""
-        if self.ended:
-            return self.end_result or {}
+        """End the session (a second End fails with E_UNEXPECTED, as on the server)."""
         self.ended = True
         self.end_result = self.manager.end(self.handle, self.principal)
         return self.end_result

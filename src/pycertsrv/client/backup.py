@@ -42,6 +42,7 @@ class BackupSession:
         self.ca_name: str = str(info.get("ca_name", ""))
         self.identity: str = str(info.get("identity", ""))
         self.ended = False
+        self.owns_client = False  # certbcli: close the client at CertSrvBackupEnd
         self.end_result: dict[str, Any] | None = None
         self._base = f"/backup/sessions/{self.handle}"
 
@@ -117,9 +118,7 @@ class BackupSession:
         return [int(g) for g in body.get("deleted", [])]
 
     def end(self) -> dict[str, Any]:
-        """BackupEnd (once): the server records a complete backup and releases its lock."""
-        if self.ended:
-            return self.end_result or {}
+        """BackupEnd: the server records a complete backup and releases its lock (a second End: E_UNEXPECTED)."""
         self.ended = True
         result: dict[str, Any] = self.client.call("DELETE", self._base)
         self.end_result = result
