@@ -1,0 +1,63 @@
+"""Thread safety: concurrent submissions get distinct ids and serials; racing officers on one request
+give exactly one winner; revocations and CRL publication interleave safely."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pycertsrv import errors as E
+from pycertsrv.ca import Authority
+
+
+def test_concurrent_submissions(ca: Authority, make_csr: Callable[..., bytes], req_keys: dict[str, Any]) -> None:
+    csrs = [make_csr(req_keys["ec" if i % 2 else "rsa"], f"c{i}.example.com") for i in range(48)]
+    with ThreadPoolExecutor(8) as pool:
+        infos = list(pool.map(ca.submit, csrs))
+    ids = sorted(i.request_id for i in infos)
+    assert ids == list(range(1, 49))
+    rows = ca.store.select("request", order_by=["request_id"])
+    assert len(rows) == 48 and len({r["serial"] for r in rows}) == 48
+    assert {r["request_subject"] for r in rows} == {f"CN=c{i}.example.com" for i in range(48)}
+    assert ca.store.applied_lsn == 48  # one transaction per issuance
+
+
+def test_racing_officers_one_winner(new_ca: Callable[..., Authority], make_csr: Callable[..., bytes],
+                                    req_keys: dict[str, Any]) -> None:
+    a = new_ca(policy={"mode": "pending"})
+    rid = a.submit(make_csr(req_keys["ec"])).request_id
+    barrier = threading.Barrier(6)
+    results: list[str] = []
+
+    def act(i: int) -> None:
+        barrier.wait()
+        try:
+            (a.issue if i % 2 else a.deny)(rid)
+            results.append("ok")
+        except E.Conflict as e:
+            assert e.hresult == E.CERTSRV_E_BAD_REQUESTSTATUS
+            results.append("refused")
+
+    threads = [threading.Thread(target=act, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["ok"] + ["refused"] * 5
+    assert a.store.applied_lsn == 2  # the submit and the single resolution
+
+
+def test_revocations_while_publishing(ca: Authority, make_csr: Callable[..., bytes],
+                                      req_keys: dict[str, Any]) -> None:
+    serials = [ca.submit(make_csr(req_keys["ec"], f"r{i}.example.com")).serial or "" for i in range(20)]
+    with ThreadPoolExecutor(4) as pool:
+        futs = [pool.submit(ca.revoke, s, "superseded") for s in serials]
+        crls = [pool.submit(ca.publish_crl) for _ in range(5)]
+        for f in futs:
+            f.result()
+        numbers = sorted(f.result().number for f in crls)
+    assert numbers == [1, 2, 3, 4, 5]
+    final = ca.publish_crl()
+    assert final.number == 6 and final.entries == 20
