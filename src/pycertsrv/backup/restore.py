@@ -1,0 +1,934 @@
+"""The restore side of the certbcli API (spec §2.12–2.17, §3.3) and the planned restore of backup sets.
+
+The certbcli restore functions act on a local, stopped CA home (spec §3.3 step 2). A
+:class:`RestoreContext` holds the home's lock for its whole life, so the CA cannot start in the
+middle of a restore and two restores cannot interleave; a running CA holds that lock, so
+``restore_prepare`` fails with ERROR_SHARING_VIOLATION (0x80070020, as PowerShell reports).
+Registrations are kept in ``HOME/system/restore.json`` (:mod:`pycertsrv.store.registration`);
+the CA performs the hard recovery at its next start.
+
+:func:`plan_restore` / :func:`run_restore` are ``certsrv restore``: a full set and its
+incrementals are checked, ordered and chained, the files placed, the sets registered and the
+registration completed — completed last, so an interrupted restore leaves a home the CA refuses
+to start rather than one holding part of the data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tomllib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from .. import config as config_mod
+from ..errors import (
+    E_INVALIDARG,
+    E_UNEXPECTED,
+    ERROR_DIR_NOT_EMPTY,
+    ERROR_DIRECTORY,
+    ERROR_FILE_NOT_FOUND,
+    ERROR_INVALID_DATA,
+    ERROR_INVALID_HANDLE,
+    ERROR_INVALID_PASSWORD,
+    JET_ERR_MISSING_RESTORE_LOG_FILES,
+    S_OK,
+    CertSrvError,
+    Conflict,
+    CorruptData,
+    InvalidArgument,
+    NotFound,
+    SequenceError,
+)
+from ..fsutil import HomeLock, atomic_write, fsync_dir, fsync_file
+from ..home import Home
+from ..store import logfile
+from ..store import registration as reg_mod
+from ..store.engine import db_file_name
+from .manifest import CONFIG_SUBDIR, DB_SUBDIR, P12_EXT, Manifest, read_manifest
+
+# spec §1.3 [HDR]
+CSRESTORE_TYPE_FULL = 0x1
+CSRESTORE_TYPE_ONLINE = 0x2
+CSRESTORE_TYPE_CATCHUP = 0x4
+CSRESTORE_TYPE_MASK = 0x5
+CSBFT_CERTSERVER_DATABASE = chr(0x44)
+CSBFT_LOG_DIR = chr(0x82)
+CSBFT_CHECKPOINT_DIR = chr(0x83)
+
+RESTORE_DIR = "restore"
+RESTORE_LOGS = "logs"
+
+ProgressCallback = Callable[[str], None]
+
+
+# ---------------------------------------------------------------- the certbcli restore functions
+
+
+@dataclass
+class RestoreContext:
+    """A restore session on a local home (the ``HCSBC`` of CertSrvRestorePrepare); holds the home lock.
+
+    :param home: the CA home being restored.
+    :param flags: the CSRESTORE_TYPE_* flags given to prepare.
+    :param force: replace a registration another (dead) context left uncompleted.
+    """
+
+    home: Home
+    flags: int
+    force: bool = False
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    registered: bool = False
+    closed: bool = False
+    _lock: HomeLock | None = field(default=None, repr=False)
+
+    def __enter__(self) -> RestoreContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.closed:
+            restore_end(self)
+
+
+def _is_local_name(name: str) -> bool:
+    n = name.lower().strip("\\/")
+    names = {"", ".", "localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
+    return n in names or n.split(".")[0] == socket.gethostname().lower().split(".")[0]
+
+
+def resolve_restore_home(server: str | os.PathLike[str] | None, home: Path | str | Home | None = None) -> Home:
+    """The local home a restore acts on: ``home``, a path, ``unix:SOCKET``, or this machine's name (default home).
+
+    :param server: what CertSrvRestorePrepare was given (a server name, config string ``HOST\\CA`` or a path).
+    :param home: an explicit home, which wins.
+    """
+    if home is not None:
+        return home if isinstance(home, Home) else Home.at(home)
+    if server is None:
+        return Home.at(None)
+    s = os.fspath(server)
+    if s.startswith("unix:"):
+        return Home.at(Path(s[5:]).parent)
+    if "/" in s:
+        return Home.at(s)
+    host = s.split("\\")[0]
+    if _is_local_name(host):
+        return Home.at(None)
+    # spec §2.19: the restore functions have no wire counterpart — a restore acts on this machine only.
+    raise InvalidArgument(E_INVALIDARG, "CertSrvRestorePrepare",
+                          f"{s!r} is not this machine: a restore acts on a local, stopped CA home")
+
+
+def restore_prepare(server: str | os.PathLike[str] | None = None, restore_flags: int = CSRESTORE_TYPE_FULL, *,
+                    home: Path | str | Home | None = None, force: bool = False) -> RestoreContext:
+    """CertSrvRestorePrepare (spec §2.13): open a restore context on a local, stopped home.
+
+    :param server: machine name, ``HOST\\CA`` config string, ``unix:SOCKET`` or home path (None: default home).
+    :param restore_flags: CSRESTORE_TYPE_FULL (CATCHUP accepted; ONLINE is outside the mask).
+    :param home: the home to restore (wins over ``server``).
+    :param force: allow replacing a registration an earlier, dead context left uncompleted.
+    """
+    if not isinstance(restore_flags, int) or restore_flags == 0 or restore_flags & ~CSRESTORE_TYPE_MASK:
+        raise InvalidArgument(E_INVALIDARG, "CertSrvRestorePrepare",
+                              f"restore flags 0x{int(restore_flags) & 0xFFFFFFFF:X} are not in CSRESTORE_TYPE_MASK")
+    h = resolve_restore_home(server, home)
+    if h.root.exists() and not h.root.is_dir():
+        raise InvalidArgument(ERROR_DIRECTORY, str(h.root), "the home exists and is not a directory")
+    h.root.mkdir(parents=True, exist_ok=True)
+    lock = HomeLock(h.root, "restore")
+    # spec §3.3 step 2: the CA must be stopped; a running CA holds the lock -> ERROR_SHARING_VIOLATION.
+    lock.acquire()
+    return RestoreContext(home=h, flags=restore_flags, force=force, _lock=lock)
+
+
+def _check_ctx(ctx: RestoreContext, function: str) -> None:
+    if not isinstance(ctx, RestoreContext) or ctx.closed:
+        raise InvalidArgument(ERROR_INVALID_HANDLE, function, "not an open restore context (ended, or never prepared)")
+
+
+def _db_location(home: Home) -> Path | None:
+    if home.db_dir.is_dir():
+        dbs = sorted(p for p in home.db_dir.iterdir() if p.suffix == ".db" and p.is_file())
+        if dbs:
+            return dbs[0]
+    try:
+        return home.db_dir / db_file_name(config_mod.load(home.root).ca.name)
+    except CertSrvError:
+        return None
+
+
+def restore_get_database_locations(ctx: RestoreContext) -> list[str]:
+    """CertSrvRestoreGetDatabaseLocations (spec §2.12) on a restore context: the local home's locations.
+
+    Spec §6 item 9 leaves the offline answer open: we return where this home keeps its database
+    (when it has or is configured for one), its log directory and its checkpoint directory.
+    """
+    _check_ctx(ctx, "CertSrvRestoreGetDatabaseLocations")
+    out: list[str] = []
+    db = _db_location(ctx.home)
+    if db is not None:
+        out.append(CSBFT_CERTSERVER_DATABASE + str(db))
+    out.append(CSBFT_LOG_DIR + str(ctx.home.log_dir))
+    out.append(CSBFT_CHECKPOINT_DIR + str(ctx.home.system_dir))
+    return out
+
+
+def _register(ctx: RestoreContext, function: str, via: str, checkpoint_path: str | None, log_path: str | None,
+              restore_map: list[tuple[str, str]] | None, backup_log_path: str | None, gen_low: int, gen_high: int,
+              until_us: int | None, identity: str | None) -> None:
+    _check_ctx(ctx, function)
+    reg_mod.register(ctx.home.root, context=ctx.id, checkpoint_path=checkpoint_path, log_path=log_path,
+                     restore_map=restore_map, backup_log_path=backup_log_path, gen_low=gen_low, gen_high=gen_high,
+                     until_us=until_us, identity=identity, force=ctx.force, via=via, function=function)
+    ctx.registered = True
+
+
+def restore_register(ctx: RestoreContext, checkpoint_path: str | None, log_path: str | None,
+                     restore_map: list[tuple[str, str]] | None, backup_log_path: str | None, gen_low: int,
+                     gen_high: int, *, until_us: int | None = None, identity: str | None = None) -> None:
+    """CertSrvRestoreRegister (spec §2.14): register a restored set for the CA's next start.
+
+    :param ctx: the restore context.
+    :param checkpoint_path: the checkpoint directory (0x83 location) or None.
+    :param log_path: the live log directory (0x82 location) or None.
+    :param restore_map: ``[(backup_db_name, new_db_name)]`` for the full set; None for an incremental.
+    :param backup_log_path: the directory holding the restored generations.
+    :param gen_low: lowest generation restored.
+    :param gen_high: highest generation restored.
+    :param until_us: point in time: stop the replay before the first record later than this (µs since epoch).
+    :param identity: the database identity of the set (checked at recovery).
+    """
+    _register(ctx, "CertSrvRestoreRegister", "register", checkpoint_path, log_path, restore_map, backup_log_path,
+              gen_low, gen_high, until_us, identity)
+
+
+def restore_register_through_file(ctx: RestoreContext, checkpoint_path: str | None, log_path: str | None,
+                                  restore_map: list[tuple[str, str]] | None, backup_log_path: str | None,
+                                  gen_low: int, gen_high: int, *, until_us: int | None = None,
+                                  identity: str | None = None) -> None:
+    """CertSrvRestoreRegisterThroughFile (spec §2.15): same as :func:`restore_register`, recorded as via file."""
+    _register(ctx, "CertSrvRestoreRegisterThroughFile", "file", checkpoint_path, log_path, restore_map,
+              backup_log_path, gen_low, gen_high, until_us, identity)
+
+
+def restore_register_complete(ctx: RestoreContext, hr_restore_state: int = S_OK) -> None:
+    """CertSrvRestoreRegisterComplete (spec §2.16): S_OK completes the registration; any other hr fails it.
+
+    :param ctx: a context that registered.
+    :param hr_restore_state: the outcome of the restore (S_OK when every file was placed).
+    """
+    function = "CertSrvRestoreRegisterComplete"
+    _check_ctx(ctx, function)
+    if not ctx.registered:
+        raise SequenceError(E_UNEXPECTED, function, "this restore context has not registered a restore")
+    reg_mod.complete(ctx.home.root, context=ctx.id, hr=hr_restore_state, function=function)
+
+
+def restore_end(ctx: RestoreContext) -> None:
+    """CertSrvRestoreEnd (spec §2.17): end the context and release the home; an uncompleted registration stays."""
+    _check_ctx(ctx, "CertSrvRestoreEnd")
+    ctx.closed = True
+    if ctx._lock is not None:
+        ctx._lock.release()
+        ctx._lock = None
+
+
+# ---------------------------------------------------------------- certbcli names (re-exported by pycertsrv.certbcli)
+
+
+@dataclass(frozen=True)
+class CSEDB_RSTMAP:
+    """One restore-map entry: the backed-up database name and its name after the restore."""
+
+    pwszDatabaseName: str
+    pwszNewDatabaseName: str
+
+
+def _rstmap(rgrstmap: Any, crstmap: int, function: str) -> list[tuple[str, str]] | None:
+    entries = list(rgrstmap or [])
+    if crstmap != len(entries):
+        raise InvalidArgument(E_INVALIDARG, function, f"crstmap {crstmap} does not match {len(entries)} map entries")
+    out: list[tuple[str, str]] = []
+    for e in entries:
+        if isinstance(e, CSEDB_RSTMAP):
+            out.append((e.pwszDatabaseName, e.pwszNewDatabaseName))
+        else:
+            old, new = e
+            out.append((str(old), str(new)))
+    return out or None
+
+
+def CertSrvRestorePrepare(pwszServerName: str | None, dwRestoreFlags: int = CSRESTORE_TYPE_FULL) -> RestoreContext:
+    """CertSrvRestorePrepareW: returns the restore context (``phbc``)."""
+    return restore_prepare(pwszServerName, dwRestoreFlags)
+
+
+def CertSrvRestoreGetDatabaseLocations(hbc: RestoreContext) -> list[str]:
+    """CertSrvRestoreGetDatabaseLocationsW on a restore context: tagged entries ('D', 0x82, 0x83)."""
+    return restore_get_database_locations(hbc)
+
+
+def CertSrvRestoreRegister(hbc: RestoreContext, pwszCheckPointFilePath: str | None, pwszLogPath: str | None,
+                           rgrstmap: Any, crstmap: int, pwszBackupLogPath: str | None, genLow: int,
+                           genHigh: int) -> None:
+    """CertSrvRestoreRegisterW, C argument order; ``rgrstmap`` = CSEDB_RSTMAP entries or (old, new) pairs."""
+    restore_register(hbc, pwszCheckPointFilePath, pwszLogPath, _rstmap(rgrstmap, crstmap, "CertSrvRestoreRegister"),
+                     pwszBackupLogPath, genLow, genHigh)
+
+
+def CertSrvRestoreRegisterThroughFile(hbc: RestoreContext, pwszCheckPointFilePath: str | None,
+                                      pwszLogPath: str | None, rgrstmap: Any, crstmap: int,
+                                      pwszBackupLogPath: str | None, genLow: int, genHigh: int) -> None:
+    """CertSrvRestoreRegisterThroughFile, C argument order."""
+    restore_register_through_file(hbc, pwszCheckPointFilePath, pwszLogPath,
+                                  _rstmap(rgrstmap, crstmap, "CertSrvRestoreRegisterThroughFile"),
+                                  pwszBackupLogPath, genLow, genHigh)
+
+
+def CertSrvRestoreRegisterComplete(hbc: RestoreContext, hrRestoreState: int = S_OK) -> None:
+    """CertSrvRestoreRegisterComplete."""
+    restore_register_complete(hbc, hrRestoreState)
+
+
+def CertSrvRestoreEnd(hbc: RestoreContext) -> None:
+    """CertSrvRestoreEnd."""
+    restore_end(hbc)
+
+
+CertSrvRestorePrepareW = CertSrvRestorePrepare
+CertSrvRestoreGetDatabaseLocationsW = CertSrvRestoreGetDatabaseLocations
+CertSrvRestoreRegisterW = CertSrvRestoreRegister
+
+
+# ---------------------------------------------------------------- the planned restore (certsrv restore)
+
+
+@dataclass
+class SetInfo:
+    """One backup set given to the restore."""
+
+    directory: Path
+    manifest: Manifest | None
+    p12: Path | None
+
+    @property
+    def kind(self) -> str:
+        """``full``, ``incremental`` or ``key`` (a key-only set)."""
+        return self.manifest.kind if self.manifest else "key"
+
+    def to_json(self) -> dict[str, Any]:
+        """The set as plain data."""
+        m = self.manifest
+        return {"directory": str(self.directory), "kind": self.kind, "ca_name": m.ca_name if m else None,
+                "created": m.created if m else None, "gen_low": m.gen_low if m else None,
+                "gen_high": m.gen_high if m else None, "snapshot_lsn": m.snapshot_lsn if m else None,
+                "files": len(m.files) if m else 0, "bytes": sum(f.size for f in m.files) if m else 0,
+                "p12": str(self.p12) if self.p12 else None}
+
+
+@dataclass
+class RestorePlan:
+    """What a restore will do: which sets, what goes where, generations, key and configuration."""
+
+    home: Home
+    mode: str  # all | database | key
+    force: bool
+    sets: list[SetInfo]
+    ca_name: str
+    identity: str | None = None
+    gen_low: int = 0
+    gen_high: int = 0
+    until_us: int | None = None
+    database_source: Path | None = None
+    database_target: Path | None = None
+    backup_db_name: str | None = None
+    backup_log_path: Path | None = None
+    logs: list[tuple[Path, Path]] = field(default_factory=list)
+    p12: Path | None = None
+    key_file: Path | None = None
+    cert_file: Path | None = None
+    key_encrypted: bool = False
+    config_source: Path | None = None
+    config_action: str = "none"  # restore | keep | default | none
+    config_text: str | None = None
+    dynamic: list[tuple[Path, Path]] = field(default_factory=list)
+    not_empty: list[str] = field(default_factory=list)
+    running: str | None = None
+    key_subject: str | None = None
+
+    @property
+    def full(self) -> SetInfo | None:
+        """The full set, if any."""
+        return next((s for s in self.sets if s.kind == "full"), None)
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as plain data (``--json``, ``--dry-run``)."""
+        until = logfile.us_to_datetime(self.until_us).isoformat() if self.until_us is not None else None
+        return {
+            "home": str(self.home.root), "mode": self.mode, "force": self.force, "ca_name": self.ca_name,
+            "identity": self.identity, "sets": [s.to_json() for s in self.sets],
+            "gen_low": self.gen_low or None, "gen_high": self.gen_high or None, "until": until,
+            "until_us": self.until_us,
+            "database": None if self.database_target is None else {
+                "source": str(self.database_source), "target": str(self.database_target),
+                "restore_map": [self.backup_db_name, str(self.database_target)]},
+            "backup_log_path": str(self.backup_log_path) if self.backup_log_path else None,
+            "logs": [{"source": str(s), "target": str(t)} for s, t in self.logs],
+            "key": None if self.p12 is None else {
+                "p12": str(self.p12), "key_file": str(self.key_file), "cert_file": str(self.cert_file),
+                "encrypted": self.key_encrypted, "subject": self.key_subject},
+            "config": {"action": self.config_action,
+                       "source": str(self.config_source) if self.config_source else None,
+                       "target": str(self.home.config)},
+            "dynamic": [{"source": str(s), "target": str(t)} for s, t in self.dynamic],
+            "target_not_empty": self.not_empty, "running": self.running,
+        }
+
+    def describe(self) -> list[str]:
+        """The plan as text lines."""
+        out = [f"Restore plan for {self.ca_name!r} into {self.home.root} ({self.mode}):"]
+        for s in self.sets:
+            if s.manifest:
+                out.append(f"  {s.kind:<11} {s.directory}  generations {s.manifest.gen_low:08X}.."
+                           f"{s.manifest.gen_high:08X}  created {s.manifest.created}")
+            else:
+                out.append(f"  key         {s.directory}")
+        if self.database_target is not None:
+            out.append(f"  database    {self.database_source} -> {self.database_target}")
+            out.append(f"  logs        {len(self.logs)} generation(s) {self.gen_low:08X}..{self.gen_high:08X} "
+                       f"-> {self.backup_log_path}")
+        if self.until_us is not None:
+            out.append(f"  until       {logfile.us_to_datetime(self.until_us).isoformat()} (point in time)")
+        if self.p12 is not None:
+            out.append(f"  key         {self.p12} -> {self.key_file}{' (encrypted)' if self.key_encrypted else ''}")
+            out.append(f"  certificate -> {self.cert_file}")
+        out.append(f"  config      {self.config_action}" + (f" from {self.config_source}" if self.config_source
+                                                              and self.config_action == "restore" else ""))
+        if self.dynamic:
+            out.append(f"  published   {len(self.dynamic)} file(s) -> {self.home.publish_dir}")
+        if self.not_empty:
+            out.append("  target not empty: " + "; ".join(self.not_empty) + ("" if self.force else " (use --force)"))
+        if self.running:
+            out.append(f"  the CA is running ({self.running}): stop it first")
+        return out
+
+
+def parse_until(text: str) -> int:
+    """``--until`` (ISO 8601; no zone means UTC) as µs since the epoch."""
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidArgument(E_INVALIDARG, "--until", f"{text!r} is not an ISO 8601 time") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1_000_000)
+
+
+def _find_p12(d: Path) -> Path | None:
+    if d.is_file() and d.suffix.lower() == P12_EXT:
+        return d
+    if not d.is_dir():
+        return None
+    found = sorted(p for p in d.iterdir() if p.suffix.lower() == P12_EXT and p.is_file())
+    return found[0] if found else None
+
+
+def _verify(d: Path) -> Manifest:
+    """The backup helper's verify_backup; any problem refuses the set, naming the file."""
+    from .verify import verify_backup
+
+    rep = verify_backup(d)
+    if not rep.ok:
+        p = rep.problems[0]
+        more = f" (and {len(rep.problems) - 1} more problem(s))" if len(rep.problems) > 1 else ""
+        raise CorruptData(p.hresult, str(d / p.path), p.message + more)
+    assert rep.manifest is not None
+    return rep.manifest
+
+
+def load_p12(path: Path, password: bytes | None) -> tuple[Any, x509.Certificate, list[x509.Certificate]]:
+    """Open the set's PKCS#12: (key, CA certificate, chain); a wrong password is ERROR_INVALID_PASSWORD.
+
+    :param path: the ``<CA name>.p12`` file.
+    :param password: its password.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise NotFound(ERROR_FILE_NOT_FOUND, str(path), f"cannot read the key file: {e.strerror}") from None
+    try:
+        key, cert, extra = pkcs12.load_key_and_certificates(data, password or None)
+    except ValueError:
+        # spec §5.1 [OBS-Lab2b]: certutil reports ERROR_INVALID_PASSWORD for a wrong PKCS#12 password.
+        what = "a password is needed (--password-file)" if not password else "the password is not correct"
+        raise InvalidArgument(ERROR_INVALID_PASSWORD, str(path), f"cannot open the PKCS#12: {what}") from None
+    if key is None or cert is None:
+        raise CorruptData(ERROR_INVALID_DATA, str(path), "the PKCS#12 holds no CA key and certificate")
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise CorruptData(ERROR_INVALID_DATA, str(path), f"CA key type {type(key).__name__} is not supported")
+    from ..ca.keys import same_public_key
+
+    if not same_public_key(cert.public_key(), key.public_key()):
+        raise CorruptData(ERROR_INVALID_DATA, str(path), "the certificate in the PKCS#12 does not match its key")
+    return key, cert, list(extra or [])
+
+
+def _load_config_text(path: Path) -> tuple[config_mod.Config, str]:
+    text = path.read_text()
+    try:
+        cfg = config_mod.Config.model_validate(tomllib.loads(text))
+    except (tomllib.TOMLDecodeError, ValueError) as e:
+        raise CorruptData(ERROR_INVALID_DATA, str(path), f"the set's configuration is not valid: {e}") from None
+    return cfg, text
+
+
+def _not_empty(home: Home, mode: str, key_file: Path | None) -> list[str]:
+    reasons: list[str] = []
+    if mode in ("all", "database"):
+        if home.db_dir.is_dir() and any(p.is_file() for p in home.db_dir.iterdir()):
+            reasons.append(f"{home.db_dir} holds a database")
+        if logfile.list_generations(home.log_dir):
+            reasons.append(f"{home.log_dir} holds log generations")
+        if home.restore_registration.exists():
+            reasons.append(f"a restore is registered ({home.restore_registration})")
+    if mode in ("all", "key") and key_file is not None and key_file.exists():
+        reasons.append(f"{key_file} exists (a CA key)")
+    return reasons
+
+
+def plan_restore(
+    directories: list[Path | str],
+    *,
+    home: Path | str | Home | None = None,
+    database_only: bool = False,
+    key_only: bool = False,
+    force: bool = False,
+    until: str | int | datetime | None = None,
+    restore_config: bool = False,
+    password: bytes | None = None,
+) -> RestorePlan:
+    """Check the sets and work out what a restore into ``home`` does (nothing is written).
+
+    :param directories: the full set and its incrementals, any order (key-only: a set dir or the .p12).
+    :param home: the target home (default ``$CERTSRV_HOME`` / ``~/.certsrv``).
+    :param database_only: restore the database only (no key).
+    :param key_only: restore the key and certificate only.
+    :param force: allow a non-empty target.
+    :param until: point in time (ISO 8601 text, µs since epoch, or aware datetime).
+    :param restore_config: replace an existing home's configuration with the set's.
+    :param password: the PKCS#12 password, checked now when given.
+    """
+    if database_only and key_only:
+        raise InvalidArgument(E_INVALIDARG, "restore", "--database-only and --key-only exclude each other")
+    if not directories:
+        raise InvalidArgument(E_INVALIDARG, "restore", "give at least one backup set directory")
+    mode = "key" if key_only else ("database" if database_only else "all")
+    h = home if isinstance(home, Home) else Home.at(home)
+    sets: list[SetInfo] = []
+    for d in directories:
+        p = Path(d).absolute()
+        if not p.exists():
+            raise NotFound(ERROR_FILE_NOT_FOUND, str(p), "no such backup set")
+        has_manifest = (p / DB_SUBDIR).is_dir()
+        if mode == "key":
+            p12 = _find_p12(p)
+            if p12 is None:
+                raise NotFound(ERROR_FILE_NOT_FOUND, str(p), f"no {P12_EXT} key file in this set")
+            sets.append(SetInfo(p, read_manifest(p) if has_manifest else None, p12))
+            break  # the key comes from one set
+        if not has_manifest:
+            # spec §5.3 [PS-JT]: 0x80070002 when the path holds no database backup (e.g. a key-only set).
+            raise NotFound(ERROR_FILE_NOT_FOUND, str(p / DB_SUBDIR),
+                           "no database backup in this directory (a key-only set? use --key-only)")
+        sets.append(SetInfo(p, _verify(p), _find_p12(p)))
+    plan = RestorePlan(home=h, mode=mode, force=force, sets=[], ca_name="")
+    if mode == "key":
+        s = sets[0]
+        plan.sets = sets
+        plan.p12 = s.p12
+        plan.ca_name = s.manifest.ca_name if s.manifest else (s.p12.stem if s.p12 else "")
+    else:
+        _order_sets(plan, sets)
+    _plan_config(plan, restore_config)
+    cfg = plan_config(plan)
+    if mode in ("all", "key"):
+        plan.key_file = h.root / cfg.ca.key_file
+        plan.cert_file = h.root / cfg.ca.cert_file
+        plan.key_encrypted = bool(cfg.ca.key_passphrase_file or cfg.ca.key_passphrase_env)
+        if plan.p12 is None:
+            if mode == "all" and plan.key_file.exists():
+                plan.key_file = plan.cert_file = None  # the set has no key; the home's stays
+            else:
+                raise NotFound(ERROR_FILE_NOT_FOUND, str(plan.sets[0].directory),
+                               f"the full set has no {P12_EXT} key file; use --database-only")
+        if plan.p12 is not None and password is not None:
+            _, cert, _ = load_p12(plan.p12, password)
+            plan.key_subject = cert.subject.rfc4514_string()
+    if until is not None:
+        if mode == "key":
+            raise InvalidArgument(E_INVALIDARG, "--until", "a point in time applies to a database restore")
+        plan.until_us = _until_us(until)
+        _check_until(plan)
+    plan.not_empty = _not_empty(h, mode, plan.key_file)
+    lock = HomeLock(h.root)
+    if h.root.is_dir() and lock.is_held():
+        plan.running = lock.holder() or "unknown pid"
+    return plan
+
+
+def _until_us(until: str | int | datetime) -> int:
+    if isinstance(until, datetime):
+        if until.tzinfo is None:
+            raise InvalidArgument(E_INVALIDARG, "--until", "the time must be timezone-aware")
+        return int(until.timestamp() * 1_000_000)
+    if isinstance(until, int):
+        return until
+    return parse_until(until)
+
+
+def _order_sets(plan: RestorePlan, sets: list[SetInfo]) -> None:
+    """Full first, then incrementals by gen_low; one CA; no generation missing between sets."""
+    fulls = [s for s in sets if s.kind == "full"]
+    incs = sorted((s for s in sets if s.kind == "incremental"), key=lambda s: (s.manifest.gen_low if s.manifest else 0))
+    if not fulls:
+        raise SequenceError(ERROR_DIRECTORY, str(sets[0].directory),
+                            "Restore of an incremental image cannot be performed before a restore from a full image: "
+                            "give the full set too")
+    if len(fulls) > 1:
+        raise InvalidArgument(E_INVALIDARG, str(fulls[1].directory),
+                              f"more than one full set given ({fulls[0].directory} and {fulls[1].directory})")
+    full = fulls[0]
+    assert full.manifest is not None
+    m0 = full.manifest
+    plan.sets = [full, *incs]
+    plan.ca_name, plan.identity = m0.ca_name, m0.identity
+    plan.p12 = full.p12
+    high = m0.gen_high
+    prev = full
+    for s in incs:
+        m = s.manifest
+        assert m is not None
+        if m.identity != m0.identity:
+            raise InvalidArgument(E_INVALIDARG, str(s.directory),
+                                  f"set belongs to database {m.identity}, the full set to {m0.identity}")
+        if m.gen_low > high + 1:
+            missing = (f"{logfile.log_name(high + 1)}" if m.gen_low == high + 2
+                       else f"{logfile.log_name(high + 1)}..{logfile.log_name(m.gen_low - 1)}")
+            raise CorruptData(JET_ERR_MISSING_RESTORE_LOG_FILES, str(s.directory),
+                              f"the sets do not chain: generation(s) {missing} between {prev.directory} and "
+                              f"{s.directory} are missing (an incremental set is missing)")
+        high = max(high, m.gen_high)
+        prev = s
+    plan.gen_low, plan.gen_high = m0.gen_low, high
+    h = plan.home
+    assert m0.database is not None
+    plan.database_source = full.directory / m0.database
+    plan.database_target = h.db_dir / Path(m0.database).name
+    plan.backup_db_name = next((loc[1:] for loc in m0.locations if loc[:1] == CSBFT_CERTSERVER_DATABASE),
+                               str(plan.database_target))
+    plan.backup_log_path = h.root / RESTORE_DIR / RESTORE_LOGS
+    by_gen: dict[int, tuple[Path, str]] = {}
+    for s in plan.sets:
+        assert s.manifest is not None
+        for f in s.manifest.files:
+            if f.role == "log":
+                g = logfile.parse_log_name(Path(f.path).name)
+                assert g is not None
+                src = s.directory / f.path
+                if g in by_gen:
+                    if by_gen[g][1] != f.sha256:
+                        raise CorruptData(ERROR_INVALID_DATA, str(src),
+                                          f"generation {g:08X} differs from the copy in {by_gen[g][0]}")
+                    continue
+                by_gen[g] = (src, f.sha256)
+    plan.logs = [(src, plan.backup_log_path / logfile.log_name(g)) for g, (src, _) in sorted(by_gen.items())]
+    # Published files: the newest set's copy wins (CRLs published between the sets).
+    dyn: dict[str, Path] = {}
+    for s in plan.sets:
+        assert s.manifest is not None
+        for f in s.manifest.files:
+            if f.role == "dynamic":
+                dyn[Path(f.path).name] = s.directory / f.path
+    plan.dynamic = [(src, h.publish_dir / name) for name, src in sorted(dyn.items())]
+
+
+def _plan_config(plan: RestorePlan, restore_config: bool) -> None:
+    src: Path | None = None
+    for s in reversed(plan.sets):
+        c = s.directory / CONFIG_SUBDIR / config_mod.CONFIG_FILE
+        if c.is_file():
+            src = c
+            break
+    exists = plan.home.config.is_file()
+    if exists and not restore_config:
+        plan.config_action = "keep"
+    elif src is not None:
+        plan.config_action, plan.config_source = "restore", src
+        _, plan.config_text = _load_config_text(src)
+    elif exists:
+        plan.config_action = "keep"
+    else:
+        plan.config_action = "default"
+        plan.config_text = config_mod.dumps(config_mod.Config(ca=config_mod.CASection(name=plan.ca_name)))
+
+
+def plan_config(plan: RestorePlan) -> config_mod.Config:
+    """The configuration the restored home will have."""
+    if plan.config_text is not None:
+        return config_mod.Config.model_validate(tomllib.loads(plan.config_text))
+    return config_mod.load(plan.home.root)
+
+
+def _check_until(plan: RestorePlan) -> None:
+    """A point in time before the full set's snapshot cannot be reached (the snapshot already holds later rows)."""
+    full = plan.full
+    assert full is not None and full.manifest is not None and plan.until_us is not None
+    snap = full.manifest.snapshot_lsn
+    if not snap:
+        return
+    ident = bytes.fromhex(full.manifest.identity)
+    for src, _ in plan.logs:
+        h = logfile.read_header(src, ident)
+        if h.first_lsn > snap:
+            break
+        _, recs = logfile.scan(src, ident, keep=True)
+        for r in recs:
+            if r.lsn == snap:
+                if plan.until_us < r.ts_us:
+                    raise InvalidArgument(
+                        E_INVALIDARG, "--until",
+                        f"{logfile.us_to_datetime(plan.until_us).isoformat()} is before the full set's snapshot "
+                        f"(LSN {snap} at {logfile.us_to_datetime(r.ts_us).isoformat()}); use an older full set")
+                return
+
+
+@dataclass
+class RestoreResult:
+    """What :func:`run_restore` did."""
+
+    plan: RestorePlan
+    registration: dict[str, Any] | None = None
+    files: int = 0
+    bytes: int = 0
+    key_written: bool = False
+    config_written: bool = False
+    superseded: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as plain data."""
+        return {"plan": self.plan.to_json(), "registration": self.registration, "files": self.files,
+                "bytes": self.bytes, "key_written": self.key_written, "config_written": self.config_written,
+                "superseded": self.superseded,
+                "next": "start the CA (certsrv serve) to run the recovery" if self.registration else None}
+
+
+def _copy_durable(src: Path, dest: Path, mode: int | None = None) -> int:
+    """Copy via a temp name, fsync, rename: the destination is either absent, old, or whole."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.restoring")
+    shutil.copyfile(src, tmp)
+    if mode is not None:
+        os.chmod(tmp, mode)
+    fsync_file(tmp)
+    os.replace(tmp, dest)
+    return dest.stat().st_size
+
+
+def _key_passphrase(plan: RestorePlan, cfg: config_mod.Config, given: bytes | None) -> bytes | None:
+    """The passphrase the restored key is encrypted with: the given one, else the configured source."""
+    if given:
+        return given
+    if not (cfg.ca.key_passphrase_file or cfg.ca.key_passphrase_env):
+        return None
+    from ..ca.keys import resolve_passphrase
+
+    pfile = cfg.ca.key_passphrase_file
+    if pfile is not None and not Path(pfile).is_absolute():
+        pfile = str(plan.home.root / pfile)
+    try:
+        return resolve_passphrase(pfile, cfg.ca.key_passphrase_env)
+    except CertSrvError:
+        raise InvalidArgument(ERROR_INVALID_PASSWORD, str(plan.home.config),
+                              "the configuration expects an encrypted CA key but its passphrase source is not "
+                              "available here: give --key-passphrase-file") from None
+
+
+def run_restore(
+    plan: RestorePlan,
+    *,
+    password: bytes | None = None,
+    key_passphrase: bytes | None = None,
+    progress: ProgressCallback | None = None,
+) -> RestoreResult:
+    """Carry out a plan: check the key password, place the files, register and complete (spec §3.3).
+
+    :param plan: from :func:`plan_restore`.
+    :param password: the PKCS#12 password (needed unless ``--database-only``).
+    :param key_passphrase: encrypt the restored CA key with this passphrase.
+    :param progress: called with one line per step.
+    """
+    say = progress or (lambda _s: None)
+    res = RestoreResult(plan)
+    cfg = plan_config(plan)
+    key_material: tuple[Any, x509.Certificate, list[x509.Certificate]] | None = None
+    passphrase: bytes | None = None
+    if plan.p12 is not None and plan.key_file is not None:
+        # spec §5.1: checked before anything is placed — a wrong password writes nothing.
+        key_material = load_p12(plan.p12, password)
+        passphrase = _key_passphrase(plan, cfg, key_passphrase)
+    ctx = restore_prepare(home=plan.home, force=plan.force)
+    try:
+        not_empty = _not_empty(plan.home, plan.mode, plan.key_file)
+        if not_empty and not plan.force:
+            # spec §3.3 step 6, §5.3: certutil -f / PowerShell -Force; 0x80070091 otherwise.
+            raise Conflict(ERROR_DIR_NOT_EMPTY, str(plan.home.root),
+                           "the target is not empty (" + "; ".join(not_empty) + "); use --force")
+        if plan.mode == "key":
+            assert key_material is not None
+            _write_key(plan, cfg, key_material, passphrase, res, say)
+            return res
+        _place_database(ctx, plan, cfg, key_material, passphrase, res, say)
+        reg = reg_mod.read_registration(plan.home.root)
+        res.registration = reg.to_json() if reg else None
+        return res
+    finally:
+        restore_end(ctx)
+
+
+def _place_database(ctx: RestoreContext, plan: RestorePlan, cfg: config_mod.Config,
+                    key_material: tuple[Any, x509.Certificate, list[x509.Certificate]] | None,
+                    passphrase: bytes | None, res: RestoreResult, say: ProgressCallback) -> None:
+    h = plan.home
+    full = plan.full
+    assert full is not None and full.manifest is not None
+    assert plan.database_target is not None and plan.database_source is not None
+    assert plan.backup_log_path is not None and plan.backup_db_name is not None
+    # Registered before anything is placed: from here on the CA refuses to start until completed.
+    restore_register(ctx, str(h.system_dir), str(h.log_dir), [(plan.backup_db_name, str(plan.database_target))],
+                     str(plan.backup_log_path), full.manifest.gen_low, full.manifest.gen_high,
+                     until_us=plan.until_us, identity=plan.identity)
+    try:
+        for d in (h.db_dir, h.log_dir, h.system_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        aside = h.db_dir / f"superseded-{stamp}"
+        for p in sorted(h.db_dir.iterdir()):
+            if p.is_file() and (p.suffix == ".db" or ".db-" in p.name or p.name.endswith(".recovering")
+                                or ".recovering-" in p.name):
+                aside.mkdir(exist_ok=True)
+                os.replace(p, aside / p.name)
+                res.superseded.append(str(aside / p.name))
+        if aside.exists():
+            fsync_dir(h.db_dir)
+        # The backup log path holds copies of the sets' generations only: an earlier restore's are stale.
+        shutil.rmtree(plan.backup_log_path, ignore_errors=True)
+        plan.backup_log_path.mkdir(parents=True)
+        for src, dest in plan.logs:
+            res.bytes += _copy_durable(src, dest)
+            res.files += 1
+        fsync_dir(plan.backup_log_path)
+        say(f"Restoring Log files: {len(plan.logs)} generation(s) {plan.gen_low:08X}..{plan.gen_high:08X}")
+        res.bytes += _copy_durable(plan.database_source, plan.database_target)
+        res.files += 1
+        fsync_dir(h.db_dir)
+        say(f"Restoring Database files: {plan.database_target}")
+        for s in plan.sets[1:]:
+            assert s.manifest is not None
+            restore_register(ctx, None, None, None, str(plan.backup_log_path), s.manifest.gen_low,
+                             s.manifest.gen_high, identity=plan.identity)
+        if plan.config_action in ("restore", "default") and plan.config_text is not None:
+            atomic_write(h.config, plan.config_text.encode(), mode=0o640)
+            res.config_written = True
+        for src, dest in plan.dynamic:
+            res.bytes += _copy_durable(src, dest)
+            res.files += 1
+        if plan.dynamic:
+            fsync_dir(h.publish_dir)
+        if key_material is not None:
+            _write_key(plan, cfg, key_material, passphrase, res, say)
+    except CertSrvError as e:
+        restore_register_complete(ctx, e.hresult)
+        raise
+    except Exception as e:
+        restore_register_complete(ctx, hresult_of(e))
+        raise
+    restore_register_complete(ctx, S_OK)
+    say(f"Full database restore for {plan.ca_name} registered; start the CA to complete the restore.")
+
+
+def hresult_of(e: BaseException) -> int:
+    """An HRESULT for any failure (OSError errno wrapped as a Win32 error, else E_FAIL)."""
+    if isinstance(e, CertSrvError):
+        return e.hresult
+    if isinstance(e, OSError) and e.errno:
+        return 0x80070000 | (e.errno & 0xFFFF)
+    return 0x80004005
+
+
+def _write_key(plan: RestorePlan, cfg: config_mod.Config,
+               key_material: tuple[Any, x509.Certificate, list[x509.Certificate]], passphrase: bytes | None,
+               res: RestoreResult, say: ProgressCallback) -> None:
+    from ..ca.crl import write_ca_certificate
+    from ..ca.keys import save_private_key
+
+    key, cert, chain = key_material
+    assert plan.key_file is not None and plan.cert_file is not None
+    plan.home.private_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    save_private_key(plan.key_file, key, passphrase)  # PKCS#8 PEM, 0600, atomic
+    write_ca_certificate(plan.cert_file, cert, chain)
+    res.key_written = True
+    say(f"Restored keys and certificates for {plan.ca_name} from {plan.p12}.")
+
+
+def restore_status(home: Path | str | Home | None = None) -> dict[str, Any]:
+    """The registration of a home (or the last finished restore) as plain data."""
+    h = home if isinstance(home, Home) else Home.at(home)
+    reg = reg_mod.read_registration(h.root)
+    return {"home": str(h.root), "registration": reg.to_json() if reg else None,
+            "last_restore": reg_mod.last_restore(h.root)}
+
+
+__all__ = [
+    "CSBFT_CERTSERVER_DATABASE",
+    "CSBFT_CHECKPOINT_DIR",
+    "CSBFT_LOG_DIR",
+    "CSEDB_RSTMAP",
+    "CSRESTORE_TYPE_CATCHUP",
+    "CSRESTORE_TYPE_FULL",
+    "CSRESTORE_TYPE_MASK",
+    "CSRESTORE_TYPE_ONLINE",
+    "CertSrvRestoreEnd",
+    "CertSrvRestoreGetDatabaseLocations",
+    "CertSrvRestoreGetDatabaseLocationsW",
+    "CertSrvRestorePrepare",
+    "CertSrvRestorePrepareW",
+    "CertSrvRestoreRegister",
+    "CertSrvRestoreRegisterComplete",
+    "CertSrvRestoreRegisterThroughFile",
+    "CertSrvRestoreRegisterW",
+    "RestoreContext",
+    "RestorePlan",
+    "RestoreResult",
+    "SetInfo",
+    "load_p12",
+    "parse_until",
+    "plan_restore",
+    "resolve_restore_home",
+    "restore_end",
+    "restore_get_database_locations",
+    "restore_prepare",
+    "restore_register",
+    "restore_register_complete",
+    "restore_register_through_file",
+    "restore_status",
+    "run_restore",
+]

@@ -1,0 +1,76 @@
+"""``certsrv restore``: restore a full backup set and its incrementals into a stopped home (spec §3.3, §5.2).
+
+Parses, calls :func:`pycertsrv.backup.restore.plan_restore` / :func:`run_restore`, renders.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import E_INVALIDARG, ERROR_FILE_NOT_FOUND, InvalidArgument, NotFound
+from . import cli
+from .common import echo_json, home_option, json_option
+
+
+def _read_secret(path: Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise NotFound(ERROR_FILE_NOT_FOUND, str(path), f"cannot read the {what} file: {e.strerror}") from None
+    value = raw.splitlines()[0] if raw.strip() else b""
+    if not value:
+        raise InvalidArgument(E_INVALIDARG, str(path), f"the {what} file is empty")
+    return value
+
+
+@cli.command("restore")
+@click.argument("directories", nargs=-1, required=True, type=click.Path(path_type=Path))
+@home_option
+@click.option("--database-only", is_flag=True, help="Restore the database only (keep the home's key).")
+@click.option("--key-only", is_flag=True, help="Restore the CA key and certificate only.")
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File whose first line is the PKCS#12 password.")
+@click.option("--key-passphrase-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Encrypt the restored CA key with the passphrase in this file.")
+@click.option("--force", is_flag=True, help="Restore into a home that already has a database or key.")
+@click.option("--until", "until", default=None, metavar="TIME",
+              help="Point in time (ISO 8601, UTC when no zone): replay stops before later records.")
+@click.option("--restore-config", is_flag=True, help="Replace an existing home's certsrv.toml with the set's.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
+@json_option
+def restore_cmd(directories: tuple[Path, ...], home: Path | None, database_only: bool, key_only: bool,
+                password_file: Path | None, key_passphrase_file: Path | None, force: bool, until: str | None,
+                restore_config: bool, dry_run: bool, as_json: bool) -> None:
+    """Restore DIR (the full set) and any incremental DIRs into a stopped CA home."""
+    from ..backup.restore import plan_restore, run_restore
+
+    password = _read_secret(password_file, "password")
+    key_passphrase = _read_secret(key_passphrase_file, "key passphrase")
+    plan = plan_restore(list(directories), home=home, database_only=database_only, key_only=key_only, force=force,
+                        until=until, restore_config=restore_config, password=password)
+    if dry_run:
+        if as_json:
+            echo_json({"dry_run": True, "plan": plan.to_json()})
+        else:
+            for line in plan.describe():
+                click.echo(line)
+        return
+    if password is None and plan.p12 is not None and plan.key_file is not None and sys.stdin.isatty():
+        password = click.prompt("PKCS#12 password", hide_input=True).encode()
+    if not as_json:
+        for line in plan.describe():
+            click.echo(line)
+    result = run_restore(plan, password=password, key_passphrase=key_passphrase,
+                         progress=None if as_json else click.echo)
+    if as_json:
+        echo_json(result.to_json())
+    elif result.registration is not None:
+        click.echo(f"Restore registered in {plan.home.restore_registration}; start the CA (certsrv serve) "
+                   "to complete the database restore.")
+    else:
+        click.echo("certsrv: restore command completed successfully.")
