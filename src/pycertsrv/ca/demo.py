@@ -59,7 +59,7 @@ def run_ca_demo(echo: Callable[[str], Any] = print, home: Path | None = None) ->
                 echo(f"2. issued request {info.request_id} ({kind}) serial {info.serial}; openssl verify: {line}")
                 issued.append({"request_id": info.request_id, "serial": info.serial, "kind": kind,
                                "openssl_verify": ok})
-            victim = issued[1]["serial"]
+            victim = str(issued[1]["serial"])
             rev = a.revoke(victim, "keyCompromise")
             echo(f"3. revoked {victim} ({rev.revocation_reason_name})")
             crl = a.publish_crl()
