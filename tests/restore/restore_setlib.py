@@ -112,3 +112,49 @@ def manifest(d: Path) -> dict[str, Any]:
 def tick() -> None:
     """Let the clock move on so record times differ (the --until tests need distinct instants)."""
     time.sleep(0.002)
+
+
+def make_csr(cn: str) -> bytes:
+    """A PEM CSR for ``cn`` with a fresh P-256 key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"{cn}.example.test")]), critical=False)
+           .sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def issue(ca: Any, n: int, prefix: str = "host") -> list[str]:
+    """Submit and issue ``n`` requests; returns serials."""
+    out = []
+    for i in range(n):
+        info = ca.submit(make_csr(f"{prefix}{i}"), requester="test")
+        assert info.serial
+        out.append(info.serial)
+    return out
+
+
+def ca_rows(store: Store) -> dict[str, list[dict[str, Any]]]:
+    """The rows a restore must bring back (backup bookkeeping rows written at End are left out)."""
+    r = rows(store)
+    r.pop("backup_history")
+    r["setting"] = [x for x in r["setting"] if not x["name"].startswith("DBLast")]
+    return r
+
+
+def openssl_verify(ca_cert: Path, cert_der: bytes, work: Path) -> None:
+    """``openssl verify`` a DER certificate against the CA certificate (PEM)."""
+    import subprocess
+
+    leaf = work / "leaf.der"
+    leaf.write_bytes(cert_der)
+    pem = work / "leaf.pem"
+    subprocess.run(["openssl", "x509", "-inform", "DER", "-in", str(leaf), "-out", str(pem)], check=True,
+                   capture_output=True)
+    out = subprocess.run(["openssl", "verify", "-CAfile", str(ca_cert), str(pem)], capture_output=True, text=True)
+    assert out.returncode == 0 and ": OK" in out.stdout, out.stdout + out.stderr

@@ -819,32 +819,8 @@ def _place_database(ctx: RestoreContext, plan: RestorePlan, cfg: config_mod.Conf
     try:
         for d in (h.db_dir, h.log_dir, h.system_dir):
             d.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        aside = h.db_dir / f"superseded-{stamp}"
-        for p in sorted(h.db_dir.iterdir()):
-            if p.is_file() and (p.suffix == ".db" or ".db-" in p.name or p.name.endswith(".recovering")
-                                or ".recovering-" in p.name):
-                aside.mkdir(exist_ok=True)
-                os.replace(p, aside / p.name)
-                res.superseded.append(str(aside / p.name))
-        if aside.exists():
-            fsync_dir(h.db_dir)
-        # The backup log path holds copies of the sets' generations only: an earlier restore's are stale.
-        shutil.rmtree(plan.backup_log_path, ignore_errors=True)
-        plan.backup_log_path.mkdir(parents=True)
-        for src, dest in plan.logs:
-            res.bytes += _copy_durable(src, dest)
-            res.files += 1
-        fsync_dir(plan.backup_log_path)
-        say(f"Restoring Log files: {len(plan.logs)} generation(s) {plan.gen_low:08X}..{plan.gen_high:08X}")
-        res.bytes += _copy_durable(plan.database_source, plan.database_target)
-        res.files += 1
-        fsync_dir(h.db_dir)
-        say(f"Restoring Database files: {plan.database_target}")
-        for s in plan.sets[1:]:
-            assert s.manifest is not None
-            restore_register(ctx, None, None, None, str(plan.backup_log_path), s.manifest.gen_low,
-                             s.manifest.gen_high, identity=plan.identity)
+        # Small files first (configuration, published files, key): a CA whose restore did not finish then
+        # fails at its store with the restore's own error rather than at a missing configuration.
         if plan.config_action in ("restore", "default") and plan.config_text is not None:
             atomic_write(h.config, plan.config_text.encode(), mode=0o640)
             res.config_written = True
@@ -855,14 +831,52 @@ def _place_database(ctx: RestoreContext, plan: RestorePlan, cfg: config_mod.Conf
             fsync_dir(h.publish_dir)
         if key_material is not None:
             _write_key(plan, cfg, key_material, passphrase, res, say)
+        _place_db_file(plan, res)
+        say(f"Restoring Database files: {plan.database_target}")
+        # The backup log path holds copies of the sets' generations only: an earlier restore's are stale.
+        shutil.rmtree(plan.backup_log_path, ignore_errors=True)
+        plan.backup_log_path.mkdir(parents=True)
+        for src, dest in plan.logs:
+            res.bytes += _copy_durable(src, dest)
+            res.files += 1
+        fsync_dir(plan.backup_log_path)
+        say(f"Restoring Log files: {len(plan.logs)} generation(s) {plan.gen_low:08X}..{plan.gen_high:08X}")
+        for s in plan.sets[1:]:
+            assert s.manifest is not None
+            restore_register(ctx, None, None, None, str(plan.backup_log_path), s.manifest.gen_low,
+                             s.manifest.gen_high, identity=plan.identity)
     except CertSrvError as e:
         restore_register_complete(ctx, e.hresult)
         raise
+    except OSError as e:
+        restore_register_complete(ctx, hresult_of(e))
+        raise CertSrvError(hresult_of(e), str(e.filename or plan.home.root),
+                           f"restore failed while placing files: {e.strerror}") from e
     except Exception as e:
         restore_register_complete(ctx, hresult_of(e))
         raise
     restore_register_complete(ctx, S_OK)
     say(f"Full database restore for {plan.ca_name} registered; start the CA to complete the restore.")
+
+
+def _place_db_file(plan: RestorePlan, res: RestoreResult) -> None:
+    """Put the set's database at its target; the home's earlier database files are moved aside, never deleted."""
+    h = plan.home
+    assert plan.database_target is not None and plan.database_source is not None
+    tmp = h.db_dir / f".{plan.database_target.name}.restoring"
+    shutil.copyfile(plan.database_source, tmp)
+    fsync_file(tmp)
+    res.bytes += tmp.stat().st_size
+    res.files += 1
+    aside = h.db_dir / f"superseded-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
+    for p in sorted(h.db_dir.iterdir()):
+        # A stale -wal beside the new file would be applied to it by SQLite: it goes aside with its database.
+        if p.is_file() and (p.suffix == ".db" or ".db-" in p.name or ".recovering" in p.name):
+            aside.mkdir(exist_ok=True)
+            os.replace(p, aside / p.name)
+            res.superseded.append(str(aside / p.name))
+    os.replace(tmp, plan.database_target)
+    fsync_dir(h.db_dir)
 
 
 def hresult_of(e: BaseException) -> int:

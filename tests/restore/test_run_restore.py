@@ -1,0 +1,255 @@
+"""plan_restore / run_restore in process over a real Authority, BackupManager and the backup writer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from restore_setlib import ca_rows, issue, openssl_verify, tick
+
+from pycertsrv.backup.restore import plan_restore, run_restore
+from pycertsrv.backup.session import BackupManager, LocalSession
+from pycertsrv.backup.writer import run_backup
+from pycertsrv.ca import Authority
+from pycertsrv.errors import (
+    ERROR_DIR_NOT_EMPTY,
+    ERROR_INVALID_DATA,
+    ERROR_INVALID_PASSWORD,
+    ERROR_SHARING_VIOLATION,
+    JET_ERR_MISSING_FULL_BACKUP,
+    JET_ERR_MISSING_RESTORE_LOG_FILES,
+    CertSrvError,
+    Conflict,
+    CorruptData,
+    InvalidArgument,
+)
+from pycertsrv.store import logfile
+
+PW = b"s3cret pw"
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> Iterator[Authority]:
+    a = Authority.init(tmp_path / "ca", "Restore Test CA")
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def mgr(ca: Authority) -> Iterator[BackupManager]:
+    m = BackupManager(ca, ca.home, 600)
+    yield m
+    m.close()
+
+
+def backup(mgr: BackupManager, ca: Authority, out: Path, kind: str = "full") -> dict[str, Any]:
+    """Take a backup with the real writer; returns the source's rows at that moment."""
+    moment = ca_rows(ca.store)
+    run_backup(lambda k: LocalSession(mgr, k), out, kind=kind, password=PW, home=ca.home, keep_log=True)
+    return moment
+
+
+def tree(p: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(p)): f.read_bytes() for f in sorted(p.rglob("*")) if f.is_file()} if p.exists() else {}
+
+
+def test_full_set_into_new_home(ca: Authority, mgr: BackupManager, tmp_path: Path) -> None:
+    serials = issue(ca, 12)
+    ca.revoke(serials[0], "keyCompromise")
+    ca.publish_crl()
+    want = backup(mgr, ca, tmp_path / "full")
+    issue(ca, 3, "after")  # not in the set
+    new = tmp_path / "new"
+    plan = plan_restore([tmp_path / "full"], home=new, password=PW)
+    assert plan.to_json()["config"]["action"] == "restore"
+    res = run_restore(plan, password=PW)
+    assert res.key_written and res.config_written and res.registration["state"] == "complete"
+    key_file = new / "private" / "ca.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert b"BEGIN PRIVATE KEY" in key_file.read_bytes()
+    assert (new / "publish" / "ca.crl").is_file() or any((new / "publish").iterdir())
+    with Authority.open(new) as r:
+        assert ca_rows(r.store) == want
+        assert r.certificate == ca.certificate
+        assert r.store.get("setting", "backup_requires_full")["value"] == "1"
+        openssl_verify(new / "publish" / "ca.crt", r.get_certificate(serials[5]), tmp_path)
+        assert r.get_request_by_serial(serials[0]).disposition == 21 if hasattr(r, "get_request_by_serial") else True
+        # The restored CA issues (key usable) and its new certificates verify against the restored cert.
+        more = issue(r, 1, "restored")
+        openssl_verify(new / "publish" / "ca.crt", r.get_certificate(more[0]), tmp_path)
+
+
+def test_full_plus_incrementals_out_of_order_and_next_backup_full(ca: Authority, mgr: BackupManager,
+                                                                  tmp_path: Path) -> None:
+    issue(ca, 5)
+    backup(mgr, ca, tmp_path / "full")
+    issue(ca, 4, "i1")
+    backup(mgr, ca, tmp_path / "i1", "incremental")
+    s = issue(ca, 4, "i2")
+    ca.revoke(s[1])
+    want = backup(mgr, ca, tmp_path / "i2", "incremental")
+    new = tmp_path / "new"
+    plan = plan_restore([tmp_path / "i2", tmp_path / "full", tmp_path / "i1"], home=new)
+    assert [x.kind for x in plan.sets] == ["full", "incremental", "incremental"]
+    run_restore(plan, password=PW)
+    with Authority.open(new) as r:
+        assert ca_rows(r.store) == want
+        m2 = BackupManager(r, r.home, 600)
+        try:
+            # spec §2.17: after a restore the next backup must be full.
+            with pytest.raises(Conflict) as ei:
+                run_backup(lambda k: LocalSession(m2, k), tmp_path / "bad", kind="incremental", database_only=True)
+            assert ei.value.hresult == JET_ERR_MISSING_FULL_BACKUP
+            run_backup(lambda k: LocalSession(m2, k), tmp_path / "f2", database_only=True)
+            assert r.store.get("setting", "backup_requires_full") is None
+            issue(r, 1, "post")
+            run_backup(lambda k: LocalSession(m2, k), tmp_path / "i3", kind="incremental", database_only=True)
+        finally:
+            m2.close()
+
+
+def test_until_between_two_issuances(ca: Authority, mgr: BackupManager, tmp_path: Path) -> None:
+    issue(ca, 3)
+    backup(mgr, ca, tmp_path / "full")
+    issue(ca, 3, "kept")
+    tick()
+    cut = logfile.us_to_datetime(logfile.now_us())
+    want = ca_rows(ca.store)
+    tick()
+    issue(ca, 3, "dropped")
+    backup(mgr, ca, tmp_path / "i1", "incremental")
+    new = tmp_path / "new"
+    plan = plan_restore([tmp_path / "full", tmp_path / "i1"], home=new, until=cut.isoformat())
+    assert plan.until_us is not None
+    run_restore(plan, password=PW)
+    with Authority.open(new) as r:
+        assert ca_rows(r.store) == want
+
+
+def test_until_before_snapshot_refused(ca: Authority, mgr: BackupManager, tmp_path: Path) -> None:
+    issue(ca, 2)
+    early = logfile.us_to_datetime(logfile.now_us())
+    tick()
+    issue(ca, 2)
+    backup(mgr, ca, tmp_path / "full")
+    with pytest.raises(InvalidArgument) as ei:
+        plan_restore([tmp_path / "full"], home=tmp_path / "new", until=early)
+    assert "snapshot" in ei.value.message
+
+
+def test_wrong_password_writes_nothing(ca: Authority, mgr: BackupManager, tmp_path: Path) -> None:
+    issue(ca, 2)
+    backup(mgr, ca, tmp_path / "full")
+    new = tmp_path / "new"
+    plan = plan_restore([tmp_path / "full"], home=new)
+    with pytest.raises(InvalidArgument) as ei:
+        run_restore(plan, password=b"wrong")
+    assert ei.value.hresult == ERROR_INVALID_PASSWORD
+    assert ".p12" in ei.value.function
+    assert tree(new) == {}
+    with pytest.raises(InvalidArgument) as ei:
+        plan_restore([tmp_path / "full"], home=new, password=b"wrong")  # checked at planning time too
+    assert ei.value.hresult == ERROR_INVALID_PASSWORD
+
+
+def test_running_ca_and_non_empty_target(ca: Authority, mgr: BackupManager, tmp_path: Path) -> None:
+    issue(ca, 2)
+    backup(mgr, ca, tmp_path / "full")
+    before = tree(ca.home.root / "db")
+    plan = plan_restore([tmp_path / "full"], home=ca.home.root, force=True)
+    assert plan.running
+    with pytest.raises(Conflict) as ei:
+        run_restore(plan, password=PW)  # the CA holds its home
+    assert ei.value.hresult == ERROR_SHARING_VIOLATION
+    assert tree(ca.home.root / "db") == before
+
+
+def test_in_place_needs_force_then_rolls_forward(ca: Authority, mgr: BackupManager, tmp_path: Path) -> None:
+    issue(ca, 3)
+    backup(mgr, ca, tmp_path / "full")
+    issue(ca, 3, "after")
+    want = ca_rows(ca.store)
+    home = ca.home.root
+    ca.close()
+    mgr.close()
+    plan = plan_restore([tmp_path / "full"], home=home)
+    assert plan.not_empty
+    with pytest.raises(Conflict) as ei:
+        run_restore(plan, password=PW)
+    assert ei.value.hresult == ERROR_DIR_NOT_EMPTY
+    assert not (home / "system" / "restore.json").exists()
+    plan = plan_restore([tmp_path / "full"], home=home, force=True)
+    res = run_restore(plan, password=PW)
+    assert res.superseded  # the old database file was moved aside, not deleted
+    with Authority.open(home) as r:
+        assert ca_rows(r.store) == want  # the live logs rolled forward past the set
+
+
+def test_flipped_byte_refused_naming_file(ca: Authority, mgr: BackupManager, tmp_path: Path) -> None:
+    issue(ca, 3)
+    backup(mgr, ca, tmp_path / "full")
+    for victim in ("log", "database"):
+        d = tmp_path / f"copy-{victim}"
+        shutil.copytree(tmp_path / "full", d)
+        db = d / "DataBase"
+        f = sorted(db.glob("edb*.log"))[0] if victim == "log" else next(db.glob("*.db"))
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0x40
+        f.write_bytes(bytes(data))
+        new = tmp_path / f"new-{victim}"
+        with pytest.raises(CorruptData) as ei:
+            plan_restore([d], home=new)
+        assert ei.value.hresult == ERROR_INVALID_DATA
+        assert f.name in ei.value.function
+        assert not new.exists()
+
+
+def test_missing_incremental_in_the_middle(ca: Authority, mgr: BackupManager, tmp_path: Path) -> None:
+    issue(ca, 2)
+    backup(mgr, ca, tmp_path / "full")
+    issue(ca, 2)
+    backup(mgr, ca, tmp_path / "i1", "incremental")
+    issue(ca, 2)
+    backup(mgr, ca, tmp_path / "i2", "incremental")
+    with pytest.raises(CorruptData) as ei:
+        plan_restore([tmp_path / "full", tmp_path / "i2"], home=tmp_path / "new")
+    assert ei.value.hresult == JET_ERR_MISSING_RESTORE_LOG_FILES
+    assert "edb" in ei.value.message and "missing" in ei.value.message
+    assert not (tmp_path / "new").exists()
+
+
+def test_key_only_and_encrypted_key(ca: Authority, mgr: BackupManager, tmp_path: Path) -> None:
+    issue(ca, 1)
+    backup(mgr, ca, tmp_path / "full")
+    new = tmp_path / "new"
+    # A database-only restore first (the key comes separately), then the key with a passphrase.
+    run_restore(plan_restore([tmp_path / "full"], home=new, database_only=True))
+    assert not (new / "private" / "ca.key").exists()
+    plan = plan_restore([tmp_path / "full"], home=new, key_only=True)
+    res = run_restore(plan, password=PW, key_passphrase=b"key pass")
+    assert res.key_written and res.registration is None
+    pem = (new / "private" / "ca.key").read_bytes()
+    assert b"ENCRYPTED PRIVATE KEY" in pem
+    with Authority.open(new, passphrase=b"key pass") as r:
+        assert r.certificate == ca.certificate
+    with pytest.raises(Conflict) as ei:  # the key exists now
+        run_restore(plan_restore([tmp_path / "full"], home=new, key_only=True), password=PW)
+    assert ei.value.hresult == ERROR_DIR_NOT_EMPTY
+
+
+def test_failure_while_placing_marks_failed(ca: Authority, mgr: BackupManager, tmp_path: Path) -> None:
+    issue(ca, 2)
+    backup(mgr, ca, tmp_path / "full")
+    new = tmp_path / "new"
+    plan = plan_restore([tmp_path / "full"], home=new)
+    os.unlink(plan.logs[0][0])  # the set loses a file after it was checked
+    with pytest.raises(CertSrvError):
+        run_restore(plan, password=PW)
+    with pytest.raises(CertSrvError) as ei:
+        Authority.open(new)
+    assert "restore failed" in ei.value.message or "failed" in ei.value.message
