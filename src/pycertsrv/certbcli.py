@@ -38,7 +38,7 @@ from typing import Any, ParamSpec, TypeVar
 from .backup.session import MAX_READ
 from .client.backup import BackupSession
 from .client.client import Client
-from .errors import E_INVALIDARG, ERROR_INVALID_HANDLE, S_OK, CertSrvError, InvalidArgument
+from .errors import E_INVALIDARG, E_UNEXPECTED, ERROR_INVALID_HANDLE, S_OK, CertSrvError, InvalidArgument, SequenceError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -175,6 +175,9 @@ def _client(server: str | Client | None) -> tuple[Client, bool]:
 def _session(hbc: Any, fn: str) -> BackupSession:
     if not isinstance(hbc, BackupSession):
         raise InvalidArgument(ERROR_INVALID_HANDLE, fn, f"not a backup context: {type(hbc).__name__}")
+    if hbc.ended and hbc.owns_client:
+        # Its connection went with CertSrvBackupEnd; as on the server, a call after End is out of sequence.
+        raise SequenceError(E_UNEXPECTED, fn, "the backup context was ended (CertSrvBackupEnd)")
     return hbc
 
 
