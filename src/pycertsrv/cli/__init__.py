@@ -34,3 +34,4 @@ def main() -> None:
 from . import ca  # noqa: E402,F401  (CA verbs)
 from . import service  # noqa: E402,F401  (serve, status, shutdown)
 from . import restore  # noqa: E402,F401  (restore)
+from . import backup  # noqa: E402,F401  (backup, verify-backup)

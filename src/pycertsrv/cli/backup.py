@@ -1,0 +1,137 @@
+"""``certsrv backup`` and ``certsrv verify-backup``: thin shells over :func:`pycertsrv.backup.writer.run_backup`
+and :func:`pycertsrv.backup.verify.verify_backup` (spec §5.2 certutil -backup, §5.3 Backup-CARoleService)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import E_INVALIDARG, ERROR_INVALID_PASSWORD, CorruptData, InvalidArgument, NotFound
+from . import cli
+from .backend import ServerSpec, server_options
+from .common import echo_json, home_option, json_option
+
+
+def _read_secret(path: Path, what: str) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise NotFound(None, str(path), f"cannot read the {what} file: {e.strerror}") from None
+    secret = raw.splitlines()[0] if raw.strip() else b""
+    if not secret:
+        raise InvalidArgument(ERROR_INVALID_PASSWORD, str(path), f"the {what} file is empty")
+    return secret
+
+
+class _Bars:
+    """One click progress bar per phase (certutil: "Backing up Database files: 100%"), on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.phase: str | None = None
+        self.bar: Any = None
+
+    def __call__(self, ev: Any) -> None:
+        if not self.enabled:
+            return
+        if ev.phase != self.phase:
+            self.finish()
+            self.phase = ev.phase
+            label = f"Backing up {ev.phase}" if ev.phase != "Truncating logs" else ev.phase
+            self.bar = click.progressbar(length=max(ev.size, 1), label=label, file=sys.stderr, show_pos=False,
+                                         show_percent=True, show_eta=False)
+            self.bar.__enter__()
+        elif ev.done == 0 and ev.delta == 0:
+            self.bar.length += ev.size  # next file of the same phase
+        if ev.delta:
+            self.bar.update(ev.delta)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+@cli.command("backup")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--incremental", is_flag=True, help="Logs written since the previous backup only (needs a full one).")
+@click.option("--keep-log", is_flag=True, help="Do not truncate the log generations after a full backup.")
+@click.option("--database-only", is_flag=True, help="No key: database, logs, published files, configuration.")
+@click.option("--key-only", is_flag=True, help="Only the CA key and certificates (PKCS#12).")
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Password protecting the PKCS#12 (first line); prompted for when omitted on a terminal.")
+@click.option("--key-passphrase-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Passphrase of an encrypted CA key (default: the home's configured source).")
+@click.option("--force", is_flag=True, help="Write into a non-empty directory, replacing an earlier set.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@home_option
+@server_options
+@json_option
+def backup_cmd(directory: Path, incremental: bool, keep_log: bool, database_only: bool, key_only: bool,
+               password_file: Path | None, key_passphrase_file: Path | None, force: bool, quiet: bool,
+               home: Path | None, server: ServerSpec, as_json: bool) -> None:
+    """Back up the running CA into DIRECTORY: DIR/<CA>.p12 and DIR/DataBase/ (spec §5.4), plus Dynamic/ and
+    Config/. Full backups truncate the logs unless --keep-log."""
+    from ..backup.writer import run_backup
+    from ..home import Home
+
+    if database_only and key_only:
+        raise InvalidArgument(E_INVALIDARG, "backup", "--database-only and --key-only exclude each other")
+    password: bytes | None = None
+    if not database_only:
+        if password_file is not None:
+            password = _read_secret(password_file, "password")
+        elif sys.stdin.isatty():
+            password = click.prompt("Password for the PKCS#12 key file", hide_input=True,
+                                    confirmation_prompt=True).encode()
+        else:
+            raise InvalidArgument(E_INVALIDARG, "backup", "the CA key needs a password: give --password-file "
+                                  "(or --database-only)")
+    passphrase = _read_secret(key_passphrase_file, "key passphrase") if key_passphrase_file else None
+    bars = _Bars(not quiet and not as_json)
+    with server.client(home) as client:
+        try:
+            result = run_backup(client, directory, kind="incremental" if incremental else "full", keep_log=keep_log,
+                                database_only=database_only, key_only=key_only, password=password, force=force,
+                                progress=bars, home=Home.at(home), key_passphrase=passphrase)
+        finally:
+            bars.finish()
+    if as_json:
+        echo_json(result.to_json())
+        return
+    m = result.manifest
+    name = m.ca_name if m else None
+    if result.p12 is not None:
+        click.echo(f"Backed up keys and certificates to {result.p12}.")
+    if m is not None:
+        click.echo(f"{'Full' if m.kind == 'full' else 'Incremental'} database backup for {name!r}: "
+                   f"generations {m.gen_low:08X}..{m.gen_high:08X}, {result.bytes_streamed} bytes, "
+                   f"{len(m.files)} files.")
+        click.echo(f"Backed up database to {result.directory}.")
+        if result.truncated is not None:
+            click.echo(f"Database logs successfully truncated ({len(result.truncated)} generation(s) removed).")
+
+
+@cli.command("verify-backup")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@json_option
+def verify_backup_cmd(directory: Path, as_json: bool) -> None:
+    """Check a backup set: manifest, sizes, SHA-256, log continuity, CA identity. Exit 1 naming the bad file."""
+    from ..backup.verify import verify_backup
+
+    rep = verify_backup(directory)
+    if as_json:
+        echo_json(rep.to_json())
+    elif rep.ok and rep.manifest is not None:
+        m = rep.manifest
+        click.echo(f"OK: {m.kind} backup of {m.ca_name!r} (identity {m.identity}), generations "
+                   f"{m.gen_low:08X}..{m.gen_high:08X}, {len(rep.checked)} files, {rep.records} log records")
+    if not rep.ok:
+        for p in rep.problems[1:]:
+            click.echo(f"certsrv: verify-backup: {p}", err=True)
+        first = rep.problems[0]
+        more = f" (and {len(rep.problems) - 1} more problem(s))" if len(rep.problems) > 1 else ""
+        raise CorruptData(first.hresult, first.path, first.message + more)
