@@ -158,3 +158,76 @@ def openssl_verify(ca_cert: Path, cert_der: bytes, work: Path) -> None:
                    capture_output=True)
     out = subprocess.run(["openssl", "verify", "-CAfile", str(ca_cert), str(pem)], capture_output=True, text=True)
     assert out.returncode == 0 and ": OK" in out.stdout, out.stdout + out.stderr
+
+
+def short_home(prefix: str = "crs") -> Path:
+    """A home with a short path (Unix socket paths are limited to 107 bytes)."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp")) / "ca"
+
+
+class Service:
+    """``certsrv serve`` for a home, in a subprocess."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.proc: Any = None
+        self.log = home.parent / f"service-{home.name}.log"
+
+    def start(self, timeout: float = 60.0) -> Service:
+        import subprocess
+        import sys
+
+        from pycertsrv.client import Client
+        from pycertsrv.errors import CertSrvError
+
+        cmd = [sys.executable, "-m", "pycertsrv.cli", "serve", "--home", str(self.home), "--log-level", "warning"]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                with Client(f"unix:{self.home / 'certsrv.sock'}") as c:
+                    if c.is_server_online():
+                        return self
+            except CertSrvError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("service did not come up: " + self.log.read_text()[-2000:])
+            time.sleep(0.05)
+
+    def client(self) -> Any:
+        from pycertsrv.client import Client
+
+        return Client(f"unix:{self.home / 'certsrv.sock'}")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+        self.proc = None
+
+
+def db_rows_readonly(home: Path) -> dict[str, list[dict[str, Any]]]:
+    """The rows of a running CA's database, read through a read-only SQLite connection (WAL allows it)."""
+    import sqlite3
+
+    db = next((home / "db").glob("*.db"))
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for name, t in TABLES.items():
+            order = ", ".join(t.key)
+            out[name] = [dict(r) for r in conn.execute(f"SELECT * FROM {name} ORDER BY {order}")]
+    finally:
+        conn.close()
+    out.pop("backup_history")
+    out["setting"] = [x for x in out["setting"]
+                      if x["name"] not in IGNORED_SETTINGS and not x["name"].startswith("DBLast")]
+    return out
