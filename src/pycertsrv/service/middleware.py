@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import (
     E_INVALIDARG,
     E_UNEXPECTED,
+    ERROR_CLASSES,
     ERROR_FILE_NOT_FOUND,
     ERROR_NOT_SUPPORTED,
     CertSrvError,
@@ -32,16 +33,22 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class BodyTooLarge(InvalidArgument):
-    """Internal marker: body over ``service.max_body`` (sent as InvalidArgument with HTTP 413)."""
+    """Internal: body over ``service.max_body`` (sent as InvalidArgument with HTTP 413)."""
 
     http_status = 413
+
+
+class MethodNotAllowed(InvalidArgument):
+    """Internal: method not routed on this path (sent as InvalidArgument with HTTP 405)."""
+
+    http_status = 405
 
 
 def error_response(err: CertSrvError, status: int | None = None) -> web.Response:
     """The JSON error answer for ``err`` (``CertSrvError.to_json()``), status from its class."""
     body = err.to_json()
-    if isinstance(err, BodyTooLarge):
-        body["error"] = "InvalidArgument"  # the client rebuilds the public class
+    # The client rebuilds the nearest public class (error_from_json); internal subclasses only pick a status.
+    body["error"] = next(c.__name__ for c in type(err).__mro__ if c.__name__ in ERROR_CLASSES)
     return web.json_response(body, status=status or err.http_status)
 
 
@@ -50,8 +57,7 @@ def _from_http_exception(request: web.Request, e: web.HTTPException) -> CertSrvE
     if e.status == 404:
         return NotFound(ERROR_FILE_NOT_FOUND, what, "no such endpoint (see /openapi.json)")
     if e.status == 405:
-        err = InvalidArgument(ERROR_NOT_SUPPORTED, what, f"method {request.method} not allowed here")
-        return err
+        return MethodNotAllowed(ERROR_NOT_SUPPORTED, what, f"method {request.method} not allowed here")
     if e.status == 413:
         return BodyTooLarge(E_INVALIDARG, what, f"request body exceeds the limit of "
                             f"{request.app['config'].service.max_body} bytes (service.max_body)")
@@ -100,7 +106,8 @@ async def service_middleware(request: web.Request, handler: Any) -> web.StreamRe
         resp = error_response(err)
         error = err.to_json()
     status = resp.status
-    if op is not None and op.audit:
+    # Administrative calls are audited; refusals (403) of any operation too.
+    if op is not None and (op.audit or status == 403):
         app["audit"].write(principal, op.operation_id, request.method, request.path, status, error,
                            request["audit"] or None)
     return resp

@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import ssl
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,30 @@ def server_ssl_context(home: Home, cfg: Config) -> ssl.SSLContext:
     return ctx
 
 
+def _send_tls_alerts() -> None:
+    """Make asyncio send the TLS alert when a client's certificate is refused.
+
+    CPython's ``asyncio.sslproto`` (3.11-3.13) closes the transport on a failed server handshake without
+    flushing OpenSSL's outgoing buffer, so the client sees a bare EOF instead of ``unknown ca`` /
+    ``certificate required`` and cannot tell "refused" from "crashed". Flush before the close.
+    """
+    from asyncio import sslproto
+
+    cls: Any = sslproto.SSLProtocol
+    if getattr(cls, "_pycertsrv_alerts", False):
+        return
+    original = cls._on_handshake_complete
+
+    def on_handshake_complete(self: Any, handshake_exc: BaseException | None) -> None:
+        if handshake_exc is not None:
+            with contextlib.suppress(Exception):
+                self._process_outgoing()
+        original(self, handshake_exc)
+
+    cls._on_handshake_complete = on_handshake_complete
+    cls._pycertsrv_alerts = True
+
+
 def _clear_stale_socket(path: Path) -> None:
     if not path.exists() and not path.is_symlink():
         return
@@ -75,27 +99,24 @@ def _clear_stale_socket(path: Path) -> None:
     raise Conflict(ERROR_SHARING_VIOLATION, str(path), "another service is listening on this socket")
 
 
-async def _periodic_crl(app: web.Application, state: ServiceState) -> None:
-    """Publish a CRL when due (crl.period_hours); asks ``Authority.crl_due()`` when it has one."""
+async def _crl_if_due(app: web.Application, state: ServiceState) -> None:
+    """Publish a CRL when ``Authority.crl_due()`` says so (none yet, crl.period_hours passed, files missing)."""
     a = app["authority"]
-    cfg: Config = app["config"]
-    period = cfg.crl.period_hours * 3600.0
-    interval = min(60.0, max(0.5, period / 4))
-    last = time.monotonic()
+    try:
+        if state.state == "running" and await asyncio.to_thread(a.crl_due):
+            crl = await asyncio.to_thread(a.publish_crl)
+            state.crl_done()
+            log.info("published CRL %s (due)", getattr(crl, "number", crl))
+    except CertSrvError as e:
+        log.warning("periodic CRL: %s", e)
+
+
+async def _periodic_crl(app: web.Application, state: ServiceState) -> None:
+    """Check for a due CRL every so often (a quarter of the period, at most a minute)."""
+    interval = min(60.0, max(0.5, app["config"].crl.period_hours * 3600.0 / 4))
     while True:
-        try:
-            if hasattr(a, "crl_due"):
-                due = bool(await asyncio.to_thread(a.crl_due))
-            else:
-                due = time.monotonic() - last >= period
-            if due and state.state == "running":
-                crl = await asyncio.to_thread(a.publish_crl)
-                last = time.monotonic()
-                state.crl_done()
-                log.info("published CRL (periodic): %s", getattr(crl, "number", crl))
-        except CertSrvError as e:
-            log.warning("periodic CRL: %s", e)
         await asyncio.sleep(interval)
+        await _crl_if_due(app, state)
 
 
 async def _housekeeping(app: web.Application) -> None:
@@ -127,14 +148,21 @@ async def run_app(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     state.on_stop(loop, stop.set)
+    signals: list[signal.Signals] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, state.request_stop, f"signal {sig.name}")
+        try:
+            loop.add_signal_handler(sig, state.request_stop, f"signal {sig.name}")
+            signals.append(sig)
+        except (ValueError, RuntimeError):  # not the main thread (embedded use): stop via ServerControl only
+            pass
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     sock = socket_override or socket_path(home, cfg)
     tasks: list[asyncio.Task[None]] = []
     made_socket = False
     try:
+        # A CRL due at start is published before serving (so callers never race the first one).
+        await _crl_if_due(app, state)
         if len(os.fsencode(sock)) > UNIX_PATH_MAX:
             raise InvalidArgument(E_INVALIDARG, str(sock), f"socket path longer than {UNIX_PATH_MAX} bytes; "
                                   "set service.socket to a shorter path")
@@ -151,6 +179,7 @@ async def run_app(
         if tcp is None and cfg.service.tcp_port is not None:
             tcp = (cfg.service.tcp_host or "0.0.0.0", cfg.service.tcp_port)
         if tcp is not None:
+            _send_tls_alerts()
             site = web.TCPSite(runner, tcp[0], tcp[1], ssl_context=server_ssl_context(home, cfg),
                                reuse_address=True)
             await site.start()
@@ -173,7 +202,7 @@ async def run_app(
         await runner.cleanup()
         if made_socket:
             sock.unlink(missing_ok=True)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             loop.remove_signal_handler(sig)
 
 
@@ -204,6 +233,22 @@ def serve(
             log.info("%s", recovery.summary())
         asyncio.run(run_app(authority, socket_override=socket, tcp_override=tcp, shutdown_timeout=shutdown_timeout))
     finally:
-        # Checkpoint: the next start has nothing to replay.
-        authority.close()
+        # A second SIGTERM/SIGINT must not cut the checkpoint short (SIGKILL still can).
+        with _signals_ignored():
+            # Checkpoint: the next start has nothing to replay.
+            authority.close()
         log.info("stopped; checkpoint written")
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    try:
+        old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
