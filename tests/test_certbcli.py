@@ -53,6 +53,25 @@ def test_constants_match_spec_1_3() -> None:
     assert cb.szBACKUPANNOTATION == "Cert Server Backup Interface"
 
 
+EIGHTEEN = ["CertSrvIsServerOnline", "CertSrvBackupPrepare", "CertSrvBackupGetDatabaseNames",
+            "CertSrvBackupGetBackupLogs", "CertSrvBackupGetDynamicFileList", "CertSrvBackupOpenFile",
+            "CertSrvBackupRead", "CertSrvBackupClose", "CertSrvBackupTruncateLogs", "CertSrvBackupEnd",
+            "CertSrvBackupFree", "CertSrvRestoreGetDatabaseLocations", "CertSrvRestorePrepare",
+            "CertSrvRestoreRegister", "CertSrvRestoreRegisterThroughFile", "CertSrvRestoreRegisterComplete",
+            "CertSrvRestoreEnd", "CertSrvServerControl"]
+
+
+def test_all_eighteen_functions() -> None:
+    assert len(set(EIGHTEEN)) == 18
+    for name in EIGHTEEN:
+        assert callable(getattr(cb, name)), name
+    assert cb.CertSrvRestorePrepareW is cb.CertSrvRestorePrepare
+    assert cb.CertSrvRestoreRegisterW is cb.CertSrvRestoreRegister
+    with pytest.raises(CertSrvError) as e:
+        cb.CertSrvRestoreGetDatabaseLocations(object())
+    assert e.value.hresult == ERROR_INVALID_HANDLE
+
+
 def test_w_aliases_and_free() -> None:
     assert cb.CertSrvBackupPrepareW is cb.CertSrvBackupPrepare
     assert cb.CertSrvBackupGetDatabaseNamesW is cb.CertSrvBackupGetDatabaseNames

@@ -10,8 +10,9 @@ is the certbcli function name, in the manner of pywin32.
   splits one entry. Paths are absolute POSIX paths (our reversible "UNC" form, spec §1.4 [INF]).
 - ``server`` arguments take ``unix:PATH``, ``HOST:PORT`` (TLS), a config string ``HOST\\CA Name``,
   None (the local home's socket) or an open :class:`pycertsrv.client.Client`.
-- ``HCSBC`` is a :class:`pycertsrv.client.backup.BackupSession` for backups; restore contexts come
-  from :mod:`pycertsrv.backup.restore`.
+- ``HCSBC`` is a :class:`pycertsrv.client.backup.BackupSession` for backups and a
+  :class:`pycertsrv.backup.restore.RestoreContext` for restores (the restore functions are
+  :mod:`pycertsrv.backup.restore`'s, re-exported).
 - :func:`CertSrvBackupRead` returns ``bytes`` (``b""`` at the end of the file) and fills up to
   ``cb`` bytes (spec §2.7 [INF]: certadm adapts the caller's buffer size).
 - :func:`CertSrvBackupFree` does nothing: returned lists are ordinary Python objects (spec §2.11).
@@ -31,10 +32,10 @@ Example (spec §3.1)::
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+from .backup import restore as _restore
 from .backup.session import MAX_READ
 from .client.backup import BackupSession
 from .client.client import Client
@@ -313,43 +314,29 @@ def CertSrvBackupFree(pv: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- restore, spec §2.12–2.17
-# The restore functions live in pycertsrv.backup.restore (owned by the restore helper); they are
-# re-exported here under the spec names. CertSrvRestoreGetDatabaseLocations accepts a backup
-# context too (spec §2.12), which is served by the backup session.
-_RESTORE_NAMES = ("CertSrvRestorePrepare", "CertSrvRestoreRegister", "CertSrvRestoreRegisterThroughFile",
-                  "CertSrvRestoreRegisterComplete", "CertSrvRestoreEnd", "CertSrvRestoreGetDatabaseLocations")
-
-
-def _restore_module() -> Any:
-    try:
-        return importlib.import_module("pycertsrv.backup.restore")
-    except ModuleNotFoundError as e:
-        if e.name != "pycertsrv.backup.restore":
-            raise
-        return None
-
-
-_restore = _restore_module()
-_restore_locations: Callable[..., list[str]] | None = getattr(_restore, "CertSrvRestoreGetDatabaseLocations", None)
+# The restore functions live in pycertsrv.backup.restore (the restore helper's module; the CA is
+# stopped and the calls act on the local home) and are re-exported here under the spec names.
+# CertSrvRestoreGetDatabaseLocations accepts a backup context too (spec §2.12).
+CertSrvRestorePrepare = _api("CertSrvRestorePrepare")(_restore.CertSrvRestorePrepare)
+CertSrvRestoreRegister = _api("CertSrvRestoreRegister")(_restore.CertSrvRestoreRegister)
+CertSrvRestoreRegisterThroughFile = _api("CertSrvRestoreRegisterThroughFile")(
+    _restore.CertSrvRestoreRegisterThroughFile)
+CertSrvRestoreRegisterComplete = _api("CertSrvRestoreRegisterComplete")(_restore.CertSrvRestoreRegisterComplete)
+CertSrvRestoreEnd = _api("CertSrvRestoreEnd")(_restore.CertSrvRestoreEnd)
+CSEDB_RSTMAP = _restore.CSEDB_RSTMAP
+CSEDB_RSTMAPW = _restore.CSEDB_RSTMAP
 
 
 @_api("CertSrvRestoreGetDatabaseLocations")
-def CertSrvRestoreGetDatabaseLocations(hbc: Any) -> list[str]:
+def CertSrvRestoreGetDatabaseLocations(hbc: BackupSession | _restore.RestoreContext) -> list[str]:
     """Database file 'D', log directory U+0082, system directory U+0083 (backup or restore context, spec §2.12)."""
     if isinstance(hbc, BackupSession):
-        return hbc.database_locations()
-    if _restore_locations is None:
-        raise InvalidArgument(ERROR_INVALID_HANDLE, "CertSrvRestoreGetDatabaseLocations",
-                              f"not a backup or restore context: {type(hbc).__name__}")
-    return _restore_locations(hbc)
+        return _session(hbc, "CertSrvRestoreGetDatabaseLocations").database_locations()
+    if isinstance(hbc, _restore.RestoreContext):
+        return _restore.CertSrvRestoreGetDatabaseLocations(hbc)
+    raise InvalidArgument(ERROR_INVALID_HANDLE, "CertSrvRestoreGetDatabaseLocations",
+                          f"not a backup or restore context: {type(hbc).__name__}")
 
-
-# >>> restore re-exports (restore helper: pycertsrv.backup.restore) >>>
-if _restore is not None:
-    for _name in _RESTORE_NAMES[:-1]:
-        if hasattr(_restore, _name):
-            globals()[_name] = getattr(_restore, _name)
-# <<< restore re-exports <<<
 
 # ---------------------------------------------------------------------------- W aliases (spec §1.2)
 CertSrvIsServerOnlineW = CertSrvIsServerOnline
@@ -360,13 +347,8 @@ CertSrvBackupOpenFileW = CertSrvBackupOpenFile
 CertSrvBackupGetBackupLogsW = CertSrvBackupGetBackupLogs
 CertSrvRestoreGetDatabaseLocationsW = CertSrvRestoreGetDatabaseLocations
 CertSrvServerControlW = CertSrvServerControl
-
-
-def __getattr__(name: str) -> Any:
-    """``CertSrvRestorePrepareW`` / ``CertSrvRestoreRegisterW`` aliases of the re-exported restore functions."""
-    if name in ("CertSrvRestorePrepareW", "CertSrvRestoreRegisterW") and name[:-1] in globals():
-        return globals()[name[:-1]]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+CertSrvRestorePrepareW = CertSrvRestorePrepare
+CertSrvRestoreRegisterW = CertSrvRestoreRegister
 
 
 __all__ = [
@@ -389,8 +371,15 @@ __all__ = [
     "CertSrvError",
     "CertSrvIsServerOnline",
     "CertSrvIsServerOnlineW",
+    "CertSrvRestoreEnd",
     "CertSrvRestoreGetDatabaseLocations",
     "CertSrvRestoreGetDatabaseLocationsW",
+    "CertSrvRestorePrepare",
+    "CertSrvRestorePrepareW",
+    "CertSrvRestoreRegister",
+    "CertSrvRestoreRegisterComplete",
+    "CertSrvRestoreRegisterThroughFile",
+    "CertSrvRestoreRegisterW",
     "CertSrvServerControl",
     "CertSrvServerControlW",
     "decode_multisz",
