@@ -51,15 +51,20 @@ def test_live_backup_restore_serve(workdir: Path) -> None:
             for i in range(8):
                 issued.append(c.submit(make_csr(f"a{i}"))["serial"])
             want_full = db_rows_readonly(home)
-            run_backup(c, workdir / "full", password=PW, home=home, keep_log=True)
+            # The real `certsrv backup` against the running service.
+            certsrv("backup", str(workdir / "full"), "--home", str(home), "--password-file", str(pwfile),
+                    "--keep-log", "--quiet")
             for i in range(5):
                 issued.append(c.submit(make_csr(f"b{i}"))["serial"])
             want_i1 = db_rows_readonly(home)
-            run_backup(c, workdir / "i1", kind="incremental", database_only=True, home=home)
+            certsrv("backup", str(workdir / "i1"), "--home", str(home), "--incremental", "--database-only", "--quiet")
             for i in range(5):
                 c.submit(make_csr(f"c{i}"))
-            run_backup(c, workdir / "i2", kind="incremental", database_only=True, home=home)
             want_i2 = db_rows_readonly(home)
+            certsrv("backup", str(workdir / "i2"), "--home", str(home), "--incremental", "--database-only", "--quiet")
+            out = certsrv("backup", str(workdir / "bad-incr"), "--home", str(home), "--incremental",
+                          "--database-only", "--quiet", check=False)
+            assert out.returncode == 0  # before any restore, incrementals chain on
     finally:
         svc.stop()
     # Dry run: the plan, nothing written.
@@ -71,7 +76,17 @@ def test_live_backup_restore_serve(workdir: Path) -> None:
         new = workdir / target
         certsrv("restore", *[str(workdir / s) for s in sets], "--home", str(new), "--password-file", str(pwfile))
         st = Service(new).start()  # certsrv serve runs the hard recovery before serving
-        st.stop()
+        try:
+            if target == "r-i2":
+                # spec §2.17: after a restore the next backup must be full.
+                out = certsrv("backup", str(workdir / "after-i"), "--home", str(new), "--incremental",
+                              "--database-only", "--quiet", check=False)
+                assert out.returncode == 1 and "0xC8000230" in out.stderr, out.stderr
+                certsrv("backup", str(workdir / "after-f"), "--home", str(new), "--database-only", "--quiet")
+                certsrv("backup", str(workdir / "after-i"), "--home", str(new), "--incremental", "--database-only",
+                        "--quiet", "--force")
+        finally:
+            st.stop()
         with Authority.open(new) as r:
             assert ca_rows(r.store) == want, target
             for serial in issued[: 8 if target == "r-full" else 13]:
