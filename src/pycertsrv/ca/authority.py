@@ -2,8 +2,8 @@
 
 Every state change follows the same shape: validate and sign first (nothing written), then write all
 resulting rows in ONE ``store.transaction()`` (durable in the redo log before it returns). A refusal
-therefore never changes the database. Methods are thread-safe; concurrent issuance shares fsyncs
-through the store's group commit.
+therefore never changes the database. Methods are thread-safe; changes made concurrently are written
+together by :class:`~pycertsrv.ca.commit.GroupCommitter` (one log record, one fsync, one SQLite commit).
 """
 
 from __future__ import annotations
@@ -48,10 +48,11 @@ from ..errors import (
 )
 from ..fsutil import HomeLock, atomic_write
 from ..home import Home
-from ..store import Store, StoreOptions
+from ..store import Store, StoreOptions, Transaction
 from ..store.schema import DISP_DENIED, DISP_ERROR, DISP_ISSUED, DISP_PENDING, DISP_REVOKED
 from . import crl as crl_mod
-from .issuance import Issuer, random_serial, self_signed_root, subordinate_request
+from .commit import GroupCommitter
+from .issuance import IssuedCertificate, Issuer, random_serial, self_signed_root, subordinate_request
 from .keys import (
     CAPrivateKey,
     generate_key,
@@ -119,6 +120,7 @@ class Authority:
         self._reserved: set[str] = set()
         self._crl_lock = threading.Lock()
         self._state_lock = threading.Lock()
+        self._commit = GroupCommitter(store)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -350,30 +352,29 @@ class Authority:
                 self._reserved.discard(text)
 
     @staticmethod
-    def _cert_columns(cert: x509.Certificate, der: bytes) -> dict[str, Any]:
+    def _cert_columns(issued: IssuedCertificate) -> dict[str, Any]:
         return {
-            "serial": serial_hex(cert.serial_number),
-            "raw_cert": der,
-            "not_before": iso(cert.not_valid_before_utc),
-            "not_after": iso(cert.not_valid_after_utc),
-            "subject": cert.subject.rfc4514_string(),
-            "thumbprint": hashlib.sha256(der).hexdigest(),
+            "serial": serial_hex(issued.serial),
+            "raw_cert": issued.der,
+            "not_before": iso(issued.not_before),
+            "not_after": iso(issued.not_after),
+            "subject": issued.subject,
+            "thumbprint": hashlib.sha256(issued.der).hexdigest(),
             "revoked_at": None,
             "revocation_reason": None,
             "invalidity_date": None,
         }
 
     @staticmethod
-    def _put_extensions(tx: Any, request_id: int, cert: x509.Certificate) -> None:
-        for ext in cert.extensions:
-            tx.put("extension", {"request_id": request_id, "oid": ext.oid.dotted_string,
-                                 "flags": 1 if ext.critical else 0, "value": ext.value.public_bytes()})
+    def _put_extensions(tx: Transaction, request_id: int, issued: IssuedCertificate) -> None:
+        # Extension rows: flags 1 = critical; value = the extension's DER (extnValue contents).
+        for oid, critical, value in issued.extensions:
+            tx.put("extension", {"request_id": request_id, "oid": oid, "flags": critical, "value": value})
 
-    def _sign(self, req: ParsedRequest, template: Template, serial: int) -> tuple[x509.Certificate, bytes]:
+    def _sign(self, req: ParsedRequest, template: Template, serial: int) -> IssuedCertificate:
         if template.ca and not req.subject:
             raise InvalidArgument(CERTSRV_E_BAD_REQUESTSUBJECT, "submit", "a CA certificate needs a subject name")
-        cert = self._require_issuer().build(req, template, serial, utcnow())
-        return cert, cert.public_bytes(Encoding.DER)
+        return self._require_issuer().build(req, template, serial, utcnow())
 
     # ------------------------------------------------------------------ requests
 
@@ -405,21 +406,27 @@ class Authority:
             return self._write_new(row, attrs, None)
         self._require_issuer()
         with self._new_serial() as serial:
-            cert, der = self._sign(req, tmpl, serial)
+            issued = self._sign(req, tmpl, serial)
             row.update(disposition=DISP_ISSUED, disposition_message=MSG_ISSUED, resolved_at=now,
-                       **self._cert_columns(cert, der))
-            return self._write_new(row, attrs, cert)
+                       **self._cert_columns(issued))
+            return self._write_new(row, attrs, issued)
 
-    def _write_new(self, row: dict[str, Any], attrs: Mapping[str, str], cert: x509.Certificate | None) -> RequestInfo:
-        with self.store.transaction() as tx:
+    def _write_new(self, row: dict[str, Any], attrs: Mapping[str, str],
+                   issued: IssuedCertificate | None) -> RequestInfo:
+        def write(tx: Transaction) -> None:
             rid = tx.next_id("request")
             row["request_id"] = rid
             tx.put("request", row)
             for name, value in attrs.items():
                 tx.put("attribute", {"request_id": rid, "name": name, "value": value})
-            if cert is not None:
-                self._put_extensions(tx, rid, cert)
+            if issued is not None:
+                self._put_extensions(tx, rid, issued)
+
+        self._commit.run(write)
         return RequestInfo.from_row(row)
+
+    def _put(self, table: str, row: dict[str, Any]) -> None:
+        self._commit.run(lambda tx: tx.put(table, row))
 
     def _resolve(self, request_id: int, allowed: tuple[int, ...], verb: str, issue: bool, message: str,
                  status: int = 0) -> RequestInfo:
@@ -434,17 +441,19 @@ class Authority:
             new.update(resolved_at=iso(utcnow()), disposition_message=message, status_code=status)
             if not issue:
                 new["disposition"] = DISP_DENIED
-                with self.store.transaction() as tx:
-                    tx.put("request", new)
+                self._put("request", new)
                 return RequestInfo.from_row(new)
             req = parse_request(bytes(row["raw_request"]), _REQUEST_LIMIT)  # re-checked: replay never re-decides
             tmpl = get_template(row["template"] or self.config.policy.default_template)
             with self._new_serial() as serial:
-                cert, der = self._sign(req, tmpl, serial)
-                new.update(disposition=DISP_ISSUED, **self._cert_columns(cert, der))
-                with self.store.transaction() as tx:
+                issued = self._sign(req, tmpl, serial)
+                new.update(disposition=DISP_ISSUED, **self._cert_columns(issued))
+
+                def write(tx: Transaction) -> None:
                     tx.put("request", new)
-                    self._put_extensions(tx, request_id, cert)
+                    self._put_extensions(tx, request_id, issued)
+
+                self._commit.run(write)
             return RequestInfo.from_row(new)
 
     def issue(self, request_id: int, *, by: str | None = None) -> RequestInfo:
@@ -498,8 +507,7 @@ class Authority:
                 new["revoked_at"] = iso(now)  # a hold made final keeps its original revocation date
             if inv is not None:
                 new["invalidity_date"] = iso(inv)
-            with self.store.transaction() as tx:
-                tx.put("request", new)
+            self._put("request", new)
         return RequestInfo.from_row(new)
 
     def unrevoke(self, serial_hex: str | int, *, by: str | None = None) -> RequestInfo:
@@ -516,8 +524,7 @@ class Authority:
             new = dict(row)
             new.update(disposition=DISP_ISSUED, revoked_at=None, revocation_reason=None, invalidity_date=None,
                        disposition_message=f"Unrevoked by {_officer(by)}")
-            with self.store.transaction() as tx:
-                tx.put("request", new)
+            self._put("request", new)
         return RequestInfo.from_row(new)
 
     # ------------------------------------------------------------------ CRLs
@@ -534,9 +541,8 @@ class Authority:
             next_update = now + dt.timedelta(hours=self.config.crl.validity_hours)
             crl = crl_mod.build_crl(self._key, issuer.cert, rows, number, now, next_update)
             der = crl.public_bytes(Encoding.DER)
-            with self.store.transaction() as tx:
-                tx.put("crl", {"number": number, "this_update": iso(now), "next_update": iso(next_update),
-                               "raw": der, "entries": len(rows)})
+            self._put("crl", {"number": number, "this_update": iso(now), "next_update": iso(next_update),
+                              "raw": der, "entries": len(rows)})
             # Files are written after the row is durable: a crash in between is repaired by the next publish.
             der_path, pem_path = crl_mod.write_published(self.home.publish_dir, crl)
         return CRLInfo(number, iso(now) or "", iso(next_update) or "", len(rows), der, der_path, pem_path)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, NameOID
 
 from ..config import PolicySection
 from ..errors import CERTSRV_E_INVALID_CA_CERTIFICATE, E_INVALIDARG, Conflict, InvalidArgument
@@ -129,6 +132,8 @@ class Issuer:
         access += [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(u))
                    for u in policy.aia_ocsp]
         self.aia = x509.AuthorityInformationAccess(access) if access else None
+        self._fixed_cache: dict[tuple[str, bool], list[x509.Extension[x509.ExtensionType]]] = {}
+        self._fixed_der: dict[tuple[str, bool], list[tuple[str, int, bytes]]] = {}
 
     def validity(self, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
         """notBefore (backdated by the clock skew, not before the CA's) and notAfter (never past the CA's)."""
@@ -141,11 +146,40 @@ class Issuer:
         end = min(now + dt.timedelta(days=self.policy.validity_days), ca_end)
         return start, end
 
-    def build(self, req: ParsedRequest, template: Template, serial: int, now: dt.datetime) -> x509.Certificate:
+    def _fixed(self, template: Template, rsa_key: bool) -> list[x509.Extension[x509.ExtensionType]]:
+        """The extensions that do not depend on the requester's key or names (cached per template/key kind)."""
+        key = (template.name, rsa_key)
+        exts = self._fixed_cache.get(key)
+        if exts is None:
+            exts = [
+                x509.Extension(ExtensionOID.BASIC_CONSTRAINTS, True, x509.BasicConstraints(
+                    ca=template.ca, path_length=template.path_length if template.ca else None)),
+                x509.Extension(ExtensionOID.KEY_USAGE, True, template.key_usage(rsa_key)),
+                x509.Extension(ExtensionOID.AUTHORITY_KEY_IDENTIFIER, False, self.aki),
+            ]
+            if template.eku:
+                exts.append(x509.Extension(ExtensionOID.EXTENDED_KEY_USAGE, False,
+                                           x509.ExtendedKeyUsage(list(template.eku))))
+            if self.cdp is not None:
+                exts.append(x509.Extension(ExtensionOID.CRL_DISTRIBUTION_POINTS, False, self.cdp))
+            if self.aia is not None:
+                exts.append(x509.Extension(ExtensionOID.AUTHORITY_INFORMATION_ACCESS, False, self.aia))
+            self._fixed_cache[key] = exts
+            self._fixed_der[key] = [(e.oid.dotted_string, int(e.critical), e.value.public_bytes()) for e in exts]
+        return exts
+
+    def build(self, req: ParsedRequest, template: Template, serial: int, now: dt.datetime) -> IssuedCertificate:
         """Sign a certificate for ``req``: subject from the request, SKI, AKI, keyUsage/EKU from the template,
-        SAN copied from the extension request, CDP and AIA from configuration."""
+        SAN copied from the extension request, CDP and AIA from configuration.
+
+        Returns the certificate with the columns and extension rows the database keeps, computed from what
+        was signed (no re-parse).
+        """
         start, end = self.validity(now)
         pub = req.public_key
+        rsa_key = isinstance(pub, rsa.RSAPublicKey)
+        fixed = self._fixed(template, rsa_key)
+        ski = x509.SubjectKeyIdentifier.from_public_key(pub)
         b = (
             x509.CertificateBuilder()
             .subject_name(req.csr.subject)
@@ -154,19 +188,31 @@ class Issuer:
             .serial_number(serial)
             .not_valid_before(start)
             .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=template.ca, path_length=template.path_length if template.ca
-                                                 else None), critical=True)
-            .add_extension(template.key_usage(pub), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
-            .add_extension(self.aki, critical=False)
+            .add_extension(ski, critical=False)
         )
-        if template.eku:
-            b = b.add_extension(x509.ExtendedKeyUsage(list(template.eku)), critical=False)
+        for e in fixed:
+            b = b.add_extension(e.value, critical=e.critical)
+        ext_rows = [*self._fixed_der[(template.name, rsa_key)],
+                    (ExtensionOID.SUBJECT_KEY_IDENTIFIER.dotted_string, 0, ski.public_bytes())]
         if req.san is not None:
             # RFC 5280 §4.2.1.6: SAN must be critical when the subject is empty.
-            b = b.add_extension(req.san.value, critical=req.san.critical or not req.subject)
-        if self.cdp is not None:
-            b = b.add_extension(self.cdp, critical=False)
-        if self.aia is not None:
-            b = b.add_extension(self.aia, critical=False)
-        return b.sign(self.key, self.hash)
+            critical = req.san.critical or not req.subject
+            b = b.add_extension(req.san.value, critical=critical)
+            ext_rows.append((ExtensionOID.SUBJECT_ALTERNATIVE_NAME.dotted_string, int(critical),
+                             req.san.value.public_bytes()))
+        cert = b.sign(self.key, self.hash)
+        der = cert.public_bytes(Encoding.DER)
+        return IssuedCertificate(cert, der, serial, start, end, req.subject, ext_rows)
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A freshly signed certificate with the facts the request row and extension rows store."""
+
+    cert: x509.Certificate = field(repr=False)
+    der: bytes = field(repr=False)
+    serial: int
+    not_before: dt.datetime
+    not_after: dt.datetime
+    subject: str
+    extensions: list[tuple[str, int, bytes]] = field(repr=False)

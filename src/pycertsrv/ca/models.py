@@ -71,8 +71,9 @@ def parse_iso(s: str | None) -> dt.datetime | None:
 
 
 def serial_hex(n: int) -> str:
-    """Canonical serial form: uppercase hex without leading zeros or separators (as certutil shows it)."""
-    return f"{n:X}"
+    """Canonical serial form: uppercase hex in whole octets, no separators (as openssl and certutil print it)."""
+    h = f"{n:X}"
+    return h if len(h) % 2 == 0 else "0" + h
 
 
 def normalize_serial(value: str | int) -> str:

@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
 from ..errors import CERTSRV_E_UNSUPPORTED_CERT_TYPE, InvalidArgument
@@ -31,12 +29,15 @@ class Template:
     key_encipherment: bool = False
     description: str = ""
 
-    def key_usage(self, key: CertificatePublicKeyTypes) -> x509.KeyUsage:
-        """The keyUsage for a certificate of this template over ``key`` (RFC 5280 §4.2.1.3)."""
+    def key_usage(self, rsa_key: bool) -> x509.KeyUsage:
+        """The keyUsage for a certificate of this template (RFC 5280 §4.2.1.3).
+
+        :param rsa_key: the subject key is RSA (only RSA keys can do key transport: keyEncipherment).
+        """
         return x509.KeyUsage(
             digital_signature=True,
             content_commitment=False,
-            key_encipherment=self.key_encipherment and isinstance(key, rsa.RSAPublicKey),
+            key_encipherment=self.key_encipherment and rsa_key,
             data_encipherment=False,
             key_agreement=False,
             key_cert_sign=self.ca,
