@@ -115,6 +115,7 @@ class Registration:
     hr: int = S_OK
     message: str = ""
     recovery: dict[str, Any] | None = None
+    home: str | None = None
     format: str = FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -180,6 +181,16 @@ def clear_registration(home: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
         fsync_dir(path.parent)
+
+
+def _rebase(reg: Registration, home: Path, path: str) -> str:
+    """A registered path inside the registering home, moved along when the home was moved or copied since."""
+    if reg.home is None:
+        return path
+    old, p = Path(reg.home), Path(path)
+    if p.is_absolute() and (p == old or old in p.parents):
+        return str(Path(home).resolve() / p.relative_to(old))
+    return path
 
 
 def _resolve_db_target(home: Path, new_name: str) -> Path:
@@ -253,7 +264,8 @@ def register(
                        "a registered restore is being recovered; start the CA to finish it, or use --force")
     if full:
         # A full registration starts a new restore: it replaces whatever was registered before.
-        reg = Registration(state=STATE_REGISTERED, context=context, pid=os.getpid(), created=now, updated=now)
+        reg = Registration(state=STATE_REGISTERED, context=context, pid=os.getpid(), created=now, updated=now,
+                           home=str(Path(home).resolve()))
         reg.restore_map = rmap
         reg.gen_low, reg.gen_high = gen_low, gen_high
     else:
@@ -404,18 +416,21 @@ def _discard_temp(home: Path, reg: Registration) -> None:
     if not reg.restore_map:
         return
     with contextlib.suppress(CertSrvError, OSError):
-        tmp = _temp_name(_resolve_db_target(home, reg.restore_map[0][1]))
+        tmp = _temp_name(_resolve_db_target(home, _rebase(reg, home, reg.restore_map[0][1])))
         for p in (tmp, tmp.with_name(tmp.name + "-journal")):
             p.unlink(missing_ok=True)
 
 
-def _collect_generations(reg: Registration) -> list[Path]:
+def _collect_generations(reg: Registration, home: Path) -> list[Path]:
     """Files of genLow..genHigh across every registered backup log path; a missing one is named."""
     found: dict[int, Path] = {}
     dirs: list[str] = []
     for s in reg.sets:
         d = s.backup_log_path or reg.backup_log_path
-        if d is None or d in dirs:
+        if d is None:
+            continue
+        d = _rebase(reg, home, d)
+        if d in dirs:
             continue
         dirs.append(d)
         for g, p in logfile.list_generations(Path(d)).items():
@@ -469,10 +484,10 @@ def _recover_into_temp(home: Path, reg: Registration) -> dict[str, Any]:
 
     if not reg.restore_map or not reg.has_full:
         raise SequenceError(ERROR_DIRECTORY, str(home), "no full set is registered (the restore map is empty)")
-    target = _resolve_db_target(home, reg.restore_map[0][1])
+    target = _resolve_db_target(home, _rebase(reg, home, reg.restore_map[0][1]))
     if not target.is_file():
         raise NotFound(ERROR_FILE_NOT_FOUND, str(target), "the restored database file is missing")
-    files = _collect_generations(reg)
+    files = _collect_generations(reg, home)
     tmp = _temp_name(target)
     for p in (tmp, tmp.with_name(tmp.name + "-journal")):
         p.unlink(missing_ok=True)
@@ -563,7 +578,7 @@ def _recover_into_temp(home: Path, reg: Registration) -> dict[str, Any]:
         "db_supersede": others,
         "report": rep.to_json(),
         "recovered_at": when.isoformat(),
-        "backup_log_paths": sorted({s.backup_log_path for s in reg.sets if s.backup_log_path}),
+        "backup_log_paths": sorted({_rebase(reg, home, s.backup_log_path) for s in reg.sets if s.backup_log_path}),
     }
 
 

@@ -1,0 +1,125 @@
+"""A process killed (SIGKILL) before each durable step (every os.fsync / os.replace) of a restore and of
+the hard recovery at the next start, then run again: the home ends as the correct CA or a clear refusal,
+never a CA that starts with part of the data."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from restore_setlib import ca_rows, issue, short_home
+
+from pycertsrv.backup.session import BackupManager, LocalSession
+from pycertsrv.backup.writer import run_backup
+from pycertsrv.ca import Authority
+from pycertsrv.errors import CertSrvError
+
+PW = b"crash pw"
+
+CHILD = r"""
+import os, signal, sys
+n, mode, home = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+count = [0]
+def tick():
+    count[0] += 1
+    if count[0] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+real_fsync, real_replace = os.fsync, os.replace
+def fsync(fd):
+    tick()
+    return real_fsync(fd)
+def replace(a, b):
+    tick()
+    return real_replace(a, b)
+os.fsync, os.replace = fsync, replace
+if mode == "restore":
+    from pycertsrv.backup.restore import plan_restore, run_restore
+    plan = plan_restore(sys.argv[4:], home=home, force=True)
+    run_restore(plan, password=b"crash pw")
+else:
+    from pycertsrv.store import Store
+    Store.open(home).close()
+print("STEPS", count[0])
+"""
+
+
+def child(n: int, mode: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", CHILD, str(n), mode, str(home), *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def steps(out: subprocess.CompletedProcess[str]) -> int:
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split("STEPS")[1])
+
+
+def sample(total: int, k: int = 12) -> list[int]:
+    if total <= k:
+        return list(range(1, total + 1))
+    return sorted({1 + round(i * (total - 1) / (k - 1)) for i in range(k)})
+
+
+@pytest.fixture(scope="module")
+def sets() -> Iterator[dict[str, Any]]:
+    home = short_home("crc")
+    work = home.parent
+    with Authority.init(home, "Crash Point CA") as a:
+        m = BackupManager(a, a.home, 60)
+        issue(a, 10)
+        run_backup(lambda k: LocalSession(m, k), work / "full", password=PW, home=home, keep_log=True)
+        issue(a, 10, "i")
+        want = ca_rows(a.store)
+        run_backup(lambda k: LocalSession(m, k), work / "i1", kind="incremental", database_only=True)
+        m.close()
+    yield {"work": work, "want": want, "dirs": [str(work / "full"), str(work / "i1")]}
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def state(home: Path, want: dict[str, Any]) -> str:
+    try:
+        a = Authority.open(home)
+    except CertSrvError as e:
+        assert e.hresult and e.message
+        return "refused"
+    try:
+        assert ca_rows(a.store) == want, "a CA started with partial data"
+        return "ok"
+    finally:
+        a.close()
+
+
+def test_kill_before_each_step_of_the_restore(sets: dict[str, Any]) -> None:
+    work, want, dirs = sets["work"], sets["want"], sets["dirs"]
+    total = steps(child(0, "restore", work / "count", *dirs))
+    seen = []
+    for n in sample(total):
+        home = work / f"r{n}"
+        out = child(n, "restore", home, *dirs)
+        assert out.returncode == -9, out.stderr
+        first = state(home, want) if (home / "certsrv.toml").exists() else "no config yet"
+        seen.append((n, first))
+        if first != "ok":
+            steps(child(0, "restore", home, *dirs))  # run again (with --force)
+            assert state(home, want) == "ok", seen
+    assert any(s == "refused" for _, s in seen), seen  # the interesting middle was hit
+
+
+def test_kill_before_each_step_of_the_recovery(sets: dict[str, Any]) -> None:
+    work, want, dirs = sets["work"], sets["want"], sets["dirs"]
+    pristine = work / "pristine"
+    steps(child(0, "restore", pristine, *dirs))  # registered and completed, not yet recovered
+    probe = work / "probe"
+    shutil.copytree(pristine, probe)
+    total = steps(child(0, "open", probe))
+    for n in sample(total):
+        home = work / f"o{n}"
+        shutil.copytree(pristine, home)
+        out = child(n, "open", home)
+        assert out.returncode == -9, out.stderr
+        assert state(home, want) == "ok", n  # the next start redoes or finishes the recovery
+        assert not (home / "system" / "restore.json").exists()
