@@ -120,7 +120,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 a = Authority.init(home, f"Bench {ca_type} CA", key_type=ca_type, key=key)
                 try:
                     raw = _rate(_raw_sign_fn(a, csrs), n, threads)
-                    durable = _rate(lambda i: a.submit(csrs[i]), n, threads)
+                    durable = _rate(lambda i, a=a, csrs=csrs: a.submit(csrs[i]), n, threads)
                     issued = a.store.count("request")
                     serials = len({r["serial"] for r in a.store.select("request")})
                     assert issued == serials == n, (issued, serials, n)

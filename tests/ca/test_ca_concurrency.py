@@ -63,3 +63,26 @@ def test_revocations_while_publishing(ca: Authority, make_csr: Callable[..., byt
     assert numbers == [1, 2, 3, 4, 5]
     final = ca.publish_crl()
     assert final.number == 6 and final.entries == 20
+
+
+def test_store_failure_reaches_every_caller(ca: Authority, make_csr: Callable[..., bytes],
+                                            req_keys: dict[str, Any]) -> None:
+    csrs = [make_csr(req_keys["ec"], f"f{i}.example.com") for i in range(8)]
+    ca.submit(csrs[0])
+    ca.store.close()  # the store refuses transactions from now on
+    errors: list[E.CertSrvError] = []
+
+    def go(data: bytes) -> None:
+        try:
+            ca.submit(data)
+        except E.CertSrvError as e:
+            errors.append(e)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(go, csrs[1:]))
+    assert len(errors) == 7 and all(e.hresult == E.E_UNEXPECTED and "closed" in e.message for e in errors)
+    b = Authority.open(ca.home.root)  # nothing half-written: one issued request, re-read from disk
+    try:
+        assert [r.request_id for r in b.view()] == [1]
+    finally:
+        b.close()
