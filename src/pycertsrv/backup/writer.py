@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,33 +122,63 @@ def _dir_empty(d: Path) -> bool:
     return not any(d.iterdir())
 
 
+def _reader_thread(session: SessionLike, chunk: int, q: queue.Queue[bytes | BaseException | None],
+                   stop: threading.Event) -> None:
+    """Read ahead of the writer: the next chunk travels while the previous one is hashed and written."""
+    try:
+        while not stop.is_set():
+            data = session.read(chunk)
+            q.put(data if data else None)
+            if not data:
+                return
+    except BaseException as e:  # handed to the writer, which raises it
+        q.put(e)
+
+
 def _stream(session: SessionLike, name: str, dest: Path, phase: str, progress: ProgressCallback | None,
             chunk: int) -> tuple[int, str]:
-    """Open ``name``, copy it to ``dest`` (fsynced), close; returns (size, sha256)."""
+    """Open ``name``, copy it to ``dest`` (fsynced), close; returns (size, sha256).
+
+    One reader thread keeps at most two chunks in flight (memory stays bounded); it is the only
+    caller of the session while the file is open, and is joined before BackupClose.
+    """
     size = session.open_file(name)
     h = hashlib.sha256()
     done = 0
+    q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    reader: threading.Thread | None = None
     try:
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             if progress:
                 progress(Progress(phase, Path(name).name, size, 0, 0))
+            reader = threading.Thread(target=_reader_thread, args=(session, chunk, q, stop), daemon=True)
+            reader.start()
             while True:
-                data = session.read(chunk)
-                if not data:
+                item = q.get()
+                if item is None:
                     break
-                h.update(data)
-                view = memoryview(data)
+                if isinstance(item, BaseException):
+                    raise item
+                h.update(item)
+                view = memoryview(item)
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
-                done += len(data)
+                done += len(item)
                 if progress:
-                    progress(Progress(phase, Path(name).name, size, done, len(data)))
+                    progress(Progress(phase, Path(name).name, size, done, len(item)))
             os.fsync(fd)
         finally:
             os.close(fd)
     finally:
+        if reader is not None:
+            stop.set()
+            while reader.is_alive():  # unblock a reader waiting on a full queue
+                with contextlib.suppress(queue.Empty):
+                    q.get(timeout=0.05)
+            reader.join()
         session.close_file()
     if done != size:
         raise CorruptData(ERROR_INVALID_DATA, Path(name).name,

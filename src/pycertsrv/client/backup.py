@@ -17,15 +17,102 @@ error comes back as the same CertSrvError with the same HRESULT.
 from __future__ import annotations
 
 import contextlib
+import json
+import socket
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from ..backup.session import CSBACKUP_TYPE_FULL, CSBACKUP_TYPE_LOGS_ONLY, FULL, INCREMENTAL, MAX_READ
-from ..errors import E_FAIL, E_INVALIDARG, CertSrvError, InvalidArgument, error_from_json
+from ..errors import (
+    E_FAIL,
+    E_INVALIDARG,
+    RPC_S_SERVER_UNAVAILABLE,
+    CertSrvError,
+    InvalidArgument,
+    Unavailable,
+    error_from_json,
+)
 
 if TYPE_CHECKING:
     from .client import Client
+
+
+class _UnixReader:
+    """A keep-alive HTTP/1.1 connection to the service's Unix socket for BackupRead alone.
+
+    httpx parses bodies in 64 KiB pieces and joins them; for multi-megabyte chunks that costs more
+    than the transfer. Here the body is received straight into one preallocated buffer.
+    """
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            self.sock = None
+
+    def post(self, target: str) -> tuple[int, bytes]:
+        """``POST target`` with an empty body; returns (status, body)."""
+        fresh = self.sock is None
+        if self.sock is None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(self.timeout)
+            s.connect(self.path)
+            self.sock = s
+        try:
+            self.sock.sendall(f"POST {target} HTTP/1.1\r\nHost: certsrv\r\nContent-Length: 0\r\n\r\n".encode())
+            return self._response()
+        except _StaleConnection:
+            # The service closed an idle keep-alive connection before reading the request: nothing was
+            # read from the file, so asking again on a new connection is safe.
+            self.close()
+            if fresh:
+                raise ConnectionError("the service closed the connection") from None
+            return self.post(target)
+        except BaseException:
+            self.close()
+            raise
+
+    def _response(self) -> tuple[int, bytes]:
+        assert self.sock is not None
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                if not buf:
+                    raise _StaleConnection()
+                raise ConnectionError("the service closed the connection mid-answer")
+            buf += chunk
+            if len(buf) > 65536:
+                raise ConnectionError("answer headers too long")
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        length = int(headers.get("content-length", "-1"))
+        if length < 0:
+            raise ConnectionError("answer without Content-Length")
+        body = bytearray(length)
+        view = memoryview(body)
+        got = min(len(rest), length)
+        view[:got] = rest[:got]
+        while got < length:
+            n = self.sock.recv_into(view[got:])
+            if n == 0:
+                raise ConnectionError("the service closed the connection mid-answer")
+            got += n
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, bytes(body)
+
+
+class _StaleConnection(Exception):
+    pass
 
 
 class BackupSession:
@@ -45,6 +132,8 @@ class BackupSession:
         self.owns_client = False  # certbcli: close the client at CertSrvBackupEnd
         self.end_result: dict[str, Any] | None = None
         self._base = f"/backup/sessions/{self.handle}"
+        sock = getattr(client, "socket_path", None)
+        self._reader = _UnixReader(str(sock), 300.0) if sock is not None else None
 
     @classmethod
     def prepare(cls, client: Client, kind: str | None = FULL, *, grbit: int | None = None,
@@ -93,20 +182,28 @@ class BackupSession:
     def read(self, n: int = MAX_READ) -> bytes:
         """BackupRead: the next at most ``n`` bytes (the server may return fewer); b"" at the end of the file."""
         what = "BackupRead"
-        http: httpx.Client = self.client._http  # raw bytes: the JSON helper does not fit
+        if self._reader is not None:
+            try:
+                status, content = self._reader.post(f"{self._base}/read?n={int(n)}")
+            except OSError as e:
+                raise Unavailable(RPC_S_SERVER_UNAVAILABLE, self.client.address,
+                                  f"{what}: the service does not answer ({e})") from None
+        else:
+            http: httpx.Client = self.client._http  # raw bytes: the JSON helper does not fit
+            try:
+                resp = http.post(f"{self._base}/read", params={"n": int(n)})
+            except httpx.TransportError as e:
+                raise self.client._transport_error(e, what) from None
+            status, content = resp.status_code, resp.content
+        if 200 <= status < 300:
+            return content
         try:
-            resp = http.post(f"{self._base}/read", params={"n": int(n)})
-        except httpx.TransportError as e:
-            raise self.client._transport_error(e, what) from None
-        if resp.is_success:
-            return resp.content
-        try:
-            body = resp.json()
+            body = json.loads(content)
         except ValueError:
             body = None
         if isinstance(body, dict) and "hresult" in body:
             raise error_from_json(body)
-        raise CertSrvError(E_FAIL, what, f"HTTP {resp.status_code}: {resp.text[:200]}")
+        raise CertSrvError(E_FAIL, what, f"HTTP {status}: {content[:200]!r}")
 
     def close_file(self) -> None:
         """BackupClose."""
@@ -120,6 +217,8 @@ class BackupSession:
     def end(self) -> dict[str, Any]:
         """BackupEnd: the server records a complete backup and releases its lock (a second End: E_UNEXPECTED)."""
         self.ended = True
+        if self._reader is not None:
+            self._reader.close()
         result: dict[str, Any] = self.client.call("DELETE", self._base)
         self.end_result = result
         return result

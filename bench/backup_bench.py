@@ -1,0 +1,289 @@
+"""Online backup: full-backup throughput through the service's Unix socket against ``cat`` of the same
+files in the same run, issuance throughput while backups run against without, and the service's peak
+memory during a backup (it must not grow with the database).
+
+The database (200,000 certificates; 20,000 with ``--quick``) is built once and cached under
+``bench/results/cache/``: a few hundred certificates are really issued by ``Authority.submit``, then
+their rows (request, extension and attribute rows) are copied with new request ids and distinct
+serials through ``store.transaction()`` in batches of 1,000 requests per transaction (so the copies
+travel through the redo log like any write), then a checkpoint and log truncation. The copies keep
+the original certificate bytes (the ``serial`` column differs from the DER's serial): the bench
+measures bytes moved, not PKI validity.
+
+Run alone: ``python -m bench.backup_bench [--quick]``; ``make bench`` calls :func:`run`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from pycertsrv.backup.writer import run_backup
+from pycertsrv.ca import Authority
+from pycertsrv.client import Client
+from pycertsrv.errors import CertSrvError
+
+TARGET_THROUGHPUT_RATIO = 0.5
+TARGET_ISSUANCE_RATIO = 0.8
+REAL_CERTS = 300
+BATCH = 1000
+CA_NAME = "Bench Backup CA"
+CACHE = Path(__file__).resolve().parent / "results" / "cache"
+
+
+def _csrs(n: int, tag: str) -> list[bytes]:
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(min(n, 8))]
+    out = []
+    for i in range(n):
+        cn = f"{tag}{i}.bench.example"
+        b = x509.CertificateSigningRequestBuilder().subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
+        out.append(b.sign(keys[i % len(keys)], hashes.SHA256()).public_bytes(Encoding.DER))
+    return out
+
+
+def build_database(n: int) -> Path:
+    """The cached home holding ``n`` certificates (built on first use; see the module docstring)."""
+    final = CACHE / f"home-{n}"
+    if (final / "BUILT.json").is_file():
+        return final
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = CACHE / f"home-{n}.building"
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    a = Authority.init(tmp, CA_NAME)
+    try:
+        for der in _csrs(REAL_CERTS, "real"):
+            a.submit(der, requester="bench")
+        st = a.store
+        reqs = st.select("request", order_by=["request_id"])
+        exts: dict[int, list[dict[str, Any]]] = {}
+        for e in st.select("extension"):
+            exts.setdefault(int(e["request_id"]), []).append(e)
+        attrs: dict[int, list[dict[str, Any]]] = {}
+        for r in st.select("attribute"):
+            attrs.setdefault(int(r["request_id"]), []).append(r)
+        next_id = int(st.max_value("request", "request_id")) + 1
+        made = len(reqs)
+        while made < n:
+            with st.transaction() as tx:
+                for _ in range(min(BATCH, n - made)):
+                    src = reqs[made % len(reqs)]
+                    rid = next_id
+                    next_id += 1
+                    tx.put("request", {**src, "request_id": rid, "serial": f"{0x4000000000000000 + rid:X}"})
+                    for e in exts.get(int(src["request_id"]), []):
+                        tx.put("extension", {**e, "request_id": rid})
+                    for r in attrs.get(int(src["request_id"]), []):
+                        tx.put("attribute", {**r, "request_id": rid})
+                    made += 1
+        cp = st.checkpoint()
+        st.truncate_logs(cp.generation)  # the build's own log volume is not part of the bench
+        count = st.count("request")
+    finally:
+        a.close()
+    info = {"certificates": count, "really_issued": REAL_CERTS, "batch": BATCH,
+            "build_seconds": round(time.perf_counter() - t0, 1),
+            "method": f"{REAL_CERTS} certificates issued by Authority.submit, then rows copied with new request "
+                      f"ids and serials through store.transaction() in batches of {BATCH} requests"}
+    (tmp / "BUILT.json").write_text(json.dumps(info, indent=2))
+    os.replace(tmp, final)
+    return final
+
+
+def _status(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmHWM", "VmRSS"):
+                out[k] = int(v.split()[0])  # kB
+    return out
+
+
+class _Service:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.log = home.parent / "service.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "pycertsrv.cli", "serve", "--home", str(home),
+                                          "--log-level", "warning"], stdout=log, stderr=log)
+        self.socket = f"unix:{home / 'certsrv.sock'}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with Client(self.socket) as c:
+                    if c.is_server_online():
+                        return
+            except CertSrvError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("service did not start: " + self.log.read_text()[-2000:])
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(120)
+
+
+def _issue_for(socket: str, csrs: list[bytes], seconds: float, threads: int, stop: threading.Event) -> int:
+    """Issue with ``threads`` clients for ``seconds``; returns how many certificates came back."""
+    counts = [0] * threads
+    deadline = time.monotonic() + seconds
+
+    def worker(k: int) -> None:
+        with Client(socket) as c:
+            i = k
+            while time.monotonic() < deadline and not stop.is_set():
+                c.submit(csrs[i % len(csrs)])
+                counts[k] += 1
+                i += threads
+
+    ts = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return sum(counts)
+
+
+def _timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Measure and print; returns the numbers and whether the targets were met.
+
+    :param quick: 20,000 certificates instead of 200,000, shorter issuance windows.
+    """
+    n = 20_000 if quick else 200_000
+    window = 4.0 if quick else 10.0
+    threads = 4
+    src = build_database(n)
+    built = json.loads((src / "BUILT.json").read_text())
+    work = Path(tempfile.mkdtemp(prefix="bkb", dir="/tmp"))
+    home = work / "ca"
+    shutil.copytree(src, home, ignore=shutil.ignore_patterns("BUILT.json", ".lock", "*.sock"))
+    db_bytes = sum(p.stat().st_size for p in (home / "db").iterdir())
+    print(f"backup_bench: {built['certificates']} certificates, database {db_bytes / 1e6:.1f} MB ({built['method']})")
+    svc = _Service(home)
+    try:
+        pid = svc.proc.pid
+        before = _status(pid)
+        peak = {"rss": before["VmRSS"]}
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.is_set():
+                try:
+                    peak["rss"] = max(peak["rss"], _status(pid)["VmRSS"])
+                except OSError:
+                    return
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        marks: dict[str, float] = {}
+
+        def progress(ev: Any) -> None:
+            marks.setdefault(ev.phase, time.perf_counter())
+
+        t0 = time.perf_counter()
+        with Client(svc.socket) as client:
+            res = run_backup(client, work / "set", database_only=True, keep_log=True, home=home, progress=progress)
+        t_backup = time.perf_counter() - t0
+        sampling.set()
+        sampler.join()
+        after = _status(pid)
+        files = sorted(str(p) for p in (work / "set" / "DataBase").iterdir() if p.name != "certbkxp.dat")
+        nbytes = res.bytes_streamed
+        t_stream = t0 + t_backup - marks.get("Database files", t0)
+        # Baselines on the same files, page cache warm as for the backup.
+        t_cat_read = min(_timed(["cat", *files]) for _ in range(3))
+        out = work / "cat.out"
+        t_cat_copy = min(_timed(["sh", "-c", 'cat "$@" > "$0" && sync "$0"', str(out), *files]) for _ in range(2))
+        out.unlink()
+        shutil.rmtree(work / "set")
+        ratio_copy = t_cat_copy / t_backup
+        ratio_read = t_cat_read / t_backup
+        print(f"  full backup: {nbytes / 1e6:.1f} MB in {t_backup:.2f}s = {nbytes / t_backup / 1e6:.0f} MB/s "
+              f"(streaming {t_stream:.2f}s after Prepare/snapshot {t_backup - t_stream:.2f}s)")
+        print(f"  cat > file + sync: {t_cat_copy:.2f}s ({nbytes / t_cat_copy / 1e6:.0f} MB/s) -> ratio "
+              f"{ratio_copy:.2f} (target {TARGET_THROUGHPUT_RATIO}); cat > /dev/null: {t_cat_read:.3f}s -> "
+              f"ratio {ratio_read:.3f}")
+        print(f"  service memory: VmRSS before {before['VmRSS'] / 1024:.0f} MiB, peak sampled during backup "
+              f"{peak['rss'] / 1024:.0f} MiB, VmHWM {after['VmHWM'] / 1024:.0f} MiB "
+              f"(database {db_bytes / 2**20:.0f} MiB)")
+
+        csrs = _csrs(400, "load")
+        stop = threading.Event()
+        base = _issue_for(svc.socket, csrs, window, threads, stop)
+        backups = [0]
+        backup_err: list[str] = []
+
+        def backup_loop() -> None:
+            k = 0
+            while not stop.is_set():
+                d = work / f"loop{k}"
+                r = subprocess.run([sys.executable, "-m", "pycertsrv.cli", "backup", str(d), "--database-only",
+                                    "--keep-log", "--quiet", "--home", str(home)], capture_output=True, text=True)
+                if r.returncode != 0:
+                    backup_err.append(r.stderr[-500:])
+                    return
+                backups[0] += 1
+                shutil.rmtree(d, ignore_errors=True)
+                k += 1
+
+        looper = threading.Thread(target=backup_loop)
+        looper.start()
+        during = _issue_for(svc.socket, csrs, window, threads, threading.Event())
+        stop.set()
+        looper.join()
+        if backup_err:
+            raise RuntimeError("backup during issuance failed: " + backup_err[0])
+        ratio_issue = during / base if base else 0.0
+        print(f"  issuance ({threads} clients, {window:.0f}s windows): {base / window:.0f}/s without backup, "
+              f"{during / window:.0f}/s with {backups[0]} back-to-back full backups (certsrv backup) -> ratio "
+              f"{ratio_issue:.2f} (target {TARGET_ISSUANCE_RATIO})")
+        hwm_final = _status(pid)["VmHWM"]
+    finally:
+        svc.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "benchmark": "backup", "certificates": built["certificates"], "database_bytes": db_bytes,
+        "build": built, "bytes_streamed": nbytes, "backup_seconds": round(t_backup, 3),
+        "backup_mb_per_s": round(nbytes / t_backup / 1e6, 1), "stream_seconds": round(t_stream, 3),
+        "cat_copy_seconds": round(t_cat_copy, 3), "cat_read_seconds": round(t_cat_read, 4),
+        "throughput_ratio_vs_cat_copy": round(ratio_copy, 3), "throughput_ratio_vs_cat_read": round(ratio_read, 3),
+        "issuance_per_s_without_backup": round(base / window, 1),
+        "issuance_per_s_during_backups": round(during / window, 1), "backups_during_window": backups[0],
+        "issuance_ratio": round(ratio_issue, 3),
+        "service_rss_before_kib": before["VmRSS"], "service_peak_rss_sampled_kib": peak["rss"],
+        "service_vmhwm_after_backup_kib": after["VmHWM"], "service_vmhwm_final_kib": hwm_final,
+        "targets": {"throughput_ratio_vs_cat_copy": TARGET_THROUGHPUT_RATIO, "issuance_ratio": TARGET_ISSUANCE_RATIO},
+        "pass": ratio_copy >= TARGET_THROUGHPUT_RATIO and ratio_issue >= TARGET_ISSUANCE_RATIO,
+    }
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
