@@ -127,7 +127,8 @@ class Client:
                                       trust_env=False, timeout=tm)
         else:
             host, _, port_text = target.rpartition(":")
-            self.address = f"{host}:{port_text}"
+            netloc = f"[{host}]" if ":" in host else host
+            self.address = f"{netloc}:{port_text}"
             self.socket_path = None
             try:
                 ctx = ssl.create_default_context(cafile=str(cafile) if cafile else None)
@@ -135,7 +136,6 @@ class Client:
                     ctx.load_cert_chain(str(cert), str(key) if key else None)
             except (OSError, ssl.SSLError) as e:
                 raise InvalidArgument(E_INVALIDARG, str(server), f"cannot load TLS files: {e}") from None
-            netloc = f"[{host}]" if ":" in host else host
             self._http = httpx.Client(verify=ctx, base_url=f"https://{netloc}:{port_text}", timeout=tm, trust_env=False)
         self.server = server or self.address
 

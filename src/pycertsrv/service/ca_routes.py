@@ -29,8 +29,9 @@ from .openapi import add_route
 T = TypeVar("T")
 
 MAX_ID = (1 << 63) - 1
-# RFC 5280 §4.1.2.2: serial numbers are at most 20 octets.
-SERIAL_RE = re.compile(r"^[0-9a-fA-F]{1,40}$")
+# RFC 5280 §4.1.2.2: serial numbers are positive, at most 20 octets (leading zeros tolerated).
+SERIAL_PATTERN = "^0{0,23}[1-9a-fA-F][0-9a-fA-F]{0,39}$"
+SERIAL_RE = re.compile(SERIAL_PATTERN)
 DISPOSITIONS = {"pending": 9, "issued": 20, "revoked": 21, "error": 30, "denied": 31}
 # RFC 5280 §5.3.1 reasons a revoke may carry (7 unused; removeFromCRL only on delta CRLs -> unrevoke).
 REVOCATION_REASONS = [
@@ -72,9 +73,9 @@ def _request_id(request: web.Request) -> int:
 
 def _serial(request: web.Request, raw: str | None = None) -> str:
     s = request.match_info["serial"] if raw is None else raw
-    if not SERIAL_RE.match(s):
+    if not SERIAL_RE.fullmatch(s):
         raise InvalidArgument(E_INVALIDARG, str(request["operation"]),
-                              f"serial must be 1-40 hex digits, not {s[:48]!r}")
+                              f"serial must be a positive hex number of at most 40 digits, not {s[:48]!r}")
     s = s.upper()
     request["audit"]["serial"] = s
     return s
@@ -337,15 +338,15 @@ CA_INFO = {
     "required": ["name", "certificate_pem"],
     "properties": {"name": {"type": "string"}, "certificate_pem": {"type": "string"}},
 }
-P_REQUEST_ID = {"name": "request_id", "in": "path", "required": True,
+P_REQUEST_ID = {"name": "request_id", "in": "path", "required": True, "example": 1,
                 "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
 P_SERIAL = {"name": "serial", "in": "path", "required": True,
-            "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{1,40}$"}}
+            "schema": {"type": "string", "pattern": SERIAL_PATTERN}}
 VIEW_PARAMS = [
     {"name": "disposition", "in": "query", "required": False,
      "schema": {"type": "string", "enum": list(DISPOSITIONS)}},
     {"name": "serial", "in": "query", "required": False,
-     "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{1,40}$"}},
+     "schema": {"type": "string", "pattern": SERIAL_PATTERN}},
     {"name": "request_id", "in": "query", "required": False,
      "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}},
     {"name": "expired", "in": "query", "required": False, "schema": {"type": "string", "enum": ["true", "false"]}},

@@ -96,8 +96,9 @@ CONTROL_BODY = {
     "type": "object",
     "additionalProperties": False,
     "required": ["flags"],
-    "properties": {"flags": {"type": "integer", "minimum": 0, "maximum": 4294967295,
-                             "description": "1 = CSCONTROL_SHUTDOWN; 2, 3 = no effect; other = E_INVALIDARG"}},
+    "properties": {"flags": {"type": "integer", "enum": [1, 2, 3],
+                             "description": "1 = CSCONTROL_SHUTDOWN; 2, 3 = no effect; any other value is "
+                                            "refused with E_INVALIDARG (spec §4.1)"}},
 }
 CONTROL_SCHEMA = {
     "type": "object",

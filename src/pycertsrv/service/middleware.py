@@ -42,6 +42,7 @@ class MethodNotAllowed(InvalidArgument):
     """Internal: method not routed on this path (sent as InvalidArgument with HTTP 405)."""
 
     http_status = 405
+    allowed: frozenset[str] = frozenset()
 
 
 def error_response(err: CertSrvError, status: int | None = None) -> web.Response:
@@ -57,7 +58,9 @@ def _from_http_exception(request: web.Request, e: web.HTTPException) -> CertSrvE
     if e.status == 404:
         return NotFound(ERROR_FILE_NOT_FOUND, what, "no such endpoint (see /openapi.json)")
     if e.status == 405:
-        return MethodNotAllowed(ERROR_NOT_SUPPORTED, what, f"method {request.method} not allowed here")
+        err = MethodNotAllowed(ERROR_NOT_SUPPORTED, what, f"method {request.method} not allowed here")
+        err.allowed = frozenset(getattr(e, "allowed_methods", ()) or ())
+        return err
     if e.status == 413:
         return BodyTooLarge(E_INVALIDARG, what, f"request body exceeds the limit of "
                             f"{request.app['config'].service.max_body} bytes (service.max_body)")
@@ -104,6 +107,8 @@ async def service_middleware(request: web.Request, handler: Any) -> web.StreamRe
         if isinstance(err, Unavailable):
             log.info("%s %s: %s", request.method, request.path, err)
         resp = error_response(err)
+        if isinstance(err, MethodNotAllowed):
+            resp.headers["Allow"] = ", ".join(sorted(err.allowed))  # RFC 9110 §15.5.6
         error = err.to_json()
     status = resp.status
     # Administrative calls are audited; refusals (403) of any operation too.

@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,21 @@ def _send_tls_alerts() -> None:
     cls._pycertsrv_alerts = True
 
 
+class _BadClientHTTP(logging.Filter):
+    """aiohttp logs a client's malformed HTTP (bad header bytes ...) as an ERROR with a traceback; it is the
+    client's fault and aiohttp already answered 400: keep one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                "malformed HTTP from a client (answered 400): %s", (str(exc).splitlines()[0],), None, None)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def _clear_stale_socket(path: Path) -> None:
     if not path.exists() and not path.is_symlink():
         return
@@ -137,8 +152,17 @@ async def run_app(
     socket_override: Path | None = None,
     tcp_override: tuple[str, int] | None = None,
     shutdown_timeout: float = 30.0,
+    on_ready: Callable[[web.Application], None] | None = None,
 ) -> None:
-    """Serve ``authority`` until stopped (signal or ServerControl); does not close the Authority."""
+    """Serve ``authority`` until stopped (signal or ServerControl); does not close the Authority.
+
+    :param authority: the open Authority.
+    :param socket_override: Unix socket path instead of ``service.socket``.
+    :param tcp_override: ``(host, port)`` of the TLS listener instead of the configured one.
+    :param shutdown_timeout: seconds in-flight requests get to finish when stopping.
+    :param on_ready: called with the app once every listener is up (embedding, tests:
+        ``app["state"].request_stop(reason)`` stops it from any thread).
+    """
     app = create_app(authority)
     home: Home = app["home"]
     cfg: Config = app["config"]
@@ -155,6 +179,9 @@ async def run_app(
             signals.append(sig)
         except (ValueError, RuntimeError):  # not the main thread (embedded use): stop via ServerControl only
             pass
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _BadClientHTTP) for f in server_log.filters):
+        server_log.addFilter(_BadClientHTTP())
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     sock = socket_override or socket_path(home, cfg)
@@ -187,6 +214,8 @@ async def run_app(
             bound = server.sockets[0].getsockname() if server and server.sockets else (tcp[0], tcp[1])
             state.listeners.append(f"{bound[0]}:{bound[1]}")
         log.info("serving CA %r from %s on %s", authority.name, home.root, ", ".join(state.listeners))
+        if on_ready is not None:
+            on_ready(app)
         tasks.append(asyncio.create_task(_periodic_crl(app, state)))
         tasks.append(asyncio.create_task(_housekeeping(app)))
         await stop.wait()
