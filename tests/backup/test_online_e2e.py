@@ -16,6 +16,7 @@ from pycertsrv.backup.manifest import read_manifest
 from pycertsrv.backup.verify import verify_backup
 from pycertsrv.backup.writer import run_backup
 from pycertsrv.client import Client
+from pycertsrv.errors import E_UNEXPECTED, CertSrvError
 from pycertsrv.store import hard_recover
 
 from .helpers import make_csr
@@ -176,3 +177,37 @@ def test_full_backup_during_issuance_restores_every_returned_certificate(live: L
         subprocess.run(["openssl", "x509", "-inform", "DER", "-in", str(cert), "-out", str(pem)], check=True)
         r = subprocess.run(["openssl", "verify", "-CAfile", str(ca_pem), str(pem)], capture_output=True, text=True)
         assert r.returncode == 0 and ": OK" in r.stdout, r.stdout + r.stderr
+
+
+def test_idle_session_expires_and_with_block_always_ends(tmp_path: Path) -> None:
+    def short_timeout(cfg: Any) -> None:
+        cfg.service.backup_session_timeout = 0.5
+
+    svc = LiveService(short_home("cbexp"), configure=short_timeout).start()
+    try:
+        with svc.client() as c:
+            # `with client.backup(kind)` ends the session even when the body fails
+            with pytest.raises(ZeroDivisionError):
+                with c.backup("full") as s:
+                    s.database_names()
+                    1 / 0  # noqa: B018
+            assert c.call("GET", "/backup/status")["session"] is None
+            # a client that vanishes: the service ends the session after the idle timeout
+            s = c.backup("full")
+            s.open_file(s.database_names()[0][1:])
+            assert c.call("GET", "/backup/status")["session"] is not None
+            staging = svc.home.staging_dir
+            assert any(staging.iterdir())
+            for _ in range(600):  # the service's housekeeping runs every few seconds
+                if c.call("GET", "/backup/status")["session"] is None:
+                    break
+                threading.Event().wait(0.05)
+            assert c.call("GET", "/backup/status")["session"] is None
+            assert not any(staging.iterdir())  # the snapshot went with it
+            with pytest.raises(CertSrvError) as e:
+                s.read(10)
+            assert e.value.hresult == E_UNEXPECTED
+            with c.backup("full"):  # the lock was released
+                pass
+    finally:
+        svc.cleanup()

@@ -242,3 +242,17 @@ def test_home_of_another_ca_is_refused(cmgr: BackupManager, tmp_path: Path) -> N
     assert "Other CA" in e.value.message
     assert list((tmp_path / "bk").iterdir()) == []
     assert cmgr.status() is None
+
+
+def test_encrypted_key_needs_its_passphrase(tmp_path: Path) -> None:
+    a = Authority.init(tmp_path / "enc", "Encrypted CA", passphrase=b"key-pass")
+    try:
+        m = BackupManager(a, a.home, 600)
+        with pytest.raises(CertSrvError):
+            run_backup(factory(m), tmp_path / "bad", password="pw", home=a.home, key_passphrase=b"wrong")
+        assert m.status() is None and list((tmp_path / "bad").iterdir()) == []
+        run_backup(factory(m), tmp_path / "ok", password="pw", home=a.home, key_passphrase=b"key-pass")
+        key, cert, _ = pkcs12.load_key_and_certificates((tmp_path / "ok" / "Encrypted CA.p12").read_bytes(), b"pw")
+        assert cert == a.certificate and key is not None
+    finally:
+        a.close()
