@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ def test_live_backup_restore_serve(workdir: Path) -> None:
             for i in range(5):
                 issued.append(c.submit(make_csr(f"b{i}"))["serial"])
             want_i1 = db_rows_readonly(home)
+            time.sleep(0.01)
+            cut = datetime.now(UTC).isoformat()  # a moment between two issuances (no write in between)
+            time.sleep(0.01)
             certsrv("backup", str(workdir / "i1"), "--home", str(home), "--incremental", "--database-only", "--quiet")
             for i in range(5):
                 c.submit(make_csr(f"c{i}"))
@@ -72,9 +76,11 @@ def test_live_backup_restore_serve(workdir: Path) -> None:
                   "--dry-run", "--json")
     assert '"dry_run": true' in out.stdout and not (workdir / "dry").exists()
     for target, sets, want in (("r-full", ["full"], want_full), ("r-i1", ["i1", "full"], want_i1),
-                               ("r-i2", ["i2", "full", "i1"], want_i2)):
+                               ("r-i2", ["i2", "full", "i1"], want_i2), ("r-until", ["full", "i1", "i2"], want_i1)):
         new = workdir / target
-        certsrv("restore", *[str(workdir / s) for s in sets], "--home", str(new), "--password-file", str(pwfile))
+        extra = ["--until", cut] if target == "r-until" else []
+        certsrv("restore", *[str(workdir / s) for s in sets], "--home", str(new), "--password-file", str(pwfile),
+                *extra)
         st = Service(new).start()  # certsrv serve runs the hard recovery before serving
         try:
             if target == "r-i2":
@@ -89,7 +95,7 @@ def test_live_backup_restore_serve(workdir: Path) -> None:
             st.stop()
         with Authority.open(new) as r:
             assert ca_rows(r.store) == want, target
-            for serial in issued[: 8 if target == "r-full" else 13]:
+            for serial in issued[: 8 if target == "r-full" else 13]:  # every certificate of that moment
                 openssl_verify(new / "publish" / "ca.crt", r.get_certificate(serial), workdir)
 
 
