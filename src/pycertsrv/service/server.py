@@ -18,6 +18,7 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from ..home import Home
 from .app import ServiceState, create_app
 
 log = logging.getLogger("pycertsrv.service")
-UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
+UNIX_PATH_MAX = 107
+WORKER_THREADS = 32  # sun_path is 108 bytes including the NUL
 
 
 def socket_path(home: Home, cfg: Config) -> Path:
@@ -170,6 +172,9 @@ async def run_app(
     recovery = getattr(getattr(authority, "store", None), "recovery", None)
     state.recovery = recovery.to_json() if recovery is not None else None
     loop = asyncio.get_running_loop()
+    # Authority calls run in worker threads; enough of them that concurrent issuances meet in one group
+    # commit (the default pool is only cpu+4 threads).
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="certsrv"))
     stop = asyncio.Event()
     state.on_stop(loop, stop.set)
     signals: list[signal.Signals] = []
