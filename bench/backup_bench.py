@@ -44,6 +44,21 @@ REAL_CERTS = 300
 BATCH = 1000
 CA_NAME = "Bench Backup CA"
 CACHE = Path(__file__).resolve().parent / "results" / "cache"
+LOOP = r"""
+import pathlib, shutil, sys
+from pycertsrv.backup.writer import run_backup
+from pycertsrv.client import Client
+sock, work, stop = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+k = 0
+with Client(sock) as c:
+    print("ready", flush=True)
+    while not stop.exists():
+        d = work / f"loop{k}"
+        run_backup(c, d, database_only=True, keep_log=True)
+        shutil.rmtree(d)
+        k += 1
+print(k)
+"""
 
 
 def _csrs(n: int, tag: str) -> list[bytes]:
@@ -235,34 +250,23 @@ def run(quick: bool = False) -> dict[str, Any]:
               f"(database {db_bytes / 2**20:.0f} MiB)")
 
         csrs = _csrs(400, "load")
-        stop = threading.Event()
-        base = _issue_for(svc.socket, csrs, window, threads, stop)
-        backups = [0]
-        backup_err: list[str] = []
-
-        def backup_loop() -> None:
-            k = 0
-            while not stop.is_set():
-                d = work / f"loop{k}"
-                r = subprocess.run([sys.executable, "-m", "pycertsrv.cli", "backup", str(d), "--database-only",
-                                    "--keep-log", "--quiet", "--home", str(home)], capture_output=True, text=True)
-                if r.returncode != 0:
-                    backup_err.append(r.stderr[-500:])
-                    return
-                backups[0] += 1
-                shutil.rmtree(d, ignore_errors=True)
-                k += 1
-
-        looper = threading.Thread(target=backup_loop)
-        looper.start()
+        base = _issue_for(svc.socket, csrs, window, threads, threading.Event())
+        # One backup process (imported once) runs full backups back to back during the window.
+        stop_file = work / "stop-loop"
+        looper = subprocess.Popen([sys.executable, "-c", LOOP, svc.socket, str(work), str(stop_file)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert looper.stdout is not None
+        if looper.stdout.readline().strip() != "ready":
+            raise RuntimeError("backup loop did not start: " + (looper.stderr.read() if looper.stderr else ""))
         during = _issue_for(svc.socket, csrs, window, threads, threading.Event())
-        stop.set()
-        looper.join()
-        if backup_err:
-            raise RuntimeError("backup during issuance failed: " + backup_err[0])
+        stop_file.touch()
+        out_text, err_text = looper.communicate(timeout=600)
+        if looper.returncode != 0:
+            raise RuntimeError("backup during issuance failed: " + err_text[-500:])
+        backups = [int(out_text.split()[-1])]
         ratio_issue = during / base if base else 0.0
         print(f"  issuance ({threads} clients, {window:.0f}s windows): {base / window:.0f}/s without backup, "
-              f"{during / window:.0f}/s with {backups[0]} back-to-back full backups (certsrv backup) -> ratio "
+              f"{during / window:.0f}/s with {backups[0]} back-to-back full backups (one backup process) -> ratio "
               f"{ratio_issue:.2f} (target {TARGET_ISSUANCE_RATIO})")
         hwm_final = _status(pid)["VmHWM"]
     finally:

@@ -457,6 +457,28 @@ class BackupManager:
             f.pos += len(data)
             return data
 
+    def read_range(self, handle: str, n: int, principal_id: str | None = None) -> tuple[int, int, int]:
+        """BackupRead for zero-copy senders: ``(fd, offset, count)`` of the next chunk, position advanced.
+
+        ``fd`` is a duplicate the caller must close (so End or expiry cannot pull the file away
+        mid-send); ``count`` is 0 at the end of the file.
+
+        :param handle: the session handle.
+        :param n: bytes wanted (> 0; at most MAX_READ are given).
+        :param principal_id: when given, the session must belong to this caller.
+        """
+        fn = "BackupRead"
+        with self._use(handle, fn, principal_id) as s:
+            f = s.open
+            if f is None:
+                raise SequenceError(E_UNEXPECTED, fn, "no file is open")
+            if int(n) <= 0:
+                raise InvalidArgument(E_INVALIDARG, fn, f"buffer size {n} must be positive")
+            count = min(int(n), MAX_READ, max(f.size - f.pos, 0))
+            offset = f.pos
+            f.pos += count
+            return os.dup(f.fd), offset, count
+
     def close_file(self, handle: str, principal_id: str | None = None) -> None:
         """BackupClose: close the open file; it counts as backed up when it was read to its end.
 

@@ -59,6 +59,7 @@ from .manifest import (
 from .session import FULL, INCREMENTAL, MAX_READ
 
 PARTIAL_PREFIX = ".partial-"
+WRITE_SLICE = 1 << 20
 
 
 class SessionLike(Protocol):
@@ -123,11 +124,13 @@ def _dir_empty(d: Path) -> bool:
 
 
 def _reader_thread(session: SessionLike, chunk: int, q: queue.Queue[bytes | BaseException | None],
-                   stop: threading.Event) -> None:
-    """Read ahead of the writer: the next chunk travels while the previous one is hashed and written."""
+                   stop: threading.Event, h: Any) -> None:
+    """Read (and hash) ahead of the writer: the next chunk travels while the previous one is written."""
     try:
         while not stop.is_set():
             data = session.read(chunk)
+            if data:
+                h.update(data)  # hashlib releases the GIL: hashing overlaps the writes
             q.put(data if data else None)
             if not data:
                 return
@@ -153,7 +156,7 @@ def _stream(session: SessionLike, name: str, dest: Path, phase: str, progress: P
         try:
             if progress:
                 progress(Progress(phase, Path(name).name, size, 0, 0))
-            reader = threading.Thread(target=_reader_thread, args=(session, chunk, q, stop), daemon=True)
+            reader = threading.Thread(target=_reader_thread, args=(session, chunk, q, stop, h), daemon=True)
             reader.start()
             while True:
                 item = q.get()
@@ -161,10 +164,10 @@ def _stream(session: SessionLike, name: str, dest: Path, phase: str, progress: P
                     break
                 if isinstance(item, BaseException):
                     raise item
-                h.update(item)
                 view = memoryview(item)
                 while view:
-                    n = os.write(fd, view)
+                    # 1 MiB writes: several times faster than 4 MiB ones (cache-sized copies into the page cache)
+                    n = os.write(fd, view[:WRITE_SLICE])
                     view = view[n:]
                 done += len(item)
                 if progress:
