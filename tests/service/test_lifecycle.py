@@ -192,3 +192,13 @@ def test_tcp_without_tls_files_refuses_to_start(tmp_path: Path) -> None:
         raise
     finally:
         svc2.ensure_stopped()
+
+
+def test_socket_path_that_is_not_a_socket_is_left_alone(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "H", socket="not-a-socket")
+    precious = home.root / "not-a-socket"
+    precious.write_text("keep me")
+    svc = Service(home).start(wait=False)
+    assert svc.proc.wait(60) == 1  # type: ignore[union-attr]
+    assert "exists and is not a socket" in svc.log()
+    assert precious.read_text() == "keep me"

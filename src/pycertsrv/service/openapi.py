@@ -181,8 +181,6 @@ def build_document(app: web.Application) -> dict[str, Any]:
                     "content": {op.response_content_type: {"schema": op.response}}},
         }
         for code, text in ERROR_STATUSES.items():
-            if code == "413" and op.body is None:
-                continue
             responses[code] = {"description": text,
                                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
         entry: dict[str, Any] = {

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import ssl
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import Config
-from ..errors import E_INVALIDARG, ERROR_SHARING_VIOLATION, CertSrvError, Conflict, InvalidArgument
+from ..errors import E_INVALIDARG, ERROR_FILE_EXISTS, ERROR_SHARING_VIOLATION, CertSrvError, Conflict, InvalidArgument
 from ..home import Home
 from .app import ServiceState, create_app
 
@@ -103,8 +104,12 @@ class _BadClientHTTP(logging.Filter):
 
 
 def _clear_stale_socket(path: Path) -> None:
-    if not path.exists() and not path.is_symlink():
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
         return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise Conflict(ERROR_FILE_EXISTS, str(path), "exists and is not a socket; fix service.socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
