@@ -96,11 +96,12 @@ def test_sigkill_restart_serves_every_answered_certificate(tmp_path: Path) -> No
     try:
         with svc2.client() as c:
             st = c.status()
-            assert st["recovery"]["replayed"] > 0  # the crash left records after the checkpoint
+            # Soft recovery ran (how much it replays depends on what SQLite had applied before the kill).
+            assert st["recovery"]["kind"] == "soft"
             for serial, der in answered:
                 assert c.get_certificate(serial) == der
                 assert c.view(serial=serial)[0]["disposition_name"] == "issued"
-        assert "soft recovery: replayed" in svc2.log()
+        assert svc2.log().count("soft recovery") == 2
     finally:
         svc2.ensure_stopped()
 
