@@ -14,6 +14,7 @@ import click
 from ..ca import KEY_TYPES, TEMPLATES, Authority
 from ..errors import E_INVALIDARG, InvalidArgument
 from . import cli
+from .backend import ServerSpec, ca_backend, server_options
 from .common import echo_json, home_option, json_option, open_authority, passphrase_options
 from .render import crl_line, request_line, request_table
 
@@ -105,18 +106,19 @@ def install_cert_cmd(home: Path | None, passphrase: bytes | None, cert: str, for
 @cli.command("submit")
 @home_option
 @passphrase_options
+@server_options
 @click.argument("req", type=click.Path(allow_dash=True))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the issued certificate (PEM).")
 @click.option("--template", type=click.Choice(sorted(TEMPLATES), case_sensitive=False), default=None)
 @click.option("--attrib", multiple=True, metavar="NAME:VALUE", help="Request attribute (repeatable).")
 @click.option("--requester", default="", help="Requester name stored with the request.")
 @json_option
-def submit_cmd(home: Path | None, passphrase: bytes | None, req: str, out: Path | None, template: str | None,
-               attrib: tuple[str, ...], requester: str, as_json: bool) -> None:
+def submit_cmd(home: Path | None, passphrase: bytes | None, server: ServerSpec, req: str, out: Path | None,
+               template: str | None, attrib: tuple[str, ...], requester: str, as_json: bool) -> None:
     """Submit a PKCS#10 request (PEM or DER); prints the request id and disposition."""
     data = _read_input(req)
     attributes = _parse_attrib(attrib)
-    with open_authority(home, passphrase) as a:
+    with ca_backend(home, server, passphrase) as a:
         info = a.submit(data, requester=requester, template=template, attributes=attributes)
     if out is not None and info.certificate_pem:
         _write_output(out, info.certificate_pem.encode())
@@ -127,10 +129,11 @@ def _resolve_cmd(verb: str, doc: str) -> None:
     @cli.command(verb, help=doc)
     @home_option
     @passphrase_options
+    @server_options
     @click.argument("request_id", type=click.IntRange(min=1))
     @json_option
-    def cmd(home: Path | None, passphrase: bytes | None, request_id: int, as_json: bool) -> None:
-        with open_authority(home, passphrase) as a:
+    def cmd(home: Path | None, passphrase: bytes | None, server: ServerSpec, request_id: int, as_json: bool) -> None:
+        with ca_backend(home, server, passphrase) as a:
             info = getattr(a, verb)(request_id)
         echo_json(info.to_json()) if as_json else click.echo(request_line(info))
 
@@ -143,17 +146,18 @@ _resolve_cmd("resubmit", "Resubmit a pending, denied or failed request (issues i
 @cli.command("revoke")
 @home_option
 @passphrase_options
+@server_options
 @click.argument("serial")
 @click.option("--reason", default="unspecified", show_default=True,
               help="RFC 5280 reason name or code (keyCompromise, superseded, certificateHold, ...).")
 @click.option("--invalidity-date", default=None, metavar="ISO8601",
               help="When the key was known or suspected compromised.")
 @json_option
-def revoke_cmd(home: Path | None, passphrase: bytes | None, serial: str, reason: str, invalidity_date: str | None,
-               as_json: bool) -> None:
+def revoke_cmd(home: Path | None, passphrase: bytes | None, server: ServerSpec, serial: str, reason: str,
+               invalidity_date: str | None, as_json: bool) -> None:
     """Revoke a certificate by serial (hex, any case, colons allowed)."""
     when = _parse_time(invalidity_date)
-    with open_authority(home, passphrase) as a:
+    with ca_backend(home, server, passphrase) as a:
         info = a.revoke(serial, reason, when)
     echo_json(info.to_json()) if as_json else click.echo(request_line(info))
 
@@ -161,11 +165,12 @@ def revoke_cmd(home: Path | None, passphrase: bytes | None, serial: str, reason:
 @cli.command("unrevoke")
 @home_option
 @passphrase_options
+@server_options
 @click.argument("serial")
 @json_option
-def unrevoke_cmd(home: Path | None, passphrase: bytes | None, serial: str, as_json: bool) -> None:
+def unrevoke_cmd(home: Path | None, passphrase: bytes | None, server: ServerSpec, serial: str, as_json: bool) -> None:
     """Lift a certificateHold."""
-    with open_authority(home, passphrase) as a:
+    with ca_backend(home, server, passphrase) as a:
         info = a.unrevoke(serial)
     echo_json(info.to_json()) if as_json else click.echo(request_line(info))
 
@@ -178,10 +183,11 @@ def crl_group() -> None:
 @crl_group.command("publish")
 @home_option
 @passphrase_options
+@server_options
 @json_option
-def crl_publish_cmd(home: Path | None, passphrase: bytes | None, as_json: bool) -> None:
+def crl_publish_cmd(home: Path | None, passphrase: bytes | None, server: ServerSpec, as_json: bool) -> None:
     """Build, store and publish a full CRL (HOME/publish/ca.crl and ca.crl.pem)."""
-    with open_authority(home, passphrase) as a:
+    with ca_backend(home, server, passphrase) as a:
         info = a.publish_crl()
     echo_json(info.to_json()) if as_json else click.echo(crl_line(info))
 
@@ -189,6 +195,7 @@ def crl_publish_cmd(home: Path | None, passphrase: bytes | None, as_json: bool) 
 @cli.command("view")
 @home_option
 @passphrase_options
+@server_options
 @click.option("--disposition", default=None, help="pending, issued, revoked, error or denied.")
 @click.option("--serial", default=None)
 @click.option("--request-id", type=click.IntRange(min=1), default=None)
@@ -196,10 +203,11 @@ def crl_publish_cmd(home: Path | None, passphrase: bytes | None, as_json: bool) 
 @click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True)
 @click.option("--offset", type=click.IntRange(min=0), default=0)
 @json_option
-def view_cmd(home: Path | None, passphrase: bytes | None, disposition: str | None, serial: str | None,
-             request_id: int | None, expired: bool | None, limit: int, offset: int, as_json: bool) -> None:
+def view_cmd(home: Path | None, passphrase: bytes | None, server: ServerSpec, disposition: str | None,
+             serial: str | None, request_id: int | None, expired: bool | None, limit: int, offset: int,
+             as_json: bool) -> None:
     """List requests and certificates."""
-    with open_authority(home, passphrase) as a:
+    with ca_backend(home, server, passphrase) as a:
         rows = a.view(disposition=disposition, serial=serial, request_id=request_id, expired=expired,
                       limit=limit, offset=offset)
     if as_json:
@@ -211,15 +219,16 @@ def view_cmd(home: Path | None, passphrase: bytes | None, disposition: str | Non
 @cli.command("get")
 @home_option
 @passphrase_options
+@server_options
 @click.argument("which")
 @click.option("--serial", "force_serial", is_flag=True, help="Treat WHICH as a serial even if it is all digits.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--der", is_flag=True, help="Write DER instead of PEM.")
-def get_cmd(home: Path | None, passphrase: bytes | None, which: str, force_serial: bool, out: Path | None,
-            der: bool) -> None:
+def get_cmd(home: Path | None, passphrase: bytes | None, server: ServerSpec, which: str, force_serial: bool,
+            out: Path | None, der: bool) -> None:
     """Write out a certificate, by serial (hex) or request id (a decimal number of up to 9 digits)."""
     key: str | int = int(which) if (which.isdigit() and len(which) <= 9 and not force_serial) else which
-    with open_authority(home, passphrase) as a:
+    with ca_backend(home, server, passphrase) as a:
         data = a.get_certificate(key)
     if not der:
         from cryptography import x509
