@@ -434,25 +434,31 @@ class Store:
                 self._syncing = True
                 target = self._appended_lsn
                 self._sync_cond.release()
-                err: OSError | None = None
+                err: BaseException | None = None
+                synced = False
                 try:
                     with self._fd_lock:
                         os.fdatasync(self._fd)
-                except OSError as e:
+                    synced = True
+                except (OSError, ValueError) as e:
                     err = e
                 finally:
                     self._sync_cond.acquire()
                     self._syncing = False
-                    if err is None:
+                    # Only a sync that returned makes records durable; anything else (error, interrupt)
+                    # leaves the page cache state unknown (fsyncgate): stop writing.
+                    if synced:
                         self._durable_lsn = max(self._durable_lsn, target)
                     else:
-                        # After a failed fsync the page cache state is unknown (fsyncgate): stop writing.
-                        self._failed = f"fsync of the log failed: {err}"
+                        self._failed = f"fsync of the log failed: {err or 'interrupted'}"
                     self._sync_cond.notify_all()
 
     def _apply_in_order(self, lsn: int, ops: list[list[Any]]) -> None:
         with self._apply_cond:
             while self._applied_lsn != lsn - 1:
+                # An earlier record that failed will never be applied here: stop instead of waiting forever.
+                if self._failed is not None:
+                    raise CertSrvError(E_UNEXPECTED, "store", self._failed)
                 self._apply_cond.wait()
             assert self._writer is not None
             try:
@@ -499,24 +505,24 @@ class Store:
 
     def _roll_locked(self) -> int:
         closed = self._gen
+        # The whole swap runs under _fd_lock: a group-commit syncer outside the write lock must
+        # never see a closed or -1 descriptor, and _generation_of must see (_gen, _gen_first) together.
         with self._fd_lock:
             os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+            header = logfile.LogHeader(closed + 1, bytes.fromhex(self.identity), logfile.now_us(), self._next_lsn)
+            new = logfile.create_generation(self.log_dir, header)
+            old_fd, self._fd = self._fd, os.open(new, os.O_WRONLY | os.O_APPEND)
+            os.close(old_fd)
+            self._gen = closed + 1
+            self._gen_first = self._next_lsn
+            self._gen_created = header.created_us
+            self._gen_size = logfile.HEADER_SIZE
         with self._sync_cond:
             self._durable_lsn = max(self._durable_lsn, self._appended_lsn)
             self._sync_cond.notify_all()
         path = self.log_dir / logfile.log_name(closed)
         with contextlib.suppress(OSError):
             os.chmod(path, 0o444)  # closed generations are immutable
-        header = logfile.LogHeader(closed + 1, bytes.fromhex(self.identity), logfile.now_us(), self._next_lsn)
-        new = logfile.create_generation(self.log_dir, header)
-        with self._fd_lock:
-            self._fd = os.open(new, os.O_WRONLY | os.O_APPEND)
-        self._gen = closed + 1
-        self._gen_first = self._next_lsn
-        self._gen_created = header.created_us
-        self._gen_size = logfile.HEADER_SIZE
         return closed
 
     def generations(self) -> list[GenerationInfo]:
@@ -561,8 +567,10 @@ class Store:
 
     def _generation_of(self, lsn: int) -> int:
         """The generation that holds (or will hold) ``lsn``."""
-        if lsn >= self._gen_first:
-            return self._gen
+        with self._fd_lock:  # a roll updates the pair under this lock
+            gen, first = self._gen, self._gen_first
+        if lsn >= first:
+            return gen
         gens = logfile.list_generations(self.log_dir)
         best = self._gen
         for g, p in sorted(gens.items(), reverse=True):
@@ -606,7 +614,7 @@ class Store:
         deleted: list[int] = []
         for g, p in logfile.list_generations(self.log_dir).items():
             if g < below and g != self._gen:
-                p.unlink()
+                p.unlink(missing_ok=True)  # concurrent checkpoints (circular logging) may race here
                 deleted.append(g)
         if deleted:
             fsync_dir(self.log_dir)

@@ -136,9 +136,12 @@ def iter_records(data: bytes, start: int = HEADER_SIZE) -> Iterator[Record | tup
 
     A frame is a torn *tail* when it runs past the end of the file or fails its CRC while being
     the last bytes of the file; a bad frame followed by more bytes is corruption in the middle.
+    A frame that runs past the end while a whole valid record follows it is a damaged length
+    field in the middle, not a torn tail: cutting there would drop committed records.
     """
     pos = start
     n = len(data)
+    prev_lsn: int | None = None
     while pos < n:
         if n - pos < REC.size:
             yield (pos, f"partial record header ({n - pos} bytes)", True)
@@ -149,7 +152,12 @@ def iter_records(data: bytes, start: int = HEADER_SIZE) -> Iterator[Record | tup
             yield (pos, f"record length {length} is implausible", False)
             return
         if end > n:
-            yield (pos, f"record runs past end of file ({end - n} bytes missing)", True)
+            later = _valid_record_after(data, pos, {lsn + 1} | ({prev_lsn + 2} if prev_lsn is not None else set()))
+            if later is not None:
+                yield (pos, f"record length {length} runs past end of file but a valid record follows at "
+                            f"offset {later}", False)
+            else:
+                yield (pos, f"record runs past end of file ({end - n} bytes missing)", True)
             return
         payload = data[pos + REC.size : end]
         head = struct.pack("<IQq", length, lsn, ts)
@@ -157,7 +165,27 @@ def iter_records(data: bytes, start: int = HEADER_SIZE) -> Iterator[Record | tup
             yield (pos, f"checksum mismatch in record LSN {lsn}", end == n)
             return
         yield Record(lsn, ts, payload, pos)
+        prev_lsn = lsn
         pos = end
+
+
+def _valid_record_after(data: bytes, pos: int, lsns: set[int]) -> int | None:
+    """Offset of a whole, checksum-valid record carrying one of ``lsns`` that starts after ``pos``."""
+    n = len(data)
+    for want in lsns:
+        needle = struct.pack("<Q", want)
+        i = data.find(needle, pos + 1 + 8)
+        while i != -1:
+            q = i - 8  # the LSN sits 8 bytes into a frame
+            if q + REC.size <= n:
+                length, crc, lsn, ts = REC.unpack_from(data, q)
+                end = q + REC.size + length
+                if length <= MAX_RECORD and end <= n:
+                    head = struct.pack("<IQq", length, lsn, ts)
+                    if zlib.crc32(data[q + REC.size : end], zlib.crc32(head)) == crc:
+                        return q
+            i = data.find(needle, i + 1)
+    return None
 
 
 def scan(path: Path, identity: bytes | None, *, keep: bool = False) -> tuple[ScanResult, list[Record]]:

@@ -153,6 +153,11 @@ def replay(
                               f"starts at LSN {first} but the database needs LSN {applied + 1}")
     last_scan = scans[-1] if scans else None
     if last_scan is not None and last_scan.bad_offset is not None:
+        good_end = last_scan.last_lsn if last_scan.last_lsn is not None else last_scan.header.first_lsn - 1
+        if applied > good_end:
+            # The database already holds a record past the bad frame, so that record was committed:
+            # this is damage, not a torn write, and cutting it would destroy the evidence.
+            raise logfile.corrupt_error(last_scan)
         rep.torn_tail = {"file": last_scan.path.name, "offset": last_scan.bad_offset,
                          "bytes": last_scan.size - last_scan.bad_offset, "reason": last_scan.bad_reason}
         if cut_torn_tail:

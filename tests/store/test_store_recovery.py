@@ -1,0 +1,202 @@
+"""Soft recovery against damaged logs: torn tails are cut and reported; anything else refuses to open.
+
+Each test builds a home whose database is rewound to an early snapshot, so opening it would replay
+every later record: "nothing applied" is then visible as an unchanged applied LSN and unchanged tables.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from store_helpers import commit_request, dump_db, file_hashes, patch_file, record_offsets
+
+from pycertsrv.errors import (
+    JET_ERR_BAD_LOG_SIGNATURE,
+    JET_ERR_LOG_FILE_CORRUPT,
+    JET_ERR_MISSING_LOG_FILE,
+    CorruptData,
+)
+from pycertsrv.store import Store, StoreOptions, list_generations, log_name, logfile
+from pycertsrv.store.replay import encode_payload
+
+N = 24
+OPTS = StoreOptions(log_size=2048, checkpoint_records=0)
+
+
+def build(home: Path, n: int = N) -> Path:
+    """A closed home with ``n`` committed requests over several generations, its database rewound to LSN 0."""
+    store = Store.create(home, "t", OPTS)
+    snap = store.snapshot(home.parent / "empty.db")
+    assert snap.lsn == 0
+    for rid in range(1, n + 1):
+        commit_request(store, rid, payload=bytes(range(200)))
+    db = store.db_path
+    store.close()
+    rewind(db, snap.path)
+    return db
+
+
+def rewind(db: Path, snapshot: Path) -> None:
+    """Put an older copy of the database in place (as if SQLite had lost everything after it)."""
+    for suffix in ("-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    shutil.copyfile(snapshot, db)
+
+
+def rows(store: Store) -> list[int]:
+    return sorted(r["request_id"] for r in store.select("request"))
+
+
+def assert_refused(home: Path, db: Path, code: int, file_name: str, *needles: str) -> CorruptData:
+    """Opening must fail with ``code`` naming ``file_name``; the database and logs stay as they were."""
+    before_db = dump_db(db)
+    before_logs = file_hashes(home / "logs")
+    with pytest.raises(CorruptData) as ei:
+        Store.open(home, OPTS)
+    err = ei.value
+    assert err.hresult == code, str(err)
+    assert err.function == file_name and file_name in str(err)
+    for needle in needles:
+        assert needle in err.message, err.message
+    assert dump_db(db) == before_db  # nothing applied
+    assert before_db["applied_lsn"] == 0
+    assert file_hashes(home / "logs") == before_logs  # nothing cut
+    assert not Store(home, OPTS).lock.is_held()  # the failed open let go of the home
+    return err
+
+
+# ------------------------------------------------------------------ torn tail
+
+
+@pytest.mark.parametrize("kind", ["partial-header", "partial-payload", "bad-checksum"])
+def test_torn_tail_is_cut_and_reported(tmp_home: Path, kind: str) -> None:
+    db = build(tmp_home)
+    newest = list_generations(tmp_home / "logs")[max(list_generations(tmp_home / "logs"))]
+    good_size = newest.stat().st_size
+    ident = bytes.fromhex(dict(dump_db(db)["_meta"])["identity"])
+    assert logfile.read_header(newest, ident).generation == max(list_generations(tmp_home / "logs"))
+    payload = encode_payload([["request", "p", [N + 1] + [None] * 18]])
+    frame = logfile.encode_record(N + 1, logfile.now_us(), payload)
+    if kind == "partial-header":
+        tail = frame[:10]
+    elif kind == "partial-payload":
+        tail = frame[: len(frame) - 7]
+    else:
+        bad = bytearray(frame)
+        bad[-3] ^= 0x20
+        tail = bytes(bad)
+    with open(newest, "ab") as f:
+        f.write(tail)
+
+    store = Store.open(tmp_home, OPTS)
+    try:
+        rep = store.recovery
+        assert rep.torn_tail is not None
+        assert rep.torn_tail["file"] == newest.name
+        assert rep.torn_tail["offset"] == good_size
+        assert rep.torn_tail["bytes"] == len(tail)
+        assert newest.name in rep.summary() and f"offset {good_size}" in rep.summary()
+        assert rep.replayed == N and rep.to_lsn == N and not rep.clean
+        assert rows(store) == list(range(1, N + 1))  # every earlier record kept, the torn one not applied
+        assert len(store.select("attribute")) == 2 * N
+        assert store.integrity_check() == "ok"
+        # The log ends at the last whole record and the next commit follows it.
+        assert newest.stat().st_size == good_size
+        commit_request(store, N + 1)
+    finally:
+        store.close()
+    store = Store.open(tmp_home, OPTS)
+    try:
+        assert store.recovery.replayed == 0 and store.recovery.torn_tail is None
+        assert rows(store) == list(range(1, N + 2))
+    finally:
+        store.close()
+
+
+# ------------------------------------------------------------------ corruption in the middle
+
+FIELDS = {
+    "length-low": 0,  # frame becomes misaligned: checksum fails with bytes after it
+    "length-high": 2,  # frame runs past end of file although whole records follow it
+    "crc": 5,
+    "lsn": 8,
+    "time": 17,
+    "payload": logfile.REC.size + 5,
+}
+
+
+@pytest.mark.parametrize("where", ["closed-generation", "current-generation"])
+@pytest.mark.parametrize("field", sorted(FIELDS))
+def test_flipped_byte_in_middle_record_refuses(tmp_home: Path, field: str, where: str) -> None:
+    db = build(tmp_home)
+    gens = list_generations(tmp_home / "logs")
+    if where == "closed-generation":
+        path = gens[sorted(gens)[len(gens) // 2]]
+    else:
+        # The current generation needs records after the damaged one; add some without a roll.
+        store = Store.open(tmp_home, StoreOptions(log_size=1 << 20, checkpoint_records=0))
+        for rid in range(N + 1, N + 6):
+            commit_request(store, rid)
+        store.close()
+        rewind(db, tmp_home.parent / "empty.db")
+        path = gens[max(gens)]
+    recs = record_offsets(path)
+    assert len(recs) >= 3
+    victim = recs[len(recs) // 2]
+    patch_file(path, victim.offset + FIELDS[field])
+    err = assert_refused(tmp_home, db, JET_ERR_LOG_FILE_CORRUPT, path.name, f"offset {victim.offset}")
+    assert "corrupt record" in err.message
+
+
+def test_checksum_failure_in_record_the_database_holds_is_not_a_torn_tail(tmp_home: Path) -> None:
+    """A bad last record whose LSN SQLite already applied was committed: refuse, and do not cut it."""
+    store = Store.create(tmp_home, "t", OPTS)
+    for rid in range(1, 6):
+        commit_request(store, rid)
+    db = store.db_path
+    store.close()
+    path = list_generations(tmp_home / "logs")[1]
+    last = record_offsets(path)[-1]
+    patch_file(path, last.offset + logfile.REC.size + 3)
+    size = path.stat().st_size
+    with pytest.raises(CorruptData) as ei:
+        Store.open(tmp_home, OPTS)
+    assert ei.value.hresult == JET_ERR_LOG_FILE_CORRUPT and ei.value.function == path.name
+    assert f"offset {last.offset}" in ei.value.message
+    assert path.stat().st_size == size
+    assert dump_db(db)["applied_lsn"] == 5
+
+
+# ------------------------------------------------------------------ missing or foreign generations
+
+
+def test_missing_generation_refuses(tmp_home: Path) -> None:
+    db = build(tmp_home)
+    gens = list_generations(tmp_home / "logs")
+    assert len(gens) >= 4
+    gone = sorted(gens)[2]
+    gens[gone].unlink()
+    assert_refused(tmp_home, db, JET_ERR_MISSING_LOG_FILE, log_name(gone), "missing")
+
+
+@pytest.mark.parametrize("how", ["appended", "replacing"])
+def test_foreign_generation_refuses(tmp_home: Path, tmp_path: Path, how: str) -> None:
+    db = build(tmp_home)
+    gens = list_generations(tmp_home / "logs")
+    target = max(gens) + 1 if how == "appended" else sorted(gens)[2]
+    # Another database whose log has a generation with the same number.
+    other = Store.create(tmp_path / "other", "other", OPTS)
+    for rid in range(1, target + 1):
+        commit_request(other, rid)
+        other.roll_log()
+    foreign = other.log_dir / log_name(target)
+    other_identity = other.identity
+    other.close()
+    dest = tmp_home / "logs" / log_name(target)
+    if dest.exists():
+        dest.chmod(0o644)
+    shutil.copyfile(foreign, dest)
+    err = assert_refused(tmp_home, db, JET_ERR_BAD_LOG_SIGNATURE, dest.name, other_identity)
+    assert "belongs to database" in err.message
