@@ -46,7 +46,7 @@ from ..errors import (
 )
 from ..fsutil import HomeLock, atomic_write, fsync_dir, fsync_file
 from . import logfile, schema
-from .replay import RecoveryReport, apply_ops, check_chain, encode_payload, read_meta, replay, set_applied
+from .replay import Batcher, RecoveryReport, check_chain, encode_payload, read_meta, replay, set_applied
 
 DB_DIR = "db"
 LOG_DIR = "logs"
@@ -159,7 +159,7 @@ class Transaction:
         image = schema.row_to_image(t, row)
         self.ops.append([table, "p", image])
         key = tuple(row[k] for k in t.key)
-        self._overlay[(table, key)] = {c: row.get(c) for c in t.column_names}
+        self._overlay[(table, key)] = dict(row)  # missing columns are filled in by get()
 
     def delete(self, table: str, key: Any) -> None:
         """Delete a row by primary key (a scalar or a tuple)."""
@@ -175,7 +175,7 @@ class Transaction:
         k = key if isinstance(key, tuple) else (key,)
         if (table, k) in self._overlay:
             row = self._overlay[(table, k)]
-            return dict(row) if row is not None else None
+            return {c: row.get(c) for c in schema.table(table).column_names} if row is not None else None
         self._store._wait_applied_all()
         return self._store.get(table, k)
 
@@ -205,7 +205,6 @@ class Store:
         self.identity = ""
         self.recovery = RecoveryReport()
         self._write_lock = threading.RLock()
-        self._sync_cond = threading.Condition()
         self._fd_lock = threading.Lock()
         self._apply_cond = threading.Condition()
         self._local = threading.local()
@@ -221,7 +220,9 @@ class Store:
         self._appended_lsn = 0
         self._durable_lsn = 0
         self._applied_lsn = 0
-        self._syncing = False
+        self._applying = False
+        self._waiters: list[tuple[int, threading.Lock]] = []
+        self._pending: dict[int, list[list[Any]]] = {}
         self._ids: dict[str, int] = {}
         self._cp: Checkpoint | None = None
         self._failed: str | None = None
@@ -402,12 +403,17 @@ class Store:
             rec = logfile.encode_record(lsn, ts, encode_payload(tx.ops))
             if self._gen_size + len(rec) > self.options.log_size and self._gen_size > logfile.HEADER_SIZE:
                 self._roll_locked()
-            self._append(rec)
+            # Queued before it can become durable: whichever committer applies next takes it.
+            self._pending[lsn] = tx.ops
+            try:
+                self._append(rec)
+            except BaseException:
+                del self._pending[lsn]
+                raise
             self._next_lsn = lsn + 1
             self._appended_lsn = lsn
             tx.lsn = lsn
-        self._wait_durable(lsn)
-        self._apply_in_order(lsn, tx.ops)
+        self._commit_wait(lsn)
 
     def _append(self, rec: bytes) -> None:
         before = self._gen_size
@@ -423,59 +429,88 @@ class Store:
             raise CertSrvError(None, "store", f"cannot append to {logfile.log_name(self._gen)}: {e}") from None
         self._gen_size = before + len(rec)
 
-    def _wait_durable(self, lsn: int) -> None:
-        with self._sync_cond:
-            while self._durable_lsn < lsn:
-                if self._failed is not None:
-                    raise CertSrvError(E_UNEXPECTED, "store", self._failed)
-                if self._syncing:
-                    self._sync_cond.wait()
-                    continue
-                self._syncing = True
-                target = self._appended_lsn
-                self._sync_cond.release()
-                err: BaseException | None = None
-                synced = False
-                try:
-                    with self._fd_lock:
-                        os.fdatasync(self._fd)
-                    synced = True
-                except (OSError, ValueError) as e:
-                    err = e
-                finally:
-                    self._sync_cond.acquire()
-                    self._syncing = False
-                    # Only a sync that returned makes records durable; anything else (error, interrupt)
-                    # leaves the page cache state unknown (fsyncgate): stop writing.
-                    if synced:
-                        self._durable_lsn = max(self._durable_lsn, target)
-                    else:
-                        self._failed = f"fsync of the log failed: {err or 'interrupted'}"
-                    self._sync_cond.notify_all()
+    def _commit_wait(self, lsn: int) -> None:
+        """Return once ``lsn`` is durable in the log and applied to SQLite (group commit, group apply).
 
-    def _apply_in_order(self, lsn: int, ops: list[list[Any]]) -> None:
-        with self._apply_cond:
-            while self._applied_lsn != lsn - 1:
-                # An earlier record that failed will never be applied here: stop instead of waiting forever.
+        Leader/followers: a committer that finds no batch in progress leads one: it fdatasyncs the
+        log once for every record appended so far, applies all of them in ONE SQLite transaction
+        that also stores the new applied LSN (so each logged transaction stays all-or-nothing in
+        SQLite), then wakes exactly the followers it covered, and one more to lead the next batch.
+        Each committer sleeps on its own gate: one wakeup per commit, no thundering herd.
+        """
+        cond = self._apply_cond
+        with cond:
+            while True:
+                if self._applied_lsn >= lsn:
+                    return
                 if self._failed is not None:
                     raise CertSrvError(E_UNEXPECTED, "store", self._failed)
-                self._apply_cond.wait()
-            assert self._writer is not None
+                if not self._applying:
+                    break
+                gate = threading.Lock()
+                gate.acquire()
+                self._waiters.append((lsn, gate))
+                cond.release()
+                try:
+                    gate.acquire()  # released by a leader
+                finally:
+                    cond.acquire()
+            self._applying = True
+            first = self._applied_lsn + 1
+        error: str | None = None
+        done = False
+        last = first - 1
+        try:
+            last = self._appended_lsn  # >= lsn; every LSN up to it is appended and queued in _pending
             try:
-                self._writer.execute("BEGIN")
-                apply_ops(self._writer, ops)
-                set_applied(self._writer, lsn)
-                self._writer.commit()
-            except sqlite3.Error as e:
-                self._writer.rollback()
-                self._failed = f"record LSN {lsn} is durable but could not be applied: {e}"
-                self._apply_cond.notify_all()
-                raise CertSrvError(E_UNEXPECTED, "store", self._failed) from None
-            self._applied_lsn = lsn
-            self._apply_cond.notify_all()
+                with self._fd_lock:
+                    os.fdatasync(self._fd)
+            except (OSError, ValueError) as e:
+                # After a failed fsync the page cache state is unknown (fsyncgate): stop writing.
+                error = f"fsync of the log failed: {e}"
+            if error is None:
+                batch = [self._pending.pop(n) for n in range(first, last + 1)]
+                assert self._writer is not None
+                try:
+                    self._writer.execute("BEGIN")
+                    batcher = Batcher(self._writer)
+                    for ops in batch:
+                        batcher.add(ops)
+                    batcher.flush()
+                    set_applied(self._writer, last)
+                    self._writer.commit()
+                    done = True
+                except sqlite3.Error as e:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._writer.rollback()
+                    error = f"records LSN {first}..{last} are durable but could not be applied: {e}"
+        finally:
+            with cond:
+                self._applying = False
+                if done:
+                    self._durable_lsn = max(self._durable_lsn, last)
+                    self._applied_lsn = last
+                else:
+                    self._failed = error or "interrupted while committing"
+                keep: list[tuple[int, threading.Lock]] = []
+                for w in self._waiters:
+                    if w[0] <= self._applied_lsn or self._failed is not None:
+                        w[1].release()
+                    else:
+                        keep.append(w)
+                if keep:
+                    keep.pop(0)[1].release()  # the next leader
+                self._waiters = keep
+                cond.notify_all()  # checkpoint() and readers waiting for the applied LSN
+        if error is not None:
+            raise CertSrvError(E_UNEXPECTED, "store", error)
         cp = self._cp
         if self.options.checkpoint_records and (cp is None or lsn - cp.lsn >= self.options.checkpoint_records):
-            self.checkpoint()
+            with cond:  # re-read: another committer may have just checkpointed
+                cp = self._cp
+                due = cp is None or lsn - cp.lsn >= self.options.checkpoint_records
+            if due:
+                self.checkpoint()
 
     def _wait_applied_all(self) -> None:
         target = self._appended_lsn
@@ -517,9 +552,8 @@ class Store:
             self._gen_first = self._next_lsn
             self._gen_created = header.created_us
             self._gen_size = logfile.HEADER_SIZE
-        with self._sync_cond:
-            self._durable_lsn = max(self._durable_lsn, self._appended_lsn)
-            self._sync_cond.notify_all()
+        with self._apply_cond:
+            self._durable_lsn = max(self._durable_lsn, self._appended_lsn)  # the fsync above covered them
         path = self.log_dir / logfile.log_name(closed)
         with contextlib.suppress(OSError):
             os.chmod(path, 0o444)  # closed generations are immutable
@@ -584,6 +618,8 @@ class Store:
         if self._closed:
             raise CertSrvError(E_UNEXPECTED, "store", "the database is closed")
         with self._apply_cond:
+            while self._applying:  # a group commit is using the writer connection
+                self._apply_cond.wait()
             assert self._writer is not None
             lsn = self._applied_lsn
             self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")

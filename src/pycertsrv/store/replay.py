@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,16 +30,46 @@ def encode_payload(ops: list[list[Any]]) -> bytes:
     return json.dumps(ops, separators=(",", ":")).encode()
 
 
-def apply_ops(conn: sqlite3.Connection, ops: list[list[Any]]) -> None:
-    """Apply decoded row images (``[table, "p", image]`` or ``[table, "d", key]``) in the caller's txn."""
+def statements(ops: list[list[Any]]) -> Iterator[tuple[str, list[Any]]]:
+    """``(sql, params)`` for decoded row images (``[table, "p", image]`` or ``[table, "d", key]``)."""
     for tname, op, data in ops:
         t = TABLES[tname]
         if op == "p":
-            conn.execute(upsert_sql(t), image_to_params(t, data))
+            yield upsert_sql(t), image_to_params(t, data)
         elif op == "d":
-            conn.execute(delete_sql(t), data)
+            yield delete_sql(t), data
         else:
             raise ValueError(f"unknown op {op!r}")
+
+
+class Batcher:
+    """Runs statements in order, grouping consecutive ones with the same SQL into one ``executemany``."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.sql = ""
+        self.params: list[list[Any]] = []
+
+    def add(self, ops: list[list[Any]]) -> None:
+        """Queue one record's row images (decoding errors surface here, for this record)."""
+        for sql, params in statements(ops):
+            if sql != self.sql:
+                self.flush()
+                self.sql = sql
+            self.params.append(params)
+
+    def flush(self) -> None:
+        """Execute what is queued."""
+        if self.params:
+            self.conn.executemany(self.sql, self.params)
+            self.params = []
+
+
+def apply_ops(conn: sqlite3.Connection, ops: list[list[Any]]) -> None:
+    """Apply decoded row images (``[table, "p", image]`` or ``[table, "d", key]``) in the caller's txn."""
+    b = Batcher(conn)
+    b.add(ops)
+    b.flush()
 
 
 def set_applied(conn: sqlite3.Connection, lsn: int) -> None:
@@ -170,7 +201,9 @@ def replay(
             finally:
                 os.close(fd)
     pending = 0
+    batch_first = applied + 1
     stop = False
+    batcher = Batcher(conn)
     for res in scans:
         if res.last_lsn is None or res.last_lsn <= applied:
             continue
@@ -188,13 +221,20 @@ def replay(
                 break
             if pending == 0:
                 conn.execute("BEGIN")
+                batch_first = item.lsn
             try:
-                apply_ops(conn, json.loads(item.payload))
-            except (ValueError, KeyError, TypeError, sqlite3.DatabaseError) as e:
+                batcher.add(json.loads(item.payload.decode()))
+                if pending + 1 >= BATCH:
+                    batcher.flush()
+            except (ValueError, KeyError, TypeError) as e:
                 conn.rollback()
                 raise CorruptData(JET_ERR_DATABASE_CORRUPTED, res.path.name,
                                   f"record LSN {item.lsn} at offset {item.offset} cannot be applied: {e}"
                                   ) from None
+            except sqlite3.DatabaseError as e:
+                conn.rollback()
+                raise CorruptData(JET_ERR_DATABASE_CORRUPTED, res.path.name,
+                                  f"records LSN {batch_first}..{item.lsn} cannot be applied: {e}") from None
             applied = item.lsn
             rep.replayed += 1
             pending += 1
@@ -205,6 +245,12 @@ def replay(
         if stop:
             break
     if pending:
+        try:
+            batcher.flush()
+        except sqlite3.DatabaseError as e:
+            conn.rollback()
+            raise CorruptData(JET_ERR_DATABASE_CORRUPTED, "log",
+                              f"records LSN {batch_first}..{applied} cannot be applied: {e}") from None
         set_applied(conn, applied)
         conn.commit()
     rep.to_lsn = applied

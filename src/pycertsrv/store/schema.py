@@ -7,6 +7,7 @@ base64-encoded, so replay needs only this schema and never the CA's logic.
 from __future__ import annotations
 
 import base64
+import functools
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
@@ -40,10 +41,20 @@ class Table:
     key: tuple[str, ...]
     indexes: tuple[tuple[str, ...], ...] = ()
 
-    @property
+    @functools.cached_property
     def column_names(self) -> tuple[str, ...]:
-        """Column names in image order."""
+        """Column names in image order (computed once: it is on every commit's path)."""
         return tuple(c.name for c in self.columns)
+
+    @functools.cached_property
+    def column_set(self) -> frozenset[str]:
+        """Column names as a set."""
+        return frozenset(self.column_names)
+
+    @functools.cached_property
+    def blob_positions(self) -> tuple[int, ...]:
+        """Image positions of the BLOB columns (base64 in the log)."""
+        return tuple(i for i, c in enumerate(self.columns) if c.type == "BLOB")
 
     def ddl(self) -> list[str]:
         """CREATE statements for the table and its indexes."""
@@ -140,18 +151,17 @@ def table(name: str) -> Table:
 
 def row_to_image(t: Table, row: dict[str, Any]) -> list[Any]:
     """A row dict as the log's image: values in column order, blobs base64."""
-    unknown = set(row) - set(t.column_names)
-    if unknown:
-        raise InvalidArgument(None, "store", f"table {t.name} has no column {sorted(unknown)[0]!r}")
+    if not row.keys() <= t.column_set:
+        unknown = sorted(set(row) - t.column_set)
+        raise InvalidArgument(None, "store", f"table {t.name} has no column {unknown[0]!r}")
     for k in t.key:
         if row.get(k) is None:
             raise InvalidArgument(None, "store", f"row for {t.name} lacks key column {k!r}")
-    image: list[Any] = []
-    for c in t.columns:
-        v = row.get(c.name)
-        if v is not None and c.type == "BLOB":
-            v = base64.b64encode(bytes(v)).decode("ascii")
-        image.append(v)
+    image = [row.get(c) for c in t.column_names]
+    for i in t.blob_positions:
+        v = image[i]
+        if v is not None:
+            image[i] = base64.b64encode(bytes(v)).decode("ascii")
     return image
 
 
@@ -159,19 +169,32 @@ def image_to_params(t: Table, image: list[Any]) -> list[Any]:
     """SQL parameters for an image (blobs decoded)."""
     if len(image) != len(t.columns):
         raise ValueError(f"image for {t.name} has {len(image)} values, expected {len(t.columns)}")
-    return [
-        base64.b64decode(v) if (v is not None and c.type == "BLOB") else v
-        for c, v in zip(t.columns, image)
-    ]
+    params = list(image)
+    for i in t.blob_positions:
+        v = params[i]
+        if v is not None:
+            params[i] = base64.b64decode(v)
+    return params
+
+
+# Statements per table name (not per Table: hashing a frozen dataclass of columns costs more than building).
+_UPSERT: dict[str, str] = {}
+_DELETE: dict[str, str] = {}
 
 
 def upsert_sql(t: Table) -> str:
-    """The statement that puts a whole row image."""
-    names = ", ".join(t.column_names)
-    marks = ", ".join("?" for _ in t.columns)
-    return f"INSERT OR REPLACE INTO {t.name} ({names}) VALUES ({marks})"
+    """The statement that puts a whole row image (built once per table)."""
+    sql = _UPSERT.get(t.name)
+    if sql is None:
+        names = ", ".join(t.column_names)
+        marks = ", ".join("?" for _ in t.columns)
+        sql = _UPSERT[t.name] = f"INSERT OR REPLACE INTO {t.name} ({names}) VALUES ({marks})"
+    return sql
 
 
 def delete_sql(t: Table) -> str:
-    """The statement that deletes a row by primary key."""
-    return f"DELETE FROM {t.name} WHERE " + " AND ".join(f"{k} = ?" for k in t.key)
+    """The statement that deletes a row by primary key (built once per table)."""
+    sql = _DELETE.get(t.name)
+    if sql is None:
+        sql = _DELETE[t.name] = f"DELETE FROM {t.name} WHERE " + " AND ".join(f"{k} = ?" for k in t.key)
+    return sql
