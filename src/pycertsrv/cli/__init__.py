@@ -31,7 +31,5 @@ def main() -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
 
-from . import ca  # noqa: E402,F401  (CA verbs)
-from . import service  # noqa: E402,F401  (serve, status, shutdown)
-from . import restore  # noqa: E402,F401  (restore)
-from . import backup  # noqa: E402,F401  (backup, verify-backup)
+# Verb groups register themselves on `cli` when imported (one module per group).
+from . import backup, ca, demo, restore, service  # noqa: E402,F401
