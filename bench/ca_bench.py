@@ -1,19 +1,34 @@
 """Issuance throughput: durable issuance through ``Authority.submit`` (parse, verify the request's
 signature, sign, one redo-log transaction made durable with fsync, applied to SQLite) against the raw
-ceiling measured in the same run (a loop of ``CertificateBuilder().sign()`` with the same extensions,
-no parsing, no storage), single-threaded and with several threads (group commit shares the fsyncs).
+ceiling measured in the same run: a loop of ``CertificateBuilder().sign()`` with the same CA key, the same
+request keys and the same extensions, no parsing, no storage.
 
-Run alone: ``python -m bench.ca_bench [--quick]``; ``make bench`` calls :func:`run`.
+Measured for each CA key / request key pair and with 1, 4 and 16 threads:
+
+- ``raw``: the ceiling (the request's key, subject and SAN taken out of the request beforehand);
+- ``raw_verify``: the ceiling including what any CA must do with a request first: parse it, extract its
+  key, verify its signature (RFC 2986 §3) and read its SAN. ``raw_verify / raw`` is the best ratio any
+  issuer that verifies requests can reach, with free storage;
+- ``nostore``: ``Authority.submit`` on the same code path with storage disabled (the batched write
+  function runs against a scratch transaction that is never committed; the serial check still reads
+  the database), so ``1/durable - 1/nostore`` is what storage costs per issuance;
+- ``durable``: ``Authority.submit`` (one transaction per batch of concurrent issuances, fsync'd).
+
+The target is ``durable >= 0.6 x raw`` (best thread count against the single-thread raw loop: the
+crypto holds the GIL, so threads do not raise the raw ceiling). Run alone:
+``python -m bench.ca_bench [--quick]``; ``make bench`` calls :func:`run`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +46,7 @@ from pycertsrv.ca.keys import generate_key
 
 TARGET_RATIO = 0.6
 CONFIGS = (("ec-p256", "ec-p256"), ("ec-p256", "rsa-2048"), ("rsa-2048", "rsa-2048"), ("rsa-2048", "ec-p256"))
+KINDS = ("raw", "raw_verify", "nostore", "durable")
 
 
 def _request_key(kind: str) -> Any:
@@ -50,25 +66,21 @@ def _csrs(kind: str, n: int) -> list[bytes]:
     return out
 
 
-def _raw_sign_fn(a: Authority, csrs: list[bytes]) -> Callable[[int], None]:
-    """The ceiling: build + sign with the same extensions as a ``server`` certificate, nothing else."""
+def _signer(a: Authority) -> Callable[[x509.Name, Any, x509.SubjectAlternativeName], None]:
+    """Build + sign with the same extensions as a ``server`` certificate of ``a``, nothing else."""
     ca_key = a._key
     ca_cert = a.certificate
-    parsed = [x509.load_der_x509_csr(d) for d in csrs]
-    pubs = [c.public_key() for c in parsed]
-    sans = [c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value for c in parsed]
     aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
         ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value)
     algo = hashes.SHA384() if isinstance(ca_key, ec.EllipticCurvePrivateKey) and ca_key.key_size >= 384 \
         else hashes.SHA256()
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
-    def one(i: int) -> None:
-        pub = pubs[i]
+    def sign(subject: x509.Name, pub: Any, san: x509.SubjectAlternativeName) -> None:
         ku = x509.KeyUsage(True, False, isinstance(pub, rsa.RSAPublicKey), False, False, False, False, False, False)
         (
             x509.CertificateBuilder()
-            .subject_name(parsed[i].subject)
+            .subject_name(subject)
             .issuer_name(ca_cert.subject)
             .public_key(pub)
             .serial_number(x509.random_serial_number())
@@ -79,23 +91,129 @@ def _raw_sign_fn(a: Authority, csrs: list[bytes]) -> Callable[[int], None]:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
             .add_extension(aki, critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(sans[i], critical=False)
+            .add_extension(san, critical=False)
             .sign(ca_key, algo)
         )
+
+    return sign
+
+
+def _raw_sign_fn(a: Authority, csrs: list[bytes]) -> Callable[[int], None]:
+    """The ceiling: build + sign only (request key, subject and SAN extracted before timing)."""
+    sign = _signer(a)
+    parsed = [x509.load_der_x509_csr(d) for d in csrs]
+    pubs = [c.public_key() for c in parsed]
+    sans = [c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value for c in parsed]
+
+    def one(i: int) -> None:
+        sign(parsed[i].subject, pubs[i], sans[i])
 
     return one
 
 
-def _rate(fn: Callable[[int], Any], n: int, threads: int) -> float:
+def _raw_verify_sign_fn(a: Authority, csrs: list[bytes]) -> Callable[[int], None]:
+    """The ceiling including the request work every CA must do: parse, extract the key, verify, read the SAN."""
+    sign = _signer(a)
+
+    def one(i: int) -> None:
+        csr = x509.load_der_x509_csr(csrs[i])
+        pub = csr.public_key()
+        if not csr.is_signature_valid:
+            raise AssertionError("bench request does not verify")
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sign(csr.subject, pub, san)
+
+    return one
+
+
+class _ScratchTransaction:
+    """Takes the rows of one batch and drops them (storage disabled; ids still allocated like the store's)."""
+
+    def __init__(self, ids: Callable[[], int]) -> None:
+        self._ids = ids
+        self.rows = 0
+
+    def put(self, table: str, row: dict[str, Any]) -> None:
+        self.rows += 1
+
+    def delete(self, table: str, key: Any) -> None:
+        self.rows += 1
+
+    def next_id(self, table: str) -> int:
+        return self._ids()
+
+
+class _NoStorage:
+    """Stands in for the Authority's group committer: runs each write function, writes nothing."""
+
+    def __init__(self) -> None:
+        counter = itertools.count(1 << 40)
+        lock = threading.Lock()
+
+        def next_id() -> int:
+            with lock:
+                return next(counter)
+
+        self._next_id = next_id
+        self.rows = 0
+
+    def run(self, fn: Callable[[Any], Any]) -> Any:
+        tx = _ScratchTransaction(self._next_id)
+        out = fn(tx)
+        self.rows += tx.rows
+        return out
+
+
+def _rate(fn: Callable[[int], Any], n: int, threads: int) -> tuple[float, float]:
+    """(issuances per second, process CPU seconds per issuance) of ``fn(0..n-1)`` on ``threads`` threads."""
+    c0 = time.process_time()
     t0 = time.perf_counter()
     if threads == 1:
         for i in range(n):
             fn(i)
     else:
         with ThreadPoolExecutor(threads) as pool:
-            for _ in pool.map(fn, range(n), chunksize=4):
+            for _ in pool.map(fn, range(n)):
                 pass
-    return n / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    return n / wall, (time.process_time() - c0) / n
+
+
+def _measure(a: Authority, csrs: list[bytes], threads: int, rounds: int) -> dict[str, Any]:
+    """Best of ``rounds`` for each kind; the kinds alternate within a round, so a burst of load from
+    elsewhere on the machine hits all of them alike instead of one."""
+    n = len(csrs)
+    raw_fn, verify_fn = _raw_sign_fn(a, csrs), _raw_verify_sign_fn(a, csrs)
+    committer = a._commit
+    scratch = _NoStorage()
+    best: dict[str, float] = dict.fromkeys(KINDS, 0.0)
+    cpu: dict[str, float] = {}
+    commits = 0
+    for r in range(rounds):
+        offset = r * n  # each durable round issues its own requests (distinct rows; same CSR bytes)
+        a._commit = scratch  # type: ignore[assignment]
+        try:
+            got = {"raw": _rate(raw_fn, n, threads), "raw_verify": _rate(verify_fn, n, threads),
+                   "nostore": _rate(lambda i: a.submit(csrs[i]), n, threads)}
+        finally:
+            a._commit = committer
+        assert a.store.count("request") == offset, "storage was not disabled"
+        lsn0 = a.store.applied_lsn
+        got["durable"] = _rate(lambda i: a.submit(csrs[i]), n, threads)
+        issued = a.store.count("request")
+        serials = len({r["serial"] for r in a.store.select("request")})
+        assert issued == serials == offset + n, (issued, serials, offset + n)
+        for kind, (rate, cpu_s) in got.items():
+            if rate > best[kind]:
+                best[kind] = rate
+                cpu[kind] = cpu_s
+                if kind == "durable":
+                    commits = a.store.applied_lsn - lsn0  # log records written: fewer than n when batched
+    out: dict[str, Any] = dict(best)
+    out["cpu"] = cpu
+    out["rows_per_issuance"] = scratch.rows / (n * rounds)
+    out["commits"] = commits
+    return out
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -103,51 +221,69 @@ def run(quick: bool = False) -> dict[str, Any]:
 
     :param quick: fewer requests per measurement (for CI smoke runs).
     """
-    n = 150 if quick else 1500
+    n = 100 if quick else 1000
+    rounds = 1 if quick else 3
     thread_counts = (1, 8) if quick else (1, 4, 16)
     base = Path(os.environ.get("CERTSRV_BENCH_DIR") or tempfile.gettempdir())
     results: list[dict[str, Any]] = []
     cpus = os.cpu_count() or 1
-    print(f"ca_bench: {n} issuances per measurement, {cpus} CPUs, homes under {base} (fsync is real)")
+    print(f"ca_bench: {n} issuances per measurement, best of {rounds} rounds, {cpus} CPUs, homes under {base} "
+          "(fsync is real)")
     for ca_type, req_type in CONFIGS:
         csrs = _csrs(req_type, n)
         tmp = Path(tempfile.mkdtemp(prefix="ca-bench-", dir=base))
         try:
             key = generate_key(ca_type)
-            row: dict[str, Any] = {"ca_key": ca_type, "request_key": req_type, "n": n}
+            row: dict[str, Any] = {"ca_key": ca_type, "request_key": req_type, "n": n, "rounds": rounds}
             for threads in thread_counts:
-                home = tmp / f"t{threads}"
-                a = Authority.init(home, f"Bench {ca_type} CA", key_type=ca_type, key=key)
+                a = Authority.init(tmp / f"t{threads}", f"Bench {ca_type} CA", key_type=ca_type, key=key)
                 try:
-                    raw = _rate(_raw_sign_fn(a, csrs), n, threads)
-                    durable = _rate(lambda i, a=a, csrs=csrs: a.submit(csrs[i]), n, threads)
-                    issued = a.store.count("request")
-                    serials = len({r["serial"] for r in a.store.select("request")})
-                    assert issued == serials == n, (issued, serials, n)
-                    lsn = a.store.applied_lsn
+                    m = _measure(a, csrs, threads, rounds)
                 finally:
                     a.close()
-                row[f"raw_{threads}t"] = round(raw, 1)
-                row[f"durable_{threads}t"] = round(durable, 1)
-                row[f"commits_{threads}t"] = lsn  # log records written: fewer than n when batched
+                for kind in KINDS:
+                    row[f"{kind}_{threads}t"] = round(m[kind], 1)
+                for kind in ("nostore", "durable"):
+                    row[f"{kind}_cpu_us_{threads}t"] = round(m["cpu"][kind] * 1e6, 1)
+                row[f"commits_{threads}t"] = m["commits"]
+                row["rows_per_issuance"] = m["rows_per_issuance"]
+                row[f"storage_us_{threads}t"] = round(1e6 / m["durable"] - 1e6 / m["nostore"], 1)
             ceiling = row["raw_1t"]  # the brief's ceiling: one loop of CertificateBuilder().sign()
+            # The best any verifying issuer can do (free storage): a raw loop that also parses and verifies.
+            row["bound_ratio"] = round(max(row[f"raw_verify_{t}t"] for t in thread_counts) / ceiling, 3)
+            row["verify_share_of_raw"] = round(ceiling / row["raw_verify_1t"] - 1, 3)
             for t in thread_counts:
                 row[f"ratio_{t}t"] = round(row[f"durable_{t}t"] / ceiling, 3)
-                row[f"ratio_same_threads_{t}t"] = round(row[f"durable_{t}t"] / row[f"raw_{t}t"], 3)
+                row[f"nostore_ratio_{t}t"] = round(row[f"nostore_{t}t"] / ceiling, 3)
             best = max(thread_counts, key=lambda t: row[f"ratio_{t}t"])
             row["best_threads"] = best
             row["best_ratio"] = row[f"ratio_{best}t"]
             row["pass"] = row["best_ratio"] >= TARGET_RATIO
+            row["reachable"] = row["bound_ratio"] >= TARGET_RATIO
             results.append(row)
-            cols = "  ".join(f"{t}t durable {row[f'durable_{t}t']:>6.0f}/s ({row[f'commits_{t}t']} commits) "
-                             f"{row[f'ratio_{t}t']:.2f}x [raw {row[f'raw_{t}t']:.0f}/s]" for t in thread_counts)
-            print(f"  CA {ca_type:8} req {req_type:8} raw loop {ceiling:>6.0f}/s | {cols} | "
-                  f"{'PASS' if row['pass'] else 'MISS'}")
+            _print_config(row, thread_counts)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     summary = {"benchmark": "ca_issuance", "target_ratio": TARGET_RATIO, "configs": results,
                "pass": all(r["pass"] for r in results)}
     return summary
+
+
+def _print_config(row: dict[str, Any], thread_counts: tuple[int, ...]) -> None:
+    ceiling = row["raw_1t"]
+    verdict = "PASS" if row["pass"] else "MISS"
+    print(f"  CA {row['ca_key']:8} req {row['request_key']:8} raw build+sign {ceiling:>6.0f}/s "
+          f"({1e6 / ceiling:.0f} us) | best durable {row['best_ratio']:.2f}x at {row['best_threads']}t | {verdict}")
+    print(f"    ceiling including CSR verification: {row['raw_verify_1t']:.0f}/s 1t, best {row['bound_ratio']:.2f}x "
+          f"raw (parse+verify adds {row['verify_share_of_raw'] * 100:.0f}% to a raw build+sign)"
+          + ("" if row["reachable"] else f"; {TARGET_RATIO}x is unreachable for any issuer that verifies requests"))
+    print(f"    {'threads':>7} {'raw/s':>7} {'raw+verify/s':>12} {'no-storage/s':>12} {'durable/s':>9} "
+          f"{'commits':>7} {'storage us':>10} {'cpu us nostore/durable':>22} {'no-storage x':>12} {'durable x':>9}")
+    for t in thread_counts:
+        cpu = f"{row[f'nostore_cpu_us_{t}t']:.0f}/{row[f'durable_cpu_us_{t}t']:.0f}"
+        print(f"    {t:>7} {row[f'raw_{t}t']:>7.0f} {row[f'raw_verify_{t}t']:>12.0f} {row[f'nostore_{t}t']:>12.0f} "
+              f"{row[f'durable_{t}t']:>9.0f} {row[f'commits_{t}t']:>7} {row[f'storage_us_{t}t']:>10.0f} "
+              f"{cpu:>22} {row[f'nostore_ratio_{t}t']:>12.2f} {row[f'ratio_{t}t']:>9.2f}")
 
 
 if __name__ == "__main__":

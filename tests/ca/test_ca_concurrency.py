@@ -86,3 +86,45 @@ def test_store_failure_reaches_every_caller(ca: Authority, make_csr: Callable[..
         assert [r.request_id for r in b.view()] == [1]
     finally:
         b.close()
+
+
+def test_small_batches_hand_the_lead_on(ca: Authority, make_csr: Callable[..., bytes], req_keys: dict[str, Any],
+                                        monkeypatch: Any) -> None:
+    # More waiting callers than one batch takes: the leader must wake exactly its batch and hand the lead
+    # to the oldest queued caller, and every caller must get its own row back.
+    from pycertsrv.ca import commit
+
+    monkeypatch.setattr(commit, "MAX_BATCH", 2)
+    csrs = [make_csr(req_keys["ec"], f"b{i}.example.com") for i in range(40)]
+    with ThreadPoolExecutor(16) as pool:
+        infos = list(pool.map(ca.submit, csrs))
+    assert sorted(i.request_id for i in infos) == list(range(1, 41))
+    by_id = {r["request_id"]: r for r in ca.store.select("request")}
+    for i, info in enumerate(infos):
+        row = by_id[info.request_id]
+        assert row["request_subject"] == f"CN=b{i}.example.com" and row["serial"] == info.serial
+    assert len({r["serial"] for r in by_id.values()}) == 40
+    assert ca._commit.items == 40 and ca._commit.batches >= 20  # at most 2 per transaction
+    assert ca.store.applied_lsn == ca._commit.batches
+
+
+def test_serial_in_database_or_in_flight_is_never_reused(ca: Authority, make_csr: Callable[..., bytes],
+                                                         req_keys: dict[str, Any], monkeypatch: Any) -> None:
+    from pycertsrv.ca import authority
+
+    first = ca.submit(make_csr(req_keys["ec"], "one.example.com"))
+    taken = int(first.serial or "", 16)
+    held, fresh = (1 << 100) + 1, (1 << 100) + 2
+    picks = iter([held, taken, held, fresh])  # the in-flight one, the stored one, the in-flight one again
+    monkeypatch.setattr(authority, "random_serial", lambda: next(picks))
+    n, text = ca._reserve_serial()  # an issuance in flight holds `held`
+    assert n == held
+    try:
+        second = ca.submit(make_csr(req_keys["ec"], "two.example.com"))
+    finally:
+        ca._release_serial(text)
+    assert second.serial == f"{fresh:X}"
+    rows = ca.store.select("request", order_by=["request_id"])
+    assert [r["serial"] for r in rows] == [first.serial, f"{fresh:X}"]
+    cert = second.certificate
+    assert cert is not None and cert.serial_number == fresh

@@ -74,6 +74,7 @@ from .models import (
     parse_iso,
     serial_hex,
     utcnow,
+    utcnow_iso,
 )
 from .policy import ParsedRequest, choose_template, decide_pending, merge_attributes, parse_request
 from .revocation import check_invalidity_date, check_revocable, check_unrevocable, revocation_reason
@@ -332,32 +333,37 @@ class Authority:
             raise NotFound(CRYPT_E_NOT_FOUND, f"serial {serial}", "no certificate with this serial in the database")
         return rows[0]
 
-    @contextmanager
-    def _new_serial(self) -> Iterator[int]:
-        """A random serial unused in the database and by in-flight issuances, held until the row is written."""
+    def _reserve_serial(self) -> tuple[int, str]:
+        """A random serial (and its database text) unused in the database and by in-flight issuances; held
+        (so no other issuance can take it) until :meth:`_release_serial`, called once its row is written or
+        the issuance failed."""
+        reserved = self._reserved
         while True:
             n = random_serial()
             text = serial_hex(n)
             with self._serial_lock:
-                if text in self._reserved:
+                if text in reserved:
                     continue
-                if self.store.count("request", [("serial", "=", text)]):
-                    continue
-                self._reserved.add(text)
-            break
-        try:
-            yield n
-        finally:
-            with self._serial_lock:
-                self._reserved.discard(text)
+                reserved.add(text)
+            # RFC 5280 §4.1.2.2: unique per CA. The database is checked, not only this process's memory.
+            # Outside the lock: the reservation already keeps concurrent issuances off this serial, and a
+            # query that lets go of the GIL while holding the lock would make every other issuer wait.
+            if self.store.count("request", [("serial", "=", text)]):
+                self._release_serial(text)
+                continue
+            return n, text
+
+    def _release_serial(self, text: str) -> None:
+        with self._serial_lock:
+            self._reserved.discard(text)
 
     @staticmethod
-    def _cert_columns(issued: IssuedCertificate) -> dict[str, Any]:
+    def _cert_columns(issued: IssuedCertificate, serial_text: str) -> dict[str, Any]:
         return {
-            "serial": serial_hex(issued.serial),
+            "serial": serial_text,
             "raw_cert": issued.der,
-            "not_before": iso(issued.not_before),
-            "not_after": iso(issued.not_after),
+            "not_before": issued.not_before_iso,
+            "not_after": issued.not_after_iso,
             "subject": issued.subject,
             "thumbprint": hashlib.sha256(issued.der).hexdigest(),
             "revoked_at": None,
@@ -367,14 +373,17 @@ class Authority:
 
     @staticmethod
     def _put_extensions(tx: Transaction, request_id: int, issued: IssuedCertificate) -> None:
-        # Extension rows: flags 1 = critical; value = the extension's DER (extnValue contents).
+        # Extension rows, one per extension of the signed certificate (the AD CS Extension table):
+        # flags 1 = critical; value = the extension's DER (extnValue contents).
+        put = tx.put
         for oid, critical, value in issued.extensions:
-            tx.put("extension", {"request_id": request_id, "oid": oid, "flags": critical, "value": value})
+            put("extension", {"request_id": request_id, "oid": oid, "flags": critical, "value": value})
 
-    def _sign(self, req: ParsedRequest, template: Template, serial: int) -> IssuedCertificate:
+    def _sign(self, req: ParsedRequest, template: Template, serial: int,
+              now: dt.datetime | None = None) -> IssuedCertificate:
         if template.ca and not req.subject:
             raise InvalidArgument(CERTSRV_E_BAD_REQUESTSUBJECT, "submit", "a CA certificate needs a subject name")
-        return self._require_issuer().build(req, template, serial, utcnow())
+        return self._require_issuer().build(req, template, serial, now or utcnow())
 
     # ------------------------------------------------------------------ requests
 
@@ -392,10 +401,10 @@ class Authority:
         tmpl = choose_template(self.config.policy, template, attrs)
         if tmpl.ca and not req.subject:
             raise InvalidArgument(CERTSRV_E_BAD_REQUESTSUBJECT, "submit", "a CA certificate needs a subject name")
-        now = iso(utcnow())
+        now, now_text = utcnow_iso()
         row: dict[str, Any] = {
             "status_code": 0,
-            "submitted_at": now,
+            "submitted_at": now_text,
             "requester": requester,
             "raw_request": req.der,
             "request_subject": req.subject,
@@ -405,11 +414,14 @@ class Authority:
             row.update(disposition=DISP_PENDING, disposition_message=MSG_PENDING)
             return self._write_new(row, attrs, None)
         self._require_issuer()
-        with self._new_serial() as serial:
-            issued = self._sign(req, tmpl, serial)
-            row.update(disposition=DISP_ISSUED, disposition_message=MSG_ISSUED, resolved_at=now,
-                       **self._cert_columns(issued))
+        serial, serial_text = self._reserve_serial()
+        try:
+            issued = self._sign(req, tmpl, serial, now)
+            row.update(disposition=DISP_ISSUED, disposition_message=MSG_ISSUED, resolved_at=now_text,
+                       **self._cert_columns(issued, serial_text))
             return self._write_new(row, attrs, issued)
+        finally:
+            self._release_serial(serial_text)
 
     def _write_new(self, row: dict[str, Any], attrs: Mapping[str, str],
                    issued: IssuedCertificate | None) -> RequestInfo:
@@ -445,15 +457,18 @@ class Authority:
                 return RequestInfo.from_row(new)
             req = parse_request(bytes(row["raw_request"]), _REQUEST_LIMIT)  # re-checked: replay never re-decides
             tmpl = get_template(row["template"] or self.config.policy.default_template)
-            with self._new_serial() as serial:
+            serial, serial_text = self._reserve_serial()
+            try:
                 issued = self._sign(req, tmpl, serial)
-                new.update(disposition=DISP_ISSUED, **self._cert_columns(issued))
+                new.update(disposition=DISP_ISSUED, **self._cert_columns(issued, serial_text))
 
                 def write(tx: Transaction) -> None:
                     tx.put("request", new)
                     self._put_extensions(tx, request_id, issued)
 
                 self._commit.run(write)
+            finally:
+                self._release_serial(serial_text)
             return RequestInfo.from_row(new)
 
     def issue(self, request_id: int, *, by: str | None = None) -> RequestInfo:

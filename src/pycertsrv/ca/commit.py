@@ -2,11 +2,14 @@
 are written together in one ``store.transaction()`` — one redo-log record, one fsync, one SQLite commit.
 
 Leader/follower, no background thread: a caller queues its write function; if no batch is being
-written it becomes the leader and drains the whole queue into one transaction, otherwise it waits, so
-changes queued while a batch was being made durable go out together in the next one. Every caller
-returns only after its own rows are durable. A batch is atomic (one log record), so each change in it is
-too. Write functions only ``put``/``delete`` and allocate ids; they never fail on input (all checks happen
-before queueing), so a failed batch means the store failed, and every caller in it gets that error.
+written it becomes the leader and drains the queue into one transaction, otherwise it sleeps on its own
+gate, so changes queued while a batch was being made durable go out together in the next one. The leader
+opens the gates of exactly the callers in its batch, then hands leadership to the oldest queued caller
+(one wake-up per caller and one per batch: no thundering herd of waiters re-checking a shared
+condition, each of which would have to take the GIL back). Every caller returns only after its own rows
+are durable. A batch is atomic (one log record), so each change in it is too. Write functions only
+``put``/``delete`` and allocate ids; they never fail on input (all checks happen before queueing), so a
+failed batch means the store failed, and every caller in it gets that error.
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ MAX_BATCH = 256  # bounds one log record's size (each issuance is ~3 KiB of row 
 
 
 class _Item(Generic[T]):
-    __slots__ = ("done", "error", "fn", "result")
+    __slots__ = ("done", "error", "fn", "gate", "result")
 
     def __init__(self, fn: Callable[[Transaction], T]) -> None:
         self.fn = fn
         self.done = False
         self.result: T | None = None
         self.error: BaseException | None = None
+        self.gate = threading.Lock()
+        self.gate.acquire()  # released by a leader: when the item is written, or to make its caller lead
 
 
 class GroupCommitter:
@@ -40,7 +45,7 @@ class GroupCommitter:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._queue: list[_Item[Any]] = []
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._leading = False
         self.batches = 0
         self.items = 0
@@ -51,24 +56,35 @@ class GroupCommitter:
         :param fn: puts the rows of one state change (and may allocate ids with ``tx.next_id``).
         """
         item: _Item[T] = _Item(fn)
-        with self._cond:
+        with self._lock:
             self._queue.append(item)
-            while not item.done:
-                if self._leading:
-                    self._cond.wait()  # a batch is being made durable; ours may be in it or in the next
-                    continue
-                self._leading = True
-                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                self._cond.release()
-                try:
-                    self._write(batch)
-                finally:
-                    self._cond.acquire()
-                    self._leading = False
-                    self._cond.notify_all()
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            item.gate.acquire()  # sleeps until written, or until handed the lead (item still queued, first)
+        if not item.done:
+            self._lead()
         if item.error is not None:
             raise item.error
         return item.result  # type: ignore[return-value]
+
+    def _lead(self) -> None:
+        # The leader's own item is first in the queue (handed the lead) or alone in it (queue was idle).
+        with self._lock:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        try:
+            self._write(batch)
+        finally:
+            with self._lock:
+                nxt = self._queue[0] if self._queue else None
+                self._leading = nxt is not None
+            for it in batch:
+                if not it.done:  # only when _write itself was interrupted: report it, never hang
+                    it.error = RuntimeError("group commit interrupted")
+                    it.done = True
+                it.gate.release()  # the leader's own gate too: it was never waited on, so this is harmless
+            if nxt is not None:
+                nxt.gate.release()  # next leader: its item is not done, so it leads the queued batch
 
     def _write(self, batch: list[_Item[Any]]) -> None:
         results: list[Any] = []

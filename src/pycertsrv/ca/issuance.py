@@ -16,6 +16,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, N
 from ..config import PolicySection
 from ..errors import CERTSRV_E_INVALID_CA_CERTIFICATE, E_INVALIDARG, Conflict, InvalidArgument
 from .keys import CAPrivateKey, signing_hash
+from .models import iso
 from .policy import ParsedRequest
 from .templates import Template
 
@@ -120,6 +121,7 @@ class Issuer:
         self.cert = cert
         self.policy = policy
         self.hash = signing_hash(key)
+        self.issuer_name = cert.subject  # cert.subject builds a new Name on every access
         self.aki = authority_key_identifier(cert)
         self.cdp: x509.CRLDistributionPoints | None = None
         if policy.crl_distribution_points:
@@ -132,8 +134,9 @@ class Issuer:
         access += [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(u))
                    for u in policy.aia_ocsp]
         self.aia = x509.AuthorityInformationAccess(access) if access else None
-        self._fixed_cache: dict[tuple[str, bool], list[x509.Extension[x509.ExtensionType]]] = {}
-        self._fixed_der: dict[tuple[str, bool], list[tuple[str, int, bytes]]] = {}
+        # One dict holding both forms, so a thread never sees the extensions of a template without its rows.
+        self._fixed_cache: dict[tuple[str, bool], _Fixed] = {}
+        self._times: tuple[dt.datetime, dt.datetime, dt.datetime, str, str] | None = None
 
     def validity(self, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
         """notBefore (backdated by the clock skew, not before the CA's) and notAfter (never past the CA's)."""
@@ -146,12 +149,23 @@ class Issuer:
         end = min(now + dt.timedelta(days=self.policy.validity_days), ca_end)
         return start, end
 
-    def _fixed(self, template: Template, rsa_key: bool) -> list[x509.Extension[x509.ExtensionType]]:
-        """The extensions that do not depend on the requester's key or names (cached per template/key kind)."""
+    def _validity_at(self, now: dt.datetime) -> tuple[dt.datetime, dt.datetime, str, str]:
+        """``validity(now)`` with its database strings, computed once per second (``now`` has whole seconds)."""
+        cached = self._times
+        if cached is not None and cached[0] == now:
+            return cached[1], cached[2], cached[3], cached[4]
+        start, end = self.validity(now)
+        times = (now, start, end, iso(start) or "", iso(end) or "")
+        self._times = times  # one tuple: readers in other threads see all of it or the previous one
+        return start, end, times[3], times[4]
+
+    def _fixed(self, template: Template, rsa_key: bool) -> _Fixed:
+        """The extensions that do not depend on the requester's key or names, and their database rows
+        (cached per template/key kind)."""
         key = (template.name, rsa_key)
-        exts = self._fixed_cache.get(key)
-        if exts is None:
-            exts = [
+        fixed = self._fixed_cache.get(key)
+        if fixed is None:
+            exts: list[x509.Extension[x509.ExtensionType]] = [
                 x509.Extension(ExtensionOID.BASIC_CONSTRAINTS, True, x509.BasicConstraints(
                     ca=template.ca, path_length=template.path_length if template.ca else None)),
                 x509.Extension(ExtensionOID.KEY_USAGE, True, template.key_usage(rsa_key)),
@@ -164,9 +178,9 @@ class Issuer:
                 exts.append(x509.Extension(ExtensionOID.CRL_DISTRIBUTION_POINTS, False, self.cdp))
             if self.aia is not None:
                 exts.append(x509.Extension(ExtensionOID.AUTHORITY_INFORMATION_ACCESS, False, self.aia))
-            self._fixed_cache[key] = exts
-            self._fixed_der[key] = [(e.oid.dotted_string, int(e.critical), e.value.public_bytes()) for e in exts]
-        return exts
+            rows = tuple((e.oid.dotted_string, int(e.critical), e.value.public_bytes()) for e in exts)
+            fixed = self._fixed_cache[key] = _Fixed(tuple(exts), rows)
+        return fixed
 
     def build(self, req: ParsedRequest, template: Template, serial: int, now: dt.datetime) -> IssuedCertificate:
         """Sign a certificate for ``req``: subject from the request, SKI, AKI, keyUsage/EKU from the template,
@@ -174,35 +188,52 @@ class Issuer:
 
         Returns the certificate with the columns and extension rows the database keeps, computed from what
         was signed (no re-parse).
+
+        :param req: the checked request.
+        :param template: the certificate template.
+        :param serial: a serial number checked unused.
+        :param now: the issuance time (whole seconds, UTC).
         """
-        start, end = self.validity(now)
+        start, end, start_iso, end_iso = self._validity_at(now)
         pub = req.public_key
-        rsa_key = isinstance(pub, rsa.RSAPublicKey)
-        fixed = self._fixed(template, rsa_key)
+        fixed = self._fixed(template, isinstance(pub, rsa.RSAPublicKey))
         ski = x509.SubjectKeyIdentifier.from_public_key(pub)
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(req.csr.subject)
-            .issuer_name(self.cert.subject)
+        # The extension list goes to the builder's constructor: add_extension() re-checks types and
+        # duplicates and copies the builder once per extension, and our list is unique by construction
+        # (fixed OIDs, then SKI and SAN, each once).
+        exts: list[x509.Extension[x509.ExtensionType]] = [x509.Extension(_SKI, False, ski), *fixed.extensions]
+        ext_rows = [(_SKI_DOTTED, 0, ski.public_bytes()), *fixed.rows]
+        if req.san is not None:
+            # RFC 5280 §4.2.1.6: SAN must be critical when the subject is empty.
+            critical = req.san.critical or not req.subject
+            exts.append(x509.Extension(_SAN, critical, req.san.value))
+            ext_rows.append((_SAN_DOTTED, int(critical), req.san.value.public_bytes()))
+        cert = (
+            x509.CertificateBuilder(extensions=exts)
+            .subject_name(req.subject_name)
+            .issuer_name(self.issuer_name)
             .public_key(pub)
             .serial_number(serial)
             .not_valid_before(start)
             .not_valid_after(end)
-            .add_extension(ski, critical=False)
+            .sign(self.key, self.hash)
         )
-        for e in fixed:
-            b = b.add_extension(e.value, critical=e.critical)
-        ext_rows = [*self._fixed_der[(template.name, rsa_key)],
-                    (ExtensionOID.SUBJECT_KEY_IDENTIFIER.dotted_string, 0, ski.public_bytes())]
-        if req.san is not None:
-            # RFC 5280 §4.2.1.6: SAN must be critical when the subject is empty.
-            critical = req.san.critical or not req.subject
-            b = b.add_extension(req.san.value, critical=critical)
-            ext_rows.append((ExtensionOID.SUBJECT_ALTERNATIVE_NAME.dotted_string, int(critical),
-                             req.san.value.public_bytes()))
-        cert = b.sign(self.key, self.hash)
         der = cert.public_bytes(Encoding.DER)
-        return IssuedCertificate(cert, der, serial, start, end, req.subject, ext_rows)
+        return IssuedCertificate(cert, der, serial, start, end, req.subject, ext_rows, start_iso, end_iso)
+
+
+_SKI = ExtensionOID.SUBJECT_KEY_IDENTIFIER
+_SKI_DOTTED = _SKI.dotted_string
+_SAN = ExtensionOID.SUBJECT_ALTERNATIVE_NAME
+_SAN_DOTTED = _SAN.dotted_string
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    """A template's request-independent extensions and their extension-table rows (oid, flags, DER)."""
+
+    extensions: tuple[x509.Extension[x509.ExtensionType], ...]
+    rows: tuple[tuple[str, int, bytes], ...]
 
 
 @dataclass(frozen=True)
@@ -216,3 +247,5 @@ class IssuedCertificate:
     not_after: dt.datetime
     subject: str
     extensions: list[tuple[str, int, bytes]] = field(repr=False)
+    not_before_iso: str = ""
+    not_after_iso: str = ""

@@ -54,6 +54,21 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
+_NOW: tuple[dt.datetime, str] = (dt.datetime.min.replace(tzinfo=dt.UTC), "")
+
+
+def utcnow_iso() -> tuple[dt.datetime, str]:
+    """:func:`utcnow` and its :func:`iso` string; the string is formatted once per second (issuance calls
+    this for every request)."""
+    global _NOW
+    now = utcnow()
+    last = _NOW
+    if last[0] == now:
+        return last
+    cur = _NOW = (now, iso(now) or "")  # one tuple: other threads see this pair or the previous one
+    return cur
+
+
 def iso(t: dt.datetime | None) -> str | None:
     """A time as the database's ISO 8601 UTC string ``YYYY-MM-DDTHH:MM:SSZ`` (sorts as text)."""
     if t is None:

@@ -50,6 +50,7 @@ class ParsedRequest:
     der: bytes = field(repr=False)
     csr: x509.CertificateSigningRequest = field(repr=False)
     subject: str
+    subject_name: x509.Name = field(repr=False)  # csr.subject builds a new Name on every access: kept once
     public_key: CertificatePublicKeyTypes = field(repr=False)
     san: x509.Extension[x509.SubjectAlternativeName] | None
     attributes: dict[str, str]
@@ -107,7 +108,8 @@ def parse_request(data: bytes, max_bytes: int = 65536) -> ParsedRequest:
     der = decode_request(data, max_bytes)
     try:
         csr = x509.load_der_x509_csr(der)
-        subject = csr.subject.rfc4514_string()
+        subject_name = csr.subject
+        subject = subject_name.rfc4514_string()
     except ValueError as e:
         raise InvalidArgument(ERROR_INVALID_DATA, "submit", f"not a PKCS #10 certificate request: {e}") from None
     who = f"request for {subject!r}" if subject else "request with empty subject"
@@ -142,7 +144,7 @@ def parse_request(data: bytes, max_bytes: int = 65536) -> ParsedRequest:
             attributes[name] = _attribute_value(attr.value, getattr(attr, "_type", None))
     except ValueError as e:
         raise InvalidArgument(ERROR_INVALID_DATA, "submit", f"{who}: bad attributes: {e}") from None
-    return ParsedRequest(der, csr, subject, key, san, attributes)
+    return ParsedRequest(der, csr, subject, subject_name, key, san, attributes)
 
 
 def merge_attributes(parsed: ParsedRequest, extra: Mapping[str, str] | None) -> dict[str, str]:
