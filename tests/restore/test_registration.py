@@ -168,7 +168,7 @@ def test_failed_completion_refuses_start(source: Store, tmp_path: Path) -> None:
 def test_missing_generation_named_and_nothing_served(source: Store, tmp_path: Path) -> None:
     add_requests(source, 10)
     h0, _ = full_set(source, tmp_path / "full")
-    add_requests(source, 200)  # several generations (64 KiB log size)
+    add_requests(source, 400)  # several generations (64 KiB log size)
     incremental_set(source, tmp_path / "i1", h0)
     home = tmp_path / "new"
     m = manifest(tmp_path / "i1")

@@ -143,7 +143,7 @@ def dump_db_live(store: Store) -> dict[str, list[tuple[object, ...]]]:
 
 
 def test_hard_recover_until_lsn_and_until_time(tmp_home: Path, tmp_path: Path) -> None:
-    store = Store.create(tmp_home, "t", StoreOptions(log_size=2048, checkpoint_records=0))
+    store = Store.create(tmp_home, "t", StoreOptions(log_size=1024, checkpoint_records=0))
     base = store.snapshot(tmp_path / "base.db")
     for rid in range(1, 11):
         commit_request(store, rid)

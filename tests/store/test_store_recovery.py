@@ -117,10 +117,10 @@ def test_torn_tail_is_cut_and_reported(tmp_home: Path, kind: str) -> None:
 
 # ------------------------------------------------------------------ corruption in the middle
 
-FIELDS = {
-    "length-low": 0,  # frame becomes misaligned: checksum fails with bytes after it
-    "length-high": 2,  # frame runs past end of file although whole records follow it
-    "crc": 5,
+FIELDS = {  # offsets in a version-2 frame: CRC 0..3, length 4..7, LSN 8..15, time 16..23, payload
+    "crc": 1,
+    "length-low": 4,  # frame becomes misaligned: checksum fails with bytes after it
+    "length-high": 6,  # frame runs past end of file although whole records follow it
     "lsn": 8,
     "time": 17,
     "payload": logfile.REC.size + 5,

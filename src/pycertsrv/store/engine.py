@@ -46,7 +46,7 @@ from ..errors import (
 )
 from ..fsutil import HomeLock, atomic_write, fsync_dir, fsync_file
 from . import logfile, schema
-from .replay import Batcher, RecoveryReport, check_chain, encode_payload, read_meta, replay, set_applied
+from .replay import Batcher, Op, RecoveryReport, check_chain, encode_payload, read_meta, replay, set_applied
 
 DB_DIR = "db"
 LOG_DIR = "logs"
@@ -149,7 +149,7 @@ class Transaction:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self.ops: list[list[Any]] = []
+        self.ops: list[Op] = []
         self._overlay: dict[tuple[str, tuple[Any, ...]], dict[str, Any] | None] = {}
         self.lsn: int | None = None
 
@@ -157,7 +157,7 @@ class Transaction:
         """Store the whole resulting row (missing columns are NULL)."""
         t = schema.table(table)
         image = schema.row_to_image(t, row)
-        self.ops.append([table, "p", image])
+        self.ops.append((table, "p", image))
         key = tuple(row[k] for k in t.key)
         self._overlay[(table, key)] = dict(row)  # missing columns are filled in by get()
 
@@ -167,7 +167,7 @@ class Transaction:
         k = key if isinstance(key, tuple) else (key,)
         if len(k) != len(t.key):
             raise InvalidArgument(None, "store", f"key for {table} needs {len(t.key)} values")
-        self.ops.append([table, "d", list(k)])
+        self.ops.append((table, "d", list(k)))
         self._overlay[(table, k)] = None
 
     def get(self, table: str, key: Any) -> dict[str, Any] | None:
@@ -222,7 +222,7 @@ class Store:
         self._applied_lsn = 0
         self._applying = False
         self._waiters: list[tuple[int, threading.Lock]] = []
-        self._pending: dict[int, list[list[Any]]] = {}
+        self._pending: dict[int, list[Op]] = {}
         self._ids: dict[str, int] = {}
         self._cp: Checkpoint | None = None
         self._failed: str | None = None
@@ -400,7 +400,11 @@ class Store:
             self._check_usable()
             lsn = self._next_lsn
             ts = logfile.now_us()
-            rec = logfile.encode_record(lsn, ts, encode_payload(tx.ops))
+            try:
+                payload = encode_payload(tx.ops)
+            except (ValueError, TypeError) as e:  # nothing is logged: the store stays usable
+                raise InvalidArgument(E_INVALIDARG, "store", f"cannot log the transaction: {e}") from None
+            rec = logfile.encode_record(lsn, ts, payload)
             if self._gen_size + len(rec) > self.options.log_size and self._gen_size > logfile.HEADER_SIZE:
                 self._roll_locked()
             # Queued before it can become durable: whichever committer applies next takes it.

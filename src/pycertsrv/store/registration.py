@@ -50,7 +50,7 @@ from ..errors import (
 )
 from ..fsutil import atomic_write, fsync_dir, fsync_file
 from . import logfile, schema
-from .replay import RecoveryReport, apply_ops, encode_payload, read_meta, set_applied
+from .replay import Op, RecoveryReport, apply_ops, encode_payload, read_meta, set_applied
 
 FORMAT = "pycertsrv-restore/1"
 REGISTRATION_FILE = "restore.json"
@@ -468,12 +468,12 @@ def _scan_live(path: Path, gen: int, ident: bytes) -> _LiveGen:
     return _LiveGen(gen, path, first, last, res.end, res.size, not bad or res.bad_is_tail, bad and res.bad_is_tail)
 
 
-def _epilogue_record(lsn: int, when: datetime) -> tuple[bytes, list[list[Any]]]:
+def _epilogue_record(lsn: int, when: datetime) -> tuple[bytes, list[Op]]:
     """The record the recovery appends: DBLastRecovery and backup_requires_full (logged, so replayable)."""
     t = schema.table("setting")
-    ops: list[list[Any]] = [
-        ["setting", "p", schema.row_to_image(t, {"name": SETTING_LAST_RECOVERY, "value": when.isoformat()})],
-        ["setting", "p", schema.row_to_image(t, {"name": SETTING_REQUIRES_FULL, "value": "1"})],
+    ops: list[Op] = [
+        ("setting", "p", schema.row_to_image(t, {"name": SETTING_LAST_RECOVERY, "value": when.isoformat()})),
+        ("setting", "p", schema.row_to_image(t, {"name": SETTING_REQUIRES_FULL, "value": "1"})),
     ]
     return logfile.encode_record(lsn, int(when.timestamp() * 1_000_000), encode_payload(ops)), ops
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,53 +19,54 @@ from ..errors import (
     CorruptData,
 )
 from . import logfile
-from .schema import TABLES, delete_sql, image_to_params, upsert_sql
+from .logfile import Op, decode_payload, encode_payload
+from .schema import TABLES, delete_sql, upsert_sql
 
-BATCH = 2000
+__all__ = ["BATCH", "Batcher", "Op", "RecoveryReport", "apply_ops", "check_chain", "decode_payload",
+           "encode_payload", "read_meta", "replay", "set_applied"]
 
+BATCH = 5000  # records per SQLite transaction during replay
 
-def encode_payload(ops: list[list[Any]]) -> bytes:
-    """Serialise a transaction's row images."""
-    return json.dumps(ops, separators=(",", ":")).encode()
-
-
-def statements(ops: list[list[Any]]) -> Iterator[tuple[str, list[Any]]]:
-    """``(sql, params)`` for decoded row images (``[table, "p", image]`` or ``[table, "d", key]``)."""
-    for tname, op, data in ops:
-        t = TABLES[tname]
-        if op == "p":
-            yield upsert_sql(t), image_to_params(t, data)
-        elif op == "d":
-            yield delete_sql(t), data
-        else:
-            raise ValueError(f"unknown op {op!r}")
+# The statement for each (table, kind), built once.
+SQL: dict[tuple[str, str], str] = {}
+for _t in TABLES.values():
+    SQL[(_t.name, "p")] = upsert_sql(_t)
+    SQL[(_t.name, "d")] = delete_sql(_t)
 
 
 class Batcher:
-    """Runs statements in order, grouping consecutive ones with the same SQL into one ``executemany``."""
+    """Runs row operations as few ``executemany`` calls as their order allows.
+
+    Tables are independent (no triggers, no foreign keys), so only the order of operations on the
+    same table matters: each table has one queue of operations of one kind (put or delete), run when
+    the table's next operation is of the other kind, and at :meth:`flush`. A batch of records thus
+    costs about one ``executemany`` per table touched, however the records interleave tables.
+    """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self.sql = ""
-        self.params: list[list[Any]] = []
+        self.queues: dict[str, tuple[str, list[list[Any]]]] = {}
 
-    def add(self, ops: list[list[Any]]) -> None:
-        """Queue one record's row images (decoding errors surface here, for this record)."""
-        for sql, params in statements(ops):
-            if sql != self.sql:
-                self.flush()
-                self.sql = sql
-            self.params.append(params)
+    def add(self, ops: list[Op]) -> None:
+        """Queue one record's operations ``(table, "p" | "d", values)``."""
+        queues = self.queues
+        for tname, kind, values in ops:
+            q = queues.get(tname)
+            if q is None or q[0] != kind:
+                if q is not None:
+                    self.conn.executemany(SQL[(tname, q[0])], q[1])
+                q = queues[tname] = (kind, [])
+            q[1].append(values)
 
     def flush(self) -> None:
         """Execute what is queued."""
-        if self.params:
-            self.conn.executemany(self.sql, self.params)
-            self.params = []
+        queues, self.queues = self.queues, {}
+        for tname, (kind, params) in queues.items():
+            self.conn.executemany(SQL[(tname, kind)], params)
 
 
-def apply_ops(conn: sqlite3.Connection, ops: list[list[Any]]) -> None:
-    """Apply decoded row images (``[table, "p", image]`` or ``[table, "d", key]``) in the caller's txn."""
+def apply_ops(conn: sqlite3.Connection, ops: list[Op]) -> None:
+    """Apply row operations ``(table, "p", image)`` / ``(table, "d", key)`` in the caller's transaction."""
     b = Batcher(conn)
     b.add(ops)
     b.flush()
@@ -152,9 +152,12 @@ def replay(
 ) -> RecoveryReport:
     """Validate ``files`` (consecutive generations), then apply every record above ``applied``.
 
-    Validation runs over all files first so that a corrupt record anywhere refuses the whole
-    replay before anything is applied. Only the last file may have a torn tail, which is cut
-    when ``cut_torn_tail`` (soft recovery) and otherwise ends the replay there.
+    Validation (headers, every record's CRC, the LSN sequence) runs over all files first so that a
+    corrupt record anywhere refuses the whole replay before anything is applied. Only the last file
+    may have a torn tail, which is cut when ``cut_torn_tail`` (soft recovery) and otherwise ends the
+    replay there. The apply pass re-walks the memory-mapped files by their frame lengths only (the
+    CRCs were checked), decodes each payload and applies records in batches of :data:`BATCH`, each
+    one SQLite transaction that also stores the applied LSN.
 
     :param conn: SQLite connection to the database being recovered.
     :param files: generation files in order.
@@ -192,67 +195,109 @@ def replay(
         rep.torn_tail = {"file": last_scan.path.name, "offset": last_scan.bad_offset,
                          "bytes": last_scan.size - last_scan.bad_offset, "reason": last_scan.bad_reason}
         if cut_torn_tail:
-            import os
-
             fd = os.open(last_scan.path, os.O_WRONLY)
             try:
                 os.ftruncate(fd, last_scan.bad_offset)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-    pending = 0
-    batch_first = applied + 1
-    stop = False
-    batcher = Batcher(conn)
-    for res in scans:
-        if res.last_lsn is None or res.last_lsn <= applied:
-            continue
-        rep.generations.append(res.header.generation)
-        data = res.path.read_bytes()[: res.end]
-        for item in logfile.iter_records(data):
-            assert not isinstance(item, tuple)  # validated above
-            if item.lsn <= applied:
+    ctx = _Apply(conn, applied)
+    try:
+        for res in scans:
+            if res.last_lsn is None or res.last_lsn <= ctx.applied:
                 continue
-            if (until_lsn is not None and item.lsn > until_lsn) or (
-                until_us is not None and item.ts_us > until_us
-            ):
-                rep.stopped_at = f"LSN {item.lsn} ({logfile.us_to_datetime(item.ts_us).isoformat()})"
-                stop = True
+            rep.generations.append(res.header.generation)
+            with logfile.MappedLog(res.path) as data:
+                stopped = ctx.apply_file(data, res, until_lsn, until_us)
+            if stopped is not None:
+                rep.stopped_at = stopped
                 break
-            if pending == 0:
-                conn.execute("BEGIN")
-                batch_first = item.lsn
-            try:
-                batcher.add(json.loads(item.payload.decode()))
-                if pending + 1 >= BATCH:
-                    batcher.flush()
-            except (ValueError, KeyError, TypeError) as e:
-                conn.rollback()
-                raise CorruptData(JET_ERR_DATABASE_CORRUPTED, res.path.name,
-                                  f"record LSN {item.lsn} at offset {item.offset} cannot be applied: {e}"
-                                  ) from None
-            except sqlite3.DatabaseError as e:
-                conn.rollback()
-                raise CorruptData(JET_ERR_DATABASE_CORRUPTED, res.path.name,
-                                  f"records LSN {batch_first}..{item.lsn} cannot be applied: {e}") from None
-            applied = item.lsn
-            rep.replayed += 1
-            pending += 1
-            if pending >= BATCH:
-                set_applied(conn, applied)
-                conn.commit()
-                pending = 0
-        if stop:
-            break
-    if pending:
-        try:
-            batcher.flush()
-        except sqlite3.DatabaseError as e:
-            conn.rollback()
-            raise CorruptData(JET_ERR_DATABASE_CORRUPTED, "log",
-                              f"records LSN {batch_first}..{applied} cannot be applied: {e}") from None
-        set_applied(conn, applied)
-        conn.commit()
-    rep.to_lsn = applied
+        ctx.commit()
+    except BaseException:
+        ctx.abort()
+        raise
+    rep.replayed = ctx.applied - applied
+    rep.to_lsn = ctx.applied
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+class _Apply:
+    """The apply pass: batches of decoded records, one SQLite transaction per batch."""
+
+    def __init__(self, conn: sqlite3.Connection, applied: int) -> None:
+        self.conn = conn
+        self.applied = applied  # the last LSN queued (and applied once the batch commits)
+        self.batcher = Batcher(conn)
+        self.pending = 0
+        self.batch_first = applied + 1
+        self.in_txn = False
+
+    def apply_file(self, data: Any, res: logfile.ScanResult, until_lsn: int | None,
+                   until_us: int | None) -> str | None:
+        """Apply the records of one validated generation above ``applied``; returns where it stopped, if it did."""
+        unpack = logfile.REC.unpack_from
+        rec_size = logfile.REC_SIZE
+        add = self.batcher.add
+        applied = self.applied
+        pos = logfile.HEADER_SIZE
+        stop_end = res.end
+        no_until = until_lsn is None and until_us is None
+        pending = self.pending
+        try:
+            while pos < stop_end:
+                _, length, lsn, ts = unpack(data, pos)
+                start = pos + rec_size
+                pos = start + length
+                if lsn <= applied:
+                    continue
+                if not no_until and ((until_lsn is not None and lsn > until_lsn)
+                                     or (until_us is not None and ts > until_us)):
+                    return f"LSN {lsn} ({logfile.us_to_datetime(ts).isoformat()})"
+                if not self.in_txn:
+                    self.conn.execute("BEGIN")
+                    self.in_txn = True
+                    self.batch_first = lsn
+                try:
+                    ops = decode_payload(data, start, pos)
+                except (ValueError, KeyError, TypeError) as e:
+                    raise CorruptData(JET_ERR_DATABASE_CORRUPTED, res.path.name,
+                                      f"record LSN {lsn} at offset {start - rec_size} cannot be applied: {e}"
+                                      ) from None
+                add(ops)
+                applied = lsn
+                pending += 1
+                if pending >= BATCH:
+                    self.applied, self.pending = applied, pending
+                    self.commit()
+                    pending = 0
+        except sqlite3.DatabaseError as e:
+            raise CorruptData(JET_ERR_DATABASE_CORRUPTED, res.path.name,
+                              f"records LSN {self.batch_first}..{applied} cannot be applied: {e}") from None
+        finally:
+            self.applied, self.pending = applied, pending
+        return None
+
+    def commit(self) -> None:
+        """Run what is queued and commit it with the applied LSN."""
+        if not self.in_txn:
+            return
+        try:
+            self.batcher.flush()
+        except sqlite3.DatabaseError as e:
+            raise CorruptData(JET_ERR_DATABASE_CORRUPTED, "log",
+                              f"records LSN {self.batch_first}..{self.applied} cannot be applied: {e}") from None
+        set_applied(self.conn, self.applied)
+        self.conn.commit()
+        self.in_txn = False
+        self.pending = 0
+
+    def abort(self) -> None:
+        """Roll back the batch in progress (earlier batches stay: each is whole and records its LSN)."""
+        self.batcher.queues.clear()
+        if self.in_txn:
+            self.in_txn = False
+            try:
+                self.conn.rollback()
+            except sqlite3.Error:
+                pass

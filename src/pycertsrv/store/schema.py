@@ -1,12 +1,12 @@
 """The materialised tables (spec §1.1: Request, Attribute, Extension, CRL) and their migrations.
 
-Rows travel through the redo log as *images*: a list of column values in this order, blobs
-base64-encoded, so replay needs only this schema and never the CA's logic.
+Rows travel through the redo log as *images*: a list of column values in this order (the binary
+payload format is in :mod:`pycertsrv.store.logfile`), so replay needs only this schema and never
+the CA's logic.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import sqlite3
 from dataclasses import dataclass
@@ -53,8 +53,13 @@ class Table:
 
     @functools.cached_property
     def blob_positions(self) -> tuple[int, ...]:
-        """Image positions of the BLOB columns (base64 in the log)."""
+        """Image positions of the BLOB columns."""
         return tuple(i for i, c in enumerate(self.columns) if c.type == "BLOB")
+
+    @functools.cached_property
+    def key_positions(self) -> tuple[int, ...]:
+        """Image positions of the primary key columns."""
+        return tuple(self.column_names.index(k) for k in self.key)
 
     def ddl(self) -> list[str]:
         """CREATE statements for the table and its indexes."""
@@ -150,31 +155,20 @@ def table(name: str) -> Table:
 
 
 def row_to_image(t: Table, row: dict[str, Any]) -> list[Any]:
-    """A row dict as the log's image: values in column order, blobs base64."""
+    """A row dict as the log's image: values in column order (missing columns are NULL)."""
     if not row.keys() <= t.column_set:
         unknown = sorted(set(row) - t.column_set)
         raise InvalidArgument(None, "store", f"table {t.name} has no column {unknown[0]!r}")
-    for k in t.key:
-        if row.get(k) is None:
-            raise InvalidArgument(None, "store", f"row for {t.name} lacks key column {k!r}")
     image = [row.get(c) for c in t.column_names]
+    for i in t.key_positions:
+        if image[i] is None:
+            raise InvalidArgument(None, "store", f"row for {t.name} lacks key column {t.column_names[i]!r}")
     for i in t.blob_positions:
         v = image[i]
-        if v is not None:
-            image[i] = base64.b64encode(bytes(v)).decode("ascii")
+        if v is not None and type(v) is not bytes:
+            # A copy now: the caller may reuse a bytearray before the commit is applied.
+            image[i] = bytes(v) if isinstance(v, (bytearray, memoryview)) else v
     return image
-
-
-def image_to_params(t: Table, image: list[Any]) -> list[Any]:
-    """SQL parameters for an image (blobs decoded)."""
-    if len(image) != len(t.columns):
-        raise ValueError(f"image for {t.name} has {len(image)} values, expected {len(t.columns)}")
-    params = list(image)
-    for i in t.blob_positions:
-        v = params[i]
-        if v is not None:
-            params[i] = base64.b64decode(v)
-    return params
 
 
 # Statements per table name (not per Table: hashing a frozen dataclass of columns costs more than building).
