@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -15,6 +16,7 @@ from store_helpers import HOLDER, abandon, commit_request, dump_db, start_child,
 from pycertsrv.errors import (
     E_INVALIDARG,
     ERROR_SHARING_VIOLATION,
+    JET_ERR_DATABASE_CORRUPTED,
     JET_ERR_MISSING_RESTORE_LOG_FILES,
     Conflict,
     CorruptData,
@@ -183,6 +185,35 @@ def test_hard_recover_until_lsn_and_until_time(tmp_home: Path, tmp_path: Path) -
         hard_recover(db, backup, base.generation, high)
     assert ei.value.hresult == JET_ERR_MISSING_RESTORE_LOG_FILES and ei.value.function == log_name(2)
     assert dump_db(db)["applied_lsn"] == 0 and dump_db(db)["request"] == []
+
+
+def test_hard_recover_batch_failing_in_sqlite_is_rolled_back(tmp_home: Path, tmp_path: Path) -> None:
+    """Hard recovery writes without syncs and with an in-memory journal: a failing batch still rolls back."""
+    store = Store.create(tmp_home, "t", StoreOptions(checkpoint_records=0))
+    base = store.snapshot(tmp_path / "base.db")
+    for rid in range(1, 6):
+        commit_request(store, rid)
+    with store.transaction() as tx:
+        tx.put("setting", {"name": "s", "value": "v"})
+    for rid in range(6, 9):
+        commit_request(store, rid)
+    high = store.roll_log()
+    store.close()
+    db = tmp_path / "restore.db"
+    shutil.copyfile(base.path, db)
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE setting")  # LSN 6 cannot be applied to this file
+    conn.commit()
+    conn.close()
+    before = dump_db(db)
+    with pytest.raises(CorruptData) as ei:
+        hard_recover(db, tmp_home / "logs", base.generation, high)
+    assert ei.value.hresult == JET_ERR_DATABASE_CORRUPTED and "setting" in ei.value.message
+    assert dump_db(db) == before  # LSN 1..5 shared the failed batch: nothing of it stayed
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    assert not db.with_name(db.name + "-journal").exists()
 
 
 # ------------------------------------------------------------------ circular logging, reopen
