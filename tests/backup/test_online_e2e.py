@@ -111,7 +111,10 @@ def test_full_backup_during_issuance_restores_every_returned_certificate(live: L
     spy: list[RollSpy] = []
 
     def factory(kind: str) -> RollSpy:
-        s = RollSpy(client.backup(kind), completed, lock)
+        inner = client.backup(kind)
+        # Many BackupRead answers per file, each ending inside a receive buffer (8192, set below).
+        inner.read_ask = 20_000
+        s = RollSpy(inner, completed, lock)
         spy.append(s)
         return s
 
@@ -179,6 +182,16 @@ def test_full_backup_during_issuance_restores_every_returned_certificate(live: L
         assert r.returncode == 0 and ": OK" in r.stdout, r.stdout + r.stderr
 
 
+def _checkpoint(db: Path) -> tuple[int, int]:
+    """A passive WAL checkpoint of ``db`` from this process: (frames in the WAL, frames copied to the file)."""
+    conn = sqlite3.connect(db)
+    try:
+        _, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        conn.close()
+    return int(frames), int(done)
+
+
 def test_idle_session_expires_and_with_block_always_ends(tmp_path: Path) -> None:
     def short_timeout(cfg: Any) -> None:
         cfg.service.backup_session_timeout = 0.5
@@ -195,15 +208,27 @@ def test_idle_session_expires_and_with_block_always_ends(tmp_path: Path) -> None
             # a client that vanishes: the service ends the session after the idle timeout
             s = c.backup("full")
             s.open_file(s.database_names()[0][1:])
+            assert s.read(100)[:16] == b"SQLite format 3\x00"  # the database is held open mid-read
             assert c.call("GET", "/backup/status")["session"] is not None
+            db = next(svc.home.db_dir.glob("*.db"))
+            c.submit(make_csr("during"))
+            frames, done = _checkpoint(db)
+            assert frames > done  # pinned: nothing may be copied into the database file
             staging = svc.home.staging_dir
-            assert any(staging.iterdir())
             for _ in range(600):  # the service's housekeeping runs every few seconds
                 if c.call("GET", "/backup/status")["session"] is None:
                     break
                 threading.Event().wait(0.05)
             assert c.call("GET", "/backup/status")["session"] is None
-            assert not any(staging.iterdir())  # the snapshot went with it
+            assert not staging.exists() or not any(staging.iterdir())  # no snapshot copy is left behind
+            # the pin went with it: the service's WAL can be checkpointed completely again
+            c.submit(make_csr("after-expiry"))
+            for _ in range(200):  # a service read in flight can hold one attempt back
+                frames, done = _checkpoint(db)
+                if frames == done:
+                    break
+                threading.Event().wait(0.02)
+            assert frames == done
             with pytest.raises(CertSrvError) as e:
                 s.read(10)
             assert e.value.hresult == E_UNEXPECTED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -264,22 +265,123 @@ def test_path_tricks_are_refused_and_nothing_read(mgr: BackupManager, store: Sto
     mgr.end(h)
 
 
-def test_expiry_releases_lock_and_staging(mgr: BackupManager, store: Store, home: Home, clock: object) -> None:
+def _checkpoint(db: Path) -> tuple[int, int]:
+    """A passive WAL checkpoint on a connection of its own: (frames in the WAL, frames copied to the file)."""
+    conn = sqlite3.connect(db)
+    try:
+        _, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        conn.close()
+    return int(frames), int(done)
+
+
+def test_expiry_releases_lock_and_pin(mgr: BackupManager, store: Store, home: Home, clock: object) -> None:
+    add_requests(store, 5, tag="seed")
     h = mgr.prepare("alice", 0, 1)
     db = mgr.database_names(h)[0][1:]
     mgr.open_file(h, db)
-    staged = list(home.staging_dir.iterdir())
-    assert len(staged) == 1 and any(staged[0].iterdir())
+    assert not home.staging_dir.exists() or not any(home.staging_dir.iterdir())  # read in place, no copy
+    add_requests(store, 5, tag="pinned")
+    frames, done = _checkpoint(store.db_path)
+    assert frames > done  # the session's read transaction keeps checkpoints out of the database file
     clock.now += 599  # type: ignore[attr-defined]
     assert mgr.expire_idle() == []
     clock.now += 2  # type: ignore[attr-defined]
     assert mgr.expire_idle() == [h]
-    assert list(home.staging_dir.iterdir()) == []
+    frames, done = _checkpoint(store.db_path)
+    assert frames == done  # released with the session
     with pytest.raises(CertSrvError) as e:
         mgr.read(h, 10)
     assert hr(e) == E_UNEXPECTED
     mgr.end(mgr.prepare("bob", 0, 1))
     assert backup_history(store) == [] or backup_history(store)[-1].kind == "full"
+
+
+def test_pinned_database_file_does_not_change(mgr: BackupManager, store: Store, tmp_path: Path) -> None:
+    """While the session reads the live file in place, commits and checkpoints leave it untouched."""
+    add_requests(store, 40, tag="before")
+    h = mgr.prepare("op", 0, 1)
+    name = mgr.database_names(h)[0][1:]
+    size = mgr.open_file(h, name)
+    with open(store.db_path, "rb") as f:
+        live_before = f.read(size)
+    first = mgr.read(h, 4096)
+    add_requests(store, 200, tag="during")
+    store.checkpoint()
+    rest = b"".join(iter(lambda: mgr.read(h, 65536), b""))
+    mgr.close_file(h)
+    with open(store.db_path, "rb") as f:
+        assert f.read(size) == live_before
+    streamed = first + rest
+    assert len(streamed) == size
+    # The copy says "rollback journal" (file format bytes 18-19 = 1) where the live file says WAL (2).
+    assert live_before[18:20] == b"\x02\x02" and streamed[18:20] == b"\x01\x01"
+    assert streamed[:18] + streamed[20:] == live_before[:18] + live_before[20:]
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(streamed)
+    assert rows(copy, "PRAGMA integrity_check")[0][0] == "ok"
+    assert rows(copy, "PRAGMA journal_mode")[0][0] == "delete"
+    assert {r[0] for r in rows(copy, "SELECT requester FROM request")} == {"before"}
+    assert int(rows(copy, "SELECT value FROM _meta WHERE key = 'applied_lsn'")[0][0]) == mgr.info(h)["snapshot_lsn"]
+    mgr.backup_logs(h)
+    frames, done = _checkpoint(store.db_path)
+    assert frames == done  # the log list ends the pin (the database can no longer be opened)
+    mgr.end(h)
+
+
+def test_read_range_gives_the_same_bytes_as_read(mgr: BackupManager, store: Store) -> None:
+    add_requests(store, 30, tag="x")
+    h = mgr.prepare("op", 0, 1)
+    name = mgr.database_names(h)[0][1:]
+    size = mgr.open_file(h, name)
+    by_read = b"".join(iter(lambda: mgr.read(h, 7000), b""))
+    mgr.close_file(h)
+    mgr.open_file(h, name)
+    pieces = []
+    for n in (10, 90, 5000, 1 << 20):  # the first pieces straddle the 100-byte header
+        prefix, fd, offset, count = mgr.read_range(h, n)
+        try:
+            pieces.append(prefix + os.pread(fd, count, offset))
+        finally:
+            os.close(fd)
+    prefix, fd, offset, count = mgr.read_range(h, 10)
+    os.close(fd)
+    assert (prefix, count) == (b"", 0)  # the end of the file
+    mgr.close_file(h)
+    assert [len(p) for p in pieces] == [10, 90, 5000, size - 5100]
+    assert b"".join(pieces) == by_read and len(by_read) == size
+    mgr.end(h)
+
+
+def test_copy_when_the_wal_cannot_be_checkpointed(mgr: BackupManager, store: Store, home: Home,
+                                                  tmp_path: Path) -> None:
+    """A reader holding an older view blocks the complete checkpoint a pin needs: a staging copy is made."""
+    add_requests(store, 20, tag="before")
+    old = sqlite3.connect(store.db_path, isolation_level=None)
+    try:
+        old.execute("BEGIN")
+        old.execute("SELECT COUNT(*) FROM request").fetchone()  # holds the view of 20 requests
+        add_requests(store, 10, tag="also")
+        h = mgr.prepare("op", 0, 1)
+        staged = list(home.staging_dir.iterdir())
+        assert len(staged) == 1 and [p.name for p in staged[0].iterdir()] == [store.db_path.name]
+    finally:
+        old.close()
+    out = tmp_path / "set"
+    out.mkdir()
+    for e in mgr.database_names(h):
+        read_all(mgr, h, e[1:], out / Path(e[1:]).name)
+    logs = mgr.backup_logs(h)
+    assert not any(staged[0].iterdir())  # the copy is deleted once the log list is given
+    for e in logs:
+        read_all(mgr, h, e[1:], out / Path(e[1:]).name)
+    mgr.end(h)
+    assert not home.staging_dir.exists() or not any(home.staging_dir.iterdir())
+    assert (out / store.db_path.name).read_bytes()[18:20] == b"\x01\x01"
+    gens = [parse_log_name(Path(e[1:]).name) for e in logs]
+    db = restore_copy(out / store.db_path.name, out, tmp_path / "r", gens[0], gens[-1])  # type: ignore[arg-type]
+    assert rows(db, "SELECT COUNT(*) FROM request")[0][0] == 30
+    assert rows(db, "PRAGMA integrity_check")[0][0] == "ok"
 
 
 def test_stale_staging_removed_at_start(store: Store, home: Home) -> None:
@@ -307,7 +409,16 @@ def test_backup_while_writers_run(mgr: BackupManager, store: Store, tmp_path: Pa
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
+    def checkpointer() -> None:  # checkpoints must not reach the pinned database file either
+        try:
+            while not stop.is_set():
+                store.checkpoint()
+                stop.wait(0.01)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
     threads = [threading.Thread(target=writer, args=(f"w{i}",)) for i in range(3)]
+    threads.append(threading.Thread(target=checkpointer))
     for t in threads:
         t.start()
     out = tmp_path / "set"

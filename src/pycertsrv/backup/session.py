@@ -4,11 +4,16 @@ One backup runs at a time per CA (spec §2.2 [INF]: ESE allows one external back
 instance). A session moves ``PREPARED(kind, phase)`` with ``phase`` in ``DB -> LOGS ->
 TRUNCATED``; at most one file is open at a time.
 
-- *Full* backup: at Prepare a consistent SQLite snapshot at LSN S is copied into
-  ``HOME/staging/<handle>/`` without stopping issuance (``Store.snapshot``). The database
-  name listed is the live database path; opening it streams the snapshot. When the log list
-  is requested the current generation is rolled and generations ``gen(S+1) .. rolled`` are
-  listed: snapshot + those logs = the CA as it was at the roll.
+- *Full* backup: at Prepare the database is fixed at one LSN S without stopping issuance. The
+  live file is pinned in place (``Store.pin_snapshot``: complete WAL checkpoint, then a read
+  transaction during which no checkpoint writes to the file; writers go on in the WAL) and
+  streamed as it is, with the header marking a rollback journal; when the WAL cannot be
+  checkpointed completely, a copy is made into ``HOME/staging/<handle>/`` instead
+  (``Store.snapshot``, unsynced: the session does not outlive the process). The pin ends when
+  the log list is requested or the session ends. The database name listed is the live
+  database path; opening it streams the snapshot. When the log list is requested the current
+  generation is rolled and generations ``gen(S+1) .. rolled`` are listed: snapshot + those
+  logs = the CA as it was at the roll.
 - *Incremental* (logs only): the generations after the previous recorded backup's
   ``gen_high`` up to the rolled one.
 
@@ -78,8 +83,11 @@ PHASE_DB = "DB"
 PHASE_LOGS = "LOGS"
 PHASE_TRUNCATED = "TRUNCATED"
 
-# Largest chunk one Read returns: bounds the service's memory whatever the database size.
+# Largest chunk one Read returns as bytes: bounds the service's memory whatever the database size.
 MAX_READ = 4 << 20
+# Largest chunk one zero-copy Read (read_range: sendfile, no buffer in the service) covers: fewer
+# round trips; memory stays bounded because senders without sendfile send it in MAX_READ pieces.
+MAX_SEND = 64 << 20
 SETTING_REQUIRES_FULL = "backup_requires_full"
 # spec §1.3 wszREGDBLASTFULLBACKUP / wszREGDBLASTINCREMENTALBACKUP [INF]: last backup times.
 SETTING_LAST_FULL = "DBLastFullBackup"
@@ -121,6 +129,11 @@ class _OpenFile:
     fd: int
     size: int
     pos: int = 0
+    head: bytes = b""  # replaces the file's first bytes (a pinned database's header)
+
+    def prefix(self, count: int) -> bytes:
+        """The part of the next ``count`` bytes that comes from ``head`` (b"" past it)."""
+        return self.head[self.pos:self.pos + count] if self.pos < len(self.head) else b""
 
 
 @dataclass
@@ -135,6 +148,9 @@ class _Session:
     ready: bool = False
     snapshot_path: Path | None = None
     snapshot_lsn: int | None = None
+    snapshot_size: int | None = None  # bytes of a pinned snapshot (the live file may be longer)
+    snapshot_head: bytes = b""
+    pin: contextlib.ExitStack | None = None  # Store.pin_snapshot's read transaction
     gen_low: int | None = None
     gen_high: int | None = None
     db_names: list[str] = field(default_factory=list)
@@ -285,8 +301,15 @@ class BackupManager:
         with s.lock:
             try:
                 if kind == FULL:
-                    s.staging.mkdir(parents=True, mode=0o700)
-                    snap = self.store.snapshot(s.staging / self.store.db_path.name)
+                    pinned = self.store.pin_snapshot()
+                    if pinned is not None:  # read in place: no copy of the database
+                        snap, s.snapshot_head, s.pin = pinned
+                        s.snapshot_size = snap.size
+                    else:
+                        s.staging.mkdir(parents=True, mode=0o700)
+                        # Unsynced scratch copy: a crash ends the session, and the staging area is
+                        # cleaned at the next start (_clean_staging).
+                        snap = self.store.snapshot(s.staging / self.store.db_path.name, durable=False)
                     s.snapshot_path = snap.path
                     s.snapshot_lsn = snap.lsn
                     s.gen_low = snap.generation
@@ -372,10 +395,8 @@ class BackupManager:
                 s.log_names = names
                 if s.phase == PHASE_DB:
                     s.phase = PHASE_LOGS
-                # The snapshot can no longer be opened (spec §2.4), so free its disk space now.
-                if s.snapshot_path is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        s.snapshot_path.unlink()
+                # The snapshot can no longer be opened (spec §2.4): end the pin, or free the copy's disk space.
+                self._unpin(s)
             return [CSBFT_LOG + n for n in s.log_names]
 
     def dynamic_files(self, handle: str, principal_id: str | None = None) -> list[str]:
@@ -419,8 +440,11 @@ class BackupManager:
                                         "was requested")
                 assert s.snapshot_path is not None
                 path = s.snapshot_path
+                head = s.snapshot_head
+                want_size = s.snapshot_size
             elif (s.log_names is not None and name in s.log_names) or name in s.dynamic_names:
                 path = Path(name)
+                head, want_size = b"", None
             else:
                 # CSRA §3.1.4.1.22: only names this session listed; nothing else is looked at.
                 raise NotFound(ERROR_FILE_NOT_FOUND, fn, f"{name!r} is not a file listed by this backup session")
@@ -435,8 +459,15 @@ class BackupManager:
             if not stat.S_ISREG(st.st_mode):
                 os.close(fd)
                 raise AccessDenied(E_ACCESSDENIED, fn, f"{path.name} is not a regular file")
-            s.open = _OpenFile(name, fd, st.st_size)
-            return int(st.st_size)
+            size = st.st_size
+            if want_size is not None:  # a pinned database: its snapshot is the file's first want_size bytes
+                if size < want_size:
+                    os.close(fd)
+                    raise CorruptData(JET_ERR_MISSING_FILE_TO_BACKUP, fn,
+                                      f"{path.name} is shorter ({size}) than its pinned snapshot ({want_size})")
+                size = want_size
+            s.open = _OpenFile(name, fd, size, head=head)
+            return int(size)
 
     def read(self, handle: str, n: int, principal_id: str | None = None) -> bytes:
         """BackupRead: the next at most ``n`` bytes (at most MAX_READ) of the open file; b"" at its end.
@@ -454,17 +485,21 @@ class BackupManager:
                 raise InvalidArgument(E_INVALIDARG, fn, f"buffer size {n} must be positive")
             want = min(int(n), MAX_READ, max(f.size - f.pos, 0))
             data = os.pread(f.fd, want, f.pos) if want else b""
+            pre = f.prefix(len(data))
+            if pre:
+                data = pre + data[len(pre):]
             f.pos += len(data)
             return data
 
-    def read_range(self, handle: str, n: int, principal_id: str | None = None) -> tuple[int, int, int]:
-        """BackupRead for zero-copy senders: ``(fd, offset, count)`` of the next chunk, position advanced.
+    def read_range(self, handle: str, n: int, principal_id: str | None = None) -> tuple[bytes, int, int, int]:
+        """BackupRead for zero-copy senders: ``(prefix, fd, offset, count)``, position advanced.
 
-        ``fd`` is a duplicate the caller must close (so End or expiry cannot pull the file away
-        mid-send); ``count`` is 0 at the end of the file.
+        The next chunk is ``prefix`` followed by ``count`` bytes of ``fd`` at ``offset`` (``prefix``
+        is only non-empty for a pinned database's header). ``fd`` is a duplicate the caller must close
+        (so End or expiry cannot pull the file away mid-send); the chunk is empty at the end of the file.
 
         :param handle: the session handle.
-        :param n: bytes wanted (> 0; at most MAX_READ are given).
+        :param n: bytes wanted (> 0; at most MAX_SEND are given).
         :param principal_id: when given, the session must belong to this caller.
         """
         fn = "BackupRead"
@@ -474,10 +509,11 @@ class BackupManager:
                 raise SequenceError(E_UNEXPECTED, fn, "no file is open")
             if int(n) <= 0:
                 raise InvalidArgument(E_INVALIDARG, fn, f"buffer size {n} must be positive")
-            count = min(int(n), MAX_READ, max(f.size - f.pos, 0))
-            offset = f.pos
+            count = min(int(n), MAX_SEND, max(f.size - f.pos, 0))
+            pre = f.prefix(count)
+            offset = f.pos + len(pre)
             f.pos += count
-            return os.dup(f.fd), offset, count
+            return pre, os.dup(f.fd), offset, count - len(pre)
 
     def close_file(self, handle: str, principal_id: str | None = None) -> None:
         """BackupClose: close the open file; it counts as backed up when it was read to its end.
@@ -606,12 +642,22 @@ class BackupManager:
                 tx.put("setting", {"name": SETTING_LAST_INCREMENTAL, "value": ended})
         return bid
 
+    def _unpin(self, s: _Session) -> None:
+        """End the snapshot: close the pinning read transaction, or delete the staging copy."""
+        if s.pin is not None:
+            s.pin.close()
+            s.pin = None
+        elif s.snapshot_path is not None and s.snapshot_path.parent == s.staging:
+            with contextlib.suppress(FileNotFoundError):
+                s.snapshot_path.unlink()
+
     def _release(self, s: _Session) -> None:
         s.ended = True
         if s.open is not None:
             with contextlib.suppress(OSError):
                 os.close(s.open.fd)
             s.open = None
+        self._unpin(s)
         shutil.rmtree(s.staging, ignore_errors=True)
         with self._lock:
             if self._session is s:
@@ -626,6 +672,7 @@ __all__ = [
     "FULL",
     "INCREMENTAL",
     "MAX_READ",
+    "MAX_SEND",
     "BackupManager",
     "BackupRecord",
     "CertSrvError",

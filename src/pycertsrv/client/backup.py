@@ -19,11 +19,11 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 
-from ..backup.session import CSBACKUP_TYPE_FULL, CSBACKUP_TYPE_LOGS_ONLY, FULL, INCREMENTAL, MAX_READ
+from ..backup.session import CSBACKUP_TYPE_FULL, CSBACKUP_TYPE_LOGS_ONLY, FULL, INCREMENTAL, MAX_READ, MAX_SEND
 from ..errors import (
     E_FAIL,
     E_INVALIDARG,
@@ -42,22 +42,37 @@ class _UnixReader:
     """A keep-alive HTTP/1.1 connection to the service's Unix socket for BackupRead alone.
 
     httpx parses bodies in 64 KiB pieces and joins them; for multi-megabyte chunks that costs more
-    than the transfer. Here the body is received straight into one preallocated buffer.
+    than the transfer. Here the body is received straight into the caller's buffers: whole
+    (:meth:`post`) or piece by piece (:meth:`begin` then :meth:`readinto`).
     """
 
     def __init__(self, path: str, timeout: float) -> None:
         self.path = path
         self.timeout = timeout
         self.sock: socket.socket | None = None
+        self.left = 0  # body bytes of the current answer not received yet
+        self._rest = b""  # body bytes received with the headers
+        self._close_after = False  # the service said Connection: close
 
     def close(self) -> None:
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.close()
             self.sock = None
+        self.left = 0
+        self._rest = b""
 
     def post(self, target: str) -> tuple[int, bytes]:
         """``POST target`` with an empty body; returns (status, body)."""
+        status, length = self.begin(target)
+        body = bytearray(length)
+        self.readinto(memoryview(body))
+        return status, bytes(body)
+
+    def begin(self, target: str) -> tuple[int, int]:
+        """``POST target`` with an empty body; returns (status, body length), the body left to :meth:`readinto`."""
+        if self.left:
+            self.close()  # an unread body: the connection cannot carry another request
         fresh = self.sock is None
         if self.sock is None:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -73,12 +88,12 @@ class _UnixReader:
             self.close()
             if fresh:
                 raise ConnectionError("the service closed the connection") from None
-            return self.post(target)
+            return self.begin(target)
         except BaseException:
             self.close()
             raise
 
-    def _response(self) -> tuple[int, bytes]:
+    def _response(self) -> tuple[int, int]:
         assert self.sock is not None
         buf = b""
         while b"\r\n\r\n" not in buf:
@@ -95,20 +110,36 @@ class _UnixReader:
         status = int(lines[0].split()[1])
         headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
         length = int(headers.get("content-length", "-1"))
-        if length < 0:
-            raise ConnectionError("answer without Content-Length")
-        body = bytearray(length)
-        view = memoryview(body)
-        got = min(len(rest), length)
-        view[:got] = rest[:got]
-        while got < length:
-            n = self.sock.recv_into(view[got:])
-            if n == 0:
-                raise ConnectionError("the service closed the connection mid-answer")
-            got += n
-        if headers.get("connection", "").lower() == "close":
+        if length < 0 or len(rest) > length:
+            raise ConnectionError("answer without a usable Content-Length")
+        self.left, self._rest = length, rest
+        self._close_after = headers.get("connection", "").lower() == "close"
+        if not length and self._close_after:
             self.close()
-        return status, bytes(body)
+        return status, length
+
+    def readinto(self, buf: memoryview) -> int:
+        """Fill ``buf`` with the next body bytes (fewer only at the body's end); returns how many."""
+        want = min(len(buf), self.left)
+        got = 0
+        try:
+            if self._rest:
+                got = min(len(self._rest), want)
+                buf[:got] = self._rest[:got]
+                self._rest = self._rest[got:]
+            while got < want:
+                assert self.sock is not None
+                n = self.sock.recv_into(buf[got:want])
+                if n == 0:
+                    raise ConnectionError("the service closed the connection mid-answer")
+                got += n
+        except BaseException:
+            self.close()
+            raise
+        self.left -= got
+        if not self.left and self._close_after:
+            self.close()
+        return got
 
 
 class _StaleConnection(Exception):
@@ -134,6 +165,9 @@ class BackupSession:
         self._base = f"/backup/sessions/{self.handle}"
         sock = getattr(client, "socket_path", None)
         self._reader = _UnixReader(str(sock), 300.0) if sock is not None else None
+        self._eof = False  # readinto saw the open file's end
+        self._held = memoryview(b"")  # TLS: received by readinto, not handed out yet
+        self.read_ask = MAX_SEND  # bytes one BackupRead of readinto asks for (the server caps it at MAX_SEND)
 
     @classmethod
     def prepare(cls, client: Client, kind: str | None = FULL, *, grbit: int | None = None,
@@ -182,6 +216,13 @@ class BackupSession:
     def read(self, n: int = MAX_READ) -> bytes:
         """BackupRead: the next at most ``n`` bytes (the server may return fewer); b"" at the end of the file."""
         what = "BackupRead"
+        if self._held:  # bytes readinto received and has not handed out yet
+            data = bytes(self._held[:int(n)])
+            self._held = self._held[len(data):]
+            return data
+        if self._reader is not None and self._reader.left:  # the rest of an answer readinto began
+            buf = bytearray(min(int(n), self._reader.left))
+            return bytes(buf[:self.readinto(buf)])
         if self._reader is not None:
             try:
                 status, content = self._reader.post(f"{self._base}/read?n={int(n)}")
@@ -197,16 +238,59 @@ class BackupSession:
             status, content = resp.status_code, resp.content
         if 200 <= status < 300:
             return content
+        self._raise_read_error(status, content)
+
+    @staticmethod
+    def _raise_read_error(status: int, content: bytes) -> NoReturn:
         try:
             body = json.loads(content)
         except ValueError:
             body = None
         if isinstance(body, dict) and "hresult" in body:
             raise error_from_json(body)
-        raise CertSrvError(E_FAIL, what, f"HTTP {status}: {content[:200]!r}")
+        raise CertSrvError(E_FAIL, "BackupRead", f"HTTP {status}: {content[:200]!r}")
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        """BackupRead into ``buf``: the next bytes of the open file, as many as fit; 0 at the end of the file.
+
+        On the Unix socket one BackupRead asks for up to MAX_SEND bytes (sent with sendfile) and its body
+        is received piece by piece into the caller's buffers: no per-chunk round trip or allocation.
+        """
+        view = memoryview(buf).cast("B")
+        if self._reader is None:  # TLS: whole MAX_READ answers, handed out as the buffers ask
+            if not self._held:
+                self._held = memoryview(self.read(MAX_READ))
+            n = min(len(view), len(self._held))
+            view[:n] = self._held[:n]
+            self._held = self._held[n:]
+            return n
+        if not self._reader.left:
+            if self._eof:
+                return 0
+            try:
+                status, length = self._reader.begin(f"{self._base}/read?n={int(self.read_ask)}")
+                if not 200 <= status < 300:
+                    body = bytearray(length)
+                    self._reader.readinto(memoryview(body))
+                    self._raise_read_error(status, bytes(body))
+            except OSError as e:
+                raise Unavailable(RPC_S_SERVER_UNAVAILABLE, self.client.address,
+                                  f"BackupRead: the service does not answer ({e})") from None
+            if not length:
+                self._eof = True
+                return 0
+        try:
+            return self._reader.readinto(view)
+        except OSError as e:
+            raise Unavailable(RPC_S_SERVER_UNAVAILABLE, self.client.address,
+                              f"BackupRead: the service does not answer ({e})") from None
 
     def close_file(self) -> None:
         """BackupClose."""
+        self._eof = False
+        self._held = memoryview(b"")
+        if self._reader is not None and self._reader.left:
+            self._reader.close()  # the file was not read to its end: drop the rest of the answer
         self.client.call("POST", f"{self._base}/close")
 
     def truncate_logs(self) -> list[int]:

