@@ -25,7 +25,7 @@ import secrets
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,21 +146,39 @@ def write_checkpoint(path: Path, cp: Checkpoint, identity: str) -> None:
 
 
 class Transaction:
-    """Row images collected inside ``with store.transaction() as tx``; written when the block exits."""
+    """Row images collected inside ``with store.transaction() as tx``; written when the block exits.
+
+    Entering takes the store's write lock (bodies are serialised); a clean exit appends one log
+    record under it, then waits outside it until the record is durable and applied. A block that
+    raises writes nothing.
+    """
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self.ops: list[Op] = []
-        self._overlay: dict[tuple[str, tuple[Any, ...]], dict[str, Any] | None] = {}
+        self._overlay: dict[tuple[str, tuple[Any, ...]], list[Any] | None] = {}
         self.lsn: int | None = None
+
+    def __enter__(self) -> Transaction:
+        self._store._write_lock.acquire()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        store = self._store
+        try:
+            if exc_type is not None or not self.ops:
+                return
+            lsn = store._log_locked(self)
+        finally:
+            store._write_lock.release()
+        store._commit_wait(lsn)
 
     def put(self, table: str, row: dict[str, Any]) -> None:
         """Store the whole resulting row (missing columns are NULL)."""
         t = schema.table(table)
         image = schema.row_to_image(t, row)
         self.ops.append((table, "p", image))
-        key = tuple(row[k] for k in t.key)
-        self._overlay[(table, key)] = dict(row)  # missing columns are filled in by get()
+        self._overlay[(table, tuple([image[i] for i in t.key_positions]))] = image
 
     def delete(self, table: str, key: Any) -> None:
         """Delete a row by primary key (a scalar or a tuple)."""
@@ -175,8 +193,8 @@ class Transaction:
         """Read a row as this transaction sees it (its own writes, then committed state)."""
         k = key if isinstance(key, tuple) else (key,)
         if (table, k) in self._overlay:
-            row = self._overlay[(table, k)]
-            return {c: row.get(c) for c in schema.table(table).column_names} if row is not None else None
+            image = self._overlay[(table, k)]
+            return dict(zip(schema.table(table).column_names, image)) if image is not None else None
         self._store._wait_applied_all()
         return self._store.get(table, k)
 
@@ -222,6 +240,7 @@ class Store:
         self._durable_lsn = 0
         self._applied_lsn = 0
         self._applying = False
+        self._syncing = False
         self._waiters: list[tuple[int, threading.Lock]] = []
         self._pending: dict[int, list[Op]] = {}
         self._ids: dict[str, int] = {}
@@ -385,48 +404,47 @@ class Store:
 
     # ---------------------------------------------------------------- writes
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self) -> Transaction:
         """Collect row images; on exit append one record, wait for durability, apply to SQLite.
 
         Bodies are serialised; the fsync is shared by concurrent committers (group commit).
         Compute and validate before entering: the body should only read and put.
         """
         self._check_usable()
-        tx = Transaction(self)
-        with self._write_lock:
-            yield tx
-            if not tx.ops:
-                return
-            self._check_usable()
-            lsn = self._next_lsn
-            ts = logfile.now_us()
-            try:
-                payload = encode_payload(tx.ops)
-            except (ValueError, TypeError) as e:  # nothing is logged: the store stays usable
-                raise InvalidArgument(E_INVALIDARG, "store", f"cannot log the transaction: {e}") from None
-            rec = logfile.encode_record(lsn, ts, payload)
-            if self._gen_size + len(rec) > self.options.log_size and self._gen_size > logfile.HEADER_SIZE:
-                self._roll_locked()
-            # Queued before it can become durable: whichever committer applies next takes it.
-            self._pending[lsn] = tx.ops
-            try:
-                self._append(rec)
-            except BaseException:
-                del self._pending[lsn]
-                raise
-            self._next_lsn = lsn + 1
-            self._appended_lsn = lsn
-            tx.lsn = lsn
-        self._commit_wait(lsn)
+        return Transaction(self)
+
+    def _log_locked(self, tx: Transaction) -> int:
+        """Append ``tx`` as the next record (the write lock is held); returns its LSN."""
+        self._check_usable()
+        lsn = self._next_lsn
+        try:
+            payload = encode_payload(tx.ops)
+        except (ValueError, TypeError) as e:  # nothing is logged: the store stays usable
+            raise InvalidArgument(E_INVALIDARG, "store", f"cannot log the transaction: {e}") from None
+        rec = logfile.encode_record(lsn, logfile.now_us(), payload)
+        if self._gen_size + len(rec) > self.options.log_size and self._gen_size > logfile.HEADER_SIZE:
+            self._roll_locked()
+        # Queued before it can become durable: whichever committer applies next takes it.
+        self._pending[lsn] = tx.ops
+        try:
+            self._append(rec)
+        except BaseException:
+            del self._pending[lsn]
+            raise
+        self._next_lsn = lsn + 1
+        self._appended_lsn = lsn
+        tx.lsn = lsn
+        return lsn
 
     def _append(self, rec: bytes) -> None:
         before = self._gen_size
         try:
-            view = memoryview(rec)
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+            n = os.write(self._fd, rec)
+            if n != len(rec):  # a short write (disk full): finish it or fail below
+                view = memoryview(rec)[n:]
+                while view:
+                    n = os.write(self._fd, view)
+                    view = view[n:]
         except OSError as e:
             # Leave no partial frame behind: the next record must follow a whole one.
             with contextlib.suppress(OSError):
@@ -437,78 +455,35 @@ class Store:
     def _commit_wait(self, lsn: int) -> None:
         """Return once ``lsn`` is durable in the log and applied to SQLite (group commit, group apply).
 
-        Leader/followers: a committer that finds no batch in progress leads one: it fdatasyncs the
-        log once for every record appended so far, applies all of them in ONE SQLite transaction
-        that also stores the new applied LSN (so each logged transaction stays all-or-nothing in
-        SQLite), then wakes exactly the followers it covered, and one more to lead the next batch.
-        Each committer sleeps on its own gate: one wakeup per commit, no thundering herd.
+        Two stages, each run by one waiting committer at a time and both at once: the *syncer*
+        fdatasyncs the log for every record appended so far; the *applier* applies every durable,
+        unapplied record in ONE SQLite transaction that also stores the new applied LSN (so each
+        logged transaction stays all-or-nothing in SQLite). While one batch is applied the next one
+        is being synced, so the fsync wait overlaps the apply's CPU work instead of adding to it.
+        A committer takes a free stage it can serve, else sleeps on its own gate; whoever finishes
+        a stage opens the gates of the committers it completed and of one committer for each stage
+        that has work left (one wakeup per commit and per batch, no thundering herd).
         """
         cond = self._apply_cond
         with cond:
-            while True:
-                if self._applied_lsn >= lsn:
-                    return
+            while self._applied_lsn < lsn:
                 if self._failed is not None:
                     raise CertSrvError(E_UNEXPECTED, "store", self._failed)
-                if not self._applying:
-                    break
+                if self._durable_lsn < lsn:
+                    if not self._syncing:
+                        self._sync_locked()
+                        continue
+                elif not self._applying:
+                    self._apply_locked()
+                    continue
                 gate = threading.Lock()
                 gate.acquire()
                 self._waiters.append((lsn, gate))
                 cond.release()
                 try:
-                    gate.acquire()  # released by a leader
+                    gate.acquire()  # opened by a committer that finished a stage
                 finally:
                     cond.acquire()
-            self._applying = True
-            first = self._applied_lsn + 1
-        error: str | None = None
-        done = False
-        last = first - 1
-        try:
-            last = self._appended_lsn  # >= lsn; every LSN up to it is appended and queued in _pending
-            try:
-                with self._fd_lock:
-                    os.fdatasync(self._fd)
-            except (OSError, ValueError) as e:
-                # After a failed fsync the page cache state is unknown (fsyncgate): stop writing.
-                error = f"fsync of the log failed: {e}"
-            if error is None:
-                batch = [self._pending.pop(n) for n in range(first, last + 1)]
-                assert self._writer is not None
-                try:
-                    self._writer.execute("BEGIN")
-                    batcher = Batcher(self._writer)
-                    for ops in batch:
-                        batcher.add(ops)
-                    batcher.flush()
-                    set_applied(self._writer, last)
-                    self._writer.commit()
-                    done = True
-                except sqlite3.Error as e:
-                    with contextlib.suppress(sqlite3.Error):
-                        self._writer.rollback()
-                    error = f"records LSN {first}..{last} are durable but could not be applied: {e}"
-        finally:
-            with cond:
-                self._applying = False
-                if done:
-                    self._durable_lsn = max(self._durable_lsn, last)
-                    self._applied_lsn = last
-                else:
-                    self._failed = error or "interrupted while committing"
-                keep: list[tuple[int, threading.Lock]] = []
-                for w in self._waiters:
-                    if w[0] <= self._applied_lsn or self._failed is not None:
-                        w[1].release()
-                    else:
-                        keep.append(w)
-                if keep:
-                    keep.pop(0)[1].release()  # the next leader
-                self._waiters = keep
-                cond.notify_all()  # checkpoint() and readers waiting for the applied LSN
-        if error is not None:
-            raise CertSrvError(E_UNEXPECTED, "store", error)
         cp = self._cp
         if self.options.checkpoint_records and (cp is None or lsn - cp.lsn >= self.options.checkpoint_records):
             with cond:  # re-read: another committer may have just checkpointed
@@ -516,6 +491,91 @@ class Store:
                 due = cp is None or lsn - cp.lsn >= self.options.checkpoint_records
             if due:
                 self.checkpoint()
+
+    def _sync_locked(self) -> None:
+        """The syncer stage (called and returning with ``_apply_cond`` held, released meanwhile)."""
+        cond = self._apply_cond
+        self._syncing = True
+        target = self._appended_lsn  # every LSN up to it is fully written to the log
+        error: str | None = None
+        done = False
+        cond.release()
+        try:
+            with self._fd_lock:  # a roll swaps the descriptor under this lock
+                os.fdatasync(self._fd)
+            done = True
+        except (OSError, ValueError) as e:
+            # After a failed fsync the page cache state is unknown (fsyncgate): stop writing.
+            error = f"fsync of the log failed: {e}"
+        finally:
+            cond.acquire()
+            self._syncing = False
+            if done:
+                self._durable_lsn = max(self._durable_lsn, target)
+            else:
+                self._failed = error or "interrupted while syncing the log"
+            # No applier is woken: this committer's own LSN is now durable, it applies next if it can.
+            self._wake_locked(apply=False)
+
+    def _apply_locked(self) -> None:
+        """The applier stage (called and returning with ``_apply_cond`` held, released meanwhile)."""
+        cond = self._apply_cond
+        self._applying = True
+        first, last = self._applied_lsn + 1, self._durable_lsn
+        batch = [self._pending.pop(n) for n in range(first, last + 1)]
+        error: str | None = None
+        done = False
+        cond.release()
+        try:
+            writer = self._writer
+            assert writer is not None
+            try:
+                writer.execute("BEGIN")
+                batcher = Batcher(writer)
+                for ops in batch:
+                    batcher.add(ops)
+                batcher.flush()
+                set_applied(writer, last)
+                writer.commit()
+                done = True
+            except sqlite3.Error as e:
+                with contextlib.suppress(sqlite3.Error):
+                    writer.rollback()
+                error = f"records LSN {first}..{last} are durable but could not be applied: {e}"
+        finally:
+            cond.acquire()
+            self._applying = False
+            if done:
+                self._applied_lsn = last
+            else:
+                self._failed = error or "interrupted while committing"
+            self._wake_locked(apply=True)
+            cond.notify_all()  # checkpoint() and readers waiting for the applied LSN
+
+    def _wake_locked(self, *, apply: bool) -> None:
+        """Open the gates of finished committers and of one committer per stage with work left."""
+        if self._failed is not None:
+            for _, gate in self._waiters:
+                gate.release()
+            self._waiters = []
+            return
+        applied, durable = self._applied_lsn, self._durable_lsn
+        need_apply = apply and not self._applying and durable > applied
+        need_sync = not self._syncing and self._appended_lsn > durable
+        keep: list[tuple[int, threading.Lock]] = []
+        for w in self._waiters:
+            n = w[0]
+            if n <= applied:
+                w[1].release()
+            elif need_apply and n <= durable:
+                w[1].release()
+                need_apply = False
+            elif need_sync and n > durable:
+                w[1].release()
+                need_sync = False
+            else:
+                keep.append(w)
+        self._waiters = keep
 
     def _wait_applied_all(self) -> None:
         target = self._appended_lsn

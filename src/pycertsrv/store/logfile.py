@@ -34,6 +34,7 @@ import mmap
 import os
 import re
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ def parse_log_name(name: str) -> int | None:
 
 def now_us() -> int:
     """Current UTC time in microseconds since the epoch."""
-    return int(datetime.now(UTC).timestamp() * 1_000_000)
+    return time.time_ns() // 1000
 
 
 def us_to_datetime(us: int) -> datetime:
