@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from store_helpers import commit_request, dump_db, file_hashes, patch_file, record_offsets
+from store_helpers import abandon, commit_request, dump_db, file_hashes, patch_file, record_offsets
 
 from pycertsrv.errors import (
     JET_ERR_BAD_LOG_SIGNATURE,
@@ -18,7 +18,7 @@ from pycertsrv.errors import (
     JET_ERR_MISSING_LOG_FILE,
     CorruptData,
 )
-from pycertsrv.store import Store, StoreOptions, list_generations, log_name, logfile
+from pycertsrv.store import Store, StoreOptions, list_generations, log_name, logfile, read_checkpoint
 from pycertsrv.store.replay import encode_payload
 
 N = 24
@@ -200,3 +200,70 @@ def test_foreign_generation_refuses(tmp_home: Path, tmp_path: Path, how: str) ->
     shutil.copyfile(foreign, dest)
     err = assert_refused(tmp_home, db, JET_ERR_BAD_LOG_SIGNATURE, dest.name, other_identity)
     assert "belongs to database" in err.message
+
+
+def _closed_home(home: Path, *, records_in_newest: int) -> tuple[Path, list[int]]:
+    """A cleanly closed home over several generations; the newest holds ``records_in_newest`` records."""
+    store = Store.create(home, "t", OPTS)
+    for rid in range(1, 11):
+        commit_request(store, rid, payload=bytes(range(200)))
+    store.roll_log()  # the newest generation starts empty
+    for rid in range(11, 11 + records_in_newest):
+        commit_request(store, rid)
+    db = store.db_path
+    store.close()  # checkpoints: edb.chk names the newest generation
+    return db, sorted(list_generations(home / "logs"))
+
+
+@pytest.mark.parametrize("records_in_newest", [0, 3], ids=["empty", "with-records"])
+def test_missing_newest_generation_refuses(tmp_home: Path, records_in_newest: int) -> None:
+    """Without its newest generation the log would continue in a closed one: refuse, naming the missing file."""
+    db, gens = _closed_home(tmp_home, records_in_newest=records_in_newest)
+    newest = gens[-1]
+    cp = read_checkpoint(tmp_home / "system" / "edb.chk")
+    assert cp is not None and cp.generation == newest
+    (tmp_home / "logs" / log_name(newest)).unlink()
+    before_db, before_logs = dump_db(db), file_hashes(tmp_home / "logs")
+    with pytest.raises(CorruptData) as ei:
+        Store.open(tmp_home, OPTS)
+    err = ei.value
+    assert err.hresult == JET_ERR_MISSING_LOG_FILE and err.function == log_name(newest)
+    assert "missing" in err.message and f"{newest - 1:08X}" in err.message
+    assert dump_db(db) == before_db and file_hashes(tmp_home / "logs") == before_logs  # nothing applied or cut
+    assert not Store(tmp_home, OPTS).lock.is_held()
+
+
+def test_missing_newest_generation_refuses_when_the_checkpoint_is_older(tmp_home: Path) -> None:
+    """The checkpoint predates the lost generation, but SQLite holds its records: still refused, nothing cut."""
+    store = Store.create(tmp_home, "t", OPTS)
+    for rid in range(1, 6):
+        commit_request(store, rid)
+    store.checkpoint()
+    for rid in range(6, 30):
+        commit_request(store, rid, payload=bytes(range(200)))  # rolls over several generations
+    db = store.db_path
+    abandon(store)  # no new checkpoint: it still names an older generation
+    gens = sorted(list_generations(tmp_home / "logs"))
+    cp = read_checkpoint(tmp_home / "system" / "edb.chk")
+    assert cp is not None and cp.generation < gens[-1] - 1
+    (tmp_home / "logs" / log_name(gens[-1])).unlink()
+    before_db, before_logs = dump_db(db), file_hashes(tmp_home / "logs")
+    with pytest.raises(CorruptData) as ei:
+        Store.open(tmp_home, OPTS)
+    assert ei.value.hresult == JET_ERR_MISSING_LOG_FILE and ei.value.function == log_name(gens[-1])
+    assert f"database is at LSN {before_db['applied_lsn']}" in ei.value.message
+    assert dump_db(db) == before_db and file_hashes(tmp_home / "logs") == before_logs
+
+
+def test_newest_generation_put_back_opens(tmp_home: Path, tmp_path: Path) -> None:
+    _, gens = _closed_home(tmp_home, records_in_newest=3)
+    saved = tmp_path / log_name(gens[-1])
+    shutil.copyfile(tmp_home / "logs" / log_name(gens[-1]), saved)
+    (tmp_home / "logs" / log_name(gens[-1])).unlink()
+    with pytest.raises(CorruptData):
+        Store.open(tmp_home, OPTS)
+    shutil.copyfile(saved, tmp_home / "logs" / log_name(gens[-1]))
+    with Store.open(tmp_home, OPTS) as store:
+        assert rows(store) == list(range(1, 14))
+        commit_request(store, 14)
+        assert store.current_generation == gens[-1]

@@ -337,6 +337,14 @@ class Store:
         headers = check_chain(gens, ident)
         if not headers:
             raise CorruptData(JET_ERR_MISSING_LOG_FILE, str(self.log_dir), "no log generation found")
+        newest = max(headers)
+        cp = self._cp
+        if cp is not None and newest < cp.generation:
+            # The checkpoint names the generation holding its next LSN, which existed when it was written:
+            # without it, appending to the newest one present would write into a closed generation.
+            raise CorruptData(JET_ERR_MISSING_LOG_FILE, logfile.log_name(newest + 1),
+                              f"log generation {newest + 1:08X} is missing: the checkpoint (LSN {cp.lsn}) is in "
+                              f"generation {cp.generation:08X} but the newest one present is {newest:08X}")
         # Replay starts at the generation holding applied+1: the last one whose first LSN <= applied+1.
         start = [g for g, h in headers.items() if h.first_lsn <= applied + 1]
         if not start:
@@ -346,7 +354,6 @@ class Store:
                               f"{headers[first].first_lsn}")
         files = [gens[g] for g in headers if g >= max(start)]
         self.recovery = replay(self._writer, files, ident, applied, kind="soft", cut_torn_tail=True)
-        newest = max(headers)
         res, _ = logfile.scan(gens[newest], ident)
         self._gen = newest
         self._gen_first = headers[newest].first_lsn

@@ -186,6 +186,14 @@ def replay(
             raise CorruptData(JET_ERR_STARTING_RESTORE_LOG_TOO_HIGH, files[0].name,
                               f"starts at LSN {first} but the database needs LSN {applied + 1}")
     last_scan = scans[-1] if scans else None
+    if kind == "soft" and last_scan is not None and last_scan.bad_offset is None:
+        log_end = last_scan.last_lsn if last_scan.last_lsn is not None else last_scan.header.first_lsn - 1
+        if applied > log_end:
+            # SQLite holds records the log does not: the newest generation(s) are gone.
+            nxt = logfile.log_name(last_scan.header.generation + 1)
+            raise CorruptData(JET_ERR_MISSING_LOG_FILE, nxt,
+                              f"log generation {nxt} is missing: the database is at LSN {applied} but the log "
+                              f"ends at LSN {log_end} in {last_scan.path.name}")
     if last_scan is not None and last_scan.bad_offset is not None:
         good_end = last_scan.last_lsn if last_scan.last_lsn is not None else last_scan.header.first_lsn - 1
         if applied > good_end:
