@@ -267,3 +267,103 @@ def test_newest_generation_put_back_opens(tmp_home: Path, tmp_path: Path) -> Non
         assert rows(store) == list(range(1, 14))
         commit_request(store, 14)
         assert store.current_generation == gens[-1]
+
+
+# ------------------------------------------------------------------ zero-filled tails (power loss)
+
+
+def _newest(home: Path) -> Path:
+    gens = list_generations(home / "logs")
+    return gens[max(gens)]
+
+
+@pytest.mark.parametrize("zeros", [5, logfile.REC.size, 4096])
+def test_zero_filled_tail_is_cut_and_reported(tmp_home: Path, zeros: int) -> None:
+    """Power loss can leave the file extended but the appended bytes unwritten (zeroes): a torn tail."""
+    build(tmp_home)
+    newest = _newest(tmp_home)
+    good_size = newest.stat().st_size
+    with open(newest, "ab") as f:
+        f.write(bytes(zeros))
+    store = Store.open(tmp_home, OPTS)
+    try:
+        rep = store.recovery
+        assert rep.torn_tail is not None and rep.torn_tail["file"] == newest.name
+        assert rep.torn_tail["offset"] == good_size and rep.torn_tail["bytes"] == zeros
+        assert "zero-filled" in rep.torn_tail["reason"] and "zero-filled" in rep.summary()
+        assert rep.replayed == N and rows(store) == list(range(1, N + 1))
+        assert newest.stat().st_size == good_size  # cut
+        commit_request(store, N + 1)
+    finally:
+        store.close()
+    with Store.open(tmp_home, OPTS) as store:
+        assert store.recovery.torn_tail is None and rows(store) == list(range(1, N + 2))
+
+
+def test_partial_record_followed_by_zeroes_is_a_torn_tail(tmp_home: Path) -> None:
+    """The last append half written, and the one after it never written (zeroes): cut at the first."""
+    build(tmp_home)
+    newest = _newest(tmp_home)
+    good_size = newest.stat().st_size
+    frame = logfile.encode_record(N + 1, logfile.now_us(), encode_payload([["setting", "p", ["x", "y" * 100]]]))
+    torn = frame[:40] + bytes(len(frame) - 40)  # its later sectors never reached the disk
+    with open(newest, "ab") as f:
+        f.write(torn + bytes(300))
+    with Store.open(tmp_home, OPTS) as store:
+        rep = store.recovery
+        assert rep.torn_tail is not None and rep.torn_tail["offset"] == good_size
+        assert rep.torn_tail["bytes"] == len(torn) + 300
+        assert rows(store) == list(range(1, N + 1)) and store.get("setting", "x") is None
+    assert newest.stat().st_size == good_size
+
+
+def test_zeroes_over_a_middle_record_refuse(tmp_home: Path) -> None:
+    """Zeroes followed by whole records are damage, not a tail: refuse, cut nothing."""
+    db = build(tmp_home)
+    newest = _newest(tmp_home)
+    store = Store.open(tmp_home, StoreOptions(log_size=1 << 20, checkpoint_records=0))
+    for rid in range(N + 1, N + 6):
+        commit_request(store, rid)
+    store.close()
+    rewind(db, tmp_home.parent / "empty.db")
+    recs = record_offsets(newest)
+    victim = recs[len(recs) // 2]
+    data = bytearray(newest.read_bytes())
+    end = recs[recs.index(victim) + 1].offset
+    data[victim.offset : end] = bytes(end - victim.offset)
+    newest.write_bytes(bytes(data))
+    err = assert_refused(tmp_home, db, JET_ERR_LOG_FILE_CORRUPT, newest.name, f"offset {victim.offset}")
+    assert "corrupt record" in err.message
+
+
+def test_zero_filled_tail_of_a_closed_generation_refuses(tmp_home: Path) -> None:
+    """Only the newest generation can have been cut short by a crash; zeroes after a closed one are damage."""
+    db = build(tmp_home)
+    gens = list_generations(tmp_home / "logs")
+    closed = gens[sorted(gens)[1]]
+    closed.chmod(0o644)
+    size = closed.stat().st_size
+    with open(closed, "ab") as f:
+        f.write(bytes(100))
+    err = assert_refused(tmp_home, db, JET_ERR_LOG_FILE_CORRUPT, closed.name, f"offset {size}")
+    assert "zero-filled" in err.message
+
+
+def test_zeroed_record_the_database_holds_is_not_a_torn_tail(tmp_home: Path) -> None:
+    """Zeroes where SQLite already has the record: it was committed, so this is damage; refuse, do not cut."""
+    store = Store.create(tmp_home, "t", OPTS)
+    for rid in range(1, 6):
+        commit_request(store, rid)
+    db = store.db_path
+    store.close()
+    path = list_generations(tmp_home / "logs")[1]
+    last = record_offsets(path)[-1]
+    data = bytearray(path.read_bytes())
+    data[last.offset :] = bytes(len(data) - last.offset)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptData) as ei:
+        Store.open(tmp_home, OPTS)
+    assert ei.value.hresult == JET_ERR_LOG_FILE_CORRUPT and ei.value.function == path.name
+    assert f"offset {last.offset}" in ei.value.message and "zero-filled" in ei.value.message
+    assert path.stat().st_size == len(data)
+    assert dump_db(db)["applied_lsn"] == 5

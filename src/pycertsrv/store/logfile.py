@@ -356,16 +356,25 @@ class ScanResult:
     size: int = 0
 
 
+def _all_zero(data: Any, start: int, end: int) -> bool:
+    rest = bytes(data[start:end])
+    return rest.count(0) == len(rest)
+
+
 def _bad_frame(data: Any, pos: int, prev_lsn: int | None) -> tuple[int, str, bool]:
     """Classify the frame at ``pos`` that failed (``(offset, reason, is_tail)``).
 
-    A torn *tail* is what an interrupted append leaves as the last bytes of the file: a frame that
-    runs past the end, or one that fails its CRC while being the last bytes. A bad frame followed by
-    more bytes is corruption in the middle. A frame that runs past
-    the end while a whole valid record follows it is a damaged length field in the middle, not a
-    torn tail: cutting there would drop committed records.
+    A torn *tail* is what an interrupted append leaves at the end of the file: a frame that runs
+    past the end, a frame that fails its CRC with nothing but zeroes after it, or an all-zero
+    remainder. Zeroes count as nothing: after a power loss a file may have been extended (its size
+    made durable) without the appended data, which then reads back as zeroes. A bad frame followed
+    by non-zero bytes is corruption in the middle. A frame that runs past the end while a whole
+    valid record follows it is a damaged length field in the middle, not a torn tail: cutting there
+    would drop committed records.
     """
     n = len(data)
+    if _all_zero(data, pos, n):
+        return pos, f"zero-filled tail ({n - pos} bytes of zeroes)", True
     if n - pos < REC_SIZE:
         return pos, f"partial record header ({n - pos} bytes)", True
     _, length, lsn, _ = REC.unpack_from(data, pos)
@@ -378,7 +387,7 @@ def _bad_frame(data: Any, pos: int, prev_lsn: int | None) -> tuple[int, str, boo
             return pos, f"record length {length} runs past end of file but a valid record follows at offset {later}", \
                 False
         return pos, f"record runs past end of file ({end - n} bytes missing)", True
-    return pos, f"checksum mismatch in record LSN {lsn}", end == n
+    return pos, f"checksum mismatch in record LSN {lsn}", _all_zero(data, end, n)
 
 
 def iter_records(data: Any, start: int = HEADER_SIZE) -> Iterator[Record | tuple[int, str, bool]]:

@@ -107,7 +107,8 @@ class RecoveryReport:
         s = (f"{self.kind} recovery: replayed {self.replayed} records (LSN {self.from_lsn}..{self.to_lsn}) "
              f"from {len(self.generations)} generation(s) in {self.seconds:.3f}s")
         if self.torn_tail:
-            s += f"; cut torn tail of {self.torn_tail['file']} at offset {self.torn_tail['offset']}"
+            s += (f"; cut torn tail of {self.torn_tail['file']} at offset {self.torn_tail['offset']} "
+                  f"({self.torn_tail['reason']})")
         if self.stopped_at:
             s += f"; stopped at {self.stopped_at}"
         return s
