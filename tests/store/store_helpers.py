@@ -174,3 +174,28 @@ def wait_line(proc: subprocess.Popen[bytes], want: bytes, timeout: float = 30.0)
         if line.strip() == want:
             return
     raise AssertionError(f"child did not print {want!r}")
+
+
+def log_end(path: Path) -> int:
+    """Offset where the records of a generation end (the file may be preallocated past it)."""
+    res, _ = logfile.scan(path, None)
+    return res.end
+
+
+def write_at_end(path: Path, data: bytes) -> int:
+    """Write ``data`` right after the last record, where the next append goes (as a crash mid-append
+    leaves it); returns that offset. A preallocated file keeps its size."""
+    end = log_end(path)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(end)
+        f.write(data)
+    return end
+
+
+def cut_to_records(path: Path) -> int:
+    """Drop a generation's preallocated room, as for a generation never preallocated; returns its size."""
+    end = log_end(path)
+    os.chmod(path, 0o644)
+    os.truncate(path, end)
+    return end

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from store_helpers import abandon, commit_request, dump_db
+from store_helpers import abandon, commit_request, dump_db, write_at_end
 
 from pycertsrv.errors import (
     E_INVALIDARG,
@@ -170,8 +170,7 @@ def test_malformed_payload_with_valid_crc_refuses_replay(tmp_home: Path, tmp_pat
     abandon(store)
     newest = list_generations(tmp_home / "logs")[1]
     bad = encode_payload([("setting", "p", ["x", "y"])])[:-1] + b"\xff"  # invalid UTF-8
-    with open(newest, "ab") as f:
-        f.write(logfile.encode_record(6, logfile.now_us(), bad))
+    write_at_end(newest, logfile.encode_record(6, logfile.now_us(), bad))
     for suffix in ("-wal", "-shm"):
         db.with_name(db.name + suffix).unlink(missing_ok=True)
     db.write_bytes(snap.path.read_bytes())

@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from store_helpers import abandon
+from store_helpers import abandon, write_at_end
 
 from pycertsrv.store import Store, StoreOptions, list_generations, logfile
 from pycertsrv.store.replay import encode_payload
@@ -132,8 +132,7 @@ class StoreModel(RuleBasedStateMachine):
             # A record whose write was cut short: never committed, must not appear.
             frame = logfile.encode_record(lsn + 1, logfile.now_us(),
                                           encode_payload([["setting", "p", ["torn", "x"]]]))
-            with open(path, "ab") as f:
-                f.write(frame[: len(frame) // 2])
+            write_at_end(path, frame[: len(frame) // 2])
         self.store = Store.open(self.home, OPTS)
         assert (self.store.recovery.torn_tail is not None) == torn
 

@@ -10,7 +10,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-from store_helpers import abandon, commit_request, dump_db, file_hashes, patch_file, record_offsets
+from store_helpers import (
+    abandon,
+    commit_request,
+    cut_to_records,
+    dump_db,
+    file_hashes,
+    patch_file,
+    record_offsets,
+    write_at_end,
+)
 
 from pycertsrv.errors import (
     JET_ERR_BAD_LOG_SIGNATURE,
@@ -74,10 +83,10 @@ def assert_refused(home: Path, db: Path, code: int, file_name: str, *needles: st
 def test_torn_tail_is_cut_and_reported(tmp_home: Path, kind: str) -> None:
     db = build(tmp_home)
     newest = list_generations(tmp_home / "logs")[max(list_generations(tmp_home / "logs"))]
-    good_size = newest.stat().st_size
     ident = bytes.fromhex(dict(dump_db(db)["_meta"])["identity"])
     assert logfile.read_header(newest, ident).generation == max(list_generations(tmp_home / "logs"))
-    payload = encode_payload([["request", "p", [N + 1] + [None] * 18]])
+    # Ends in non-zero bytes: a torn write leaves zeroes (the preallocated room) where they are missing.
+    payload = encode_payload([["request", "p", [N + 1] + [None] * 17 + ["2030-01-01T00:00:00+00:00"]]])
     frame = logfile.encode_record(N + 1, logfile.now_us(), payload)
     if kind == "partial-header":
         tail = frame[:10]
@@ -87,8 +96,10 @@ def test_torn_tail_is_cut_and_reported(tmp_home: Path, kind: str) -> None:
         bad = bytearray(frame)
         bad[-3] ^= 0x20
         tail = bytes(bad)
-    with open(newest, "ab") as f:
-        f.write(tail)
+    # The append goes where the last record ends: inside the generation's preallocated room.
+    good_size = write_at_end(newest, tail)
+    size = newest.stat().st_size
+    assert size >= good_size + len(tail)
 
     store = Store.open(tmp_home, OPTS)
     try:
@@ -96,7 +107,7 @@ def test_torn_tail_is_cut_and_reported(tmp_home: Path, kind: str) -> None:
         assert rep.torn_tail is not None
         assert rep.torn_tail["file"] == newest.name
         assert rep.torn_tail["offset"] == good_size
-        assert rep.torn_tail["bytes"] == len(tail)
+        assert rep.torn_tail["bytes"] == size - good_size
         assert newest.name in rep.summary() and f"offset {good_size}" in rep.summary()
         assert rep.replayed == N and rep.to_lsn == N and not rep.clean
         assert rows(store) == list(range(1, N + 1))  # every earlier record kept, the torn one not applied
@@ -282,7 +293,7 @@ def test_zero_filled_tail_is_cut_and_reported(tmp_home: Path, zeros: int) -> Non
     """Power loss can leave the file extended but the appended bytes unwritten (zeroes): a torn tail."""
     build(tmp_home)
     newest = _newest(tmp_home)
-    good_size = newest.stat().st_size
+    good_size = cut_to_records(newest)  # a generation not preallocated (or whose room was cut before)
     with open(newest, "ab") as f:
         f.write(bytes(zeros))
     store = Store.open(tmp_home, OPTS)
@@ -300,19 +311,21 @@ def test_zero_filled_tail_is_cut_and_reported(tmp_home: Path, zeros: int) -> Non
         assert store.recovery.torn_tail is None and rows(store) == list(range(1, N + 2))
 
 
-def test_partial_record_followed_by_zeroes_is_a_torn_tail(tmp_home: Path) -> None:
+@pytest.mark.parametrize("preallocated", [True, False], ids=["preallocated", "appended"])
+def test_partial_record_followed_by_zeroes_is_a_torn_tail(tmp_home: Path, preallocated: bool) -> None:
     """The last append half written, and the one after it never written (zeroes): cut at the first."""
     build(tmp_home)
     newest = _newest(tmp_home)
-    good_size = newest.stat().st_size
     frame = logfile.encode_record(N + 1, logfile.now_us(), encode_payload([["setting", "p", ["x", "y" * 100]]]))
     torn = frame[:40] + bytes(len(frame) - 40)  # its later sectors never reached the disk
-    with open(newest, "ab") as f:
-        f.write(torn + bytes(300))
+    if not preallocated:
+        cut_to_records(newest)
+    good_size = write_at_end(newest, torn + bytes(300))
+    size = newest.stat().st_size
     with Store.open(tmp_home, OPTS) as store:
         rep = store.recovery
         assert rep.torn_tail is not None and rep.torn_tail["offset"] == good_size
-        assert rep.torn_tail["bytes"] == len(torn) + 300
+        assert rep.torn_tail["bytes"] == size - good_size
         assert rows(store) == list(range(1, N + 1)) and store.get("setting", "x") is None
     assert newest.stat().st_size == good_size
 
@@ -349,21 +362,70 @@ def test_zero_filled_tail_of_a_closed_generation_refuses(tmp_home: Path) -> None
     assert "zero-filled" in err.message
 
 
-def test_zeroed_record_the_database_holds_is_not_a_torn_tail(tmp_home: Path) -> None:
+@pytest.mark.parametrize("preallocated", [True, False], ids=["preallocated", "appended"])
+def test_zeroed_record_the_database_holds_is_not_a_torn_tail(tmp_home: Path, preallocated: bool) -> None:
     """Zeroes where SQLite already has the record: it was committed, so this is damage; refuse, do not cut."""
-    store = Store.create(tmp_home, "t", OPTS)
+    store = Store.create(tmp_home, "t", StoreOptions(log_size=64 << 10, checkpoint_records=0))
     for rid in range(1, 6):
         commit_request(store, rid)
     db = store.db_path
     store.close()
     path = list_generations(tmp_home / "logs")[1]
+    if not preallocated:
+        cut_to_records(path)
     last = record_offsets(path)[-1]
     data = bytearray(path.read_bytes())
     data[last.offset :] = bytes(len(data) - last.offset)
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptData) as ei:
         Store.open(tmp_home, OPTS)
-    assert ei.value.hresult == JET_ERR_LOG_FILE_CORRUPT and ei.value.function == path.name
-    assert f"offset {last.offset}" in ei.value.message and "zero-filled" in ei.value.message
+    if preallocated:
+        # Indistinguishable from room never written: the log simply ends one record short of SQLite.
+        assert ei.value.hresult == JET_ERR_MISSING_LOG_FILE and ei.value.function == log_name(2)
+        assert f"database is at LSN 5 but the log ends at LSN 4 in {path.name}" in ei.value.message
+    else:
+        assert ei.value.hresult == JET_ERR_LOG_FILE_CORRUPT and ei.value.function == path.name
+        assert f"offset {last.offset}" in ei.value.message and "zero-filled" in ei.value.message
     assert path.stat().st_size == len(data)
     assert dump_db(db)["applied_lsn"] == 5
+
+
+# ------------------------------------------------------------------ preallocated generations
+
+
+def test_preallocated_room_after_a_crash_is_no_torn_tail(tmp_home: Path) -> None:
+    """The generation being written is preallocated; after a crash its unused room is just room."""
+    opts = StoreOptions(log_size=64 << 10, checkpoint_records=0)
+    store = Store.create(tmp_home, "t", opts)
+    for rid in range(1, 6):
+        commit_request(store, rid)
+    path = store.log_dir / log_name(store.current_generation)
+    gen = store.current_generation
+    abandon(store)
+    assert path.stat().st_size == 64 << 10 and logfile.read_header(path).prealloc == 64 << 10
+    store = Store.open(tmp_home, opts)
+    try:
+        assert store.recovery.torn_tail is None and store.recovery.replayed == 0
+        commit_request(store, 6)
+        assert store.current_generation == gen and path.stat().st_size == 64 << 10  # written inside the room
+    finally:
+        abandon(store)
+    with Store.open(tmp_home, opts) as store:
+        assert store.recovery.torn_tail is None and rows(store) == [1, 2, 3, 4, 5, 6]
+
+
+def test_roll_cuts_the_closed_generation_to_its_records(tmp_home: Path) -> None:
+    opts = StoreOptions(log_size=64 << 10, checkpoint_records=0)
+    with Store.create(tmp_home, "t", opts) as store:
+        for rid in range(1, 4):
+            commit_request(store, rid)
+        closed = store.roll_log()
+        path = store.log_dir / log_name(closed)
+        recs = record_offsets(path)
+        assert len(recs) == 3
+        end = recs[-1].offset + len(logfile.encode_record(recs[-1].lsn, recs[-1].ts_us, recs[-1].payload))
+        assert path.stat().st_size == end
+        info = {g.generation: g for g in store.generations()}
+        assert info[closed].size == end and info[closed].closed
+        newest = store.log_dir / log_name(store.current_generation)
+        assert newest.stat().st_size == 64 << 10

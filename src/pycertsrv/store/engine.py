@@ -287,7 +287,8 @@ class Store:
         log_dir = home / LOG_DIR
         for g in logfile.list_generations(log_dir).values():
             g.unlink()  # leftovers of a failed earlier create in this home
-        logfile.create_generation(log_dir, logfile.LogHeader(1, identity, logfile.now_us(), 1))
+        logfile.create_generation(log_dir, logfile.LogHeader(1, identity, logfile.now_us(), 1,
+                                                             (options or StoreOptions()).log_size))
         write_checkpoint(home / SYSTEM_DIR / CHECKPOINT_FILE, Checkpoint(0, 1, logfile.now_us()),
                          identity.hex())
         return cls.open(home, options)
@@ -365,7 +366,8 @@ class Store:
                               f"database is at LSN {self.recovery.to_lsn}, past the log's end {last}")
         self._next_lsn = last + 1
         self._appended_lsn = self._durable_lsn = self._applied_lsn = last
-        self._fd = os.open(gens[newest], os.O_WRONLY | os.O_APPEND)
+        # Records are written at _gen_size (pwrite): the file may be preallocated past them.
+        self._fd = os.open(gens[newest], os.O_WRONLY)
         self._closed = False
         if self.recovery.replayed or self.recovery.torn_tail:
             self.recovery.clean = False
@@ -446,12 +448,11 @@ class Store:
     def _append(self, rec: bytes) -> None:
         before = self._gen_size
         try:
-            n = os.write(self._fd, rec)
-            if n != len(rec):  # a short write (disk full): finish it or fail below
-                view = memoryview(rec)[n:]
-                while view:
-                    n = os.write(self._fd, view)
-                    view = view[n:]
+            done = os.pwrite(self._fd, rec, before)
+            if done != len(rec):  # a short write (disk full): finish it or fail below
+                view = memoryview(rec)
+                while done < len(rec):
+                    done += os.pwrite(self._fd, view[done:], before + done)
         except OSError as e:
             # Leave no partial frame behind: the next record must follow a whole one.
             with contextlib.suppress(OSError):
@@ -615,10 +616,12 @@ class Store:
         # The whole swap runs under _fd_lock: a group-commit syncer outside the write lock must
         # never see a closed or -1 descriptor, and _generation_of must see (_gen, _gen_first) together.
         with self._fd_lock:
+            os.ftruncate(self._fd, self._gen_size)  # a closed generation ends at its last record
             os.fsync(self._fd)
-            header = logfile.LogHeader(closed + 1, bytes.fromhex(self.identity), logfile.now_us(), self._next_lsn)
-            new = logfile.create_generation(self.log_dir, header)
-            old_fd, self._fd = self._fd, os.open(new, os.O_WRONLY | os.O_APPEND)
+            header = logfile.LogHeader(closed + 1, bytes.fromhex(self.identity), logfile.now_us(), self._next_lsn,
+                                       self.options.log_size)
+            new, header = logfile.create_generation(self.log_dir, header)
+            old_fd, self._fd = self._fd, os.open(new, os.O_WRONLY)
             os.close(old_fd)
             self._gen = closed + 1
             self._gen_first = self._next_lsn

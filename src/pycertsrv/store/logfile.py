@@ -5,11 +5,19 @@ Log format version 2 (all integers little-endian; version 1 logs are refused by 
 A generation file ``edbXXXXXXXX.log`` (8 hex digits) is a 64-byte header followed by records::
 
     header: magic "PCSLOG01", version u32 (= 2), generation u32, created (µs since epoch) i64,
-            database identity (16 bytes), first LSN u64, CRC32 of the preceding 48 bytes, zero padding
+            database identity (16 bytes), first LSN u64, CRC32 of the preceding 48 bytes,
+            preallocated size u64 (0: none), CRC32 of that size field
     record: CRC32 u32, payload length u32, LSN u64, time (µs since epoch) i64, payload
 
 The record CRC covers bytes 4 to the end of the record (length, LSN, time and payload: one contiguous
 span), so a flipped bit anywhere in a record is caught. LSNs rise by one from the header's first LSN.
+
+The generation being written is preallocated (``fallocate`` to the log size, recorded in the header):
+appends then change no file metadata, so their ``fdatasync`` needs no filesystem journal commit (which
+on ext4 would also flush other files' dirty data). The records end where a zero frame starts; a file
+still exactly its preallocated size with nothing but zeroes after the last record simply has room left.
+Any other zeroes at the end are a torn tail (see :func:`_bad_frame`). A closed generation is cut to
+its last record when the log rolls.
 
 A payload is one committed transaction: its row operations, nothing else::
 
@@ -264,20 +272,27 @@ def decode_payload(buf: Any, pos: int = 0, end: int | None = None) -> list[Op]:
 # ---------------------------------------------------------------- header
 
 
+PREALLOC = struct.Struct("<Q")  # at offset HEADER.size + 4, followed by its own CRC32
+
+
 @dataclass(frozen=True)
 class LogHeader:
-    """The decoded header of a generation file."""
+    """The decoded header of a generation file (``prealloc``: the size it was preallocated to, or 0)."""
 
     generation: int
     identity: bytes
     created_us: int
     first_lsn: int
+    prealloc: int = 0
 
     def encode(self) -> bytes:
         """The 64-byte header."""
         body = HEADER.pack(MAGIC, FORMAT_VERSION, self.generation, self.created_us, self.identity,
                            self.first_lsn)
-        return (body + struct.pack("<I", zlib.crc32(body))).ljust(HEADER_SIZE, b"\0")
+        size = PREALLOC.pack(self.prealloc)
+        out = body + struct.pack("<I", zlib.crc32(body)) + size + struct.pack("<I", zlib.crc32(size))
+        assert len(out) == HEADER_SIZE
+        return out
 
 
 def parse_header(raw: bytes, name: str, identity: bytes | None = None) -> LogHeader:
@@ -306,7 +321,12 @@ def parse_header(raw: bytes, name: str, identity: bytes | None = None) -> LogHea
             JET_ERR_BAD_LOG_SIGNATURE, name,
             f"log belongs to database {ident.hex()}, not {identity.hex()}",
         )
-    return LogHeader(gen, ident, created, first)
+    at = HEADER.size + 4
+    size_raw = raw[at : at + PREALLOC.size]
+    (size_crc,) = struct.unpack_from("<I", raw, at + PREALLOC.size)
+    # A damaged size only changes how zeroes after the last record are reported (cut as a torn tail).
+    prealloc = PREALLOC.unpack(size_raw)[0] if zlib.crc32(size_raw) == size_crc else 0
+    return LogHeader(gen, ident, created, first, prealloc)
 
 
 def read_header(path: Path, identity: bytes | None = None) -> LogHeader:
@@ -495,7 +515,7 @@ def _scan_data(path: Path, header: LogHeader, data: Any, keep: bool) -> tuple[Sc
         res.first_lsn = header.first_lsn
         res.last_lsn = expect - 1
     res.end = pos
-    if pos < n and res.bad_offset is None:
+    if pos < n and res.bad_offset is None and not (n == header.prealloc and _all_zero(data, pos, n)):
         res.bad_offset, res.bad_reason, res.bad_is_tail = _bad_frame(data, pos, res.last_lsn)
     return res, kept
 
@@ -507,8 +527,15 @@ def corrupt_error(res: ScanResult) -> CorruptData:
     )
 
 
-def create_generation(log_dir: Path, header: LogHeader) -> Path:
-    """Create a new generation file durably (temp name, fsync, rename, fsync dir)."""
+def create_generation(log_dir: Path, header: LogHeader) -> tuple[Path, LogHeader]:
+    """Create a new generation file durably (temp name, fsync, rename, fsync dir).
+
+    :param header: its header; when ``header.prealloc`` is set the file is preallocated to that size
+        (where the filesystem cannot, it is not, and the header returned says 0).
+    :returns: the file and the header written.
+    """
+    import dataclasses
+
     from ..fsutil import fsync_dir
 
     final = log_dir / log_name(header.generation)
@@ -517,13 +544,20 @@ def create_generation(log_dir: Path, header: LogHeader) -> Path:
     tmp = log_dir / (final.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, header.encode())
+        if header.prealloc > HEADER_SIZE:
+            try:
+                os.posix_fallocate(fd, 0, header.prealloc)
+            except OSError:
+                header = dataclasses.replace(header, prealloc=0)
+        else:
+            header = dataclasses.replace(header, prealloc=0)
+        os.pwrite(fd, header.encode(), 0)
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, final)
     fsync_dir(log_dir)
-    return final
+    return final, header
 
 
 def list_generations(log_dir: Path) -> dict[int, Path]:

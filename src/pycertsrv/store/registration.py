@@ -549,6 +549,8 @@ def _recover_into_temp(home: Path, reg: Registration) -> dict[str, Any]:
                 keep.append(cur)
     supersede = sorted(live[gen].name for gen in live if gen not in keep)
     torn = {live[gen].name: infos[gen].end for gen in keep if infos[gen].torn}
+    # Kept generations that were being written end in preallocated room: they are closed now, cut to size.
+    trim = {live[gen].name: infos[gen].end for gen in keep if not infos[gen].torn and infos[gen].size > infos[gen].end}
     fresh = (max(keep) if keep else g_end) + 1
     # The epilogue: one logged record at applied+1, in the fresh generation.
     when = datetime.now(UTC)
@@ -575,6 +577,7 @@ def _recover_into_temp(home: Path, reg: Registration) -> dict[str, Any]:
         "supersede": supersede,
         "supersede_dir": f"superseded-{_stamp()}",
         "torn": torn,
+        "trim": trim,
         "db_supersede": others,
         "report": rep.to_json(),
         "recovered_at": when.isoformat(),
@@ -634,6 +637,16 @@ def _finish(home: Path, reg: Registration) -> RestoreOutcome:
             fd = os.open(p, os.O_WRONLY)
             try:
                 os.ftruncate(fd, end)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for name, end in plan.get("trim", {}).items():
+        p = log_dir / name
+        if p.exists() and p.stat().st_size > end:
+            os.chmod(p, 0o644)
+            fd = os.open(p, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, end)  # only zeroes of the preallocation go
                 os.fsync(fd)
             finally:
                 os.close(fd)
