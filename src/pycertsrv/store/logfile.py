@@ -13,11 +13,11 @@ The record CRC covers bytes 4 to the end of the record (length, LSN, time and pa
 span), so a flipped bit anywhere in a record is caught. LSNs rise by one from the header's first LSN.
 
 The generation being written is preallocated (``fallocate`` to the log size, recorded in the header):
-appends then change no file metadata, so their ``fdatasync`` needs no filesystem journal commit (which
-on ext4 would also flush other files' dirty data). The records end where a zero frame starts; a file
-still exactly its preallocated size with nothing but zeroes after the last record simply has room left.
-Any other zeroes at the end are a torn tail (see :func:`_bad_frame`). A closed generation is cut to
-its last record when the log rolls.
+appends then neither allocate blocks nor grow the file, which makes their ``fdatasync`` cheaper (on this
+project's ext4 VM the median append + fdatasync of 1 KiB went from 170-350 µs to 125-170 µs). The
+records end where a zero frame starts; a file still exactly its preallocated size with nothing but
+zeroes after the last record simply has room left. Any other zeroes at the end are a torn tail (see
+:func:`_bad_frame`). A closed generation is cut to its last record when the log rolls.
 
 A payload is one committed transaction: its row operations, nothing else::
 
