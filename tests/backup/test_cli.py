@@ -83,6 +83,23 @@ def test_verify_backup_names_the_bad_file(live: LiveService, tmp_path: Path) -> 
     assert doc["ok"] is False and doc["problems"][0]["path"] == f"DataBase/{log.name}"
 
 
+def test_nice_paced_backup_and_bad_values(live: LiveService, tmp_path: Path) -> None:
+    out = tmp_path / "set"
+    r = certsrv("backup", str(out), "--database-only", "--keep-log", "--quiet", "--nice", "20", home=live.home.root)
+    assert r.returncode == 1 and "0x80070057" in r.stderr and "--nice" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())
+    for bad in ("fast", "0", "-5M"):
+        r = certsrv("backup", str(out), "--database-only", "--quiet", "--max-rate", bad, home=live.home.root)
+        assert r.returncode == 1 and "0x80070057" in r.stderr and "--max-rate" in r.stderr, r.stderr
+        assert not out.exists() or not any(out.iterdir())
+    r = certsrv("backup", str(out), "--database-only", "--keep-log", "--quiet", "--nice", "10", "--max-rate", "64M",
+                home=live.home.root)
+    assert r.returncode == 0, r.stderr
+    v = certsrv("verify-backup", str(out))
+    assert v.returncode == 0 and v.stdout.startswith("OK: full backup of 'CLI Test CA'"), v.stdout + v.stderr
+
+
 def test_incremental_without_full_is_refused(tmp_path: Path) -> None:
     svc = LiveService(short_home("cbinc"), name="Fresh CA").start()
     try:

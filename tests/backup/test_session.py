@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -339,18 +341,45 @@ def test_read_range_gives_the_same_bytes_as_read(mgr: BackupManager, store: Stor
     mgr.open_file(h, name)
     pieces = []
     for n in (10, 90, 5000, 1 << 20):  # the first pieces straddle the 100-byte header
-        prefix, fd, offset, count = mgr.read_range(h, n)
+        rng = mgr.read_range(h, n)
         try:
-            pieces.append(prefix + os.pread(fd, count, offset))
+            pieces.append(rng.prefix + os.pread(rng.fd, rng.count, rng.offset))
         finally:
-            os.close(fd)
-    prefix, fd, offset, count = mgr.read_range(h, 10)
-    os.close(fd)
-    assert (prefix, count) == (b"", 0)  # the end of the file
+            rng.close()
+    rng = mgr.read_range(h, 10)
+    rng.close()
+    assert (rng.prefix, rng.count) == (b"", 0)  # the end of the file
     mgr.close_file(h)
     assert [len(p) for p in pieces] == [10, 90, 5000, size - 5100]
     assert b"".join(pieces) == by_read and len(by_read) == size
     mgr.end(h)
+
+
+def test_backup_keeps_sqlite_file_locks(mgr: BackupManager, store: Store, tmp_path: Path) -> None:
+    """POSIX record locks belong to the process: closing any descriptor of the database file drops SQLite's.
+    If a backup did that, another process closing its connection would find the database unused, and
+    checkpoint and delete the WAL under the store."""
+    add_requests(store, 10, tag="a")
+    h = mgr.prepare("op", 0, 1)
+    name = mgr.database_names(h)[0][1:]
+    mgr.open_file(h, name)
+    mgr.read(h, 1000)
+    for _ in range(3):
+        mgr.read_range(h, 5000).close()
+    mgr.close_file(h)
+    mgr.open_file(h, name)  # read again, left open: End closes it
+    mgr.read(h, 10)
+    mgr.end(h)
+    add_requests(store, 5, tag="b")  # frames in the WAL that only the WAL holds
+    other = ("import sqlite3, sys\n"
+             "c = sqlite3.connect(sys.argv[1])\n"
+             "print(c.execute('SELECT COUNT(*) FROM request').fetchone()[0])\n"
+             "c.close()\n")
+    r = subprocess.run([sys.executable, "-c", other, str(store.db_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "15", r.stderr
+    assert store.db_path.with_name(store.db_path.name + "-wal").exists()
+    add_requests(store, 1, tag="c")  # the store still writes and reads its WAL
+    assert store.count("request") == 16
 
 
 def test_copy_when_the_wal_cannot_be_checkpointed(mgr: BackupManager, store: Store, home: Home,

@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from pycertsrv.backup.manifest import read_manifest
 from pycertsrv.backup.session import BackupManager, LocalSession, backup_history
 from pycertsrv.backup.verify import verify_backup
-from pycertsrv.backup.writer import run_backup
+from pycertsrv.backup.writer import _Pacer, run_backup
 from pycertsrv.ca import Authority
-from pycertsrv.errors import ERROR_DIR_NOT_EMPTY, CertSrvError
+from pycertsrv.errors import E_INVALIDARG, ERROR_DIR_NOT_EMPTY, CertSrvError
 from pycertsrv.home import Home
 from pycertsrv.store import hard_recover, list_generations
 
@@ -256,3 +256,44 @@ def test_encrypted_key_needs_its_passphrase(tmp_path: Path) -> None:
         assert cert == a.certificate and key is not None
     finally:
         a.close()
+
+
+def test_pacer_holds_the_average_rate() -> None:
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    pace = _Pacer(1000.0, clock=lambda: now[0], sleep=sleep)
+    pace(500)
+    pace(500)
+    assert slept == [0.5, 0.5] and now[0] == 101.0  # 1000 bytes took one second
+    now[0] += 5.0  # a slow stretch: bytes that are late are not slept for
+    pace(2000)
+    assert slept == [0.5, 0.5]
+    pace(5000)  # ... but the average is held: 8000 bytes from t=100 are due at t=108
+    assert now[0] == 108.0
+    _Pacer(None, clock=lambda: now[0], sleep=sleep)(10**9)  # no limit: never sleeps
+    assert len(slept) == 3
+
+
+@pytest.mark.parametrize("chunk", [1000, 7777, 1 << 20])
+def test_any_buffer_size_gives_the_same_verified_set(ca: Authority, cmgr: BackupManager, tmp_path: Path,
+                                                     chunk: int) -> None:
+    serials = issue(ca, 4)
+    out = tmp_path / "bk"
+    res = run_backup(factory(cmgr), out, database_only=True, keep_log=True, chunk=chunk, max_rate=1 << 30)
+    rep = verify_backup(out)
+    assert rep.ok, rep.problems  # every file's SHA-256 and size as the manifest says
+    assert res.manifest is not None
+    db = restore([out], tmp_path / "scratch")
+    assert set(serials) <= {r[0] for r in rows(db, "SELECT serial FROM request WHERE serial IS NOT NULL")}
+
+
+def test_bad_max_rate_is_refused_before_anything(ca: Authority, cmgr: BackupManager, tmp_path: Path) -> None:
+    with pytest.raises(CertSrvError) as e:
+        run_backup(factory(cmgr), tmp_path / "bk", database_only=True, max_rate=0)
+    assert e.value.hresult == E_INVALIDARG and "--max-rate" in str(e.value)
+    assert not (tmp_path / "bk").exists() and cmgr.status() is None

@@ -130,6 +130,12 @@ class _OpenFile:
     size: int
     pos: int = 0
     head: bytes = b""  # replaces the file's first bytes (a pinned database's header)
+    owned: bool = True  # False: the store's descriptor of the live database, never closed here
+
+    def close(self) -> None:
+        if self.owned:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
 
     def prefix(self, count: int) -> bytes:
         """The part of the next ``count`` bytes that comes from ``head`` (b"" past it)."""
@@ -150,6 +156,7 @@ class _Session:
     snapshot_lsn: int | None = None
     snapshot_size: int | None = None  # bytes of a pinned snapshot (the live file may be longer)
     snapshot_head: bytes = b""
+    snapshot_fd: int | None = None  # the store's descriptor of the pinned live database (never closed here)
     pin: contextlib.ExitStack | None = None  # Store.pin_snapshot's read transaction
     gen_low: int | None = None
     gen_high: int | None = None
@@ -164,6 +171,24 @@ class _Session:
     lock: threading.RLock = field(default_factory=threading.RLock)
     busy: int = 0
     ended: bool = False
+
+
+@dataclass(frozen=True)
+class ReadRange:
+    """The next chunk of an open file for a zero-copy sender: ``prefix``, then ``count`` bytes of ``fd`` at
+    ``offset``. Call :meth:`close` when sent; the descriptor stays valid until then, whatever the session does.
+    """
+
+    prefix: bytes
+    fd: int
+    offset: int
+    count: int
+    owned: bool  # a duplicate to close; else the store's descriptor of the live database (never closed)
+
+    def close(self) -> None:
+        """Release the descriptor (closing one of the live database would drop SQLite's locks: not done)."""
+        if self.owned:
+            os.close(self.fd)
 
 
 @dataclass(frozen=True)
@@ -303,7 +328,7 @@ class BackupManager:
                 if kind == FULL:
                     pinned = self.store.pin_snapshot()
                     if pinned is not None:  # read in place: no copy of the database
-                        snap, s.snapshot_head, s.pin = pinned
+                        snap, s.snapshot_head, s.snapshot_fd, s.pin = pinned
                         s.snapshot_size = snap.size
                     else:
                         s.staging.mkdir(parents=True, mode=0o700)
@@ -442,12 +467,21 @@ class BackupManager:
                 path = s.snapshot_path
                 head = s.snapshot_head
                 want_size = s.snapshot_size
+                shared = s.snapshot_fd
             elif (s.log_names is not None and name in s.log_names) or name in s.dynamic_names:
                 path = Path(name)
-                head, want_size = b"", None
+                head, want_size, shared = b"", None, None
             else:
                 # CSRA §3.1.4.1.22: only names this session listed; nothing else is looked at.
                 raise NotFound(ERROR_FILE_NOT_FOUND, fn, f"{name!r} is not a file listed by this backup session")
+            if shared is not None:  # the pinned live database: the store's own descriptor
+                size = os.fstat(shared).st_size
+                assert want_size is not None
+                if size < want_size:
+                    raise CorruptData(JET_ERR_MISSING_FILE_TO_BACKUP, fn,
+                                      f"{path.name} is shorter ({size}) than its pinned snapshot ({want_size})")
+                s.open = _OpenFile(name, shared, want_size, head=head, owned=False)
+                return int(want_size)
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -459,15 +493,8 @@ class BackupManager:
             if not stat.S_ISREG(st.st_mode):
                 os.close(fd)
                 raise AccessDenied(E_ACCESSDENIED, fn, f"{path.name} is not a regular file")
-            size = st.st_size
-            if want_size is not None:  # a pinned database: its snapshot is the file's first want_size bytes
-                if size < want_size:
-                    os.close(fd)
-                    raise CorruptData(JET_ERR_MISSING_FILE_TO_BACKUP, fn,
-                                      f"{path.name} is shorter ({size}) than its pinned snapshot ({want_size})")
-                size = want_size
-            s.open = _OpenFile(name, fd, size, head=head)
-            return int(size)
+            s.open = _OpenFile(name, fd, st.st_size)
+            return int(st.st_size)
 
     def read(self, handle: str, n: int, principal_id: str | None = None) -> bytes:
         """BackupRead: the next at most ``n`` bytes (at most MAX_READ) of the open file; b"" at its end.
@@ -491,12 +518,12 @@ class BackupManager:
             f.pos += len(data)
             return data
 
-    def read_range(self, handle: str, n: int, principal_id: str | None = None) -> tuple[bytes, int, int, int]:
-        """BackupRead for zero-copy senders: ``(prefix, fd, offset, count)``, position advanced.
+    def read_range(self, handle: str, n: int, principal_id: str | None = None) -> ReadRange:
+        """BackupRead for zero-copy senders: the next chunk as a :class:`ReadRange`, position advanced.
 
-        The next chunk is ``prefix`` followed by ``count`` bytes of ``fd`` at ``offset`` (``prefix``
-        is only non-empty for a pinned database's header). ``fd`` is a duplicate the caller must close
-        (so End or expiry cannot pull the file away mid-send); the chunk is empty at the end of the file.
+        The chunk is ``prefix`` (only a pinned database's header) followed by ``count`` bytes of ``fd`` at
+        ``offset``; it is empty at the end of the file. The caller closes the range once sent (End or
+        expiry cannot pull the file away mid-send).
 
         :param handle: the session handle.
         :param n: bytes wanted (> 0; at most MAX_SEND are given).
@@ -513,7 +540,7 @@ class BackupManager:
             pre = f.prefix(count)
             offset = f.pos + len(pre)
             f.pos += count
-            return pre, os.dup(f.fd), offset, count - len(pre)
+            return ReadRange(pre, os.dup(f.fd) if f.owned else f.fd, offset, count - len(pre), f.owned)
 
     def close_file(self, handle: str, principal_id: str | None = None) -> None:
         """BackupClose: close the open file; it counts as backed up when it was read to its end.
@@ -526,7 +553,7 @@ class BackupManager:
             f = s.open
             if f is None:
                 raise SequenceError(E_UNEXPECTED, fn, "no file is open")
-            os.close(f.fd)
+            f.close()
             s.open = None
             if f.pos >= f.size:
                 s.done.add(f.name)
@@ -615,8 +642,7 @@ class BackupManager:
         try:
             if s.open is not None:
                 # spec §2.20 [INF]: End implicitly closes an open file.
-                with contextlib.suppress(OSError):
-                    os.close(s.open.fd)
+                s.open.close()
                 s.open = None
             if s.truncated or (not aborted and self._complete(s)):
                 result["backup_id"] = self._record(s)
@@ -654,8 +680,7 @@ class BackupManager:
     def _release(self, s: _Session) -> None:
         s.ended = True
         if s.open is not None:
-            with contextlib.suppress(OSError):
-                os.close(s.open.fd)
+            s.open.close()
             s.open = None
         self._unpin(s)
         shutil.rmtree(s.staging, ignore_errors=True)
@@ -677,6 +702,7 @@ __all__ = [
     "BackupRecord",
     "CertSrvError",
     "LocalSession",
+    "ReadRange",
     "backup_history",
     "decode_backup_type",
 ]

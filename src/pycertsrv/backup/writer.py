@@ -188,6 +188,31 @@ class _Writeback:
         self.start = self.pos
 
 
+class _Pacer:
+    """Hold a backup to at most ``rate`` bytes per second on average (None: as fast as it goes).
+
+    A full-speed backup saturates the disk the CA's own log fsyncs need; an operator trades backup
+    time for a lighter load (as pg_basebackup --max-rate, rsync --bwlimit).
+    """
+
+    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rate = rate
+        self.clock = clock
+        self.sleep = sleep
+        self.start = clock()
+        self.total = 0
+
+    def __call__(self, n: int) -> None:
+        """Account ``n`` bytes written; sleep until they are due."""
+        if not self.rate:
+            return
+        self.total += n
+        ahead = self.start + self.total / self.rate - self.clock()
+        if ahead > 0:
+            self.sleep(ahead)
+
+
 class _Reader(Protocol):
     def __call__(self, buf: memoryview) -> int: ...
 
@@ -232,7 +257,7 @@ def _hasher(h: Any, inq: queue.Queue[tuple[bytearray, int] | None], free: queue.
 
 
 def _stream(session: SessionLike, name: str, dest: Path, phase: str, progress: ProgressCallback | None,
-            chunk: int) -> tuple[int, str]:
+            chunk: int, pace: _Pacer) -> tuple[int, str]:
     """Open ``name``, copy it to ``dest`` (fsynced), close; returns (size, sha256).
 
     This thread receives each buffer and writes it; a second thread hashes the buffers written, in
@@ -271,6 +296,7 @@ def _stream(session: SessionLike, name: str, dest: Path, phase: str, progress: P
                 to_hash.put((buf, n))
                 done += n
                 wb.wrote(n)
+                pace(n)
                 if progress:
                     progress(Progress(phase, Path(name).name, size, done, n))
             to_hash.put(None)
@@ -396,6 +422,7 @@ def run_backup(
     home: Home | Path | str | None = None,
     key_passphrase: bytes | None = None,
     chunk: int = CHUNK,
+    max_rate: float | None = None,
 ) -> BackupResult:
     """Write a backup set into ``directory`` (layout of spec §5.4 plus Dynamic/ and Config/).
 
@@ -411,12 +438,15 @@ def run_backup(
     :param home: the local CA home (key, certificate, configuration).
     :param key_passphrase: passphrase of an encrypted CA key (default: the home's configured source).
     :param chunk: receive buffer size (and bytes asked per Read of a session that cannot receive into buffers).
+    :param max_rate: at most this many bytes per second on average (None: no limit).
     """
     t0 = time.monotonic()
     if kind not in (FULL, INCREMENTAL):
         raise InvalidArgument(E_INVALIDARG, "backup", f"unknown backup kind {kind!r}")
     if database_only and key_only:
         raise InvalidArgument(E_INVALIDARG, "backup", "--database-only and --key-only exclude each other")
+    if max_rate is not None and not max_rate > 0:
+        raise InvalidArgument(E_INVALIDARG, "--max-rate", f"{max_rate} is not a positive number of bytes per second")
     if key_only and kind == INCREMENTAL:
         raise InvalidArgument(E_INVALIDARG, "backup", "a key-only backup cannot be incremental")
     pw = password.encode() if isinstance(password, str) else password
@@ -457,7 +487,7 @@ def run_backup(
         with _open_session(source, kind) as session:
             _backup_database(session, partial, target, result, placed, kind=kind, keep_log=keep_log,
                              database_only=database_only, pw=pw, hm=hm, cfg=cfg, key_passphrase=key_passphrase,
-                             progress=progress, chunk=chunk)
+                             progress=progress, chunk=chunk, max_rate=max_rate)
             result.recorded = session.end()
     except BaseException:
         for p in reversed(placed):
@@ -487,8 +517,9 @@ def _place(src: Path, dest: Path, placed: list[Path]) -> Path:
 def _backup_database(session: SessionLike, partial: Path, target: Path, result: BackupResult, placed: list[Path],
                      *, kind: str, keep_log: bool, database_only: bool, pw: bytes | None, hm: Home | None,
                      cfg: Config | None, key_passphrase: bytes | None, progress: ProgressCallback | None,
-                     chunk: int) -> None:
+                     chunk: int, max_rate: float | None) -> None:
     entries: list[FileEntry] = []
+    pace = _Pacer(max_rate)
     p12_tmp: Path | None = None
     if not database_only:
         assert hm is not None and cfg is not None and pw is not None
@@ -507,7 +538,7 @@ def _backup_database(session: SessionLike, partial: Path, target: Path, result: 
         for entry in session.database_names():
             name = entry[1:]  # spec §1.4: strip the one-character tag before OpenFile
             base = _unique_name(Path(name).name, used)
-            size, digest = _stream(session, name, dbdir / base, "Database files", progress, chunk)
+            size, digest = _stream(session, name, dbdir / base, "Database files", progress, chunk, pace)
             result.bytes_streamed += size
             entries.append(FileEntry(f"{DB_SUBDIR}/{base}", size, digest, "database"))
             if db_rel is None:
@@ -521,7 +552,7 @@ def _backup_database(session: SessionLike, partial: Path, target: Path, result: 
         if g is None:
             raise CorruptData(ERROR_INVALID_DATA, base, "the server listed a log that is not a generation file")
         base = _unique_name(base, used)
-        size, digest = _stream(session, name, dbdir / base, "Log files", progress, chunk)
+        size, digest = _stream(session, name, dbdir / base, "Log files", progress, chunk, pace)
         result.bytes_streamed += size
         entries.append(FileEntry(f"{DB_SUBDIR}/{base}", size, digest, "log"))
         log_paths.append(dbdir / base)
@@ -533,7 +564,7 @@ def _backup_database(session: SessionLike, partial: Path, target: Path, result: 
     for name in session.dynamic_files():
         dyn_dir.mkdir(exist_ok=True)
         base = _unique_name(Path(name).name, dyn_used)
-        size, digest = _stream(session, name, dyn_dir / base, "Dynamic files", progress, chunk)
+        size, digest = _stream(session, name, dyn_dir / base, "Dynamic files", progress, chunk, pace)
         result.bytes_streamed += size
         entries.append(FileEntry(f"{DYNAMIC_SUBDIR}/{base}", size, digest, "dynamic"))
     if hm is not None and hm.config.is_file():

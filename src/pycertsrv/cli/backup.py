@@ -3,6 +3,7 @@ and :func:`pycertsrv.backup.verify.verify_backup` (spec §5.2 certutil -backup, 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,22 @@ def _read_secret(path: Path, what: str) -> bytes:
     if not secret:
         raise InvalidArgument(ERROR_INVALID_PASSWORD, str(path), f"the {what} file is empty")
     return secret
+
+
+_RATE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _parse_rate(text: str) -> float:
+    """``--max-rate``: bytes per second, with an optional K, M or G suffix (powers of 1024)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("/S")
+    unit = t[-1:] if t[-1:] in _RATE_UNITS else ""
+    try:
+        value = float(t[:len(t) - len(unit)]) * _RATE_UNITS[unit]
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise InvalidArgument(E_INVALIDARG, "--max-rate", f"{text!r} is not a positive rate such as 200M")
+    return value
 
 
 class _Bars:
@@ -67,12 +84,18 @@ class _Bars:
               help="Passphrase of an encrypted CA key (default: the home's configured source).")
 @click.option("--force", is_flag=True, help="Write into a non-empty directory, replacing an earlier set.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--nice", "niceness", type=int, default=0, show_default=True,
+              help="Run this backup process N steps nicer (0-19, nice(2)), so issuance on the same machine keeps "
+                   "more of the CPU; the service's own part of the backup is small and unchanged.")
+@click.option("--max-rate", "max_rate", default=None, metavar="RATE",
+              help="At most RATE bytes per second on average (suffix K, M or G: 200M), so the CA's own disk "
+                   "writes keep their speed during the backup.")
 @home_option
 @server_options
 @json_option
 def backup_cmd(directory: Path, incremental: bool, keep_log: bool, database_only: bool, key_only: bool,
                password_file: Path | None, key_passphrase_file: Path | None, force: bool, quiet: bool,
-               home: Path | None, server: ServerSpec, as_json: bool) -> None:
+               niceness: int, max_rate: str | None, home: Path | None, server: ServerSpec, as_json: bool) -> None:
     """Back up the running CA into DIRECTORY: DIR/<CA>.p12 and DIR/DataBase/ (spec §5.4), plus Dynamic/ and
     Config/. Full backups truncate the logs unless --keep-log."""
     from ..backup.writer import run_backup
@@ -80,6 +103,9 @@ def backup_cmd(directory: Path, incremental: bool, keep_log: bool, database_only
 
     if database_only and key_only:
         raise InvalidArgument(E_INVALIDARG, "backup", "--database-only and --key-only exclude each other")
+    if not 0 <= niceness <= 19:
+        raise InvalidArgument(E_INVALIDARG, "--nice", f"{niceness} is not a niceness increment from 0 to 19")
+    rate = _parse_rate(max_rate) if max_rate is not None else None
     password: bytes | None = None
     if not database_only:
         if password_file is not None:
@@ -92,11 +118,13 @@ def backup_cmd(directory: Path, incremental: bool, keep_log: bool, database_only
                                   "(or --database-only)")
     passphrase = _read_secret(key_passphrase_file, "key passphrase") if key_passphrase_file else None
     bars = _Bars(not quiet and not as_json)
+    if niceness:
+        os.nice(niceness)  # this process only (receiving, hashing, writing the set)
     with server.client(home) as client:
         try:
             result = run_backup(client, directory, kind="incremental" if incremental else "full", keep_log=keep_log,
                                 database_only=database_only, key_only=key_only, password=password, force=force,
-                                progress=bars, home=Home.at(home), key_passphrase=passphrase)
+                                progress=bars, home=Home.at(home), key_passphrase=passphrase, max_rate=rate)
         finally:
             bars.finish()
     if as_json:

@@ -398,6 +398,10 @@ class Store:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        db_fd: int = getattr(self, "_db_fd", -1)
+        if db_fd >= 0:  # only now that SQLite's connections are closed (see _database_fd)
+            os.close(db_fd)
+            self._db_fd = -1
 
     def __enter__(self) -> Store:
         return self
@@ -760,7 +764,7 @@ class Store:
             fsync_dir(dest.parent)
         return SnapshotInfo(dest, lsn, self._generation_of(lsn + 1), dest.stat().st_size)
 
-    def pin_snapshot(self, attempts: int = 40) -> tuple[SnapshotInfo, bytes, contextlib.ExitStack] | None:
+    def pin_snapshot(self, attempts: int = 40) -> tuple[SnapshotInfo, bytes, int, contextlib.ExitStack] | None:
         """Hold the database file itself still at one LSN, so it can be read in place instead of copied.
 
         Under the apply lock (no commit can run) the WAL is checkpointed completely and a read
@@ -770,16 +774,22 @@ class Store:
         not change, while writers go on appending to the WAL. Nothing here writes to the file.
 
         :param attempts: complete-checkpoint tries (a reader on an older view blocks one) before giving up.
-        :returns: ``(info, header, pin)``: ``info.path`` is the live database file and ``info.size``
+        :returns: ``(info, header, fd, pin)``: ``info.path`` is the live database file and ``info.size``
             the snapshot's bytes (page count x page size, the file's first bytes); ``header`` replaces the
             file's first bytes in a copy (file format bytes 18-19 set to 1, rollback journal, as
-            :meth:`snapshot` writes); ``pin.close()`` ends the transaction (a second close does nothing).
-            None when the WAL could not be checkpointed completely: use :meth:`snapshot`.
+            :meth:`snapshot` writes); ``fd`` reads the file (pread, sendfile) and belongs to the store:
+            never close it (see :meth:`_database_fd`); ``pin.close()`` ends the transaction (a second
+            close does nothing). None when the WAL could not be checkpointed completely: use
+            :meth:`snapshot`.
         """
         self._check_usable()
+        fd = self._database_fd()
         conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=30)
         pinned = False
         try:
+            # Most of the WAL is copied first without the lock (writers go on), so that commits wait
+            # only for the few frames written meanwhile (and that checkpoint's fsync) below.
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             for _ in range(max(1, attempts)):
                 with self._apply_cond:
                     while self._applying:  # the writer connection is in use by a group commit
@@ -800,15 +810,38 @@ class Store:
                 conn.close()
         if not pinned:
             return None
-        with open(self.db_path, "rb") as f:
-            head = bytearray(f.read(100))
+        head = bytearray(os.pread(fd, 100, 0))
         # sqlite.org/fileformat2.html §1.3.3: bytes 18/19 are 2 in WAL mode, 1 with a rollback journal.
         if len(head) == 100 and head[:16] == b"SQLite format 3\x00":
             head[18] = head[19] = 1
+        with self._conns_lock:
+            self._conns.append(conn)  # closed with the store if the pin is still held then
+
+        def unpin() -> None:
+            with self._conns_lock:
+                if conn in self._conns:
+                    self._conns.remove(conn)
+            conn.close()  # ends the read transaction
+
         pin = contextlib.ExitStack()
-        pin.callback(conn.close)  # closing ends the read transaction
+        pin.callback(unpin)
         info = SnapshotInfo(self.db_path, lsn, self._generation_of(lsn + 1), pages * page_size)
-        return info, bytes(head), pin
+        return info, bytes(head), fd, pin
+
+    def _database_fd(self) -> int:
+        """A read-only descriptor of the database file, open until the store closes.
+
+        POSIX record locks belong to the process: closing any descriptor of the file (even a dup) drops
+        every lock SQLite holds on it, and another process closing its own connection could then take
+        the database as unused and checkpoint and delete the WAL under us. So this descriptor is opened
+        once and closed only after SQLite's connections (in ``_close_handles``).
+        """
+        with self._conns_lock:
+            fd: int = getattr(self, "_db_fd", -1)
+            if fd < 0:
+                fd = os.open(self.db_path, os.O_RDONLY | os.O_CLOEXEC)
+                self._db_fd = fd
+            return fd
 
     # ---------------------------------------------------------------- reads
 
