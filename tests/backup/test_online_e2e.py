@@ -16,7 +16,7 @@ from pycertsrv.backup.manifest import read_manifest
 from pycertsrv.backup.verify import verify_backup
 from pycertsrv.backup.writer import run_backup
 from pycertsrv.client import Client
-from pycertsrv.errors import E_UNEXPECTED, CertSrvError
+from pycertsrv.errors import E_UNEXPECTED, ERROR_FILE_NOT_FOUND, CertSrvError
 from pycertsrv.store import hard_recover
 
 from .helpers import make_csr
@@ -203,6 +203,10 @@ def test_idle_session_expires_and_with_block_always_ends(tmp_path: Path) -> None
             with pytest.raises(ZeroDivisionError):
                 with c.backup("full") as s:
                     s.database_names()
+                    # the session's calls on its own connection bring the service's errors back unchanged
+                    with pytest.raises(CertSrvError) as e:
+                        s.open_file("/etc/passwd")
+                    assert e.value.hresult == ERROR_FILE_NOT_FOUND and "/etc/passwd" in e.value.message
                     1 / 0  # noqa: B018
             assert c.call("GET", "/backup/status")["session"] is None
             # a client that vanishes: the service ends the session after the idle timeout
