@@ -299,6 +299,28 @@ def test_expiry_releases_lock_and_pin(mgr: BackupManager, store: Store, home: Ho
     assert backup_history(store) == [] or backup_history(store)[-1].kind == "full"
 
 
+def test_pin_outlasts_a_range_being_sent(mgr: BackupManager, store: Store, clock: object) -> None:
+    """Expiry during a (very slow) send must not let checkpoints change pages that are still to be sent."""
+    add_requests(store, 20, tag="a")
+    h = mgr.prepare("op", 0, 1)
+    name = mgr.database_names(h)[0][1:]
+    size = mgr.open_file(h, name)
+    rng = mgr.read_range(h, size)
+    with open(store.db_path, "rb") as f:
+        before = f.read(size)
+    clock.now += 601  # type: ignore[attr-defined]
+    assert mgr.expire_idle() == [h]
+    add_requests(store, 50, tag="b")
+    frames, done = _checkpoint(store.db_path)
+    assert frames > done  # still pinned: the range is being sent
+    assert os.pread(rng.fd, rng.count, rng.offset) == before[rng.offset:rng.offset + rng.count] and rng.count > 0
+    rng.close()
+    frames, done = _checkpoint(store.db_path)
+    assert frames == done  # the pin ended with the last range
+    with open(store.db_path, "rb") as f:
+        assert f.read(size) != before
+
+
 def test_pinned_database_file_does_not_change(mgr: BackupManager, store: Store, tmp_path: Path) -> None:
     """While the session reads the live file in place, commits and checkpoints leave it untouched."""
     add_requests(store, 40, tag="before")

@@ -35,6 +35,7 @@ truncated generations exist nowhere else and the next incremental must start aft
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import shutil
@@ -158,6 +159,9 @@ class _Session:
     snapshot_head: bytes = b""
     snapshot_fd: int | None = None  # the store's descriptor of the pinned live database (never closed here)
     pin: contextlib.ExitStack | None = None  # Store.pin_snapshot's read transaction
+    pin_lock: threading.Lock = field(default_factory=threading.Lock)  # pin, sending, unpin_wanted
+    sending: int = 0  # ranges of the pinned database handed to senders and not closed yet
+    unpin_wanted: bool = False  # the pin ends when the last of them is closed
     gen_low: int | None = None
     gen_high: int | None = None
     db_names: list[str] = field(default_factory=list)
@@ -184,11 +188,14 @@ class ReadRange:
     offset: int
     count: int
     owned: bool  # a duplicate to close; else the store's descriptor of the live database (never closed)
+    done: Callable[[], None] | None = None  # a pinned database's range: the pin may end once it is sent
 
     def close(self) -> None:
         """Release the descriptor (closing one of the live database would drop SQLite's locks: not done)."""
         if self.owned:
             os.close(self.fd)
+        if self.done is not None:
+            self.done()
 
 
 @dataclass(frozen=True)
@@ -540,7 +547,13 @@ class BackupManager:
             pre = f.prefix(count)
             offset = f.pos + len(pre)
             f.pos += count
-            return ReadRange(pre, os.dup(f.fd) if f.owned else f.fd, offset, count - len(pre), f.owned)
+            if f.owned:
+                return ReadRange(pre, os.dup(f.fd), offset, count - len(pre), True)
+            # The pinned live database: the pin must outlast the send, even if the session ends meanwhile
+            # (expiry during a very slow send), or a checkpoint could change pages still to be sent.
+            with s.pin_lock:
+                s.sending += 1
+            return ReadRange(pre, f.fd, offset, count - len(pre), False, functools.partial(self._range_sent, s))
 
     def close_file(self, handle: str, principal_id: str | None = None) -> None:
         """BackupClose: close the open file; it counts as backed up when it was read to its end.
@@ -669,13 +682,29 @@ class BackupManager:
         return bid
 
     def _unpin(self, s: _Session) -> None:
-        """End the snapshot: close the pinning read transaction, or delete the staging copy."""
-        if s.pin is not None:
-            s.pin.close()
-            s.pin = None
+        """End the snapshot: close the pinning read transaction (once no range of it is being sent), or
+        delete the staging copy (a range being sent keeps its own descriptor of it)."""
+        with s.pin_lock:
+            s.unpin_wanted = True
+            pin = s.pin if not s.sending else None
+            if pin is not None:
+                s.pin = None
+        if pin is not None:
+            pin.close()
         elif s.snapshot_path is not None and s.snapshot_path.parent == s.staging:
             with contextlib.suppress(FileNotFoundError):
                 s.snapshot_path.unlink()
+
+    @staticmethod
+    def _range_sent(s: _Session) -> None:
+        """A range of the pinned database was sent: end a pin that is only waiting for that."""
+        with s.pin_lock:
+            s.sending -= 1
+            pin = s.pin if s.unpin_wanted and not s.sending else None
+            if pin is not None:
+                s.pin = None
+        if pin is not None:
+            pin.close()
 
     def _release(self, s: _Session) -> None:
         s.ended = True
