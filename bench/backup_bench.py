@@ -98,7 +98,7 @@ def build_database(n: int) -> Path:
     if (final / "BUILT.json").is_file():
         return final
     CACHE.mkdir(parents=True, exist_ok=True)
-    for old in CACHE.glob(f"home-{n}*"):
+    for old in [CACHE / f"home-{n}", *CACHE.glob(f"home-{n}-logv*")]:  # caches of older log formats
         shutil.rmtree(old, ignore_errors=True)
     tmp = CACHE / f"home-{n}.building"
     shutil.rmtree(tmp, ignore_errors=True)
