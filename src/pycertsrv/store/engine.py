@@ -702,7 +702,8 @@ class Store:
             assert self._writer is not None
             lsn = self._applied_lsn
             self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            fsync_file(self.db_path)
+            # Never open+close the live database here: closing any descriptor drops SQLite's POSIX locks.
+            os.fsync(self._database_fd())
             wal = self.db_path.with_name(self.db_path.name + "-wal")
             if wal.exists():
                 fsync_file(wal)
