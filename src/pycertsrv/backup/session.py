@@ -228,6 +228,12 @@ def backup_history(store: Store) -> list[BackupRecord]:
             for r in rows]
 
 
+def _no_open_file(s: _Session, fn: str) -> None:
+    """spec §2.20 / ESE-LogInfo: list and truncate calls need every file closed, else 0x8000FFFF."""
+    if s.open is not None:
+        raise SequenceError(E_UNEXPECTED, fn, f"{Path(s.open.name).name} is still open")
+
+
 class BackupManager:
     """One CA's backup sessions (spec §2.20); every method is thread-safe.
 
@@ -394,8 +400,7 @@ class BackupManager:
                 # CSRA §3.1.4.1.18: SHOULD fail with 0xC8000209 without a full BackupPrepare.
                 raise SequenceError(JET_ERR_INVALID_BACKUP_SEQUENCE, fn,
                                     "a logs-only backup has no database files")
-            if s.open is not None:
-                raise SequenceError(E_UNEXPECTED, fn, f"{Path(s.open.name).name} is still open")
+            _no_open_file(s, fn)
             if s.phase != PHASE_DB:
                 # ESE-LogInfo: once the log list was given, database files are no longer part of the backup.
                 raise SequenceError(E_UNEXPECTED, fn, "the log list was already requested")
@@ -410,8 +415,7 @@ class BackupManager:
         """
         fn = "BackupGetBackupLogs"
         with self._use(handle, fn, principal_id) as s:
-            if s.open is not None:
-                raise SequenceError(E_UNEXPECTED, fn, f"{Path(s.open.name).name} is still open")
+            _no_open_file(s, fn)
             if s.log_names is None:
                 assert s.gen_low is not None
                 rolled = self.store.roll_log()
@@ -579,8 +583,7 @@ class BackupManager:
         """
         fn = "BackupTruncateLogs"
         with self._use(handle, fn, principal_id) as s:
-            if s.open is not None:
-                raise SequenceError(E_UNEXPECTED, fn, f"{Path(s.open.name).name} is still open")
+            _no_open_file(s, fn)
             if s.log_names is None:
                 raise SequenceError(E_UNEXPECTED, fn, "the log list was not requested, so the backup is not complete")
             missing = [n for n in self._required(s) if n not in s.done]
