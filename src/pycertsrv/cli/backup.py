@@ -10,21 +10,14 @@ from typing import Any
 
 import click
 
-from ..errors import E_INVALIDARG, ERROR_INVALID_PASSWORD, CorruptData, InvalidArgument, NotFound
+from ..errors import E_INVALIDARG, ERROR_INVALID_PASSWORD, CorruptData, InvalidArgument
 from . import cli
 from .backend import ServerSpec, server_options
-from .common import echo_json, home_option, json_option
+from .common import echo_json, home_option, json_option, read_secret_file
 
 
 def _read_secret(path: Path, what: str) -> bytes:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise NotFound(None, str(path), f"cannot read the {what} file: {e.strerror}") from None
-    secret = raw.splitlines()[0] if raw.strip() else b""
-    if not secret:
-        raise InvalidArgument(ERROR_INVALID_PASSWORD, str(path), f"the {what} file is empty")
-    return secret
+    return read_secret_file(path, what, empty_hresult=ERROR_INVALID_PASSWORD)
 
 
 _RATE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}

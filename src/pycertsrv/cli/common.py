@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ..errors import ERROR_FILE_NOT_FOUND, InvalidArgument, NotFound
 from ..home import ENV_HOME
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,6 +46,23 @@ def passphrase_options(f: F) -> F:
         return f(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def read_secret_file(path: Path, what: str, *, empty_hresult: int) -> bytes:
+    """The first line of a password or passphrase file.
+
+    :param path: the file.
+    :param what: what it holds, for the message (``"password"``, ``"key passphrase"``).
+    :param empty_hresult: the HRESULT for an empty file.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise NotFound(ERROR_FILE_NOT_FOUND, str(path), f"cannot read the {what} file: {e.strerror}") from None
+    secret = raw.splitlines()[0] if raw.strip() else b""
+    if not secret:
+        raise InvalidArgument(empty_hresult, str(path), f"the {what} file is empty")
+    return secret
 
 
 def open_authority(home: Path | str | None, passphrase: bytes | None = None) -> Any:

@@ -10,22 +10,13 @@ from pathlib import Path
 
 import click
 
-from ..errors import E_INVALIDARG, ERROR_FILE_NOT_FOUND, InvalidArgument, NotFound
+from ..errors import E_INVALIDARG
 from . import cli
-from .common import echo_json, home_option, json_option
+from .common import echo_json, home_option, json_option, read_secret_file
 
 
 def _read_secret(path: Path | None, what: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise NotFound(ERROR_FILE_NOT_FOUND, str(path), f"cannot read the {what} file: {e.strerror}") from None
-    value = raw.splitlines()[0] if raw.strip() else b""
-    if not value:
-        raise InvalidArgument(E_INVALIDARG, str(path), f"the {what} file is empty")
-    return value
+    return None if path is None else read_secret_file(path, what, empty_hresult=E_INVALIDARG)
 
 
 @cli.command("restore")
