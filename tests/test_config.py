@@ -18,7 +18,7 @@ def test_round_trip_through_disk(tmp_path: Path) -> None:
     config.save(tmp_path, cfg)
     back = config.load(tmp_path)
     assert back == cfg
-    assert (tmp_path / "certsrv.toml").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "certsrv.toml").stat().st_mode & 0o777 == 0o600  # a private home (issue 9)
 
 
 def test_missing_file_is_not_found(tmp_path: Path) -> None:

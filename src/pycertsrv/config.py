@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import E_INVALIDARG, ERROR_FILE_NOT_FOUND, InvalidArgument, NotFound
-from .fsutil import atomic_write
+from .fsutil import PRIVATE_FILE, atomic_write
 
 CONFIG_FILE = "certsrv.toml"
 KeyType = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
@@ -64,7 +64,11 @@ class ServiceSection(_Section):
     """The daemon: listeners, TLS, limits, backup sessions."""
 
     socket: str = "certsrv.sock"
-    socket_mode: int = 0o660
+    # Who may connect to the Unix socket (issue 9, finding 7): None = the owner only (socket 0600); a group
+    # name or gid = that group too (socket 0660 and, when the socket is in the home, the home 0710 with
+    # that group so members can reach it but list or read nothing else).
+    socket_group: str | int | None = None
+    socket_mode: int | None = None  # overrides the mode above (kept for older certsrv.toml files)
     tcp_host: str | None = None
     tcp_port: int | None = None
     tls_cert: str | None = None
@@ -103,6 +107,10 @@ def load(home: Path) -> Config:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise NotFound(ERROR_FILE_NOT_FOUND, str(path), "no certsrv.toml: not a CA home (run certsrv init)") from None
+    except PermissionError:  # a private home of another user (issue 9): one line, not a traceback
+        from .home import not_owner_error
+
+        raise not_owner_error(Path(home), _owner(Path(home))) from None
     try:
         return Config.model_validate(tomllib.loads(raw.decode()))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -111,6 +119,13 @@ def load(home: Path) -> Config:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidArgument(E_INVALIDARG, str(path), f"{where}: {first['msg']}") from None
+
+
+def _owner(path: Path) -> int | None:
+    try:
+        return path.stat().st_uid
+    except OSError:
+        return None
 
 
 def _toml_value(v: Any) -> str:
@@ -147,4 +162,4 @@ def dumps(cfg: Config) -> str:
 
 def save(home: Path, cfg: Config) -> None:
     """Write ``home/certsrv.toml`` atomically."""
-    atomic_write(Path(home) / CONFIG_FILE, dumps(cfg).encode(), mode=0o640)
+    atomic_write(Path(home) / CONFIG_FILE, dumps(cfg).encode(), mode=PRIVATE_FILE)

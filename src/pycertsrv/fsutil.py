@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,13 @@ from pathlib import Path
 from .errors import ERROR_SHARING_VIOLATION, Conflict
 
 CHUNK = 1 << 20
+# A CA home is private (issue 9, finding 3): directories 0700 and files 0600, except publish/ (for web
+# publication). Modes are set on the descriptor after creation, so the caller's umask neither widens nor
+# narrows them.
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+PUBLIC_DIR = 0o755
+PUBLIC_FILE = 0o644
 
 
 def fsync_dir(path: Path) -> None:
@@ -24,17 +32,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
     """Write ``data`` to ``path`` atomically and durably.
 
     :param path: the final name; a temp name beside it is written, fsynced and renamed.
     :param data: the whole content.
-    :param mode: permission bits of the new file.
+    :param mode: permission bits of the new file (exactly, whatever the umask).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
+        os.fchmod(fd, mode)
         view = memoryview(data)
         while view:
             n = os.write(fd, view)
@@ -44,6 +53,56 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def create_file(path: Path, mode: int = PRIVATE_FILE) -> None:
+    """Create ``path`` empty (replacing nothing: it must not exist) with exactly ``mode``.
+
+    Used before handing a new name to SQLite: SQLite creates a database with the umask's mode, and its
+    ``-wal``/``-shm``/``-journal`` files with the database file's mode, so creating the file first makes
+    all of them private.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def copy_file(src: Path, dest: Path, mode: int = PRIVATE_FILE) -> None:
+    """Copy ``src`` to a new or truncated ``dest`` with exactly ``mode`` (not fsynced: the caller does).
+
+    ``shutil.copyfile`` would create ``dest`` with the umask's mode: a world-readable window for a
+    database copy.
+    """
+    with open(src, "rb") as f:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        try:
+            os.fchmod(fd, mode)
+            with os.fdopen(os.dup(fd), "wb") as out:
+                shutil.copyfileobj(f, out, CHUNK)
+        finally:
+            os.close(fd)
+
+
+def make_dirs(path: Path, mode: int = PRIVATE_DIR) -> None:
+    """``mkdir -p`` where every directory created gets exactly ``mode`` (existing ones are left alone)."""
+    path = Path(path)
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=mode)
+        except FileExistsError:
+            if not d.is_dir():
+                raise
+            continue
+        os.chmod(d, mode)  # mkdir's mode is narrowed by the umask
 
 
 def sha256_file(path: Path) -> str:
@@ -81,7 +140,7 @@ class HomeLock:
 
     def acquire(self) -> None:
         """Take the lock or raise ``Conflict`` (ERROR_SHARING_VIOLATION) naming the holder's pid."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -137,8 +196,6 @@ class HomeLock:
 @contextlib.contextmanager
 def cleanup_on_failure(*paths: Path) -> Iterator[None]:
     """Remove ``paths`` (files or trees) if the body raises; used for staging areas."""
-    import shutil
-
     try:
         yield
     except BaseException:

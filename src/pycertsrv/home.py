@@ -13,15 +13,30 @@
     HOME/staging/            backup snapshots while a session runs
     HOME/certsrv.sock        the service's Unix socket
     HOME/audit.log           the service's audit log (JSON lines)
+
+The home is private (issue 9): the home and every directory under it 0700, every file 0600 (closed log
+generations 0400), except ``publish/`` (0755, files 0644), which is meant for web publication. With
+``service.socket_group`` the home itself is 0710 with that group, so members can reach the socket (and
+publish/) but list or read nothing else. Files are created with these modes (:mod:`pycertsrv.fsutil`);
+:func:`secure_home` tightens a home made before, when it is opened.
 """
 
 from __future__ import annotations
 
+import grp
+import logging
 import os
+import pwd
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import E_ACCESSDENIED, E_INVALIDARG, AccessDenied, InvalidArgument
+from .fsutil import PRIVATE_DIR, PRIVATE_FILE, PUBLIC_DIR, PUBLIC_FILE
+
 ENV_HOME = "CERTSRV_HOME"
+PUBLISH = "publish"
+log = logging.getLogger("pycertsrv.home")
 
 
 def default_home() -> Path:
@@ -94,3 +109,105 @@ class Home:
     def lock(self) -> Path:
         """The lock file."""
         return self.root / ".lock"
+
+
+def user_name(uid: int) -> str:
+    """``name (uid N)``, or ``uid N`` for a uid without a passwd entry."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def not_owner_error(root: Path, owner: int | None = None) -> AccessDenied:
+    """The one-line refusal for a caller who does not own the home ``root``.
+
+    :param root: the home.
+    :param owner: its owner's uid, when known (a home inside a private directory cannot be looked at).
+    """
+    me = user_name(os.geteuid())
+    if owner is None:
+        return AccessDenied(E_ACCESSDENIED, str(root),
+                            f"permission denied for {me}: the home is private to its owner; run the command as "
+                            "the user who owns it, or through its service with --server unix:SOCKET")
+    who = user_name(owner)
+    try:
+        run_as = f"sudo -u {pwd.getpwuid(owner).pw_name} certsrv ..."
+    except KeyError:
+        run_as = f"as uid {owner}"
+    return AccessDenied(E_ACCESSDENIED, str(root),
+                        f"this CA home belongs to {who}, not to {me}; run the command as its owner ({run_as}), "
+                        "or through its service with --server unix:SOCKET")
+
+
+def check_owner(root: Path) -> None:
+    """Refuse (E_ACCESSDENIED, one line) a caller who does not own the existing home ``root``.
+
+    Root is refused too: files it would create (log generations, the lock) would then belong to root and
+    the owner's service could not open them. A missing home passes (init/restore make it).
+    """
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return
+    except PermissionError:
+        raise not_owner_error(root) from None
+    if st.st_uid != os.geteuid():
+        raise not_owner_error(root, st.st_uid)
+
+
+def resolve_group(value: str | int) -> int:
+    """The gid of ``service.socket_group`` (a group name, or a gid as a number or digits)."""
+    if isinstance(value, int) or value.isdigit():
+        return int(value)
+    try:
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise InvalidArgument(E_INVALIDARG, "service.socket_group",
+                              f"no group named {value!r}; create it (groupadd {value}) or fix certsrv.toml") from None
+
+
+def _allowed(rel: Path, is_dir: bool, root_mode: int) -> int:
+    if rel == Path("."):
+        return root_mode
+    if rel.parts[0] == PUBLISH:
+        return PUBLIC_DIR if is_dir else PUBLIC_FILE
+    return PRIVATE_DIR if is_dir else PRIVATE_FILE
+
+
+def secure_home(root: Path, *, group_traverse: bool = False) -> list[str]:
+    """Take away every permission bit beyond the private home's (see the module text); never widens.
+
+    :param root: the home.
+    :param group_traverse: the home root may keep 0710 (``service.socket_group`` lets a group reach the socket).
+    :returns: ``"path 0644->0600"`` for each path changed (also logged as one warning).
+    """
+    root = Path(root)
+    root_mode = 0o710 if group_traverse else PRIVATE_DIR
+    changed: list[str] = []
+    uid = os.geteuid()
+
+    def fix(p: Path, st: os.stat_result) -> None:
+        if st.st_uid != uid or stat.S_ISLNK(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+            return  # symlinks are not followed; the socket is the service's (mode by socket_group)
+        old = stat.S_IMODE(st.st_mode)
+        new = old & _allowed(p.relative_to(root), stat.S_ISDIR(st.st_mode), root_mode)
+        if new != old:
+            os.chmod(p, new, follow_symlinks=False)
+            changed.append(f"{p.relative_to(root)} {old:04o}->{new:04o}")
+
+    try:
+        fix(root, root.lstat())
+        for dirpath, dirnames, filenames in os.walk(root):
+            for n in dirnames + filenames:
+                p = Path(dirpath) / n
+                try:
+                    fix(p, p.lstat())
+                except FileNotFoundError:
+                    continue  # removed meanwhile (a temp file)
+    except PermissionError:
+        raise not_owner_error(root) from None
+    if changed:
+        log.warning("tightened %d path(s) in %s to the private home's modes (0700/0600, publish/ 0755/0644): %s",
+                    len(changed), root, ", ".join(changed[:8]) + (" ..." if len(changed) > 8 else ""))
+    return changed

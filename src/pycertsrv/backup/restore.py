@@ -49,7 +49,18 @@ from ..errors import (
     NotFound,
     SequenceError,
 )
-from ..fsutil import HomeLock, atomic_write, fsync_dir, fsync_file
+from ..fsutil import (
+    PRIVATE_DIR,
+    PRIVATE_FILE,
+    PUBLIC_DIR,
+    PUBLIC_FILE,
+    HomeLock,
+    atomic_write,
+    copy_file,
+    fsync_dir,
+    fsync_file,
+    make_dirs,
+)
 from ..home import Home
 from ..store import logfile
 from ..store import registration as reg_mod
@@ -143,7 +154,7 @@ def restore_prepare(server: str | os.PathLike[str] | None = None, restore_flags:
     h = resolve_restore_home(server, home)
     if h.root.exists() and not h.root.is_dir():
         raise InvalidArgument(ERROR_DIRECTORY, str(h.root), "the home exists and is not a directory")
-    h.root.mkdir(parents=True, exist_ok=True)
+    make_dirs(h.root)  # a new home is private (issue 9)
     lock = HomeLock(h.root, "restore")
     # spec §3.3 step 2: the CA must be stopped; a running CA holds the lock -> ERROR_SHARING_VIOLATION.
     lock.acquire()
@@ -731,13 +742,11 @@ class RestoreResult:
                 "next": "start the CA (certsrv serve) to run the recovery" if self.registration else None}
 
 
-def _copy_durable(src: Path, dest: Path, mode: int | None = None) -> int:
+def _copy_durable(src: Path, dest: Path, mode: int = PRIVATE_FILE, dir_mode: int = PRIVATE_DIR) -> int:
     """Copy via a temp name, fsync, rename: the destination is either absent, old, or whole."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(dest.parent, dir_mode)
     tmp = dest.with_name(f".{dest.name}.restoring")
-    shutil.copyfile(src, tmp)
-    if mode is not None:
-        os.chmod(tmp, mode)
+    copy_file(src, tmp, mode)
     fsync_file(tmp)
     os.replace(tmp, dest)
     return dest.stat().st_size
@@ -818,14 +827,14 @@ def _place_database(ctx: RestoreContext, plan: RestorePlan, cfg: config_mod.Conf
                      until_us=plan.until_us, identity=plan.identity)
     try:
         for d in (h.db_dir, h.log_dir, h.system_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            make_dirs(d)
         # Small files first (configuration, published files, key): a CA whose restore did not finish then
         # fails at its store with the restore's own error rather than at a missing configuration.
         if plan.config_action in ("restore", "default") and plan.config_text is not None:
-            atomic_write(h.config, plan.config_text.encode(), mode=0o640)
+            atomic_write(h.config, plan.config_text.encode())
             res.config_written = True
         for src, dest in plan.dynamic:
-            res.bytes += _copy_durable(src, dest)
+            res.bytes += _copy_durable(src, dest, PUBLIC_FILE, PUBLIC_DIR)
             res.files += 1
         if plan.dynamic:
             fsync_dir(h.publish_dir)
@@ -835,7 +844,7 @@ def _place_database(ctx: RestoreContext, plan: RestorePlan, cfg: config_mod.Conf
         say(f"Restoring Database files: {plan.database_target}")
         # The backup log path holds copies of the sets' generations only: an earlier restore's are stale.
         shutil.rmtree(plan.backup_log_path, ignore_errors=True)
-        plan.backup_log_path.mkdir(parents=True)
+        make_dirs(plan.backup_log_path)
         for src, dest in plan.logs:
             res.bytes += _copy_durable(src, dest)
             res.files += 1
@@ -864,7 +873,7 @@ def _place_db_file(plan: RestorePlan, res: RestoreResult) -> None:
     h = plan.home
     assert plan.database_target is not None and plan.database_source is not None
     tmp = h.db_dir / f".{plan.database_target.name}.restoring"
-    shutil.copyfile(plan.database_source, tmp)
+    copy_file(plan.database_source, tmp)
     fsync_file(tmp)
     res.bytes += tmp.stat().st_size
     res.files += 1
@@ -872,7 +881,7 @@ def _place_db_file(plan: RestorePlan, res: RestoreResult) -> None:
     for p in sorted(h.db_dir.iterdir()):
         # A stale -wal beside the new file would be applied to it by SQLite: it goes aside with its database.
         if p.is_file() and (p.suffix == ".db" or ".db-" in p.name or ".recovering" in p.name):
-            aside.mkdir(exist_ok=True)
+            make_dirs(aside)
             os.replace(p, aside / p.name)
             res.superseded.append(str(aside / p.name))
     os.replace(tmp, plan.database_target)

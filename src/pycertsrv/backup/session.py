@@ -66,6 +66,7 @@ from ..errors import (
     NotFound,
     SequenceError,
 )
+from ..fsutil import make_dirs
 from ..home import Home
 from ..store import Store, log_name
 
@@ -234,6 +235,34 @@ def _no_open_file(s: _Session, fn: str) -> None:
         raise SequenceError(E_UNEXPECTED, fn, f"{Path(s.open.name).name} is still open")
 
 
+def _check_listed_file(fd: int, path: Path, root: Path) -> os.stat_result:
+    """The descriptor ``fd`` (opened O_NOFOLLOW on ``path``) is the listed file itself, or AccessDenied.
+
+    Side doors out of the home (issue 9, finding 5): a hard link (``publish/ca.crl`` -> ``private/ca.key``)
+    passes O_NOFOLLOW, so a file with more than one link is refused; so is anything not a regular file, a
+    directory on the way that is a symlink (O_NOFOLLOW checks the last component only), and a path that no
+    longer names the opened file (swapped between open and check).
+    """
+    fn = "BackupOpenFile"
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise AccessDenied(E_ACCESSDENIED, fn, f"{path.name} is not a regular file")
+    if st.st_nlink != 1:
+        raise AccessDenied(E_ACCESSDENIED, fn, f"{path} has {st.st_nlink} hard links: it may be another file of "
+                           "the home under a listed name; remove the link and publish the file again")
+    try:
+        now = os.lstat(path)
+    except OSError as e:
+        raise AccessDenied(E_ACCESSDENIED, fn, f"{path.name} cannot be checked: {e.strerror}") from None
+    inside = path.parent.is_relative_to(root)
+    real_parent = os.path.join(os.path.realpath(root), path.parent.relative_to(root)) if inside else None
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or (
+            real_parent is not None and os.path.realpath(path.parent) != os.path.normpath(real_parent)):
+        raise AccessDenied(E_ACCESSDENIED, fn, f"{path} is not the listed file (replaced, or reached through a "
+                           "symbolic link)")
+    return st
+
+
 class BackupManager:
     """One CA's backup sessions (spec §2.20); every method is thread-safe.
 
@@ -344,7 +373,7 @@ class BackupManager:
                         snap, s.snapshot_head, s.snapshot_fd, s.pin = pinned
                         s.snapshot_size = snap.size
                     else:
-                        s.staging.mkdir(parents=True, mode=0o700)
+                        make_dirs(s.staging)  # private, whatever the umask (issue 9)
                         # Unsynced scratch copy: a crash ends the session, and the staging area is
                         # cleaned at the next start (_clean_staging).
                         snap = self.store.snapshot(s.staging / self.store.db_path.name, durable=False)
@@ -500,10 +529,11 @@ class BackupManager:
             except OSError as e:
                 # ELOOP: the listed path is now a symlink.
                 raise AccessDenied(E_ACCESSDENIED, fn, f"{path.name} cannot be opened safely: {e.strerror}") from None
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
+            try:
+                st = _check_listed_file(fd, path, self.home.root)
+            except BaseException:
                 os.close(fd)
-                raise AccessDenied(E_ACCESSDENIED, fn, f"{path.name} is not a regular file")
+                raise
             s.open = _OpenFile(name, fd, st.st_size)
             return int(st.st_size)
 

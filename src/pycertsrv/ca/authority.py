@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import hashlib
+import os
 import re
 import shutil
 import threading
@@ -46,8 +47,8 @@ from ..errors import (
     InvalidArgument,
     NotFound,
 )
-from ..fsutil import HomeLock, atomic_write
-from ..home import Home
+from ..fsutil import PUBLIC_DIR, HomeLock, atomic_write, make_dirs
+from ..home import Home, check_owner, secure_home
 from ..store import Store, StoreOptions, Transaction
 from ..store.schema import DISP_DENIED, DISP_ERROR, DISP_ISSUED, DISP_PENDING, DISP_REVOKED
 from . import crl as crl_mod
@@ -77,6 +78,7 @@ from .models import (
     utcnow_iso,
 )
 from .policy import ParsedRequest, choose_template, decide_pending, merge_attributes, parse_request
+from .replace import move_old_home_aside
 from .revocation import check_invalidity_date, check_revocable, check_unrevocable, revocation_reason
 from .templates import Template, get_template
 
@@ -122,6 +124,7 @@ class Authority:
         self._crl_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._commit = GroupCommitter(store)
+        self.replaced: Path | None = None  # init --force: where the old home's items were moved
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -140,6 +143,7 @@ class Authority:
         passphrase_file: str | None = None,
         passphrase_env: str | None = None,
         policy: Mapping[str, Any] | None = None,
+        confirm_name: str | None = None,
     ) -> Authority:
         """Make a CA home (key, root certificate or subordinate request, certsrv.toml, empty database).
 
@@ -148,12 +152,15 @@ class Authority:
         :param key_type: ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096.
         :param days: validity of the root certificate.
         :param passphrase: encrypt the private key with this passphrase.
-        :param force: replace an existing home (refused while another process holds it).
+        :param force: replace an existing home (refused while another process holds it); its items are moved
+            to ``HOME/.replaced-<UTC time>/`` (see ``replaced``), never deleted.
         :param subordinate: write HOME/ca.csr for a parent CA instead of a self-signed certificate.
         :param key: use this key instead of generating one (its type must match ``key_type``).
         :param passphrase_file: record where later opens read the passphrase from.
         :param passphrase_env: record the environment variable later opens read the passphrase from.
         :param policy: overrides for the ``[policy]`` section (e.g. ``{"mode": "pending"}``).
+        :param confirm_name: with ``force``, the existing CA's name: required when its database holds issued
+            certificates (:class:`~pycertsrv.ca.replace.ConfirmationRequired` otherwise).
         """
         h = home if isinstance(home, Home) else Home.at(home)
         if not 1 <= int(days) <= 36500:
@@ -175,27 +182,26 @@ class Authority:
         csr = subordinate_request(key, name) if subordinate else None
         if h.root.exists() and not h.root.is_dir():
             raise Conflict(ERROR_FILE_EXISTS, str(h.root), "exists and is not a directory")
+        check_owner(h.root)
+        replaced: Path | None = None
         if h.root.exists() and _home_in_use(h):
             if not force:
                 raise Conflict(ERROR_FILE_EXISTS, str(h.root), "a CA home exists here; use --force to replace it")
             if HomeLock(h.root).is_held():
                 raise Conflict(ERROR_SHARING_VIOLATION, str(h.root),
                                f"home is in use ({HomeLock(h.root).holder() or 'unknown pid'}); stop it first")
-            for item in _HOME_ITEMS:
-                p = h.root / item
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
-        h.root.mkdir(parents=True, exist_ok=True)
+            # Issue 9, finding 6: never destroys a CA; confirmed by name when it issued anything.
+            replaced = move_old_home_aside(h, _HOME_ITEMS, confirm_name=confirm_name)
+        make_dirs(h.root)
+        os.chmod(h.root, 0o700)  # a private home (issue 9), whatever the umask or an earlier mode
         try:
-            h.private_dir.mkdir(mode=0o700, exist_ok=True)
+            make_dirs(h.private_dir)
             save_private_key(h.root / cfg.ca.key_file, key, passphrase)
             if cert is not None:
                 crl_mod.write_ca_certificate(h.root / cfg.ca.cert_file, cert)
             if csr is not None:
                 atomic_write(h.root / CA_REQUEST_FILE, csr.public_bytes(Encoding.PEM))
-            h.publish_dir.mkdir(exist_ok=True)
+            make_dirs(h.publish_dir, PUBLIC_DIR)
             config_mod.save(h.root, cfg)
             store = Store.create(h.root, name, cls._store_options(cfg))
         except BaseException:
@@ -206,7 +212,9 @@ class Authority:
                 elif p.exists():
                     p.unlink()
             raise
-        return cls(h, cfg, store, key, cert, [])
+        a = cls(h, cfg, store, key, cert, [])
+        a.replaced = replaced
+        return a
 
     @staticmethod
     def _store_options(cfg: Config) -> StoreOptions:
@@ -222,7 +230,9 @@ class Authority:
             ``CERTSRV_KEY_PASSPHRASE`` is used.
         """
         h = home if isinstance(home, Home) else Home.at(home)
+        check_owner(h.root)  # one line naming the owner, not a PermissionError traceback (issue 9)
         cfg = config_mod.load(h.root)
+        secure_home(h.root, group_traverse=cfg.service.socket_group is not None)  # homes made before issue 9
         if passphrase is None:
             pfile = cfg.ca.key_passphrase_file
             if pfile is not None and not Path(pfile).is_absolute():

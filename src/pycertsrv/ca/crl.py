@@ -10,7 +10,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ..fsutil import atomic_write
+from ..fsutil import PUBLIC_DIR, PUBLIC_FILE, atomic_write, make_dirs
 from .issuance import authority_key_identifier
 from .keys import CAPrivateKey, signing_hash
 from .revocation import crl_entry
@@ -53,17 +53,17 @@ def build_crl(
 
 def write_published(publish_dir: Path, crl: x509.CertificateRevocationList) -> tuple[Path, Path]:
     """Write the CRL as DER (``ca.crl``) and PEM (``ca.crl.pem``) atomically; returns both paths."""
-    publish_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(publish_dir, PUBLIC_DIR)  # publish/ alone is public: it is for web publication (issue 9)
     der_path = publish_dir / CRL_DER
     pem_path = publish_dir / CRL_PEM
-    atomic_write(der_path, crl.public_bytes(Encoding.DER))
-    atomic_write(pem_path, crl.public_bytes(Encoding.PEM))
+    atomic_write(der_path, crl.public_bytes(Encoding.DER), PUBLIC_FILE)
+    atomic_write(pem_path, crl.public_bytes(Encoding.PEM), PUBLIC_FILE)
     return der_path, pem_path
 
 
 def write_ca_certificate(cert_path: Path, cert: x509.Certificate, chain: Iterable[x509.Certificate] = ()) -> None:
     """Publish the CA certificate as PEM at ``cert_path`` (with its parents after it) and as DER ``ca.cer``."""
-    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(cert_path.parent, PUBLIC_DIR)
     pem = cert.public_bytes(Encoding.PEM) + b"".join(c.public_bytes(Encoding.PEM) for c in chain)
-    atomic_write(cert_path, pem)
-    atomic_write(cert_path.parent / CA_DER, cert.public_bytes(Encoding.DER))
+    atomic_write(cert_path, pem, PUBLIC_FILE)
+    atomic_write(cert_path.parent / CA_DER, cert.public_bytes(Encoding.DER), PUBLIC_FILE)

@@ -22,6 +22,11 @@ def main() -> None:
     except CertSrvError as e:
         click.echo(f"certsrv: {e}", err=True)
         sys.exit(1)
+    except PermissionError as e:  # a private file of another user: one line naming its owner (issue 9)
+        from .common import access_denied
+
+        click.echo(f"certsrv: {access_denied(e)}", err=True)
+        sys.exit(1)
     except click.exceptions.Abort:
         click.echo("certsrv: aborted", err=True)
         sys.exit(1)

@@ -183,7 +183,10 @@ def service_running(home: Path | str | None) -> bool:
     from ..client import Client, local_socket
 
     sock = local_socket(home)
-    if not sock.exists():
+    try:
+        if not sock.exists():
+            return False
+    except PermissionError:  # another user's private home: Authority.open says whose (issue 9)
         return False
     try:
         with Client(f"unix:{sock}", timeout=10.0) as c:

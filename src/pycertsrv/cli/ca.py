@@ -61,7 +61,10 @@ def _parse_attrib(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--key-type", type=click.Choice(KEY_TYPES), default="ec-p256", show_default=True)
 @click.option("--days", type=click.IntRange(1, 36500), default=3650, show_default=True,
               help="Validity of the root certificate.")
-@click.option("--force", is_flag=True, help="Replace an existing CA home.")
+@click.option("--force", is_flag=True, help="Replace an existing CA home (its files are moved aside, not deleted).")
+@click.option("--confirm-name", default=None, metavar="NAME",
+              help="With --force: the existing CA's name, confirming its replacement when it has issued "
+                   "certificates (otherwise asked for on a terminal).")
 @click.option("--subordinate", is_flag=True, help="Write a request (HOME/ca.csr) for a parent CA instead.")
 @click.option("--pending", is_flag=True, help="Leave new requests pending for an officer (policy.mode).")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -69,18 +72,34 @@ def _parse_attrib(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--passphrase-env", default=None, metavar="NAME",
               help="Encrypt the key with the passphrase in this environment variable (recorded).")
 @json_option
-def init_cmd(home: Path | None, name: str, key_type: str, days: int, force: bool, subordinate: bool, pending: bool,
-             passphrase_file: Path | None, passphrase_env: str | None, as_json: bool) -> None:
+def init_cmd(home: Path | None, name: str, key_type: str, days: int, force: bool, confirm_name: str | None,
+             subordinate: bool, pending: bool, passphrase_file: Path | None, passphrase_env: str | None,
+             as_json: bool) -> None:
     """Make a CA home: private key, self-signed root (or a subordinate request), config, empty database."""
     from ..ca import resolve_passphrase
+    from ..ca.replace import ConfirmationRequired
 
     passphrase = resolve_passphrase(passphrase_file, passphrase_env)
-    with Authority.init(home, name, key_type=key_type, days=days, passphrase=passphrase, force=force,
-                        subordinate=subordinate, passphrase_env=passphrase_env,
-                        passphrase_file=str(passphrase_file.resolve()) if passphrase_file else None,
-                        policy={"mode": "pending"} if pending else None) as a:
+
+    def init(confirm: str | None) -> Authority:
+        return Authority.init(home, name, key_type=key_type, days=days, passphrase=passphrase, force=force,
+                              subordinate=subordinate, passphrase_env=passphrase_env,
+                              passphrase_file=str(passphrase_file.resolve()) if passphrase_file else None,
+                              policy={"mode": "pending"} if pending else None, confirm_name=confirm)
+
+    try:
+        a = init(confirm_name)
+    except ConfirmationRequired as e:
+        # Issue 9, finding 6: the operator types the CA's name; no terminal (a script) -> refused.
+        if confirm_name is not None or not sys.stdin.isatty():
+            raise
+        click.echo(f"certsrv: init: {e.message}", err=True)
+        a = init(click.prompt(f"Type the name of the CA to replace ({e.ca_name})", err=True))
+    with a:
         info = a.summary()
+        replaced = a.replaced
     if as_json:
+        info["replaced"] = str(replaced) if replaced else None
         echo_json(info)
     elif subordinate:
         click.echo(f"subordinate CA {name!r} created in {info['home']} ({key_type}); request written to "
@@ -88,6 +107,8 @@ def init_cmd(home: Path | None, name: str, key_type: str, days: int, force: bool
     else:
         click.echo(f"CA {name!r} created in {info['home']} ({key_type}), serial {info['serial']}, "
                    f"valid until {info['not_after']}")
+    if replaced is not None and not as_json:
+        click.echo(f"the old home's files were moved to {replaced} (nothing was deleted)")
 
 
 @cli.command("install-cert")

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from ..errors import ERROR_FILE_NOT_FOUND, InvalidArgument, NotFound
+from ..errors import E_ACCESSDENIED, ERROR_FILE_NOT_FOUND, AccessDenied, CertSrvError, InvalidArgument, NotFound
 from ..home import ENV_HOME
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -74,6 +75,25 @@ def open_authority(home: Path | str | None, passphrase: bytes | None = None) -> 
     from ..ca import Authority
 
     return Authority.open(home, passphrase=passphrase)
+
+
+def access_denied(e: PermissionError) -> CertSrvError:
+    """The one-line E_ACCESSDENIED refusal for a PermissionError that reached the CLI (issue 9).
+
+    Names the owner of the nearest directory on the path that can be looked at (a private home's owner).
+    """
+    from ..home import not_owner_error
+
+    path = Path(str(e.filename)) if e.filename else Path.cwd()
+    for p in (path, *path.parents):
+        try:
+            owner = os.stat(p).st_uid
+        except OSError:
+            continue
+        if owner == os.geteuid():
+            return AccessDenied(E_ACCESSDENIED, str(path), f"{e.strerror}; check the mode of {p}")
+        return not_owner_error(path, owner)
+    return not_owner_error(path)
 
 
 def echo_json(data: Any) -> None:

@@ -1,7 +1,7 @@
 """The running daemon: open the home (lock + crash recovery), listen, serve, stop cleanly.
 
 ``serve(home)`` opens the Authority (which takes the home's lock and runs the store's soft recovery,
-logged here), listens on the home's Unix socket (mode ``service.socket_mode``) and, when
+logged here), listens on the home's Unix socket (owner only, or ``service.socket_group`` too) and, when
 ``service.tcp_port`` is set, on TLS over TCP requiring a client certificate chained to
 ``service.client_ca``. SIGTERM, SIGINT or ServerControl(CSCONTROL_SHUTDOWN) stop it: listeners close,
 in-flight requests finish, the Authority is closed (checkpoint written), the socket removed, so the
@@ -26,8 +26,17 @@ from typing import Any
 from aiohttp import web
 
 from ..config import Config
-from ..errors import E_INVALIDARG, ERROR_FILE_EXISTS, ERROR_SHARING_VIOLATION, CertSrvError, Conflict, InvalidArgument
-from ..home import Home
+from ..errors import (
+    E_ACCESSDENIED,
+    E_INVALIDARG,
+    ERROR_FILE_EXISTS,
+    ERROR_SHARING_VIOLATION,
+    AccessDenied,
+    CertSrvError,
+    Conflict,
+    InvalidArgument,
+)
+from ..home import Home, resolve_group
 from .app import ServiceState, create_app
 
 log = logging.getLogger("pycertsrv.service")
@@ -101,6 +110,36 @@ class _BadClientHTTP(logging.Filter):
                 "malformed HTTP from a client (answered 400): %s", (str(exc).splitlines()[0],), None, None)
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
+
+
+def socket_access(home: Home, cfg: Config, sock: Path) -> None:
+    """Who may connect (issue 9, finding 7): the owner only (0600), or ``service.socket_group`` too (0660).
+
+    A group member must also reach the socket: when it lies in the home, the home (and any directory
+    between) becomes 0710 with that group, which lets members traverse to the socket but list or read
+    nothing (every file in the home is 0600). ``service.socket_mode``, when set, overrides the mode.
+    """
+    s = cfg.service
+    gid = resolve_group(s.socket_group) if s.socket_group is not None else None
+    mode = s.socket_mode if s.socket_mode is not None else (0o660 if gid is not None else 0o600)
+    if gid is not None:
+        where = "the socket"
+        try:
+            os.chown(sock, -1, gid)
+            if sock.is_relative_to(home.root):
+                d = sock.parent
+                while True:
+                    where = str(d)
+                    os.chown(d, -1, gid)
+                    os.chmod(d, 0o710)
+                    if d == home.root:
+                        break
+                    d = d.parent
+        except PermissionError:
+            raise AccessDenied(E_ACCESSDENIED, "service.socket_group",
+                               f"cannot give {where} to group {s.socket_group}: the service's user is not a member; "
+                               "add it to the group (usermod -aG) or change socket_group") from None
+    os.chmod(sock, mode)
 
 
 def _clear_stale_socket(path: Path) -> None:
@@ -204,13 +243,13 @@ async def run_app(
             raise InvalidArgument(E_INVALIDARG, str(sock), f"socket path longer than {UNIX_PATH_MAX} bytes; "
                                   "set service.socket to a shorter path")
         _clear_stale_socket(sock)
-        old = os.umask(0o177)  # no window where the socket is wider than socket_mode
+        old = os.umask(0o177)  # no window where the socket is wider than owner-only
         try:
             await web.UnixSite(runner, str(sock)).start()
         finally:
             os.umask(old)
         made_socket = True
-        os.chmod(sock, cfg.service.socket_mode)
+        socket_access(home, cfg, sock)
         state.listeners.append(f"unix:{sock}")
         tcp = tcp_override
         if tcp is None and cfg.service.tcp_port is not None:

@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -44,7 +43,7 @@ from ..errors import (
     InvalidArgument,
     NotFound,
 )
-from ..fsutil import HomeLock, atomic_write, fsync_dir, fsync_file
+from ..fsutil import HomeLock, atomic_write, copy_file, create_file, fsync_dir, fsync_file, make_dirs
 from . import logfile, schema
 from .replay import Batcher, Op, RecoveryReport, check_chain, encode_payload, read_meta, replay, set_applied
 
@@ -268,11 +267,12 @@ class Store:
         if cls.exists(home):
             raise Conflict(ERROR_FILE_EXISTS, str(home), "a database exists already in this home")
         for sub in (DB_DIR, LOG_DIR, SYSTEM_DIR):
-            (home / sub).mkdir(parents=True, exist_ok=True)
+            make_dirs(home / sub)
         identity = secrets.token_bytes(16)
         db_path = home / DB_DIR / db_file_name(name)
         tmp = db_path.with_name(db_path.name + ".tmp")
         tmp.unlink(missing_ok=True)
+        create_file(tmp)  # 0600 before SQLite opens it: its -wal/-shm/-journal take the database's mode
         conn = sqlite3.connect(tmp, isolation_level=None)
         conn.execute("BEGIN")
         schema.create_schema(conn)
@@ -635,7 +635,7 @@ class Store:
             self._durable_lsn = max(self._durable_lsn, self._appended_lsn)  # the fsync above covered them
         path = self.log_dir / logfile.log_name(closed)
         with contextlib.suppress(OSError):
-            os.chmod(path, 0o444)  # closed generations are immutable
+            os.chmod(path, 0o400)  # closed generations are immutable (and private: issue 9)
         return closed
 
     def generations(self) -> list[GenerationInfo]:
@@ -747,6 +747,7 @@ class Store:
         dest = Path(dest)
         tmp = dest.with_name(dest.name + ".tmp") if durable else dest
         tmp.unlink(missing_ok=True)
+        create_file(tmp)  # private before SQLite fills it (a snapshot holds every request)
         src = self._reader()
         dst = sqlite3.connect(tmp, isolation_level=None)
         try:
@@ -988,7 +989,7 @@ def hard_recover(
 def copy_database(src: Path, dest: Path) -> None:
     """Copy a closed database file durably (used when placing restored files)."""
     tmp = dest.with_name(dest.name + ".tmp")
-    shutil.copyfile(src, tmp)
+    copy_file(src, tmp)
     fsync_file(tmp)
     os.replace(tmp, dest)
     fsync_dir(dest.parent)

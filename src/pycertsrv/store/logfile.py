@@ -536,14 +536,15 @@ def create_generation(log_dir: Path, header: LogHeader) -> tuple[Path, LogHeader
     """
     import dataclasses
 
-    from ..fsutil import fsync_dir
+    from ..fsutil import PRIVATE_FILE, fsync_dir
 
     final = log_dir / log_name(header.generation)
     if final.exists():
         raise CorruptData(JET_ERR_LOG_FILE_CORRUPT, final.name, "generation already exists")
     tmp = log_dir / (final.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE)
     try:
+        os.fchmod(fd, PRIVATE_FILE)  # umask-independent (issue 9: the home is private)
         if header.prealloc > HEADER_SIZE:
             try:
                 os.posix_fallocate(fd, 0, header.prealloc)

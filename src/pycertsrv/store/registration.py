@@ -48,7 +48,7 @@ from ..errors import (
     SequenceError,
     hresult_name,
 )
-from ..fsutil import atomic_write, fsync_dir, fsync_file
+from ..fsutil import atomic_write, copy_file, fsync_dir, fsync_file, make_dirs
 from . import logfile, schema
 from .replay import Op, RecoveryReport, apply_ops, encode_payload, read_meta, set_applied
 
@@ -170,7 +170,7 @@ def read_registration(home: Path) -> Registration | None:
 def write_registration(home: Path, reg: Registration) -> None:
     """Write the registration atomically (temp, fsync, rename, fsync dir)."""
     path = registration_path(home)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     reg.updated = _now_iso()
     atomic_write(path, json.dumps(reg.to_json(), indent=1, sort_keys=True).encode(), mode=0o600)
 
@@ -491,7 +491,7 @@ def _recover_into_temp(home: Path, reg: Registration) -> dict[str, Any]:
     tmp = _temp_name(target)
     for p in (tmp, tmp.with_name(tmp.name + "-journal")):
         p.unlink(missing_ok=True)
-    shutil.copyfile(target, tmp)
+    copy_file(target, tmp)
     conn = sqlite3.connect(tmp, isolation_level=None)
     try:
         meta = read_meta(conn)
@@ -586,7 +586,7 @@ def _recover_into_temp(home: Path, reg: Registration) -> dict[str, Any]:
 
 
 def _move(src: Path, dest_dir: Path) -> None:
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(dest_dir)
     os.replace(src, dest_dir / src.name)
 
 
@@ -601,7 +601,7 @@ def _finish(home: Path, reg: Registration) -> RestoreOutcome:
     tmp = Path(plan["temp"])
     db_dir = target.parent
     log_dir = home / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(log_dir)
     db_aside = db_dir / plan["supersede_dir"]
     if tmp.exists():
         # Stale WAL/SHM/journal beside the target belong to the file being replaced; SQLite would apply
@@ -630,10 +630,10 @@ def _finish(home: Path, reg: Registration) -> RestoreOutcome:
         p = log_dir / name
         if p.exists() and p.stat().st_size > end:
             # The torn bytes were never committed; keep a copy anyway (nothing is deleted), then cut.
-            aside.mkdir(parents=True, exist_ok=True)
+            make_dirs(aside)
             if not (aside / name).exists():
-                shutil.copyfile(p, aside / name)
-            os.chmod(p, 0o644)
+                copy_file(p, aside / name)
+            os.chmod(p, 0o600)
             fd = os.open(p, os.O_WRONLY)
             try:
                 os.ftruncate(fd, end)
@@ -643,7 +643,7 @@ def _finish(home: Path, reg: Registration) -> RestoreOutcome:
     for name, end in plan.get("trim", {}).items():
         p = log_dir / name
         if p.exists() and p.stat().st_size > end:
-            os.chmod(p, 0o644)
+            os.chmod(p, 0o600)
             fd = os.open(p, os.O_WRONLY)
             try:
                 os.ftruncate(fd, end)  # only zeroes of the preallocation go
