@@ -228,7 +228,7 @@ def test_status_names_caller_roles_and_recovery(service: Service) -> None:
     assert st["caller"]["roles"] == ["Administrator", "Operator"]
     assert st["recovery"]["kind"] == "soft"
     assert st["crl_published"] is not None  # no CRL existed: published before serving
-    assert service.socket.stat().st_mode & 0o777 == 0o660
+    assert service.socket.stat().st_mode & 0o777 == 0o600  # owner only without service.socket_group (issue 9)
 
 
 def test_openapi_document_describes_every_route(service: Service) -> None:

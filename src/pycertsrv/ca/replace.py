@@ -10,6 +10,7 @@ beside it: same file system (a rename, even when the home is a mount point), and
 from __future__ import annotations
 
 import os
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def _existing_ca(h: Home) -> tuple[str, int | None]:
     except CertSrvError as e:
         if e.hresult == ERROR_SHARING_VIOLATION:
             raise
+        return name, None
+    except (sqlite3.Error, OSError):  # not a database any more: it may still have been one that issued
         return name, None
     try:
         issued = sum(store.count("request", [("disposition", "=", d)]) for d in (DISP_ISSUED, DISP_REVOKED))

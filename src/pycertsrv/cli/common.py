@@ -20,7 +20,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 home_option = click.option(
     "--home",
     envvar=ENV_HOME,
-    type=click.Path(file_okay=False, path_type=Path),
+    # readable=False: another user's private home gets the library's one line naming its owner (issue 9),
+    # not click's usage text.
+    type=click.Path(file_okay=False, readable=False, path_type=Path),
     default=None,
     help=f"CA home directory (env {ENV_HOME}; default ~/.certsrv).",
 )
