@@ -41,3 +41,31 @@ def test_second_process_is_refused_with_holder_pid(tmp_path: Path) -> None:
         child.wait()
     with HomeLock(tmp_path) as lock:  # released by the kernel when the holder died
         assert lock.is_held()
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_private_modes_do_not_depend_on_the_umask(tmp_path: Path, umask: int) -> None:
+    """Issue 9: files and directories of the home get exactly the mode asked for, whatever the umask."""
+    import os
+    import stat
+
+    from pycertsrv.fsutil import PUBLIC_DIR, PUBLIC_FILE, copy_file, create_file, make_dirs
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    old = os.umask(umask)
+    try:
+        make_dirs(tmp_path / "a" / "b")
+        make_dirs(tmp_path / "pub", PUBLIC_DIR)
+        atomic_write(tmp_path / "a" / "f", b"x")
+        atomic_write(tmp_path / "pub" / "g", b"y", PUBLIC_FILE)
+        create_file(tmp_path / "a" / "b" / "db")
+        copy_file(tmp_path / "a" / "f", tmp_path / "a" / "copy")
+    finally:
+        os.umask(old)
+    assert [mode(tmp_path / p) for p in ("a", "a/b", "pub")] == [0o700, 0o700, 0o755]
+    assert [mode(tmp_path / p) for p in ("a/f", "a/b/db", "a/copy", "pub/g")] == [0o600, 0o600, 0o600, 0o644]
+    assert (tmp_path / "a" / "copy").read_bytes() == b"x"
+    with pytest.raises(FileExistsError):
+        create_file(tmp_path / "a" / "b" / "db")  # never replaces a file

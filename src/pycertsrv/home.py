@@ -170,7 +170,8 @@ def resolve_group(value: str | int) -> int:
 def _allowed(rel: Path, is_dir: bool, root_mode: int) -> int:
     if rel == Path("."):
         return root_mode
-    if rel.parts[0] == PUBLISH:
+    # publish/, also in an old home that init --force moved aside (HOME/.replaced-*/publish, behind its 0700).
+    if rel.parts[0] == PUBLISH or (rel.parts[0].startswith(".replaced-") and rel.parts[1:2] == (PUBLISH,)):
         return PUBLIC_DIR if is_dir else PUBLIC_FILE
     return PRIVATE_DIR if is_dir else PRIVATE_FILE
 

@@ -3,6 +3,7 @@ operator names the CA; even then the old home is moved aside (``HOME/.replaced-<
 
 from __future__ import annotations
 
+import logging
 import os
 import pty
 import subprocess
@@ -115,7 +116,8 @@ def test_cli_prompts_for_the_name_on_a_terminal(tmp_path: Path, ca_key: Callable
     assert (aside / "private" / "ca.key").read_bytes() == key and _state(aside) == state
 
 
-def test_library_confirmation_and_homes_without_certificates(tmp_path: Path, ca_key: Callable[[str], Any]) -> None:
+def test_library_confirmation_and_homes_without_certificates(tmp_path: Path, ca_key: Callable[[str], Any],
+                                                              caplog: pytest.LogCaptureFixture) -> None:
     home = tmp_path / "ca"
     key, state = _old_ca(home, ca_key, issued=1)
     with pytest.raises(ConfirmationRequired) as ei:
@@ -130,6 +132,9 @@ def test_library_confirmation_and_homes_without_certificates(tmp_path: Path, ca_
     with Authority.init(empty, "Second", force=True, key=ca_key("ec-p384"), key_type="ec-p384") as a:
         assert a.replaced is not None and a.replaced.parent == empty.resolve()
         assert (a.replaced / "private" / "ca.key").read_bytes() == empty_key
+    with caplog.at_level(logging.WARNING, "pycertsrv.home"):
+        Authority.open(empty).close()
+    assert caplog.records == []  # the new home and the aside were made private: nothing to tighten
     # A database that cannot be read counts as holding certificates: the name is required.
     db = next((home / "db").glob("*.db"))
     saved = db.read_bytes()
