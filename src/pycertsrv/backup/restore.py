@@ -61,7 +61,7 @@ from ..fsutil import (
     fsync_file,
     make_dirs,
 )
-from ..home import Home
+from ..home import Home, check_owner
 from ..store import logfile
 from ..store import registration as reg_mod
 from ..store.engine import db_file_name
@@ -154,6 +154,7 @@ def restore_prepare(server: str | os.PathLike[str] | None = None, restore_flags:
     h = resolve_restore_home(server, home)
     if h.root.exists() and not h.root.is_dir():
         raise InvalidArgument(ERROR_DIRECTORY, str(h.root), "the home exists and is not a directory")
+    check_owner(h.root)  # another user's home: one line naming its owner (issue 9)
     make_dirs(h.root)  # a new home is private (issue 9)
     lock = HomeLock(h.root, "restore")
     # spec §3.3 step 2: the CA must be stopped; a running CA holds the lock -> ERROR_SHARING_VIOLATION.
