@@ -194,7 +194,7 @@ def secure_home(root: Path, *, group_traverse: bool = False) -> list[str]:
         old = stat.S_IMODE(st.st_mode)
         new = old & _allowed(p.relative_to(root), stat.S_ISDIR(st.st_mode), root_mode)
         if new != old:
-            os.chmod(p, new, follow_symlinks=False)
+            os.chmod(p, new)  # p is no symlink (lstat above); only the owner could swap it
             changed.append(f"{p.relative_to(root)} {old:04o}->{new:04o}")
 
     try:
