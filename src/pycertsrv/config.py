@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import E_INVALIDARG, ERROR_FILE_NOT_FOUND, InvalidArgument, NotFound
 from .fsutil import PRIVATE_FILE, atomic_write
@@ -69,6 +69,13 @@ class ServiceSection(_Section):
     # that group so members can reach it but list or read nothing else).
     socket_group: str | int | None = None
     socket_mode: int | None = None  # overrides the mode above (kept for older certsrv.toml files)
+
+    @field_validator("socket_group")
+    @classmethod
+    def _group(cls, v: str | int | None) -> str | int | None:
+        if (isinstance(v, int) and v < 0) or (isinstance(v, str) and not v.strip()):
+            raise ValueError("socket_group must be a group name or a gid >= 0")
+        return v
     tcp_host: str | None = None
     tcp_port: int | None = None
     tls_cert: str | None = None
