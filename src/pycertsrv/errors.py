@@ -30,6 +30,10 @@ ERROR_ALREADY_EXISTS = 0x800700B7
 ERROR_DIRECTORY = 0x8007010B
 ERROR_BUSY = 0x800700AA
 ERROR_CRC = 0x80070017
+# Win32 errors wrapped by hresult_from_win32 (spec §1.5 helper): 112, 39, 1117.
+ERROR_DISK_FULL = 0x80070070
+ERROR_HANDLE_DISK_FULL = 0x80070027
+ERROR_IO_DEVICE = 0x8007045D
 ERROR_OBJECT_EXISTS = 0x80071392
 ERROR_INVALID_STATE = 0x8007139F
 RPC_S_SERVER_UNAVAILABLE = 0x800706BA
@@ -90,6 +94,9 @@ HRESULT_NAMES: dict[int, str] = {
     ERROR_DIRECTORY: "ERROR_DIRECTORY",
     ERROR_BUSY: "ERROR_BUSY",
     ERROR_CRC: "ERROR_CRC",
+    ERROR_DISK_FULL: "ERROR_DISK_FULL",
+    ERROR_HANDLE_DISK_FULL: "ERROR_HANDLE_DISK_FULL",
+    ERROR_IO_DEVICE: "ERROR_IO_DEVICE",
     ERROR_OBJECT_EXISTS: "ERROR_OBJECT_EXISTS",
     ERROR_INVALID_STATE: "ERROR_INVALID_STATE",
     RPC_S_SERVER_UNAVAILABLE: "RPC_S_SERVER_UNAVAILABLE",
@@ -230,6 +237,14 @@ class Unavailable(CertSrvError):
     http_status = 503
 
 
+class StorageError(CertSrvError):
+    """The store cannot write now: the disk is full (degraded, recovers by itself) or a log sync failed
+    (writes stop until a restart). Reads may still work."""
+
+    default_hresult = ERROR_DISK_FULL
+    http_status = 507  # RFC 4918 §11.5 Insufficient Storage
+
+
 ERROR_CLASSES: dict[str, type[CertSrvError]] = {
     cls.__name__: cls
     for cls in (
@@ -241,6 +256,7 @@ ERROR_CLASSES: dict[str, type[CertSrvError]] = {
         Conflict,
         CorruptData,
         Unavailable,
+        StorageError,
     )
 }
 

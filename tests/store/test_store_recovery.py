@@ -162,7 +162,8 @@ def test_flipped_byte_in_middle_record_refuses(tmp_home: Path, field: str, where
 
 
 def test_checksum_failure_in_record_the_database_holds_is_not_a_torn_tail(tmp_home: Path) -> None:
-    """A bad last record whose LSN SQLite already applied was committed: refuse, and do not cut it."""
+    """A bad last record whose LSN SQLite already applied was committed: not cut as a torn tail; the store
+    opens (issue 10 finding 4: no recovery needs it), reports it, and appends after it."""
     store = Store.create(tmp_home, "t", OPTS)
     for rid in range(1, 6):
         commit_request(store, rid)
@@ -171,13 +172,18 @@ def test_checksum_failure_in_record_the_database_holds_is_not_a_torn_tail(tmp_ho
     path = list_generations(tmp_home / "logs")[1]
     last = record_offsets(path)[-1]
     patch_file(path, last.offset + logfile.REC.size + 3)
-    size = path.stat().st_size
-    with pytest.raises(CorruptData) as ei:
-        Store.open(tmp_home, OPTS)
-    assert ei.value.hresult == JET_ERR_LOG_FILE_CORRUPT and ei.value.function == path.name
-    assert f"offset {last.offset}" in ei.value.message
-    assert path.stat().st_size == size
-    assert dump_db(db)["applied_lsn"] == 5
+    damaged = path.read_bytes()[: last.offset + logfile.REC.size + len(last.payload)]
+    with Store.open(tmp_home, OPTS) as store:
+        assert [(d["file"], d["offset"], d["lsn"]) for d in store.recovery.damaged] == [(path.name, last.offset, 5)]
+        assert store.health().log_damage and "log damage" in store.health().summary
+        commit_request(store, 6)
+    assert path.read_bytes()[: len(damaged)] == damaged  # the evidence is kept, later records follow it
+    # LSN 6 marks "next backup must be full" (logged), LSN 7 is the request; a second open marks nothing new.
+    assert dump_db(db)["applied_lsn"] == 7
+    with Store.open(tmp_home, OPTS) as store:
+        assert store.recovery.damaged and store.get("request", 6) is not None
+        assert store.health().backup_full_required
+    assert dump_db(db)["applied_lsn"] == 7
 
 
 # ------------------------------------------------------------------ missing or foreign generations

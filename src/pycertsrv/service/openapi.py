@@ -28,6 +28,8 @@ ERROR_STATUSES = {
     "413": "Request body larger than service.max_body; refused before it is read whole",
     "500": "Internal failure (E_UNEXPECTED, corrupt data); never a traceback",
     "503": "The service is stopping or unavailable (RPC_S_SERVER_UNAVAILABLE)",
+    "507": "The store refuses writes: disk full (ERROR_DISK_FULL, recovers by itself once space is freed) "
+           "or a failed log sync (ERROR_IO_DEVICE, restart required); see GET /health",
 }
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -34,17 +35,22 @@ from ..errors import (
     E_UNEXPECTED,
     ERROR_FILE_EXISTS,
     ERROR_FILE_NOT_FOUND,
+    ERROR_IO_DEVICE,
     JET_ERR_CHECKPOINT_CORRUPT,
     JET_ERR_DATABASE_CORRUPTED,
+    JET_ERR_LOG_FILE_CORRUPT,
     JET_ERR_MISSING_LOG_FILE,
     CertSrvError,
     Conflict,
     CorruptData,
     InvalidArgument,
     NotFound,
+    StorageError,
 )
 from ..fsutil import HomeLock, atomic_write, copy_file, create_file, fsync_dir, fsync_file, make_dirs
+from . import health as health_mod
 from . import logfile, schema
+from .health import DEGRADED_DISK_FULL, FAILED_SYNC, Health, disk_full_error, is_disk_full, sync_failed_error
 from .replay import Batcher, Op, RecoveryReport, check_chain, encode_payload, read_meta, replay, set_applied
 
 DB_DIR = "db"
@@ -53,6 +59,8 @@ SYSTEM_DIR = "system"
 CHECKPOINT_FILE = "edb.chk"
 OPS = {"=", "!=", "<", "<=", ">", ">=", "is null", "is not null", "like"}
 REPLAY_CACHE_KIB = 65536  # SQLite page cache while replaying (the default 2 MiB thrashes on large logs)
+FAILED_DB_SYNC = "failed: database sync error, restart required"
+log = logging.getLogger("pycertsrv.store")
 
 
 @dataclass(frozen=True)
@@ -62,11 +70,14 @@ class StoreOptions:
     :param log_size: roll the generation when it would grow past this many bytes.
     :param checkpoint_records: checkpoint after this many applied records (0: only on demand/close).
     :param circular_logging: delete generations below the checkpoint by itself (no incrementals).
+    :param retry_interval: seconds between attempts to apply committed records after an apply failed
+        (disk full); see :mod:`.health`.
     """
 
     log_size: int = 8 << 20
     checkpoint_records: int = 20000
     circular_logging: bool = False
+    retry_interval: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -157,6 +168,7 @@ class Transaction:
         self.ops: list[Op] = []
         self._overlay: dict[tuple[str, tuple[Any, ...]], list[Any] | None] = {}
         self.lsn: int | None = None
+        self.applied = True  # False: committed (durable in the log) but not yet applied to SQLite
 
     def __enter__(self) -> Transaction:
         self._store._write_lock.acquire()
@@ -170,7 +182,9 @@ class Transaction:
             lsn = store._log_locked(self)
         finally:
             store._write_lock.release()
-        store._commit_wait(lsn)
+        self.applied = store._commit_wait(lsn)
+        if not self.applied:
+            health_mod.note_unapplied(lsn)
 
     def put(self, table: str, row: dict[str, Any]) -> None:
         """Store the whole resulting row (missing columns are NULL)."""
@@ -244,7 +258,14 @@ class Store:
         self._pending: dict[int, list[Op]] = {}
         self._ids: dict[str, int] = {}
         self._cp: Checkpoint | None = None
-        self._failed: str | None = None
+        self._failed: str | None = None  # a sync failed: writes stop until a restart (see .health)
+        self._failed_state = FAILED_SYNC
+        self._degraded: str | None = None  # durable records wait to be applied (disk full): the state name
+        self._degraded_detail = ""
+        self._state_since: str | None = None
+        self._retry_stop = threading.Event()
+        self._retry_thread: threading.Thread | None = None
+        self.log_damage: list[dict[str, Any]] = []
         self._closed = True
 
     # ---------------------------------------------------------------- lifecycle
@@ -354,8 +375,15 @@ class Store:
                               f"database needs LSN {applied + 1} but the oldest log starts at "
                               f"{headers[first].first_lsn}")
         files = [gens[g] for g in headers if g >= max(start)]
-        self.recovery = replay(self._writer, files, ident, applied, kind="soft", cut_torn_tail=True)
-        res, _ = logfile.scan(gens[newest], ident)
+        try:
+            self.recovery = replay(self._writer, files, ident, applied, kind="soft", cut_torn_tail=True)
+        except CorruptData as e:
+            if e.hresult != JET_ERR_LOG_FILE_CORRUPT:
+                raise
+            # Damage above the applied LSN: the record is needed and exists nowhere else in this home.
+            raise CorruptData(e.hresult, e.function,
+                              f"{e.message}; {health_mod.restore_advice(self._writer, self.home)}") from None
+        res, _ = logfile.scan(gens[newest], ident, applied=self.recovery.to_lsn)
         self._gen = newest
         self._gen_first = headers[newest].first_lsn
         self._gen_created = headers[newest].created_us
@@ -372,6 +400,31 @@ class Store:
         if self.recovery.replayed or self.recovery.torn_tail:
             self.recovery.clean = False
             self.checkpoint()
+        if self.recovery.damaged:
+            self._report_damage(self.recovery.damaged)
+
+    def _report_damage(self, damage: list[dict[str, Any]]) -> None:
+        """Damaged records below the applied LSN: report loudly, and require the next backup to be full
+        (the incremental chain passes through the damaged generation). Marked once per damage found."""
+        self.log_damage = list(damage)
+        for d in damage:
+            log.warning("log damage in %s at offset %d: record(s) LSN %d..%d, already applied, stepped over (%s); "
+                        "the CA keeps serving; the next backup must be full", d["file"], d["offset"],
+                        d["lsns"][0], d["lsns"][1], d["reason"])
+        known = {(d.get("file"), d.get("offset")) for d in health_mod.known_damage(self.system_dir)}
+        new = [d for d in damage if (d["file"], d["offset"]) not in known]
+        if not new:
+            return
+        first = new[0]
+        reason = (f"log damage in {first['file']} (record LSN {first['lsn']} at offset {first['offset']}, already "
+                  "applied) breaks the chain of log generations for incremental backups")
+        try:
+            with self.transaction() as tx:
+                tx.put("setting", {"name": health_mod.SETTING_REQUIRES_FULL, "value": "1"})
+                tx.put("setting", {"name": health_mod.SETTING_REQUIRES_FULL_REASON, "value": reason})
+            health_mod.record_damage(self.system_dir, new)
+        except (CertSrvError, OSError) as e:  # reported again at the next start
+            log.warning("cannot record the log damage (the next start reports it again): %s", e)
 
     def close(self) -> None:
         """Checkpoint and release everything; after a clean close nothing needs replay."""
@@ -380,9 +433,20 @@ class Store:
         try:
             if self._failed is None:
                 with self._write_lock:
-                    self.checkpoint()
+                    try:
+                        self.checkpoint()
+                    except (CertSrvError, OSError, sqlite3.Error) as e:
+                        # Nothing is lost: the log holds every committed record and the next start replays it.
+                        log.warning("checkpoint at close failed (the next start replays the log): %s", e)
         finally:
-            self._closed = True
+            with self._apply_cond:
+                self._closed = True
+                while self._applying:  # a background retry is using the writer connection
+                    self._apply_cond.wait()
+            self._retry_stop.set()
+            t = self._retry_thread
+            if t is not None and t is not threading.current_thread():
+                t.join(10)
             self._close_handles()
             self.lock.release()
 
@@ -409,11 +473,25 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _check_usable(self) -> None:
+    def _check_open(self) -> None:
         if self._closed:
             raise CertSrvError(E_UNEXPECTED, "store", "the database is closed")
+
+    def _check_usable(self) -> None:
+        """Open and no sync failed (backups, log management; reads only need :meth:`_check_open`)."""
+        self._check_open()
         if self._failed is not None:
-            raise CertSrvError(E_UNEXPECTED, "store", f"the database stopped after a write failure: {self._failed}")
+            raise sync_failed_error("store", self._failed)
+
+    def _check_writable(self) -> None:
+        """Usable and not degraded; a degraded store first tries once more to apply what it holds."""
+        self._check_usable()
+        if self._degraded is not None and not self.retry_apply():
+            state, detail = self._degraded, self._degraded_detail
+            if state == DEGRADED_DISK_FULL:
+                raise disk_full_error("store", f"store {state}: write refused, nothing was written ({detail})")
+            raise StorageError(E_UNEXPECTED, "store", f"store {state}: write refused, nothing was written "
+                               f"({detail}); the store retries by itself (see certsrv status)")
 
     # ---------------------------------------------------------------- writes
 
@@ -421,14 +499,15 @@ class Store:
         """Collect row images; on exit append one record, wait for durability, apply to SQLite.
 
         Bodies are serialised; the fsync is shared by concurrent committers (group commit).
-        Compute and validate before entering: the body should only read and put.
+        Compute and validate before entering: the body should only read and put. Refused
+        (:class:`StorageError`) while the store is degraded or failed (see :mod:`.health`).
         """
-        self._check_usable()
+        self._check_writable()
         return Transaction(self)
 
     def _log_locked(self, tx: Transaction) -> int:
         """Append ``tx`` as the next record (the write lock is held); returns its LSN."""
-        self._check_usable()
+        self._check_writable()
         lsn = self._next_lsn
         try:
             payload = encode_payload(tx.ops)
@@ -458,14 +537,22 @@ class Store:
                 while done < len(rec):
                     done += os.pwrite(self._fd, view[done:], before + done)
         except OSError as e:
-            # Leave no partial frame behind: the next record must follow a whole one.
+            # Leave no partial frame behind: the next record must follow a whole one (and one left by a
+            # failed truncate is overwritten by the next append, or cut at the next start as a torn tail).
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, before)
-            raise CertSrvError(None, "store", f"cannot append to {logfile.log_name(self._gen)}: {e}") from None
+            what = f"cannot append to {logfile.log_name(self._gen)}: {e}; nothing was written"
+            if is_disk_full(e):
+                raise disk_full_error("store", what) from None
+            raise StorageError(ERROR_IO_DEVICE, "store", what + "; check the disk and the service log") from None
         self._gen_size = before + len(rec)
 
-    def _commit_wait(self, lsn: int) -> None:
+    def _commit_wait(self, lsn: int) -> bool:
         """Return once ``lsn`` is durable in the log and applied to SQLite (group commit, group apply).
+
+        Returns True when applied, False when durable but not applied because the store is degraded
+        (the record is committed: the log holds it, and the store applies it by itself later). Raises
+        :class:`StorageError` when the record was not made durable (the log sync failed).
 
         Two stages, each run by one waiting committer at a time and both at once: the *syncer*
         fdatasyncs the log for every record appended so far; the *applier* applies every durable,
@@ -477,11 +564,18 @@ class Store:
         that has work left (one wakeup per commit and per batch, no thundering herd).
         """
         cond = self._apply_cond
+        applied = True
         with cond:
             while self._applied_lsn < lsn:
-                if self._failed is not None:
-                    raise CertSrvError(E_UNEXPECTED, "store", self._failed)
-                if self._durable_lsn < lsn:
+                durable = self._durable_lsn >= lsn
+                if durable and self._degraded is not None and not self._applying:
+                    applied = False  # committed: the log holds it; applied later (retry thread, next write)
+                    break
+                if not durable and self._failed is not None:
+                    # fsyncgate: never answer this write as durable, whatever a retried sync would say.
+                    raise sync_failed_error("store", f"{self._failed}; this write was NOT made durable and "
+                                            "may or may not be present after the restart's recovery")
+                if not durable:
                     if not self._syncing:
                         self._sync_locked()
                         continue
@@ -497,12 +591,19 @@ class Store:
                 finally:
                     cond.acquire()
         cp = self._cp
-        if self.options.checkpoint_records and (cp is None or lsn - cp.lsn >= self.options.checkpoint_records):
+        if applied and self.options.checkpoint_records and (
+                cp is None or lsn - cp.lsn >= self.options.checkpoint_records):
             with cond:  # re-read: another committer may have just checkpointed
                 cp = self._cp
                 due = cp is None or lsn - cp.lsn >= self.options.checkpoint_records
             if due:
-                self.checkpoint()
+                try:
+                    self.checkpoint()
+                except (CertSrvError, OSError, sqlite3.Error) as e:
+                    # This commit is durable and applied: its writer is answered success. The checkpoint
+                    # is only an optimisation of the next start's replay; a later commit tries again.
+                    log.warning("checkpoint failed (retried later; committed records are safe in the log): %s", e)
+        return applied
 
     def _sync_locked(self) -> None:
         """The syncer stage (called and returning with ``_apply_cond`` held, released meanwhile)."""
@@ -518,14 +619,14 @@ class Store:
             done = True
         except (OSError, ValueError) as e:
             # After a failed fsync the page cache state is unknown (fsyncgate): stop writing.
-            error = f"fsync of the log failed: {e}"
+            error = f"fdatasync of {logfile.log_name(self._gen)} failed: {e}"
         finally:
             cond.acquire()
             self._syncing = False
             if done:
                 self._durable_lsn = max(self._durable_lsn, target)
             else:
-                self._failed = error or "interrupted while syncing the log"
+                self._fail_locked(FAILED_SYNC, error or "interrupted while syncing the log")
             # No applier is woken: this committer's own LSN is now durable, it applies next if it can.
             self._wake_locked(apply=False)
 
@@ -534,8 +635,9 @@ class Store:
         cond = self._apply_cond
         self._applying = True
         first, last = self._applied_lsn + 1, self._durable_lsn
-        batch = [self._pending.pop(n) for n in range(first, last + 1)]
-        error: str | None = None
+        # Kept in _pending until applied: a failed batch stays there (reads by key see it, a retry applies it).
+        batch = [self._pending[n] for n in range(first, last + 1)]
+        error: BaseException | None = None
         done = False
         cond.release()
         try:
@@ -553,20 +655,94 @@ class Store:
             except sqlite3.Error as e:
                 with contextlib.suppress(sqlite3.Error):
                     writer.rollback()
-                error = f"records LSN {first}..{last} are durable but could not be applied: {e}"
+                error = e
         finally:
             cond.acquire()
             self._applying = False
             if done:
+                for n in range(first, last + 1):
+                    del self._pending[n]
                 self._applied_lsn = last
+                if self._degraded is not None:
+                    log.info("store recovered: applied the committed records LSN %d..%d from the log; "
+                             "accepting writes again (was %s since %s)", first, last, self._degraded,
+                             self._state_since)
+                    self._degraded, self._degraded_detail, self._state_since = None, "", None
             else:
-                self._failed = error or "interrupted while committing"
+                self._degrade_locked(first, last, error)
             self._wake_locked(apply=True)
             cond.notify_all()  # checkpoint() and readers waiting for the applied LSN
 
+    def _fail_locked(self, state: str, error: str) -> None:
+        """A sync failed: no write is accepted again by this process (``_apply_cond`` held)."""
+        if self._failed is None:
+            self._failed, self._failed_state = error, state
+            self._state_since = logfile.us_to_datetime(logfile.now_us()).isoformat(timespec="seconds")
+            log.error("store %s: %s; writes are refused until the service is restarted", state, error)
+
+    def _degrade_locked(self, first: int, last: int, error: BaseException | None) -> None:
+        """Records ``first..last`` are durable but could not be applied (``_apply_cond`` held)."""
+        state = DEGRADED_DISK_FULL if error is not None and is_disk_full(error) else health_mod.DEGRADED_APPLY
+        detail = (f"records LSN {first}..{last} are committed in the redo log but not yet applied: "
+                  f"{error or 'interrupted while applying'}")
+        if self._degraded is None:
+            self._state_since = logfile.us_to_datetime(logfile.now_us()).isoformat(timespec="seconds")
+            log.warning("store %s: %s; reads go on, writes are refused, the store retries every %.1fs",
+                        state, detail, self.options.retry_interval)
+        self._degraded, self._degraded_detail = state, detail
+        if not self._closed and (self._retry_thread is None or not self._retry_thread.is_alive()):
+            self._retry_stop.clear()
+            self._retry_thread = threading.Thread(target=self._retry_loop, name="pycertsrv-store-retry", daemon=True)
+            self._retry_thread.start()
+
+    def _retry_loop(self) -> None:
+        """Background: apply the committed records again until it works or the store closes."""
+        while not self._retry_stop.wait(self.options.retry_interval):
+            if self._closed or self._degraded is None:
+                return
+            try:
+                if self.retry_apply():
+                    return
+            except Exception:  # never let the retry thread die silently while records wait
+                log.exception("store: retrying the apply failed unexpectedly")
+
+    def retry_apply(self) -> bool:
+        """Apply the committed records a degraded store holds; returns whether it is no longer degraded."""
+        with self._apply_cond:
+            while self._applying:
+                self._apply_cond.wait()
+            if self._degraded is None:
+                return True
+            if self._closed:
+                return False
+            if self._durable_lsn > self._applied_lsn:
+                self._apply_locked()
+            else:
+                self._degraded, self._degraded_detail, self._state_since = None, "", None
+            return self._degraded is None
+
+    def health(self) -> Health:
+        """The store's state for health and status displays (see :mod:`.health`)."""
+        with self._apply_cond:
+            if self._failed is not None:
+                state, detail = self._failed_state, self._failed
+            elif self._degraded is not None:
+                state, detail = self._degraded, self._degraded_detail
+            else:
+                state, detail = health_mod.OK, ""
+            unapplied = self._durable_lsn - self._applied_lsn if state != health_mod.OK else 0
+            lsns = (self._applied_lsn + 1, self._durable_lsn) if unapplied > 0 else None
+            since = self._state_since
+        full: str | None = None
+        with contextlib.suppress(CertSrvError, sqlite3.Error):
+            if self.get("setting", health_mod.SETTING_REQUIRES_FULL) is not None:
+                why = self.get("setting", health_mod.SETTING_REQUIRES_FULL_REASON)
+                full = str(why["value"]) if why else "the database was restored since the last full backup"
+        return Health(state, detail, since, max(unapplied, 0), lsns, list(self.log_damage), full)
+
     def _wake_locked(self, *, apply: bool) -> None:
         """Open the gates of finished committers and of one committer per stage with work left."""
-        if self._failed is not None:
+        if self._failed is not None or self._degraded is not None:
             for _, gate in self._waiters:
                 gate.release()
             self._waiters = []
@@ -592,7 +768,7 @@ class Store:
     def _wait_applied_all(self) -> None:
         target = self._appended_lsn
         with self._apply_cond:
-            while self._applied_lsn < target and self._failed is None:
+            while self._applied_lsn < target and self._failed is None and self._degraded is None:
                 self._apply_cond.wait()
 
     def _next_id(self, table: str) -> int:
@@ -602,8 +778,14 @@ class Store:
         with self._write_lock:
             if table not in self._ids:
                 self._wait_applied_all()
-                cur = self.max_value(table, t.key[0])
-                self._ids[table] = int(cur or 0)
+                cur = int(self.max_value(table, t.key[0]) or 0)
+                with self._apply_cond:  # committed but unapplied rows (degraded store) hold ids too
+                    pending = [ops for ops in self._pending.values()]
+                for ops in pending:
+                    for tname, kind, values in ops:
+                        if tname == table and kind == "p":
+                            cur = max(cur, int(values[t.key_positions[0]]))
+                self._ids[table] = cur
             self._ids[table] += 1
             return self._ids[table]
 
@@ -617,14 +799,31 @@ class Store:
 
     def _roll_locked(self) -> int:
         closed = self._gen
-        # The whole swap runs under _fd_lock: a group-commit syncer outside the write lock must
-        # never see a closed or -1 descriptor, and _generation_of must see (_gen, _gen_first) together.
-        with self._fd_lock:
+        # Cut and sync outside _fd_lock (only a roll swaps the descriptor, and the write lock is held), so
+        # a failure can take _apply_cond, which is taken before _fd_lock elsewhere (checkpoint).
+        try:
             os.ftruncate(self._fd, self._gen_size)  # a closed generation ends at its last record
             os.fsync(self._fd)
+        except OSError as e:
+            with self._apply_cond:  # fsyncgate: the records appended so far may be lost
+                self._fail_locked(FAILED_SYNC, f"fsync of {logfile.log_name(closed)} failed: {e}")
+            raise sync_failed_error("store", f"fsync of {logfile.log_name(closed)} failed: {e}") from None
+        # The swap runs under _fd_lock: a group-commit syncer outside the write lock must never see a
+        # closed or -1 descriptor, and _generation_of must see (_gen, _gen_first) together.
+        with self._fd_lock:
             header = logfile.LogHeader(closed + 1, bytes.fromhex(self.identity), logfile.now_us(), self._next_lsn,
                                        self.options.log_size)
-            new, header = logfile.create_generation(self.log_dir, header)
+            try:
+                new, header = logfile.create_generation(self.log_dir, header)
+            except OSError as e:
+                # Nothing is lost: the closed generation is whole and synced; this write is refused.
+                tmp = self.log_dir / (logfile.log_name(closed + 1) + ".tmp")
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                what = f"cannot start log generation {logfile.log_name(closed + 1)}: {e}; nothing was written"
+                if is_disk_full(e):
+                    raise disk_full_error("store", what) from None
+                raise StorageError(ERROR_IO_DEVICE, "store", what) from None
             old_fd, self._fd = self._fd, os.open(new, os.O_WRONLY)
             os.close(old_fd)
             self._gen = closed + 1
@@ -702,13 +901,26 @@ class Store:
             assert self._writer is not None
             lsn = self._applied_lsn
             self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            # Never open+close the live database here: closing any descriptor drops SQLite's POSIX locks.
-            os.fsync(self._database_fd())
-            wal = self.db_path.with_name(self.db_path.name + "-wal")
-            if wal.exists():
-                fsync_file(wal)
+            try:
+                # Never open+close the live database here: closing any descriptor drops SQLite's POSIX locks.
+                os.fsync(self._database_fd())
+                wal = self.db_path.with_name(self.db_path.name + "-wal")
+                if wal.exists():
+                    fsync_file(wal)
+            except OSError as e:
+                # fsyncgate: SQLite's pages may be lost; only a restart's replay from the log is trustworthy.
+                self._fail_locked(FAILED_DB_SYNC, f"fsync of {self.db_path.name} failed: {e}")
+                raise sync_failed_error("checkpoint", f"fsync of {self.db_path.name} failed: {e}") from None
             cp = Checkpoint(lsn, self._generation_of(lsn + 1), logfile.now_us())
-            write_checkpoint(self.checkpoint_path, cp, self.identity)
+            try:
+                write_checkpoint(self.checkpoint_path, cp, self.identity)
+            except OSError as e:
+                for tmp in self.system_dir.glob(f".{CHECKPOINT_FILE}.tmp-*"):  # atomic_write's leftover
+                    with contextlib.suppress(OSError):
+                        tmp.unlink()
+                what = f"cannot write {CHECKPOINT_FILE}: {e}"
+                raise (disk_full_error("checkpoint", what) if is_disk_full(e)
+                       else StorageError(ERROR_IO_DEVICE, "checkpoint", what)) from None
             self._cp = cp
         if self.options.circular_logging:
             self.truncate_logs(cp.generation)
@@ -848,7 +1060,8 @@ class Store:
     # ---------------------------------------------------------------- reads
 
     def _reader(self) -> sqlite3.Connection:
-        self._check_usable()
+        # Reads go on in every state: SQLite holds only synced, applied records (see .health).
+        self._check_open()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -862,8 +1075,27 @@ class Store:
         """The row with primary key ``key`` (scalar or tuple), or None."""
         t = schema.table(table)
         k = key if isinstance(key, tuple) else (key,)
+        if self._degraded is not None:
+            found, row = self._unapplied_row(table, k)
+            if found:
+                return row
         rows = self.select(table, [(c, "=", v) for c, v in zip(t.key, k)], limit=1)
         return rows[0] if rows else None
+
+    def _unapplied_row(self, table: str, key: tuple[Any, ...]) -> tuple[bool, dict[str, Any] | None]:
+        """The newest image of a row among committed, unapplied records (degraded store): ``(found, row)``."""
+        t = schema.table(table)
+        with self._apply_cond:
+            records = [self._pending[n] for n in sorted(self._pending) if n <= self._durable_lsn]
+        found, row = False, None
+        for ops in records:
+            for tname, kind, values in ops:
+                if tname != table:
+                    continue
+                k = tuple(values[i] for i in t.key_positions) if kind == "p" else tuple(values)
+                if k == key:
+                    found, row = True, (dict(zip(t.column_names, values)) if kind == "p" else None)
+        return found, row
 
     def _where(self, table: str, where: Sequence[tuple[str, str, Any]]) -> tuple[str, list[Any]]:
         t = schema.table(table)

@@ -45,7 +45,7 @@ import struct
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -374,6 +374,10 @@ class ScanResult:
     bad_reason: str = ""
     bad_is_tail: bool = False
     size: int = 0
+    # Damaged records stepped over because they were already applied (see scan's ``applied``), and
+    # where the first whole record after the last of them starts (the apply pass starts there).
+    damaged: list[dict[str, Any]] = field(default_factory=list)
+    resume_offset: int = HEADER_SIZE
 
 
 def _all_zero(data: Any, start: int, end: int) -> bool:
@@ -475,17 +479,57 @@ class MappedLog:
             self._map = None
 
 
-def scan(path: Path, identity: bytes | None, *, keep: bool = False) -> tuple[ScanResult, list[Record]]:
+def scan(path: Path, identity: bytes | None, *, keep: bool = False,
+         applied: int | None = None) -> tuple[ScanResult, list[Record]]:
     """Validate a whole generation; returns the summary and (when ``keep``) its records.
 
     LSNs must start at the header's first LSN and rise by one; a break is corruption.
+
+    :param applied: the LSN the database already contains. A damaged record at or below it is not
+        needed by any recovery of this database: it is stepped over (listed in ``damaged``) when the
+        whole record that follows it can be found (see :func:`_resync`), instead of ending the scan.
     """
     with MappedLog(path) as data:
         header = parse_header(bytes(data[:HEADER_SIZE]), path.name, identity)
-        return _scan_data(path, header, data, keep)
+        return _scan_data(path, header, data, keep, applied)
 
 
-def _scan_data(path: Path, header: LogHeader, data: Any, keep: bool) -> tuple[ScanResult, list[Record]]:
+def _valid_at(data: Any, pos: int, lsn: int) -> bool:
+    """Whether a whole, checksum-valid record carrying ``lsn`` starts at ``pos``."""
+    n = len(data)
+    if n - pos < REC_SIZE:
+        return False
+    crc, length, got, _ = REC.unpack_from(data, pos)
+    end = pos + REC_SIZE + length
+    return bool(got == lsn) and length <= MAX_RECORD and end <= n and zlib.crc32(data[pos + 4 : end]) == crc
+
+
+def _resync(data: Any, pos: int, expect: int, applied: int) -> tuple[int, int] | None:
+    """Where the records resume after damaged ones starting at ``pos`` (record ``expect``, at most ``applied``).
+
+    Returns ``(offset, lsn)`` of the next whole record, or of the end of the records (``applied + 1``
+    with only zeroes after), or None when it cannot be found safely: only records up to ``applied``
+    may be stepped over, and the first one after them must be whole and carry the next LSN.
+    """
+    n = len(data)
+    if n - pos >= REC_SIZE:
+        _, length, _, _ = REC.unpack_from(data, pos)
+        end = pos + REC_SIZE + length
+        # The damaged frame's own length, when it still points at the next record (damage in the payload).
+        if length <= MAX_RECORD and end <= n:
+            if _valid_at(data, end, expect + 1):
+                return end, expect + 1
+            if expect == applied and _all_zero(data, end, n):
+                return end, expect + 1
+    for want in range(expect + 1, min(applied + 1, expect + 64) + 1):  # a damaged length: search by LSN
+        q = _valid_record_after(data, pos, {want})
+        if q is not None:
+            return q, want
+    return None
+
+
+def _scan_data(path: Path, header: LogHeader, data: Any, keep: bool,
+               applied: int | None = None) -> tuple[ScanResult, list[Record]]:
     n = len(data)
     res = ScanResult(path, header, size=n)
     kept: list[Record] = []
@@ -501,6 +545,15 @@ def _scan_data(path: Path, header: LogHeader, data: Any, keep: bool) -> tuple[Sc
             crc, length, lsn, ts = unpack(data, pos)
             end = pos + REC_SIZE + length
             if length > MAX_RECORD or end > n or crc32(mv[pos + 4 : end]) != crc:
+                if applied is not None and expect <= applied and not _all_zero(data, pos, n):
+                    found = _resync(data, pos, expect, applied)
+                    if found is not None:
+                        reason = _bad_frame(data, pos, expect - 1 if expect > header.first_lsn else None)[1]
+                        res.damaged.append({"file": path.name, "offset": pos, "lsn": expect,
+                                            "lsns": [expect, found[1] - 1], "reason": reason})
+                        pos, expect = found
+                        res.resume_offset = pos
+                        continue
                 break
             if lsn != expect:
                 res.bad_offset, res.bad_reason, res.bad_is_tail = pos, f"LSN {lsn} where {expect} was expected", False

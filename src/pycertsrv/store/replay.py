@@ -99,10 +99,11 @@ class RecoveryReport:
     stopped_at: str | None = None
     seconds: float = 0.0
     clean: bool = True
+    damaged: list[dict[str, Any]] = field(default_factory=list)  # applied records found damaged (stepped over)
 
     def summary(self) -> str:
         """One line for logs and the CLI."""
-        if self.replayed == 0 and self.torn_tail is None:
+        if self.replayed == 0 and self.torn_tail is None and not self.damaged:
             return f"{self.kind} recovery: nothing to replay (applied LSN {self.to_lsn})"
         s = (f"{self.kind} recovery: replayed {self.replayed} records (LSN {self.from_lsn}..{self.to_lsn}) "
              f"from {len(self.generations)} generation(s) in {self.seconds:.3f}s")
@@ -111,6 +112,11 @@ class RecoveryReport:
                   f"({self.torn_tail['reason']})")
         if self.stopped_at:
             s += f"; stopped at {self.stopped_at}"
+        if self.damaged:
+            d = self.damaged[0]
+            s += (f"; DAMAGED log record(s) already applied, stepped over: {d['file']} LSN {d['lsns'][0]}"
+                  + (f"..{d['lsns'][1]}" if d['lsns'][1] != d['lsns'][0] else "") + f" at offset {d['offset']}"
+                  + (f" and {len(self.damaged) - 1} more" if len(self.damaged) > 1 else ""))
         return s
 
     def to_json(self) -> dict[str, Any]:
@@ -154,7 +160,9 @@ def replay(
     """Validate ``files`` (consecutive generations), then apply every record above ``applied``.
 
     Validation (headers, every record's CRC, the LSN sequence) runs over all files first so that a
-    corrupt record anywhere refuses the whole replay before anything is applied. Only the last file
+    corrupt record anywhere refuses the whole replay before anything is applied, except a damaged
+    record the database already contains (LSN <= ``applied``): no recovery of this database needs it,
+    so it is stepped over and reported in ``damaged``. Only the last file
     may have a torn tail, which is cut when ``cut_torn_tail`` (soft recovery) and otherwise ends the
     replay there. The apply pass re-walks the memory-mapped files by their frame lengths only (the
     CRCs were checked), decodes each payload and applies records in batches of :data:`BATCH`, each
@@ -171,7 +179,8 @@ def replay(
     rep = RecoveryReport(kind=kind, from_lsn=applied + 1, to_lsn=applied)
     scans: list[logfile.ScanResult] = []
     for i, path in enumerate(files):
-        res, _ = logfile.scan(path, identity)
+        res, _ = logfile.scan(path, identity, applied=applied)
+        rep.damaged.extend(res.damaged)
         if res.bad_offset is not None and not (res.bad_is_tail and i == len(files) - 1):
             raise logfile.corrupt_error(res)
         if scans:
@@ -249,7 +258,7 @@ class _Apply:
         rec_size = logfile.REC_SIZE
         add = self.batcher.add
         applied = self.applied
-        pos = logfile.HEADER_SIZE
+        pos = res.resume_offset  # past any damaged record (those are all at or below the applied LSN)
         stop_end = res.end
         no_until = until_lsn is None and until_us is None
         pending = self.pending

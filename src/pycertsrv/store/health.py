@@ -1,0 +1,188 @@
+"""The store's health: what it tells writers, readers and operators when the disk fills, a log sync
+fails, or a log record is damaged.
+
+States (``Store.health().state``; also ``GET /health`` and ``certsrv status``):
+
+- ``ok``.
+- ``degraded: disk full`` — a batch was made durable in the redo log but SQLite could not apply it
+  (``SQLITE_FULL``). The records are committed: the writers got success, marked *committed, not yet
+  applied* (:data:`COMMIT_NOTES`), and their request ids. Reads go on: a read by primary key sees the
+  pending rows, lists and counts do not until they are applied. New writes are refused with
+  ERROR_DISK_FULL after one more apply attempt. A background retry applies the records from the log as
+  soon as SQLite can write again, and the state returns to ``ok`` without a restart. (Other apply
+  errors give ``degraded: database apply error`` and are retried the same way.)
+- ``failed: log sync error, restart required`` — the log's ``fdatasync`` failed. After a failed sync
+  the kernel may have dropped the dirty pages and a later sync can "succeed" without writing them
+  (PostgreSQL's fsyncgate, 2018): no write is ever answered as durable again by this process. Writes
+  are refused with ERROR_IO_DEVICE; reads of applied (hence synced) state go on; the restart's
+  recovery replays from what is really on disk.
+
+Damage in a log record that is already applied (below the database's applied LSN) does not stop the
+store: it is reported (log warning, ``log_damage`` in the health), and the next backup must be full,
+because the chain for incrementals passes through the damaged generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import errno
+import json
+import logging
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ERROR_DISK_FULL, ERROR_IO_DEVICE, StorageError
+from ..fsutil import atomic_write
+
+log = logging.getLogger("pycertsrv.store")
+
+OK = "ok"
+DEGRADED_DISK_FULL = "degraded: disk full"
+DEGRADED_APPLY = "degraded: database apply error"
+FAILED_SYNC = "failed: log sync error, restart required"
+
+# Settings the store writes (logged, so a restore carries them) when it finds log damage. The backup
+# layer refuses incrementals while SETTING_REQUIRES_FULL is set and shows the reason.
+SETTING_REQUIRES_FULL = "backup_requires_full"
+SETTING_REQUIRES_FULL_REASON = "backup_requires_full_reason"
+DAMAGE_FILE = "log-damage.json"  # system/: damage already reported, so it marks a full backup only once
+
+# Per request (the service sets a fresh set for each): LSNs of this caller's writes that are committed
+# but not yet applied. Worker threads started with asyncio.to_thread share the set (copied context).
+COMMIT_NOTES: contextvars.ContextVar[set[int] | None] = contextvars.ContextVar("pycertsrv_commit_notes",
+                                                                              default=None)
+
+
+@contextlib.contextmanager
+def commit_scope() -> Iterator[set[int]]:
+    """Collect the committed-not-applied LSNs of the writes made inside (one service request)."""
+    notes: set[int] = set()
+    token = COMMIT_NOTES.set(notes)
+    try:
+        yield notes
+    finally:
+        COMMIT_NOTES.reset(token)
+
+
+def note_unapplied(lsn: int | None) -> None:
+    """Record in the caller's scope that its write ``lsn`` is committed but not yet applied."""
+    notes = COMMIT_NOTES.get()
+    if notes is not None and lsn is not None:
+        notes.add(lsn)
+
+
+def commit_note(notes: set[int], state: str) -> dict[str, Any] | None:
+    """What an answer carries when its writes are committed but not applied (None when all are applied)."""
+    if not notes:
+        return None
+    return {"state": "committed, not yet applied", "lsns": sorted(notes), "store": state,
+            "message": "durable in the redo log; the database applies it once it can write again "
+                       "(lists may not show it until then; reading it by id works)"}
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether an SQLite or OS error means no space (SQLITE_FULL, ENOSPC, EDQUOT)."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(e, sqlite3.Error):
+        code = getattr(e, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL or "disk is full" in str(e)
+    return False
+
+
+def disk_full_error(what: str, detail: str) -> StorageError:
+    """The refusal of a write while there is no space (ERROR_DISK_FULL)."""
+    return StorageError(ERROR_DISK_FULL, what, f"{detail}; free space on the CA home's filesystem: the store "
+                        "retries by itself and accepts writes again without a restart (see certsrv status)")
+
+
+def sync_failed_error(what: str, detail: str) -> StorageError:
+    """The refusal of a write after a failed log sync (ERROR_IO_DEVICE)."""
+    return StorageError(ERROR_IO_DEVICE, what, f"store {FAILED_SYNC} ({detail}); no write is accepted until "
+                        "the service is restarted (certsrv shutdown, then certsrv serve): its recovery replays "
+                        "what is really on disk")
+
+
+@dataclass
+class Health:
+    """A snapshot of the store's state for status displays."""
+
+    state: str = OK
+    detail: str = ""
+    since: str | None = None
+    unapplied: int = 0
+    unapplied_lsns: tuple[int, int] | None = None
+    log_damage: list[dict[str, Any]] = field(default_factory=list)
+    backup_full_required: str | None = None
+
+    @property
+    def summary(self) -> str:
+        """One line: the state, then what it means for the operator."""
+        s = self.state
+        if self.unapplied:
+            s += f" ({self.unapplied} committed record(s) not yet applied)"
+        if self.detail and self.state != OK:
+            s += f": {self.detail}"
+        if self.log_damage:
+            d = self.log_damage[0]
+            s += (f"; log damage in {d['file']} (record LSN {d['lsn']}, already applied)"
+                  + (f" and {len(self.log_damage) - 1} more" if len(self.log_damage) > 1 else ""))
+        if self.backup_full_required:
+            s += "; the next backup must be full"
+        return s
+
+    def to_json(self) -> dict[str, Any]:
+        """The health as plain data."""
+        return {"state": self.state, "detail": self.detail, "since": self.since, "unapplied": self.unapplied,
+                "unapplied_lsns": list(self.unapplied_lsns) if self.unapplied_lsns else None,
+                "log_damage": self.log_damage, "backup_full_required": self.backup_full_required,
+                "summary": self.summary}
+
+
+# ---------------------------------------------------------------- damaged logs
+
+
+def known_damage(system_dir: Path) -> list[dict[str, Any]]:
+    """Damage already reported (``system/log-damage.json``); empty when none or unreadable."""
+    try:
+        doc = json.loads((system_dir / DAMAGE_FILE).read_bytes())
+    except (OSError, ValueError):
+        return []
+    items = doc.get("damage") if isinstance(doc, dict) else None
+    return [d for d in items if isinstance(d, dict)] if isinstance(items, list) else []
+
+
+def record_damage(system_dir: Path, damage: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add newly found damage to the reported list; returns the entries that were new."""
+    known = known_damage(system_dir)
+    seen = {(d.get("file"), d.get("offset")) for d in known}
+    new = [d for d in damage if (d.get("file"), d.get("offset")) not in seen]
+    if new:
+        atomic_write(system_dir / DAMAGE_FILE, json.dumps({"damage": known + new}, indent=1).encode())
+    return new
+
+
+def restore_advice(conn: sqlite3.Connection | None, home: Path) -> str:
+    """What to restore when recovery needs a damaged record: the newest recorded set, and the command."""
+    newest = ""
+    if conn is not None:
+        try:
+            rows = conn.execute("SELECT backup_id, kind, ended_at FROM backup_history ORDER BY backup_id").fetchall()
+        except sqlite3.Error:
+            rows = []
+        fulls = [i for i, r in enumerate(rows) if r[1] == "full"]
+        if fulls:
+            full = rows[fulls[-1]]
+            incs = [r for r in rows[fulls[-1] + 1:] if r[1] == "incremental"]
+            newest = f"the newest recorded set is full backup #{full[0]} of {full[2]}"
+            if incs:
+                newest += " with incremental(s) " + ", ".join(f"#{r[0]} of {r[2]}" for r in incs)
+            newest += "; "
+        else:
+            newest = "no backup of this CA is recorded; "
+    return (f"recovery needs this record: restore from backup ({newest}run "
+            f"certsrv restore --force FULL_SET_DIR [INCREMENTAL_SET_DIR ...] --home {home}, then certsrv serve)")
