@@ -401,9 +401,11 @@ class BackupManager:
             raise Conflict(JET_ERR_MISSING_FULL_BACKUP, fn, "no full backup has been taken yet; take one first")
         flag = self.store.get("setting", SETTING_REQUIRES_FULL)
         if flag is not None and str(flag["value"]).strip().lower() in TRUE_VALUES:
-            # spec §2.17: backups from before a restore must not be mixed with later ones.
-            raise Conflict(JET_ERR_MISSING_FULL_BACKUP, fn,
-                           "the database was restored since the last full backup; take a full backup first")
+            # spec §2.17: backups from before a restore must not be mixed with later ones; the store sets the
+            # flag too, with its reason, when it finds log damage (pycertsrv.store.health).
+            why = self.store.get("setting", SETTING_REQUIRES_FULL + "_reason")
+            reason = why["value"] if why else "the database was restored since the last full backup"
+            raise Conflict(JET_ERR_MISSING_FULL_BACKUP, fn, f"{reason}; take a full backup first")
 
     def info(self, handle: str, principal_id: str | None = None) -> dict[str, Any]:
         """What a client needs to label the set: kind, CA name, database identity, handle.
@@ -708,8 +710,9 @@ class BackupManager:
                 "truncated": 1 if s.truncated else 0})
             if s.kind == FULL:
                 tx.put("setting", {"name": SETTING_LAST_FULL, "value": ended})
-                if tx.get("setting", SETTING_REQUIRES_FULL) is not None:
-                    tx.delete("setting", SETTING_REQUIRES_FULL)
+                for name in (SETTING_REQUIRES_FULL, SETTING_REQUIRES_FULL + "_reason"):
+                    if tx.get("setting", name) is not None:
+                        tx.delete("setting", name)
             else:
                 tx.put("setting", {"name": SETTING_LAST_INCREMENTAL, "value": ended})
         return bid

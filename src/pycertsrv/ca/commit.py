@@ -10,6 +10,10 @@ condition, each of which would have to take the GIL back). Every caller returns 
 are durable. A batch is atomic (one log record), so each change in it is too. Write functions only
 ``put``/``delete`` and allocate ids; they never fail on input (all checks happen before queueing), so a
 failed batch means the store failed, and every caller in it gets that error.
+
+A batch that is durable in the redo log but could not be applied to SQLite (disk full: the store is
+degraded, see :mod:`pycertsrv.store.health`) is committed: every caller in it returns its result, and is
+noted in its own request's scope as "committed, not yet applied" (the leader's thread is not theirs).
 """
 
 from __future__ import annotations
@@ -19,19 +23,21 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from ..store import Store, Transaction
+from ..store.health import note_unapplied
 
 T = TypeVar("T")
 MAX_BATCH = 256  # bounds one log record's size (each issuance is ~3 KiB of row images)
 
 
 class _Item(Generic[T]):
-    __slots__ = ("done", "error", "fn", "gate", "result")
+    __slots__ = ("done", "error", "fn", "gate", "lsn", "result")
 
     def __init__(self, fn: Callable[[Transaction], T]) -> None:
         self.fn = fn
         self.done = False
         self.result: T | None = None
         self.error: BaseException | None = None
+        self.lsn: int | None = None  # set when committed but not yet applied
         self.gate = threading.Lock()
         self.gate.acquire()  # released by a leader: when the item is written, or to make its caller lead
 
@@ -66,6 +72,8 @@ class GroupCommitter:
             self._lead()
         if item.error is not None:
             raise item.error
+        if item.lsn is not None:
+            note_unapplied(item.lsn)  # in this caller's context: its answer says so
         return item.result  # type: ignore[return-value]
 
     def _lead(self) -> None:
@@ -99,6 +107,7 @@ class GroupCommitter:
             return
         for it, r in zip(batch, results):
             it.result = r
+            it.lsn = None if tx.applied else tx.lsn
             it.done = True
         self.batches += 1
         self.items += len(batch)

@@ -57,6 +57,12 @@ def status_cmd(home: Path | None, server: ServerSpec, as_json: bool) -> None:
     click.echo(f"CA {st['name']!r}: {st['state']} (online: {'yes' if st['online'] else 'no'}), pid {st['pid']}, "
                f"home {st['home']}")
     click.echo(f"listening on {', '.join(st['listeners'])}")
+    store = st.get("store") or {}
+    if store:
+        # "degraded: disk full" / "failed: log sync error, restart required" and what it means (store.health).
+        click.echo(f"store: {store.get('summary') or store.get('state')}")
+        if store.get("since"):
+            click.echo(f"  since {store['since']}")
     rec = st.get("recovery") or {}
     if rec:
         click.echo(f"last start: {rec.get('kind', 'soft')} recovery replayed {rec.get('replayed', 0)} records")

@@ -320,6 +320,11 @@ class Client:
         result: dict[str, Any] = self.call("GET", "/status")
         return result
 
+    def health(self) -> dict[str, Any]:
+        """The store's health (``status``: ok / degraded / failed, ``store``: the state line)."""
+        result: dict[str, Any] = self.call("GET", "/health")
+        return result
+
     def is_server_online(self) -> bool:
         """IsServerOnline (spec §2.1): True serving, False suspended; Unavailable when nothing answers."""
         self._check_name()

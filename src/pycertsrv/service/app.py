@@ -22,6 +22,7 @@ from ..config import Config
 from ..home import Home
 from .audit import AuditLog
 from .auth import RoleMap
+from .commit_note import commit_note_middleware
 from .middleware import service_middleware
 from .openapi import OPERATIONS, build_document
 
@@ -84,7 +85,8 @@ def create_app(authority: Any, *, config: Config | None = None, home: Home | Non
     """
     cfg: Config = config if config is not None else authority.config
     hm: Home = home if home is not None else authority.home
-    app = web.Application(middlewares=[service_middleware], client_max_size=cfg.service.max_body)
+    app = web.Application(middlewares=[commit_note_middleware, service_middleware],
+                          client_max_size=cfg.service.max_body)
     app["authority"] = authority
     app["config"] = cfg
     app["home"] = hm

@@ -16,7 +16,7 @@ issue, deny, resubmit, revoke,          Officer, Administrator
 unrevoke, publish_crl
 server_control (shutdown)               Administrator, Operator (spec §4.1)
 status                                  any role
-online, openapi, ca_info                anyone (GetServerState: no permission, spec §1.6)
+online, health, openapi, ca_info        anyone (GetServerState: no permission, spec §1.6)
 backup/* (backup helper)                Operator (spec §1.6)
 ======================================  ===============================================
 
@@ -68,6 +68,7 @@ OPERATION_ROLES: dict[str, frozenset[str] | None] = {
     "server_control": frozenset({ADMINISTRATOR, OPERATOR}),
     "status": frozenset(ROLES),
     "online": None,
+    "health": None,
     "openapi": None,
     "ca_info": None,
 }

@@ -1,9 +1,10 @@
-"""Server control and status: ``GET /online`` (IsServerOnline), ``GET /status``, ``POST /control``
-(ServerControl, spec §2.18, §4.1).
+"""Server control and status: ``GET /online`` (IsServerOnline), ``GET /health`` (the store's state),
+``GET /status``, ``POST /control`` (ServerControl, spec §2.18, §4.1).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -35,6 +36,21 @@ async def online(request: web.Request) -> web.Response:
     return json_response({"online": state.online, "name": request.app["authority"].name})
 
 
+def _store_health(request: web.Request) -> Any:
+    store = getattr(request.app["authority"], "store", None)
+    return None if store is None or not hasattr(store, "health") else store.health()
+
+
+async def health(request: web.Request) -> web.Response:
+    """The store's state: ``ok``, ``degraded: disk full`` (reads go on, writes refused until it recovers
+    by itself) or ``failed: log sync error, restart required`` (see pycertsrv.store.health)."""
+    h = await asyncio.to_thread(_store_health, request)
+    state = h.state if h is not None else "ok"
+    return json_response({"status": state.split(":", 1)[0], "store": state, "online": request.app["state"].online,
+                          "unapplied": h.unapplied if h is not None else 0,
+                          "log_damage": bool(h.log_damage) if h is not None else False})
+
+
 async def status(request: web.Request) -> web.Response:
     """What the service is, where it listens, what recovery did, and who the caller is."""
     app = request.app
@@ -52,6 +68,8 @@ async def status(request: web.Request) -> web.Response:
         "caller": principal.to_json(),
         "crl_published": state.crl_published,
     }
+    h = await asyncio.to_thread(_store_health, request)
+    body["store"] = h.to_json() if h is not None else None
     return json_response(body)
 
 
@@ -90,6 +108,20 @@ STATUS_SCHEMA = {
         "recovery": {"type": ["object", "null"]},
         "caller": {"type": "object"},
         "crl_published": {"type": ["string", "null"]},
+        "store": {"type": ["object", "null"], "description": "the store's health: state, detail, since, "
+                  "unapplied, unapplied_lsns, log_damage, backup_full_required, summary"},
+    },
+}
+HEALTH_SCHEMA = {
+    "type": "object",
+    "required": ["status", "store", "online"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "degraded", "failed"]},
+        "store": {"type": "string", "description": "ok | degraded: disk full | degraded: database apply error | "
+                  "failed: log sync error, restart required | failed: database sync error, restart required"},
+        "online": {"type": "boolean"},
+        "unapplied": {"type": "integer", "description": "committed records not yet applied to the database"},
+        "log_damage": {"type": "boolean", "description": "damaged log records were found (see GET /status)"},
     },
 }
 CONTROL_BODY = {
@@ -115,6 +147,13 @@ def setup_routes(app: web.Application) -> None:
               description="spec §2.1, §4.2. When nothing answers, the client raises RPC_S_SERVER_UNAVAILABLE "
                           "(0x800706BA). Also names the CA (used to check a `HOST\\CA Name` config string).",
               roles=auth.OPERATION_ROLES["online"], audit=False, response=ONLINE_SCHEMA)
+    add_route(app, "GET", "/health", health, operation_id="health", tag="control",
+              summary="Store health: ok, degraded: disk full, or failed: log sync error, restart required",
+              description="Answers in every state (reads of the state only). Degraded: writes are refused with "
+                          "ERROR_DISK_FULL (0x80070070) until space is freed; the store then applies the committed "
+                          "records by itself. Failed: writes are refused with ERROR_IO_DEVICE (0x8007045D) until "
+                          "a restart. Details (which records, since when, log damage) in GET /status.",
+              roles=auth.OPERATION_ROLES["health"], audit=False, response=HEALTH_SCHEMA)
     add_route(app, "GET", "/status", status, operation_id="status", tag="control",
               summary="Service status: CA name, state, listeners, last recovery, the caller's identity and roles",
               roles=auth.OPERATION_ROLES["status"], audit=False, response=STATUS_SCHEMA)

@@ -75,13 +75,16 @@ def note_unapplied(lsn: int | None) -> None:
         notes.add(lsn)
 
 
-def commit_note(notes: set[int], state: str) -> dict[str, Any] | None:
+COMMITTED_NOT_APPLIED = "committed, not yet applied"
+
+
+def commit_note(notes: set[int]) -> dict[str, Any] | None:
     """What an answer carries when its writes are committed but not applied (None when all are applied)."""
     if not notes:
         return None
-    return {"state": "committed, not yet applied", "lsns": sorted(notes), "store": state,
-            "message": "durable in the redo log; the database applies it once it can write again "
-                       "(lists may not show it until then; reading it by id works)"}
+    return {"state": COMMITTED_NOT_APPLIED, "lsns": sorted(notes),
+            "message": "durable in the redo log (it survives a restart); the database applies it once it can "
+                       "write again: until then lists may not show it, reading it by id works"}
 
 
 def is_disk_full(e: BaseException) -> bool:
