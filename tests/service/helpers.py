@@ -60,14 +60,18 @@ class Service:
 
     :param home: the CA home.
     :param tcp: ``HOST:PORT`` for the TLS listener (port 0 = any free port; read back from status).
+    :param env: extra environment variables for the child (e.g. ``LD_PRELOAD`` of a fault injector).
+    :param log_path: where its stderr goes (default: beside the home).
     """
 
-    def __init__(self, home: Home, *, tcp: str | None = None, socket: Path | None = None) -> None:
+    def __init__(self, home: Home, *, tcp: str | None = None, socket: Path | None = None,
+                 env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
         self.home = home
+        self.env = dict(env or {})
         self.tcp = tcp
         self.socket_override = socket
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = home.root.parent / f"{home.root.name}-service.log"
+        self.log_path = log_path or home.root.parent / f"{home.root.name}-service.log"
         self.tls_address: str | None = None
 
     @property
@@ -88,6 +92,7 @@ class Service:
         log = open(self.log_path, "ab")  # noqa: SIM115 (the child keeps it)
         env = dict(os.environ)
         env.pop("CERTSRV_HOME", None)
+        env.update(self.env)
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, env=env)
         log.close()
         if wait:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 from datetime import UTC, datetime
@@ -78,7 +79,12 @@ class AuditLog:
         line = (json.dumps(rec, sort_keys=True, default=str) + "\n").encode()
         with self._lock:
             if self._fd >= 0:
-                os.write(self._fd, line)
+                try:
+                    os.write(self._fd, line)
+                except OSError as e:
+                    # The call already happened (a write may be committed): its answer must not turn into
+                    # a failure because the audit line could not be written (issue 10: full disk).
+                    logging.getLogger("pycertsrv.service").error("audit record lost (%s): %s", e, line.decode())
 
     def close(self) -> None:
         """fsync and close (idempotent)."""
