@@ -1,0 +1,134 @@
+"""Issue 10 finding 4: a damaged log record.
+
+- Already applied and below the checkpoint (clean shutdown): the store opens and serves, reports the
+  damage loudly (log warning, health), and the next backup must be full; a full backup clears that
+  and restores past the damage.
+- Needed by recovery (above what the database holds): opening still refuses, and the message says
+  which backup set to restore and the command to run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from store_helpers import commit_request, patch_file, record_offsets
+
+from pycertsrv.backup.session import BackupManager
+from pycertsrv.errors import JET_ERR_LOG_FILE_CORRUPT, JET_ERR_MISSING_FULL_BACKUP, Conflict, CorruptData
+from pycertsrv.home import Home
+from pycertsrv.store import Store, StoreOptions, hard_recover, list_generations, read_checkpoint
+
+OPTS = StoreOptions(log_size=1 << 20, checkpoint_records=0)
+
+
+def backup(mgr: BackupManager, out: Path, incremental: bool = False) -> dict[str, object]:
+    """A complete backup through the session API (as the service runs it) into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    h = mgr.prepare("op", 1 if incremental else 0, 0 if incremental else 1)
+    for listing in ([] if incremental else [mgr.database_names]) + [mgr.backup_logs]:  # spec §2.20 order
+        for entry in listing(h):
+            src = Path(entry[1:])
+            mgr.open_file(h, str(src))
+            with open(out / src.name, "wb") as f:
+                while data := mgr.read(h, 1 << 16):
+                    f.write(data)
+            mgr.close_file(h)
+    return mgr.end(h)
+
+
+def request_ids(store: Store) -> list[int]:
+    return sorted(r["request_id"] for r in store.select("request"))
+
+
+def test_damage_below_the_checkpoint_opens_and_requires_a_full_backup(
+        tmp_home: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = Store.create(tmp_home, "t", OPTS)
+    mgr = BackupManager(store, Home.at(tmp_home), 600.0)
+    for rid in range(1, 4):
+        commit_request(store, rid)
+    assert backup(mgr, tmp_path / "full1")["recorded"]  # rolls: generation 2 is now written
+    for rid in range(4, 12):
+        commit_request(store, rid)
+    mgr.close()
+    store.close()  # clean shutdown: checkpoint at the last LSN
+    cp = read_checkpoint(tmp_home / "system" / "edb.chk")
+    gen = list_generations(tmp_home / "logs")[2]
+    victim = record_offsets(gen)[2]
+    assert cp is not None and victim.lsn < cp.lsn  # e.g. LSN 7 of 13: applied, below the checkpoint
+    patch_file(gen, victim.offset + 30)  # a flipped bit in its payload
+
+    caplog.set_level(logging.WARNING, logger="pycertsrv.store")
+    store = Store.open(tmp_home, OPTS)
+    try:
+        assert request_ids(store) == list(range(1, 12))  # the CA serves
+        warn = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any(f"log damage in {gen.name}" in m and f"LSN {victim.lsn}" in m and "must be full" in m
+                   for m in warn), warn
+        h = store.health()
+        assert h.state == "ok" and h.log_damage[0]["lsn"] == victim.lsn
+        assert h.backup_full_required and "log damage" in h.backup_full_required
+        assert "log damage" in h.summary and "next backup must be full" in h.summary
+        commit_request(store, 12)  # and takes writes
+        mgr = BackupManager(store, Home.at(tmp_home), 600.0)
+        with pytest.raises(Conflict) as ei:
+            mgr.prepare("op", 1, 0)
+        assert ei.value.hresult == JET_ERR_MISSING_FULL_BACKUP
+        assert "log damage" in ei.value.message and "take a full backup first" in ei.value.message
+        assert mgr.status() is None  # nothing left locked
+        result = backup(mgr, tmp_path / "full2")
+        assert result["recorded"]
+        assert store.health().backup_full_required is None  # cleared by the full backup
+        assert backup(mgr, tmp_path / "inc1", incremental=True)["recorded"]  # the chain starts again
+        mgr.close()
+    finally:
+        store.close()
+    # The full backup taken after the damage restores (hard recovery steps over the applied, damaged record).
+    full2 = tmp_path / "full2"
+    db = next(full2.glob("*.db"))
+    gens = sorted(g for g in list_generations(full2))
+    scratch = tmp_path / "restored"
+    scratch.mkdir()
+    shutil.copyfile(db, scratch / db.name)
+    hard_recover(scratch / db.name, full2, gens[0], gens[-1])
+    import sqlite3
+
+    conn = sqlite3.connect(scratch / db.name)
+    try:
+        assert sorted(r[0] for r in conn.execute("SELECT request_id FROM request")) == list(range(1, 13))
+    finally:
+        conn.close()
+    # Reported once: a later start does not ask for yet another full backup.
+    with Store.open(tmp_home, OPTS) as again:
+        assert again.health().backup_full_required is None
+
+
+def test_damage_recovery_needs_refuses_and_names_the_restore(tmp_home: Path, tmp_path: Path) -> None:
+    store = Store.create(tmp_home, "t", OPTS)
+    mgr = BackupManager(store, Home.at(tmp_home), 600.0)
+    for rid in range(1, 4):
+        commit_request(store, rid)
+    assert backup(mgr, tmp_path / "full1")["recorded"]
+    mgr.close()
+    old = store.snapshot(tmp_path / "old.db")  # the database as it was before the next records
+    for rid in range(4, 9):
+        commit_request(store, rid)
+    db = store.db_path
+    store.close()
+    # SQLite lost its newest pages (as after a power loss with the WAL unsynced): recovery needs the log.
+    for suffix in ("-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    shutil.copyfile(old.path, db)
+    gen = list_generations(tmp_home / "logs")[2]
+    victim = next(r for r in record_offsets(gen) if r.lsn > old.lsn + 1)
+    patch_file(gen, victim.offset + 30)
+    with pytest.raises(CorruptData) as ei:
+        Store.open(tmp_home, OPTS)
+    err = ei.value
+    assert err.hresult == JET_ERR_LOG_FILE_CORRUPT and err.function == gen.name
+    assert f"offset {victim.offset}" in err.message
+    assert "full backup #1" in err.message  # which set: the newest the database knows of
+    assert f"certsrv restore --force FULL_SET_DIR [INCREMENTAL_SET_DIR ...] --home {tmp_home.resolve()}" in err.message
+    assert "\n" not in str(err)
