@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from ..commitnote import note_unapplied
 from ..errors import (
     E_ACCESSDENIED,
     E_FAIL,
@@ -175,9 +176,14 @@ class Client:
             raise self._transport_error(e, what) from None
         if resp.is_success:
             try:
-                return resp.json()
+                result = resp.json()
             except ValueError:
                 raise CertSrvError(E_FAIL, what, f"HTTP {resp.status_code}: the answer is not JSON") from None
+            note = result.get("commit") if isinstance(result, dict) else None
+            if isinstance(note, dict):  # committed, not yet applied (pycertsrv.store.health): tell the caller's scope
+                for lsn in note.get("lsns") or []:
+                    note_unapplied(int(lsn))
+            return result
         try:
             body = resp.json()
         except ValueError:

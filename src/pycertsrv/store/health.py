@@ -24,19 +24,21 @@ because the chain for incrementals passes through the damaged generation.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import errno
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..commitnote import COMMIT_NOTES, COMMITTED_NOT_APPLIED, commit_note, commit_scope, note_unapplied
 from ..errors import ERROR_DISK_FULL, ERROR_IO_DEVICE, StorageError
 from ..fsutil import atomic_write
+
+__all__ = ["COMMITTED_NOT_APPLIED", "COMMIT_NOTES", "DEGRADED_APPLY", "DEGRADED_DISK_FULL", "FAILED_SYNC", "OK",
+           "Health", "commit_note", "commit_scope", "disk_full_error", "is_disk_full", "known_damage",
+           "note_unapplied", "record_damage", "restore_advice", "sync_failed_error"]
 
 log = logging.getLogger("pycertsrv.store")
 
@@ -50,42 +52,6 @@ FAILED_SYNC = "failed: log sync error, restart required"
 SETTING_REQUIRES_FULL = "backup_requires_full"
 SETTING_REQUIRES_FULL_REASON = "backup_requires_full_reason"
 DAMAGE_FILE = "log-damage.json"  # system/: damage already reported, so it marks a full backup only once
-
-# Per request (the service sets a fresh set for each): LSNs of this caller's writes that are committed
-# but not yet applied. Worker threads started with asyncio.to_thread share the set (copied context).
-COMMIT_NOTES: contextvars.ContextVar[set[int] | None] = contextvars.ContextVar("pycertsrv_commit_notes",
-                                                                              default=None)
-
-
-@contextlib.contextmanager
-def commit_scope() -> Iterator[set[int]]:
-    """Collect the committed-not-applied LSNs of the writes made inside (one service request)."""
-    notes: set[int] = set()
-    token = COMMIT_NOTES.set(notes)
-    try:
-        yield notes
-    finally:
-        COMMIT_NOTES.reset(token)
-
-
-def note_unapplied(lsn: int | None) -> None:
-    """Record in the caller's scope that its write ``lsn`` is committed but not yet applied."""
-    notes = COMMIT_NOTES.get()
-    if notes is not None and lsn is not None:
-        notes.add(lsn)
-
-
-COMMITTED_NOT_APPLIED = "committed, not yet applied"
-
-
-def commit_note(notes: set[int]) -> dict[str, Any] | None:
-    """What an answer carries when its writes are committed but not applied (None when all are applied)."""
-    if not notes:
-        return None
-    return {"state": COMMITTED_NOT_APPLIED, "lsns": sorted(notes),
-            "message": "durable in the redo log (it survives a restart); the database applies it once it can "
-                       "write again: until then lists may not show it, reading it by id works"}
-
 
 def is_disk_full(e: BaseException) -> bool:
     """Whether an SQLite or OS error means no space (SQLITE_FULL, ENOSPC, EDQUOT)."""
