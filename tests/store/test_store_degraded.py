@@ -9,14 +9,17 @@ tests/service/test_store_faults.py fills a real tmpfs.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from store_helpers import commit_request, dump_db
 
 from pycertsrv.errors import ERROR_DISK_FULL, StorageError
-from pycertsrv.store import Store, StoreOptions, list_generations
+from pycertsrv.store import Store, StoreOptions, list_generations, logfile
 from pycertsrv.store.health import COMMIT_NOTES, DEGRADED_DISK_FULL, OK, commit_scope
 
 OPTS = StoreOptions(log_size=1 << 20, checkpoint_records=0, retry_interval=0.05)
@@ -119,3 +122,52 @@ def test_next_id_counts_unapplied_rows(tmp_home: Path) -> None:
             assert tx.next_id("request") == rid + 1
     finally:
         store.close()
+
+
+@pytest.fixture
+def small_log_mount(tmp_home: Path) -> Iterator[Path]:
+    """``tmp_home/logs`` on its own 512 KiB tmpfs: the log fills while the database has room."""
+    if os.geteuid() != 0 and not os.environ.get("CI"):
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    logs = tmp_home / "logs"
+    logs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(logs)], check=True)
+    try:
+        yield logs
+    finally:
+        subprocess.run(["umount", "-l", str(logs)], check=False)
+
+
+def test_full_log_refuses_the_write_cleanly(tmp_home: Path, small_log_mount: Path) -> None:
+    """The log itself cannot take the record: nothing is durable, so the write is refused (ERROR_DISK_FULL)
+    with no partial frame left, the store stays usable, and writes work again once the log has room."""
+    opts = StoreOptions(log_size=64 << 10, checkpoint_records=0, retry_interval=0.05)
+    store = Store.create(tmp_home, "t", opts)
+    answered: list[int] = []
+    refused: list[StorageError] = []
+    try:
+        for rid in range(1, 200):
+            try:
+                commit_request(store, rid, payload=BIG)
+            except StorageError as e:
+                refused.append(e)
+                break
+            answered.append(rid)
+        assert refused and answered, "the log never filled"
+        e = refused[0]
+        assert e.hresult == ERROR_DISK_FULL and "nothing was written" in e.message and "\n" not in str(e)
+        assert store.health().state == OK  # nothing committed is waiting: only this write was refused
+        assert [r["request_id"] for r in store.select("request")] == answered
+        for path in list_generations(small_log_mount).values():  # whole records only, no torn frame
+            res, _ = logfile.scan(path, None)
+            assert res.bad_offset is None, (path.name, res.bad_reason)
+        # Room again (the oldest generations are not needed: the database holds them): writes go on.
+        store.checkpoint()
+        store.truncate_logs(store.current_generation)
+        commit_request(store, answered[-1] + 1, payload=BIG)
+        answered.append(answered[-1] + 1)
+    finally:
+        store.close()
+    with Store.open(tmp_home, opts) as again:
+        assert again.recovery.torn_tail is None
+        assert [r["request_id"] for r in again.select("request")] == answered

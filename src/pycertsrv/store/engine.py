@@ -489,7 +489,8 @@ class Store:
         if self._degraded is not None and not self.retry_apply():
             state, detail = self._degraded, self._degraded_detail
             if state == DEGRADED_DISK_FULL:
-                raise disk_full_error("store", f"store {state}: write refused, nothing was written ({detail})")
+                raise disk_full_error("store", f"store {state}: write refused, nothing was written ({detail})",
+                                      degraded=True)
             raise StorageError(E_UNEXPECTED, "store", f"store {state}: write refused, nothing was written "
                                f"({detail}); the store retries by itself (see certsrv status)")
 

@@ -63,10 +63,15 @@ def is_disk_full(e: BaseException) -> bool:
     return False
 
 
-def disk_full_error(what: str, detail: str) -> StorageError:
-    """The refusal of a write while there is no space (ERROR_DISK_FULL)."""
-    return StorageError(ERROR_DISK_FULL, what, f"{detail}; free space on the CA home's filesystem: the store "
-                        "retries by itself and accepts writes again without a restart (see certsrv status)")
+def disk_full_error(what: str, detail: str, *, degraded: bool = False) -> StorageError:
+    """The refusal of a write while there is no space (ERROR_DISK_FULL).
+
+    :param degraded: the store holds committed records it could not apply (it retries by itself);
+        otherwise only this write was refused and the caller tries again once there is room.
+    """
+    then = ("the store applies what it holds by itself and accepts writes again without a restart (see "
+            "certsrv status)" if degraded else "then try the call again (no restart needed)")
+    return StorageError(ERROR_DISK_FULL, what, f"{detail}; free space on the CA home's filesystem: {then}")
 
 
 def sync_failed_error(what: str, detail: str) -> StorageError:
