@@ -9,8 +9,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +24,7 @@ from store_helpers import commit_request, patch_file, record_offsets
 from pycertsrv.backup.session import BackupManager
 from pycertsrv.errors import JET_ERR_LOG_FILE_CORRUPT, JET_ERR_MISSING_FULL_BACKUP, Conflict, CorruptData
 from pycertsrv.home import Home
-from pycertsrv.store import Store, StoreOptions, hard_recover, list_generations, read_checkpoint
+from pycertsrv.store import Store, StoreOptions, hard_recover, list_generations, logfile, read_checkpoint
 
 OPTS = StoreOptions(log_size=1 << 20, checkpoint_records=0)
 
@@ -93,8 +98,6 @@ def test_damage_below_the_checkpoint_opens_and_requires_a_full_backup(
     scratch.mkdir()
     shutil.copyfile(db, scratch / db.name)
     hard_recover(scratch / db.name, full2, gens[0], gens[-1])
-    import sqlite3
-
     conn = sqlite3.connect(scratch / db.name)
     try:
         assert sorted(r[0] for r in conn.execute("SELECT request_id FROM request")) == list(range(1, 13))
@@ -132,3 +135,61 @@ def test_damage_recovery_needs_refuses_and_names_the_restore(tmp_home: Path, tmp
     assert "full backup #1" in err.message  # which set: the newest the database knows of
     assert f"certsrv restore --force FULL_SET_DIR [INCREMENTAL_SET_DIR ...] --home {tmp_home.resolve()}" in err.message
     assert "\n" not in str(err)
+
+
+def _csr(cn: str) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def _certsrv(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "CERTSRV_HOME"}
+    return subprocess.run([sys.executable, "-m", "pycertsrv.cli", *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_cli_view_after_damage(tmp_path: Path) -> None:
+    """Issue 10 finding 4 from the command line: `view` used to refuse with JET_errLogFileCorrupt."""
+    from pycertsrv.ca import Authority
+
+    home = tmp_path / "ca"
+    a = Authority.init(home, "Damage CA")
+    try:
+        ids = [a.submit(_csr(f"h{i}.example")).request_id for i in range(3)]
+    finally:
+        a.close()  # clean shutdown: everything below the checkpoint
+    gen = max(list_generations(home / "logs").values())
+    victim = record_offsets(gen)[1]
+    patch_file(gen, victim.offset + 30)
+    p = _certsrv("view", "--home", str(home), "--json")
+    assert p.returncode == 0, p.stderr
+    assert set(ids) <= {r["request_id"] for r in json.loads(p.stdout)}
+    assert f"log damage in {gen.name}" in p.stderr and "the next backup must be full" in p.stderr
+    assert "Traceback" not in p.stderr
+    # Damage recovery would need: one line naming the restore, exit 1.
+    db = next((home / "db").glob("*.db"))
+    snap = tmp_path / "old.db"
+    with Store.open(home, OPTS) as s:
+        s.snapshot(snap)
+        commit_request(s, 1000)
+        commit_request(s, 1001)
+        last = s.applied_lsn
+    for suffix in ("-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    shutil.copyfile(snap, db)
+    gen = max(list_generations(home / "logs").values())
+    _, recs = logfile.scan(gen, None, keep=True, applied=last)  # steps over the first damage
+    # LSN last-1: a whole record follows it, so this is damage, not a torn append (which would be cut).
+    patch_file(gen, next(r for r in recs if r.lsn == last - 1).offset + 30)
+    p = _certsrv("view", "--home", str(home))
+    assert p.returncode == 1
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "JET_errLogFileCorrupt" in lines[0] and "certsrv restore --force" in lines[0], p.stderr
+    assert "no backup of this CA is recorded" in lines[0]
