@@ -63,8 +63,8 @@ class FaultHandling:
             log.warning("log damage in %s at offset %d: record(s) LSN %d..%d, already applied, stepped over (%s); "
                         "the CA keeps serving; the next backup must be full", d["file"], d["offset"],
                         d["lsns"][0], d["lsns"][1], d["reason"])
-        known = {(d.get("file"), d.get("offset")) for d in health_mod.known_damage(self.system_dir)}
-        new = [d for d in damage if (d["file"], d["offset"]) not in known]
+        known = {health_mod.damage_key(d) for d in health_mod.known_damage(self.system_dir)}
+        new = [d for d in damage if health_mod.damage_key(d) not in known]
         if not new:
             return
         first = new[0]

@@ -36,9 +36,25 @@ from ..commitnote import COMMIT_NOTES, COMMITTED_NOT_APPLIED, commit_note, commi
 from ..errors import ERROR_DISK_FULL, ERROR_IO_DEVICE, StorageError
 from ..fsutil import atomic_write
 
-__all__ = ["COMMITTED_NOT_APPLIED", "COMMIT_NOTES", "DEGRADED_APPLY", "DEGRADED_DISK_FULL", "FAILED_SYNC", "OK",
-           "Health", "commit_note", "commit_scope", "disk_full_error", "is_disk_full", "known_damage",
-           "note_unapplied", "record_damage", "restore_advice", "sync_failed_error"]
+__all__ = [
+    "COMMITTED_NOT_APPLIED",
+    "COMMIT_NOTES",
+    "DEGRADED_APPLY",
+    "DEGRADED_DISK_FULL",
+    "FAILED_SYNC",
+    "OK",
+    "Health",
+    "commit_note",
+    "commit_scope",
+    "damage_key",
+    "disk_full_error",
+    "is_disk_full",
+    "known_damage",
+    "note_unapplied",
+    "record_damage",
+    "restore_advice",
+    "sync_failed_error",
+]
 
 log = logging.getLogger("pycertsrv.store")
 
@@ -130,11 +146,16 @@ def known_damage(system_dir: Path) -> list[dict[str, Any]]:
     return [d for d in items if isinstance(d, dict)] if isinstance(items, list) else []
 
 
+def damage_key(d: dict[str, Any]) -> tuple[Any, ...]:
+    """What identifies one damage found: generation file, offset and LSN."""
+    return (d.get("file"), d.get("offset"), d.get("lsn"))
+
+
 def record_damage(system_dir: Path, damage: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add newly found damage to the reported list; returns the entries that were new."""
     known = known_damage(system_dir)
-    seen = {(d.get("file"), d.get("offset")) for d in known}
-    new = [d for d in damage if (d.get("file"), d.get("offset")) not in seen]
+    seen = {damage_key(d) for d in known}
+    new = [d for d in damage if damage_key(d) not in seen]
     if new:
         atomic_write(system_dir / DAMAGE_FILE, json.dumps({"damage": known + new}, indent=1).encode())
     return new
