@@ -51,7 +51,7 @@ from ..fsutil import HomeLock, atomic_write, copy_file, create_file, fsync_dir, 
 from . import health as health_mod
 from . import logfile, schema
 from .faults import FaultHandling
-from .health import FAILED_SYNC, disk_full_error, is_disk_full, sync_failed_error
+from .health import FAILED_DB_SYNC, FAILED_SYNC, disk_full_error, is_disk_full, sync_failed_error
 from .replay import Batcher, Op, RecoveryReport, check_chain, encode_payload, read_meta, replay, set_applied
 
 DB_DIR = "db"
@@ -60,7 +60,6 @@ SYSTEM_DIR = "system"
 CHECKPOINT_FILE = "edb.chk"
 OPS = {"=", "!=", "<", "<=", ">", ">=", "is null", "is not null", "like"}
 REPLAY_CACHE_KIB = 65536  # SQLite page cache while replaying (the default 2 MiB thrashes on large logs)
-FAILED_DB_SYNC = "failed: database sync error, restart required"
 log = logging.getLogger("pycertsrv.store")
 
 
@@ -393,7 +392,10 @@ class Store(FaultHandling):
         self._closed = False
         if self.recovery.replayed or self.recovery.torn_tail:
             self.recovery.clean = False
-            self.checkpoint()
+            try:
+                self.checkpoint()
+            except StorageError as e:  # the replayed records are applied and in the log: start anyway
+                log.warning("checkpoint after recovery failed (the next start replays again): %s", e)
         if self.recovery.damaged:
             self._report_damage(self.recovery.damaged)
 
@@ -452,7 +454,7 @@ class Store(FaultHandling):
         """Open and no sync failed (backups, log management; reads only need :meth:`_check_open`)."""
         self._check_open()
         if self._failed is not None:
-            raise sync_failed_error("store", self._failed)
+            raise sync_failed_error("store", self._failed, self._failed_state)
 
     def transaction(self) -> Transaction:
         """Collect row images; on exit append one record, wait for durability, apply to SQLite.
@@ -533,7 +535,8 @@ class Store(FaultHandling):
                 if not durable and self._failed is not None:
                     # fsyncgate: never answer this write as durable, whatever a retried sync would say.
                     raise sync_failed_error("store", f"{self._failed}; this write was NOT made durable and "
-                                            "may or may not be present after the restart's recovery")
+                                            "may or may not be present after the restart's recovery",
+                                            self._failed_state)
                 if not durable:
                     if not self._syncing:
                         self._sync_locked()
@@ -802,7 +805,8 @@ class Store(FaultHandling):
             except OSError as e:
                 # fsyncgate: SQLite's pages may be lost; only a restart's replay from the log is trustworthy.
                 self._fail_locked(FAILED_DB_SYNC, f"fsync of {self.db_path.name} failed: {e}")
-                raise sync_failed_error("checkpoint", f"fsync of {self.db_path.name} failed: {e}") from None
+                raise sync_failed_error("checkpoint", f"fsync of {self.db_path.name} failed: {e}",
+                                        FAILED_DB_SYNC) from None
             cp = Checkpoint(lsn, self._generation_of(lsn + 1), logfile.now_us())
             try:
                 write_checkpoint(self.checkpoint_path, cp, self.identity)

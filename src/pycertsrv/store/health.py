@@ -41,6 +41,7 @@ __all__ = [
     "COMMIT_NOTES",
     "DEGRADED_APPLY",
     "DEGRADED_DISK_FULL",
+    "FAILED_DB_SYNC",
     "FAILED_SYNC",
     "OK",
     "Health",
@@ -62,6 +63,7 @@ OK = "ok"
 DEGRADED_DISK_FULL = "degraded: disk full"
 DEGRADED_APPLY = "degraded: database apply error"
 FAILED_SYNC = "failed: log sync error, restart required"
+FAILED_DB_SYNC = "failed: database sync error, restart required"  # the checkpoint's fsync of SQLite failed
 
 # Settings the store writes (logged, so a restore carries them) when it finds log damage. The backup
 # layer refuses incrementals while SETTING_REQUIRES_FULL is set and shows the reason.
@@ -90,9 +92,9 @@ def disk_full_error(what: str, detail: str, *, degraded: bool = False) -> Storag
     return StorageError(ERROR_DISK_FULL, what, f"{detail}; free space on the CA home's filesystem: {then}")
 
 
-def sync_failed_error(what: str, detail: str) -> StorageError:
-    """The refusal of a write after a failed log sync (ERROR_IO_DEVICE)."""
-    return StorageError(ERROR_IO_DEVICE, what, f"store {FAILED_SYNC} ({detail}); no write is accepted until "
+def sync_failed_error(what: str, detail: str, state: str = FAILED_SYNC) -> StorageError:
+    """The refusal of a write after a failed sync (ERROR_IO_DEVICE); ``state`` is FAILED_SYNC or FAILED_DB_SYNC."""
+    return StorageError(ERROR_IO_DEVICE, what, f"store {state} ({detail}); no write is accepted until "
                         "the service is restarted (certsrv shutdown, then certsrv serve): its recovery replays "
                         "what is really on disk")
 

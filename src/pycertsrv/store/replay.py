@@ -19,6 +19,7 @@ from ..errors import (
     CorruptData,
 )
 from . import logfile
+from .health import disk_full_error, is_disk_full
 from .logfile import Op, decode_payload, encode_payload
 from .schema import TABLES, delete_sql, upsert_sql
 
@@ -290,6 +291,9 @@ class _Apply:
                     self.commit()
                     pending = 0
         except sqlite3.DatabaseError as e:
+            if is_disk_full(e):  # not damage: the database has no room to grow (issue 10)
+                raise disk_full_error(res.path.name, f"records LSN {self.batch_first}..{applied} cannot be "
+                                      f"applied: {e}; nothing is lost (they stay in the log)") from None
             raise CorruptData(JET_ERR_DATABASE_CORRUPTED, res.path.name,
                               f"records LSN {self.batch_first}..{applied} cannot be applied: {e}") from None
         finally:
@@ -303,6 +307,9 @@ class _Apply:
         try:
             self.batcher.flush()
         except sqlite3.DatabaseError as e:
+            if is_disk_full(e):
+                raise disk_full_error("log", f"records LSN {self.batch_first}..{self.applied} cannot be applied: "
+                                      f"{e}; nothing is lost (they stay in the log)") from None
             raise CorruptData(JET_ERR_DATABASE_CORRUPTED, "log",
                               f"records LSN {self.batch_first}..{self.applied} cannot be applied: {e}") from None
         set_applied(self.conn, self.applied)
