@@ -456,6 +456,8 @@ class Store(FaultHandling):
         if self._failed is not None:
             raise sync_failed_error("store", self._failed, self._failed_state)
 
+    # ---------------------------------------------------------------- writes
+
     def transaction(self) -> Transaction:
         """Collect row images; on exit append one record, wait for durability, apply to SQLite.
 

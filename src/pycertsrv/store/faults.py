@@ -78,7 +78,6 @@ class FaultHandling:
         except (CertSrvError, OSError) as e:  # reported again at the next start
             log.warning("cannot record the log damage (the next start reports it again): %s", e)
 
-
     def _check_writable(self) -> None:
         """Usable and not degraded; a degraded store first tries once more to apply what it holds."""
         self._check_usable()
@@ -89,9 +88,6 @@ class FaultHandling:
                                       degraded=True)
             raise StorageError(E_UNEXPECTED, "store", f"store {state}: write refused, nothing was written "
                                f"({detail}); the store retries by itself (see certsrv status)")
-
-    # ---------------------------------------------------------------- writes
-
 
     def _fail_locked(self, state: str, error: str) -> None:
         """A sync failed: no write is accepted again by this process (``_apply_cond`` held)."""
@@ -162,7 +158,6 @@ class FaultHandling:
                 why = self.get("setting", health_mod.SETTING_REQUIRES_FULL_REASON)
                 full = str(why["value"]) if why else "the database was restored since the last full backup"
         return Health(state, detail, since, max(unapplied, 0), lsns, list(self.log_damage), full)
-
 
     def _unapplied_row(self, table: str, key: tuple[Any, ...]) -> tuple[bool, dict[str, Any] | None]:
         """The newest image of a row among committed, unapplied records (degraded store): ``(found, row)``."""
