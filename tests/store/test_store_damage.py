@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 from store_helpers import commit_request, patch_file, record_offsets
 
-from pycertsrv.backup.session import BackupManager
+from pycertsrv.backup.session import BackupManager, LocalSession
+from pycertsrv.backup.verify import verify_backup
+from pycertsrv.backup.writer import run_backup
 from pycertsrv.errors import JET_ERR_LOG_FILE_CORRUPT, JET_ERR_MISSING_FULL_BACKUP, Conflict, CorruptData
 from pycertsrv.home import Home
 from pycertsrv.store import Store, StoreOptions, hard_recover, list_generations, logfile, read_checkpoint
@@ -83,24 +85,33 @@ def test_damage_below_the_checkpoint_opens_and_requires_a_full_backup(
         assert ei.value.hresult == JET_ERR_MISSING_FULL_BACKUP
         assert "log damage" in ei.value.message and "take a full backup first" in ei.value.message
         assert mgr.status() is None  # nothing left locked
-        result = backup(mgr, tmp_path / "full2")
-        assert result["recorded"]
+        # The full backup, written and verified by the real backup writer and verifier.
+        sessions = lambda kind: LocalSession(mgr, kind)  # noqa: E731
+        run_backup(sessions, tmp_path / "full2", database_only=True, keep_log=True)
         assert store.health().backup_full_required is None  # cleared by the full backup
-        assert backup(mgr, tmp_path / "inc1", incremental=True)["recorded"]  # the chain starts again
+        commit_request(store, 13)
+        run_backup(sessions, tmp_path / "inc1", kind="incremental", database_only=True)  # the chain starts again
+        for d in ("full2", "inc1"):
+            rep = verify_backup(tmp_path / d)
+            assert rep.ok, rep.problems
         mgr.close()
     finally:
         store.close()
-    # The full backup taken after the damage restores (hard recovery steps over the applied, damaged record).
-    full2 = tmp_path / "full2"
+    # The full backup taken after the damage starts after the damaged generation, and with the incremental
+    # it restores everything.
+    full2, inc1 = tmp_path / "full2" / "DataBase", tmp_path / "inc1" / "DataBase"
+    assert gen.name not in {p.name for p in list_generations(full2).values()}
     db = next(full2.glob("*.db"))
-    gens = sorted(g for g in list_generations(full2))
     scratch = tmp_path / "restored"
     scratch.mkdir()
+    for p in list(list_generations(full2).values()) + list(list_generations(inc1).values()):
+        shutil.copyfile(p, scratch / p.name)
     shutil.copyfile(db, scratch / db.name)
-    hard_recover(scratch / db.name, full2, gens[0], gens[-1])
+    gens = sorted(list_generations(scratch))
+    hard_recover(scratch / db.name, scratch, gens[0], gens[-1])
     conn = sqlite3.connect(scratch / db.name)
     try:
-        assert sorted(r[0] for r in conn.execute("SELECT request_id FROM request")) == list(range(1, 13))
+        assert sorted(r[0] for r in conn.execute("SELECT request_id FROM request")) == list(range(1, 14))
     finally:
         conn.close()
     # Reported once: a later start does not ask for yet another full backup.

@@ -177,11 +177,12 @@ def test_checksum_failure_in_record_the_database_holds_is_not_a_torn_tail(tmp_ho
         assert [(d["file"], d["offset"], d["lsn"]) for d in store.recovery.damaged] == [(path.name, last.offset, 5)]
         assert store.health().log_damage and "log damage" in store.health().summary
         commit_request(store, 6)
-    assert path.read_bytes()[: len(damaged)] == damaged  # the evidence is kept, later records follow it
+    assert path.read_bytes()[: len(damaged)] == damaged  # the evidence is kept; later records go to the next
+    assert sorted(list_generations(tmp_home / "logs")) == [1, 2]  # generation, so no full backup carries it
     # LSN 6 marks "next backup must be full" (logged), LSN 7 is the request; a second open marks nothing new.
     assert dump_db(db)["applied_lsn"] == 7
     with Store.open(tmp_home, OPTS) as store:
-        assert store.recovery.damaged and store.get("request", 6) is not None
+        assert not store.recovery.damaged and store.get("request", 6) is not None
         assert store.health().backup_full_required
     assert dump_db(db)["applied_lsn"] == 7
 

@@ -38,6 +38,7 @@ class FaultHandling:
     _durable_lsn: int
     _pending: dict[int, list[Op]]
     _closed: bool
+    _gen: int
 
     def _init_faults(self) -> None:
         self._failed: str | None = None  # a sync failed: writes stop until a restart (see .health)
@@ -54,6 +55,7 @@ class FaultHandling:
         def _check_usable(self) -> None: ...
         def transaction(self) -> Transaction: ...
         def get(self, table: str, key: Any) -> dict[str, Any] | None: ...
+        def roll_log(self) -> int: ...
 
     def _report_damage(self, damage: list[dict[str, Any]]) -> None:
         """Damaged records below the applied LSN: report loudly, and require the next backup to be full
@@ -63,6 +65,13 @@ class FaultHandling:
             log.warning("log damage in %s at offset %d: record(s) LSN %d..%d, already applied, stepped over (%s); "
                         "the CA keeps serving; the next backup must be full", d["file"], d["offset"],
                         d["lsns"][0], d["lsns"][1], d["reason"])
+        if any(d["file"] == logfile.log_name(self._gen) for d in damage):
+            # Later records go to a new generation: a full backup (which starts at the generation of the
+            # snapshot's next LSN) then never carries the damaged one, and the next start does not scan it.
+            try:
+                self.roll_log()
+            except CertSrvError as e:
+                log.warning("cannot start a new log generation after the damage: %s", e)
         known = {health_mod.damage_key(d) for d in health_mod.known_damage(self.system_dir)}
         new = [d for d in damage if health_mod.damage_key(d) not in known]
         if not new:
