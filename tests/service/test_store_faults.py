@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from pycertsrv.cli import cli
 from pycertsrv.client import Client
 from pycertsrv.errors import ERROR_DISK_FULL, ERROR_IO_DEVICE, CertSrvError
 
@@ -124,7 +127,7 @@ def test_full_disk_during_issuance_recovers_without_restart(tmpfs: Path, tmp_pat
     svc = Service(home, log_path=tmp_path / "service.log").start()
     answered: dict[int, dict[str, Any]] = {}
     unapplied: list[dict[str, Any]] = []
-    refusals: list[CertSrvError] = []
+    refusals: list[str] = []
     health_seen: list[str] = []
     filler = tmpfs / "filler"
     try:
@@ -132,35 +135,59 @@ def test_full_disk_during_issuance_recovers_without_restart(tmpfs: Path, tmp_pat
             for i in range(3):
                 r = c.submit(make_csr(f"before{i}.example"))
                 answered[r["request_id"]] = r
-            # Leave a little room: the log generation is preallocated (its appends need no space), so
-            # SQLite's WAL is what runs out first, after the record is durable in the log.
-            fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, free_bytes(tmpfs) - (96 << 10))
-            finally:
-                os.close(fd)
-            for i in range(400):
-                try:
-                    r = c.submit(make_csr(f"fill{i}.example"))
-                except CertSrvError as e:
-                    refusals.append(e)
+            runner = CliRunner()
+
+            def fill(use_cli: bool, stop_after: int) -> None:
+                """Submit until ``stop_after`` refusals, polling health after each call."""
+                with open(filler, "wb") as f:
+                    # Leave a little room: the log generation is preallocated (its appends need no space), so
+                    # SQLite's WAL is what runs out first, after the record is durable in the log.
+                    os.posix_fallocate(f.fileno(), 0, free_bytes(tmpfs) - (96 << 10))
+                got = 0
+                for i in range(400):
+                    cn = f"fill{len(answered)}-{i}.example"
+                    if use_cli:  # `certsrv submit` in process, through the service: its output is checked
+                        csr = tmp_path / f"{cn}.csr"
+                        csr.write_bytes(make_csr(cn))
+                        res = runner.invoke(cli, ["submit", str(csr), "--home", str(tmpfs), "--json"])
+                        if res.exit_code == 0:
+                            r = json.loads(res.stdout)
+                            answered[r["request_id"]] = r
+                            if "is committed, not yet applied" in res.stderr:
+                                unapplied.append(r)
+                        else:
+                            # main() prints this exception as the one line "certsrv: <str(e)>", exit status 1.
+                            assert isinstance(res.exception, CertSrvError), (res.stdout, res.stderr, res.exception)
+                            refusals.append(str(res.exception))
+                            got += 1
+                    else:  # the client: the answer's "commit" field
+                        try:
+                            r = c.submit(make_csr(cn))
+                        except CertSrvError as e:
+                            refusals.append(str(e))
+                            got += 1
+                        else:
+                            answered[r["request_id"]] = r
+                            if "commit" in r:
+                                assert r["commit"]["state"] == "committed, not yet applied"
+                                unapplied.append(r)
                     health_seen.append(c.health()["store"])
-                    if len(refusals) >= 3:
-                        break
-                    continue
-                answered[r["request_id"]] = r
-                if "commit" in r:
-                    unapplied.append(r)
-                health_seen.append(c.health()["store"])
-            assert unapplied, f"no answer said 'committed, not yet applied'; refusals: {refusals}"
-            assert all(r["commit"]["state"] == "committed, not yet applied" for r in unapplied)
-            assert len(refusals) >= 3, "the disk never filled"
+                    if got >= stop_after:
+                        return
+                raise AssertionError("the disk never filled")
+
+            fill(use_cli=True, stop_after=1)
+            assert len(unapplied) == 1, f"the CLI did not say 'committed, not yet applied'; refusals: {refusals}"
+            filler.unlink()
+            wait_health(c, "ok")
+            fill(use_cli=False, stop_after=3)
+            assert len(unapplied) == 2, f"no answer said 'committed, not yet applied'; refusals: {refusals}"
             for e in refusals:  # one line, the HRESULT named, what to do next
-                assert e.hresult == ERROR_DISK_FULL and "ERROR_DISK_FULL" in str(e), str(e)
-                assert "degraded: disk full" in e.message and "free space" in e.message and "\n" not in str(e)
-            assert "degraded: disk full" in health_seen
+                assert f"0x{ERROR_DISK_FULL:08X} ERROR_DISK_FULL" in e and "\n" not in e, e
+                assert "degraded: disk full" in e and "free space" in e, e
+            assert health_seen.count("degraded: disk full") >= 4 and "ok" in health_seen
             # Reads go on while degraded; a committed, unapplied request reads back by id with its certificate.
-            first = unapplied[0]
+            first = unapplied[-1]
             got = c.get_request(first["request_id"])
             assert got["certificate_pem"] == first["certificate_pem"]
             st = subprocess.run([sys.executable, "-m", "pycertsrv.cli", "status", "--home", str(tmpfs)],

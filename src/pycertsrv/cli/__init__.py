@@ -6,13 +6,25 @@ import sys
 
 import click
 
+from ..commitnote import COMMITTED_NOT_APPLIED, commit_scope
 from ..errors import CertSrvError
 
 
 @click.group()
 @click.version_option(package_name="pycertsrv")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """pycertsrv: a certificate authority with online backup and consistent restore."""
+    # Writes the store holds as committed but not yet applied (disk full) are noted during the command,
+    # directly or from the service's answer (the client notes its "commit" field): say so at the end.
+    notes = ctx.with_resource(commit_scope())
+    ctx.call_on_close(lambda: _say_unapplied(notes))
+
+
+def _say_unapplied(notes: set[int]) -> None:
+    if notes:
+        click.echo(f"certsrv: note: the write (LSN {', '.join(map(str, sorted(notes)))}) is {COMMITTED_NOT_APPLIED}: "
+                   "it is durable, and the CA applies it once the disk has room again (see certsrv status)", err=True)
 
 
 def main() -> None:

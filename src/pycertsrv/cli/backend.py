@@ -206,29 +206,21 @@ def ca_backend(home: Path | str | None, server: ServerSpec | str | None = None,
         one answers on the home's socket, else the home directly.
     :param passphrase: the CA key passphrase (direct mode only).
     """
-    from ..commitnote import COMMITTED_NOT_APPLIED, commit_scope
-
     spec = server if isinstance(server, ServerSpec) else ServerSpec(server)
-    # Writes the store holds as committed but not yet applied (disk full) are noted in this scope,
-    # directly or from the service's answer (the client notes its "commit" field): say so.
-    with commit_scope() as notes:
-        if spec.server is None and not service_running(home):
-            from ..ca import Authority
+    if spec.server is None and not service_running(home):
+        from ..ca import Authority
 
-            a = Authority.open(Home.at(home).root if home is not None else None, passphrase=passphrase)
-            try:
-                yield a
-            finally:
-                a.close()
-        else:
-            remote = RemoteAuthority(spec.client(home))
-            try:
-                yield remote
-            finally:
-                remote.close()
-    if notes:
-        click.echo(f"certsrv: note: the write (LSN {', '.join(map(str, sorted(notes)))}) is {COMMITTED_NOT_APPLIED}: "
-                   "it is durable and the CA applies it once the disk has room again (see certsrv status)", err=True)
+        a = Authority.open(Home.at(home).root if home is not None else None, passphrase=passphrase)
+        try:
+            yield a
+        finally:
+            a.close()
+        return
+    remote = RemoteAuthority(spec.client(home))
+    try:
+        yield remote
+    finally:
+        remote.close()
 
 
 __all__ = ["RemoteAuthority", "ServerSpec", "ca_backend", "server_options", "service_running"]
