@@ -199,6 +199,7 @@ def test_cli_view_after_damage(tmp_path: Path) -> None:
     _, recs = logfile.scan(gen, None, keep=True, applied=last)  # steps over the first damage
     # LSN last-1: a whole record follows it, so this is damage, not a torn append (which would be cut).
     patch_file(gen, next(r for r in recs if r.lsn == last - 1).offset + 30)
+    os.chmod(gen, 0o600)  # the private home's mode (patch_file widened it; opening would warn about that)
     p = _certsrv("view", "--home", str(home))
     assert p.returncode == 1
     lines = p.stderr.strip().splitlines()
