@@ -3,7 +3,11 @@
 certutil keeps the raw RestoreGetDatabaseLocations bytes in this file (spec §2.12 [INF]); ours is
 a JSON document (UTF-8) that keeps those locations as tag-prefixed strings and adds the backup
 type, generations, database identity and a SHA-256 of every file. It is written last and
-atomically: a set without it is incomplete.
+atomically: a set without it is incomplete. It carries the set's authenticator (``auth``, an
+HMAC keyed from the set's password: :mod:`.setauth`), its random ``set_id`` and, for an
+incremental, the set it continues (``base``: that set's id and MAC), so the sets of one chain
+cannot be spliced with another's. A key-only set has a manifest too (kind ``key``, no
+generations) so that its PKCS#12 is authenticated like every other set's files.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ DYNAMIC_SUBDIR = "Dynamic"
 CONFIG_SUBDIR = "Config"
 P12_EXT = ".p12"  # spec §1.3 wszPFXFILENAMEEXT
 ROLES = ("database", "log", "dynamic", "config", "key")
-KINDS = ("full", "incremental")
+KINDS = ("full", "incremental", "key")
+KEY_KIND = "key"
 
 
 @dataclass(frozen=True)
@@ -55,13 +60,24 @@ class Manifest:
     locations: list[str] = field(default_factory=list)
     files: list[FileEntry] = field(default_factory=list)
     format: str = FORMAT
+    set_id: str = ""
+    base: dict[str, Any] | None = None
+    # As read: the authenticator, and the whole document the parser read (what the MAC is checked over).
+    auth: dict[str, Any] | None = field(default=None, compare=False)
+    document: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        """The manifest as plain data (the file's JSON document)."""
+        """The manifest as plain data (the file's JSON document, without its authenticator)."""
         return {"format": self.format, "kind": self.kind, "ca_name": self.ca_name, "identity": self.identity,
                 "created": self.created, "gen_low": self.gen_low, "gen_high": self.gen_high,
                 "snapshot_lsn": self.snapshot_lsn, "database": self.database, "locations": list(self.locations),
-                "files": [f.to_json() for f in self.files]}
+                "files": [f.to_json() for f in self.files], "set_id": self.set_id, "base": self.base}
+
+    @property
+    def mac(self) -> str | None:
+        """The authenticator's MAC (hex) as written in the file, or None for an unauthenticated set."""
+        v = self.auth.get("mac") if self.auth else None
+        return v if isinstance(v, str) else None
 
     def files_by_role(self, role: str) -> list[FileEntry]:
         """Entries of one role, in manifest order."""
@@ -81,16 +97,21 @@ def safe_relative(rel: str) -> bool:
     return not p.is_absolute() and all(part not in ("", ".", "..") for part in p.parts)
 
 
-def write_manifest(set_dir: Path, manifest: Manifest) -> Path:
-    """Write the manifest atomically and durably; returns its path.
+def write_manifest(set_dir: Path, manifest: Manifest, password: bytes) -> Path:
+    """Authenticate the manifest with ``password`` and write it atomically and durably; returns its path.
 
     :param set_dir: the backup set directory.
-    :param manifest: what to write.
+    :param manifest: what to write (its ``auth`` and ``document`` are set to what was written).
+    :param password: the set's password (keys the authenticator, :func:`.setauth.seal`).
     """
+    from .setauth import seal
+
     path = manifest_path(set_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(manifest.to_json(), indent=2, sort_keys=False).encode() + b"\n"
-    atomic_write(path, data, mode=0o644)
+    doc = seal(manifest.to_json(), password)
+    data = json.dumps(doc, indent=2, sort_keys=False).encode() + b"\n"
+    atomic_write(path, data, mode=0o600)
+    manifest.auth, manifest.document = doc["auth"], doc
     return path
 
 
@@ -113,8 +134,9 @@ def parse_manifest(doc: Any, path: Path) -> Manifest:
     for k in ("ca_name", "identity", "created"):
         if not isinstance(doc.get(k), str):
             raise _bad(path, f"{k} is missing")
+    lowest = 0 if doc["kind"] == KEY_KIND else 1  # a key-only set has no generations
     for k in ("gen_low", "gen_high"):
-        if not isinstance(doc.get(k), int) or doc[k] < 1:
+        if not isinstance(doc.get(k), int) or isinstance(doc[k], bool) or doc[k] < lowest:
             raise _bad(path, f"{k} is not a generation number")
     if doc["gen_high"] < doc["gen_low"]:
         raise _bad(path, "gen_high is below gen_low")
@@ -129,10 +151,19 @@ def parse_manifest(doc: Any, path: Path) -> Manifest:
     locs = doc.get("locations") or []
     if not isinstance(locs, list) or not all(isinstance(x, str) for x in locs):
         raise _bad(path, "locations is not a list of strings")
+    set_id, base, auth = doc.get("set_id", ""), doc.get("base"), doc.get("auth")
+    if not isinstance(set_id, str):
+        raise _bad(path, "set_id is not a string")
+    if base is not None and not (isinstance(base, dict) and isinstance(base.get("set_id"), str)
+                                 and isinstance(base.get("mac"), str)):
+        raise _bad(path, "base is not {set_id, mac}")
+    if auth is not None and not isinstance(auth, dict):
+        raise _bad(path, "auth is not an object")
     return Manifest(kind=doc["kind"], ca_name=doc["ca_name"], identity=doc["identity"], created=doc["created"],
                     gen_low=doc["gen_low"], gen_high=doc["gen_high"],
                     snapshot_lsn=snap if isinstance(snap, int) else None,
-                    database=db if isinstance(db, str) else None, locations=list(locs), files=files)
+                    database=db if isinstance(db, str) else None, locations=list(locs), files=files,
+                    set_id=set_id, base=base, auth=auth, document=doc)
 
 
 def read_manifest(set_dir: Path) -> Manifest:

@@ -41,6 +41,7 @@ from ..errors import (
     ERROR_INVALID_HANDLE,
     ERROR_INVALID_PASSWORD,
     JET_ERR_MISSING_RESTORE_LOG_FILES,
+    NTE_BAD_SIGNATURE,
     S_OK,
     CertSrvError,
     Conflict,
@@ -65,7 +66,7 @@ from ..home import Home, check_owner
 from ..store import logfile
 from ..store import registration as reg_mod
 from ..store.engine import db_file_name
-from .manifest import CONFIG_SUBDIR, DB_SUBDIR, P12_EXT, Manifest, read_manifest
+from .manifest import CONFIG_SUBDIR, DB_SUBDIR, KEY_KIND, MANIFEST_NAME, P12_EXT, Manifest
 
 # spec §1.3 [HDR]
 CSRESTORE_TYPE_FULL = 0x1
@@ -376,6 +377,7 @@ class RestorePlan:
     not_empty: list[str] = field(default_factory=list)
     running: str | None = None
     key_subject: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def full(self) -> SetInfo | None:
@@ -402,7 +404,7 @@ class RestorePlan:
                        "source": str(self.config_source) if self.config_source else None,
                        "target": str(self.home.config)},
             "dynamic": [{"source": str(s), "target": str(t)} for s, t in self.dynamic],
-            "target_not_empty": self.not_empty, "running": self.running,
+            "target_not_empty": self.not_empty, "running": self.running, "warnings": self.warnings,
         }
 
     def describe(self) -> list[str]:
@@ -454,17 +456,41 @@ def _find_p12(d: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _verify(d: Path) -> Manifest:
-    """The backup helper's verify_backup; any problem refuses the set, naming the file."""
+def _verify(d: Path, password: bytes | None, allow_unauthenticated: bool, warnings: list[str]) -> Manifest:
+    """The backup helper's verify_backup with the set's password; any problem refuses the set, naming it.
+
+    Issue 9 finding 4: a set whose authenticator does not match (or that has none, unless
+    ``allow_unauthenticated``) is refused before anything is written — the check runs over the same
+    manifest whose sizes and SHA-256 the other checks compare the files with.
+    """
+    from .setauth import BadAuthenticator, WrongPassword
     from .verify import verify_backup
 
-    rep = verify_backup(d)
+    if not password:
+        raise InvalidArgument(ERROR_INVALID_PASSWORD, str(d),
+                              "the set's password is needed to check its authenticity: give --password-file")
+    rep = verify_backup(d, password, allow_unauthenticated=allow_unauthenticated)
     if not rep.ok:
         p = rep.problems[0]
         more = f" (and {len(rep.problems) - 1} more problem(s))" if len(rep.problems) > 1 else ""
+        if p.hresult == ERROR_INVALID_PASSWORD:
+            raise WrongPassword(p.hresult, str(d), p.message)
+        if p.path.endswith(MANIFEST_NAME) and rep.manifest is not None and not rep.authenticated \
+                and not rep.unauthenticated_allowed:
+            raise BadAuthenticator(p.hresult, str(d), p.message + more)
         raise CorruptData(p.hresult, str(d / p.path), p.message + more)
+    if rep.unauthenticated_allowed:
+        warnings.append(f"{d}: this set has NO authenticator (written before authenticated backup sets); it is "
+                        "restored only because of --allow-unauthenticated — anyone who could write the backup "
+                        "storage could have changed it")
     assert rep.manifest is not None
     return rep.manifest
+
+
+def _listed_p12(d: Path, m: Manifest) -> Path | None:
+    """The PKCS#12 the (authenticated) manifest lists — never another .p12 someone put beside it."""
+    keys = m.files_by_role("key")
+    return d / keys[0].path if keys else None
 
 
 def load_p12(path: Path, password: bytes | None) -> tuple[Any, x509.Certificate, list[x509.Certificate]]:
@@ -527,6 +553,7 @@ def plan_restore(
     until: str | int | datetime | None = None,
     restore_config: bool = False,
     password: bytes | None = None,
+    allow_unauthenticated: bool = False,
 ) -> RestorePlan:
     """Check the sets and work out what a restore into ``home`` does (nothing is written).
 
@@ -537,7 +564,9 @@ def plan_restore(
     :param force: allow a non-empty target.
     :param until: point in time (ISO 8601 text, µs since epoch, or aware datetime).
     :param restore_config: replace an existing home's configuration with the set's.
-    :param password: the PKCS#12 password, checked now when given.
+    :param password: the sets' password: authenticates every set (required) and opens the PKCS#12.
+    :param allow_unauthenticated: accept sets without an authenticator (from before they existed), with a warning
+        in ``plan.warnings``.
     """
     if database_only and key_only:
         raise InvalidArgument(E_INVALIDARG, "restore", "--database-only and --key-only exclude each other")
@@ -546,23 +575,39 @@ def plan_restore(
     mode = "key" if key_only else ("database" if database_only else "all")
     h = home if isinstance(home, Home) else Home.at(home)
     sets: list[SetInfo] = []
+    warnings: list[str] = []
     for d in directories:
         p = Path(d).absolute()
         if not p.exists():
             raise NotFound(ERROR_FILE_NOT_FOUND, str(p), "no such backup set")
-        has_manifest = (p / DB_SUBDIR).is_dir()
         if mode == "key":
-            p12 = _find_p12(p)
-            if p12 is None:
-                raise NotFound(ERROR_FILE_NOT_FOUND, str(p), f"no {P12_EXT} key file in this set")
-            sets.append(SetInfo(p, read_manifest(p) if has_manifest else None, p12))
+            given_p12 = p if p.is_file() else None
+            sd = p.parent if given_p12 is not None else p
+            if not (sd / DB_SUBDIR).is_dir() and allow_unauthenticated:
+                p12 = _find_p12(p)  # a key-only set from before authenticated sets: the bare PKCS#12
+                if p12 is None:
+                    raise NotFound(ERROR_FILE_NOT_FOUND, str(p), f"no {P12_EXT} key file in this set")
+                warnings.append(f"{p12}: this key file has NO set authenticator; restored only because of "
+                                "--allow-unauthenticated")
+                sets.append(SetInfo(sd, None, p12))
+                break
+            m = _verify(sd, password, allow_unauthenticated, warnings)
+            p12 = _listed_p12(sd, m) if m.auth is not None else _find_p12(p)
+            if p12 is None or (given_p12 is not None and given_p12.resolve() != p12.resolve()):
+                raise NotFound(ERROR_FILE_NOT_FOUND, str(p), f"no {P12_EXT} key file listed in this set's manifest")
+            sets.append(SetInfo(sd, m, p12))
             break  # the key comes from one set
-        if not has_manifest:
+        if not (p / DB_SUBDIR).is_dir():
             # spec §5.3 [PS-JT]: 0x80070002 when the path holds no database backup (e.g. a key-only set).
             raise NotFound(ERROR_FILE_NOT_FOUND, str(p / DB_SUBDIR),
                            "no database backup in this directory (a key-only set? use --key-only)")
-        sets.append(SetInfo(p, _verify(p), _find_p12(p)))
+        m = _verify(p, password, allow_unauthenticated, warnings)
+        if m.kind == KEY_KIND:
+            raise NotFound(ERROR_FILE_NOT_FOUND, str(p / DB_SUBDIR),
+                           "no database backup in this directory (a key-only set: use --key-only)")
+        sets.append(SetInfo(p, m, _listed_p12(p, m) if m.auth is not None else _find_p12(p)))
     plan = RestorePlan(home=h, mode=mode, force=force, sets=[], ca_name="")
+    plan.warnings = warnings
     if mode == "key":
         s = sets[0]
         plan.sets = sets
@@ -638,6 +683,7 @@ def _order_sets(plan: RestorePlan, sets: list[SetInfo]) -> None:
             raise CorruptData(JET_ERR_MISSING_RESTORE_LOG_FILES, str(s.directory),
                               f"the sets do not chain: generation(s) {missing} between {prev.directory} and "
                               f"{s.directory} are missing (an incremental set is missing)")
+        _check_chain(prev, s)
         high = max(high, m.gen_high)
         prev = s
     plan.gen_low, plan.gen_high = m0.gen_low, high
@@ -671,6 +717,21 @@ def _order_sets(plan: RestorePlan, sets: list[SetInfo]) -> None:
             if f.role == "dynamic":
                 dyn[Path(f.path).name] = s.directory / f.path
     plan.dynamic = [(src, h.publish_dir / name) for name, src in sorted(dyn.items())]
+
+
+def _check_chain(prev: SetInfo, s: SetInfo) -> None:
+    """An incremental names, under its authenticator, the set it continues (:mod:`.chain`): it must be ``prev``.
+    Sets without authenticators (--allow-unauthenticated) carry no such link and were warned about."""
+    m, pm = s.manifest, prev.manifest
+    assert m is not None and pm is not None
+    if m.auth is None or pm.auth is None:
+        return
+    b = m.base or {}
+    if b.get("set_id") != pm.set_id or b.get("mac") != pm.mac:
+        raise CorruptData(NTE_BAD_SIGNATURE, str(s.directory),
+                          f"this incremental does not continue {prev.directory} (it names set "
+                          f"{str(b.get('set_id'))[:16]}…, that one is {pm.set_id[:16]}…): the sets come from "
+                          "different backup chains; give the full set and the incrementals taken after it")
 
 
 def _plan_config(plan: RestorePlan, restore_config: bool) -> None:

@@ -6,7 +6,10 @@ with its size and SHA-256; nothing unlisted sits in ``DataBase/``; the generatio
 its own generation, its records are whole and LSNs continue from one generation to the next
 (``store.logfile.scan``); for a full set, the database opens read-only, passes SQLite's
 integrity check, carries the same identity and CA name, sits at ``snapshot_lsn``, and the first
-log continues right after that LSN.
+log continues right after that LSN. Then the manifest's authenticator (:mod:`.setauth`): with the
+set's password, a set that passes is what its writer wrote; without it only the structure was
+checked and the report says so (``authenticated`` False, ``auth_checked`` False). A set from
+before authenticated sets is a problem unless ``allow_unauthenticated``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from ..errors import (
 )
 from ..fsutil import sha256_file
 from ..store import logfile
-from .manifest import DB_SUBDIR, MANIFEST_NAME, Manifest, manifest_path, read_manifest, safe_relative
+from .manifest import DB_SUBDIR, KEY_KIND, MANIFEST_NAME, Manifest, manifest_path, read_manifest, safe_relative
+from .setauth import authenticate
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class VerifyReport:
     checked: list[str] = field(default_factory=list)
     records: int = 0
     lsn_range: tuple[int, int] | None = None
+    auth_checked: bool = False  # a password was given and the authenticator was checked
+    authenticated: bool = False  # ... and it matched
+    unauthenticated_allowed: bool = False  # a set without authenticator, accepted by --allow-unauthenticated
 
     @property
     def ok(self) -> bool:
@@ -71,14 +78,19 @@ class VerifyReport:
                 "gen_high": m.gen_high if m else None, "snapshot_lsn": m.snapshot_lsn if m else None,
                 "files_checked": len(self.checked), "log_records": self.records,
                 "lsn_range": list(self.lsn_range) if self.lsn_range else None,
+                "auth_checked": self.auth_checked, "authenticated": self.authenticated,
+                "unauthenticated_allowed": self.unauthenticated_allowed,
                 "problems": [{"path": p.path, "hresult": p.hresult, "hresult_hex": f"0x{p.hresult:08X}",
                               "message": p.message} for p in self.problems]}
 
 
-def verify_backup(directory: Path | str) -> VerifyReport:
+def verify_backup(directory: Path | str, password: bytes | None = None, *,
+                  allow_unauthenticated: bool = False) -> VerifyReport:
     """Check a backup set (see the module docstring); never modifies it.
 
     :param directory: the set directory (holding ``DataBase/certbkxp.dat``).
+    :param password: the set's password: its authenticator is checked (without it, only the structure).
+    :param allow_unauthenticated: accept a set that has no authenticator (written before they existed).
     """
     root = Path(directory).absolute()
     rep = VerifyReport(root)
@@ -89,6 +101,7 @@ def verify_backup(directory: Path | str) -> VerifyReport:
         rep.add(rel_manifest, e.hresult, e.message)
         return rep
     rep.manifest = m
+    _check_auth(rep, m, password, allow_unauthenticated)
     good: dict[str, Path] = {}
     for f in m.files:
         if not safe_relative(f.path):
@@ -120,12 +133,35 @@ def verify_backup(directory: Path | str) -> VerifyReport:
     except ValueError:
         rep.add(rel_manifest, ERROR_INVALID_DATA, f"identity {m.identity!r} is not hex")
         return rep
+    if m.kind == KEY_KIND:
+        keys = m.files_by_role("key")
+        if len(keys) != 1 or len(m.files) != 1:
+            rep.add(rel_manifest, ERROR_INVALID_DATA, "a key-only set must list exactly one PKCS#12 and nothing else")
+        return rep
     _check_logs(rep, m, good, ident)
     if m.kind == "full":
         _check_database(rep, m, good, root)
     elif m.database is not None or m.files_by_role("database"):
         rep.add(rel_manifest, ERROR_INVALID_DATA, "an incremental set lists a database file")
     return rep
+
+
+def _check_auth(rep: VerifyReport, m: Manifest, password: bytes | None, allow_unauthenticated: bool) -> None:
+    """The authenticator first: a forged set is reported as forged, whatever else is wrong with it."""
+    rel_manifest = f"{DB_SUBDIR}/{MANIFEST_NAME}"
+    if m.auth is None and allow_unauthenticated:
+        rep.unauthenticated_allowed = True
+        return
+    if password is None and m.auth is not None:
+        return  # structure only; the caller says that authenticity was not checked
+    assert m.document is not None
+    rep.auth_checked = password is not None
+    try:
+        authenticate(m.document, password, str(rep.directory))
+    except CertSrvError as e:
+        rep.add(rel_manifest, e.hresult, e.message)
+        return
+    rep.authenticated = True
 
 
 def _check_logs(rep: VerifyReport, m: Manifest, good: dict[str, Path], ident: bytes) -> None:

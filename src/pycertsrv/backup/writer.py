@@ -19,6 +19,7 @@ import errno
 import hashlib
 import os
 import queue
+import secrets
 import shutil
 import sqlite3
 import threading
@@ -39,6 +40,7 @@ from ..errors import (
     ERROR_DIR_NOT_EMPTY,
     ERROR_FILE_NOT_FOUND,
     ERROR_INVALID_DATA,
+    ERROR_INVALID_PASSWORD,
     JET_ERR_BAD_LOG_SIGNATURE,
     Conflict,
     CorruptData,
@@ -48,10 +50,12 @@ from ..errors import (
 from ..fsutil import fsync_dir
 from ..home import Home
 from ..store import logfile
+from .chain import find_base, pick_base
 from .manifest import (
     CONFIG_SUBDIR,
     DB_SUBDIR,
     DYNAMIC_SUBDIR,
+    KEY_KIND,
     MANIFEST_NAME,
     P12_EXT,
     FileEntry,
@@ -59,6 +63,7 @@ from .manifest import (
     write_manifest,
 )
 from .session import FULL, INCREMENTAL
+from .target import home_roots, refuse_inside_home
 
 PARTIAL_PREFIX = ".partial-"
 WRITE_SLICE = 1 << 20
@@ -423,6 +428,7 @@ def run_backup(
     key_passphrase: bytes | None = None,
     chunk: int = CHUNK,
     max_rate: float | None = None,
+    base: Path | str | None = None,
 ) -> BackupResult:
     """Write a backup set into ``directory`` (layout of spec §5.4 plus Dynamic/ and Config/).
 
@@ -432,13 +438,16 @@ def run_backup(
     :param keep_log: do not truncate logs (full backups truncate by default; incrementals never do).
     :param database_only: no PKCS#12 key file.
     :param key_only: only the PKCS#12 key file (no session with the service).
-    :param password: protects the PKCS#12 (required unless ``database_only``).
+    :param password: the set's password (always required): protects the PKCS#12 and keys the authenticator
+        of the manifest (:mod:`.setauth`).
     :param force: write into a non-empty directory, replacing an earlier set's pieces.
     :param progress: called with :class:`Progress` reports.
     :param home: the local CA home (key, certificate, configuration).
     :param key_passphrase: passphrase of an encrypted CA key (default: the home's configured source).
     :param chunk: receive buffer size (and bytes asked per Read of a session that cannot receive into buffers).
     :param max_rate: at most this many bytes per second on average (None: no limit).
+    :param base: for an incremental: the set it continues (default: found beside ``directory``, see
+        :func:`find_base`).
     """
     t0 = time.monotonic()
     if kind not in (FULL, INCREMENTAL):
@@ -450,19 +459,61 @@ def run_backup(
     if key_only and kind == INCREMENTAL:
         raise InvalidArgument(E_INVALIDARG, "backup", "a key-only backup cannot be incremental")
     pw = password.encode() if isinstance(password, str) else password
-    if not database_only and not pw:
-        raise InvalidArgument(E_INVALIDARG, "backup", "a password is needed to protect the CA key (--password-file), "
-                              "or use --database-only")
+    if not pw:
+        # Issue 9 finding 4: every set is authenticated with a key derived from its password.
+        raise InvalidArgument(ERROR_INVALID_PASSWORD, "backup",
+                              "every backup set needs a password (it protects the CA key and authenticates the "
+                              "set): give --password-file")
     hm: Home | None = home if isinstance(home, Home) else (Home.at(home) if home is not None else None)
     cfg: Config | None = load_config(hm.root) if hm is not None else None
     if not database_only and (hm is None or cfg is None):
         raise InvalidArgument(E_INVALIDARG, "backup", "the CA key comes from the local home: give --home")
     target = Path(directory).absolute()
+    if hm is not None:
+        refuse_inside_home(target, [hm.root])
     if target.exists() and not target.is_dir():
         raise Conflict(ERROR_DIR_NOT_EMPTY, str(target), "exists and is not a directory")
     if target.is_dir() and not _dir_empty(target) and not force:
         # spec §5.2/5.3: certutil -f / PowerShell -Force; 0x80070091 otherwise.
         raise Conflict(ERROR_DIR_NOT_EMPTY, str(target), "the directory is not empty; use --force to overwrite")
+    placed: list[Path] = []
+    partial: Path | None = None
+    result = BackupResult(target, "key" if key_only else kind, None, None)
+    try:
+        if key_only:
+            assert hm is not None and cfg is not None
+            partial = _prepare_target(target, force)
+            _backup_key_only(hm, cfg, partial, target, result, placed, pw, key_passphrase)
+        else:
+            with _open_session(source, kind) as session:
+                # spec §3.1 step 5: the locations are saved with the backup (certbkxp.dat); they also tell where
+                # the server's home is, which the set must not be written into (issue 9 finding 5).
+                locations = session.database_locations()
+                refuse_inside_home(target, home_roots(locations))
+                partial = _prepare_target(target, force)
+                _backup_database(session, partial, target, result, placed, locations, kind=kind, keep_log=keep_log,
+                                 database_only=database_only, pw=pw, hm=hm, cfg=cfg,
+                                 key_passphrase=key_passphrase, progress=progress, chunk=chunk,
+                                 max_rate=max_rate, base_dir=Path(base).absolute() if base is not None else None)
+                result.recorded = session.end()
+    except BaseException:
+        for p in reversed(placed):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if partial is not None:
+        shutil.rmtree(partial, ignore_errors=True)
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def _prepare_target(target: Path, force: bool) -> Path:
+    """Create the set directory and the partial directory inside it; returns the partial directory."""
     target.mkdir(parents=True, exist_ok=True)
     if force:
         # The old set stops looking complete before anything of it is replaced.
@@ -471,36 +522,28 @@ def run_backup(
     partial = target / f"{PARTIAL_PREFIX}{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(mode=0o700)
-    placed: list[Path] = []
-    result = BackupResult(target, "key" if key_only else kind, None, None)
-    try:
-        if key_only:
-            assert hm is not None and cfg is not None and pw is not None
-            key, certs = _key_material(hm, cfg, cfg.ca.name, key_passphrase)
-            p12 = partial / (cfg.ca.name + P12_EXT)
-            write_p12(p12, cfg.ca.name, key, certs, pw)
-            result.p12 = _place(p12, target / p12.name, placed)
-            fsync_dir(target)
-            shutil.rmtree(partial, ignore_errors=True)
-            result.seconds = time.monotonic() - t0
-            return result
-        with _open_session(source, kind) as session:
-            _backup_database(session, partial, target, result, placed, kind=kind, keep_log=keep_log,
-                             database_only=database_only, pw=pw, hm=hm, cfg=cfg, key_passphrase=key_passphrase,
-                             progress=progress, chunk=chunk, max_rate=max_rate)
-            result.recorded = session.end()
-    except BaseException:
-        for p in reversed(placed):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    shutil.rmtree(partial, ignore_errors=True)
-    result.seconds = time.monotonic() - t0
-    return result
+    return partial
+
+
+def _backup_key_only(hm: Home, cfg: Config, partial: Path, target: Path, result: BackupResult,
+                     placed: list[Path], pw: bytes, key_passphrase: bytes | None) -> None:
+    """A key-only set: the PKCS#12 and a manifest (kind ``key``) whose authenticator covers it."""
+    key, certs = _key_material(hm, cfg, cfg.ca.name, key_passphrase)
+    p12 = partial / (cfg.ca.name + P12_EXT)
+    write_p12(p12, cfg.ca.name, key, certs, pw)
+    entry = FileEntry(p12.name, p12.stat().st_size, _sha(p12), "key")
+    fsync_dir(partial)
+    result.p12 = _place(p12, target / p12.name, placed)
+    fsync_dir(target)
+    manifest = Manifest(kind=KEY_KIND, ca_name=cfg.ca.name, identity="", created=datetime.now(UTC).isoformat(),
+                        gen_low=0, gen_high=0, files=[entry], set_id=secrets.token_hex(16))
+    for sub in (DB_SUBDIR, DYNAMIC_SUBDIR, CONFIG_SUBDIR):
+        if (target / sub).is_dir():
+            shutil.rmtree(target / sub)  # --force over an older set: nothing of it is part of this one
+    write_manifest(target, manifest, pw)
+    result.manifest = manifest
+    result.files = [entry]
+    placed.clear()
 
 
 def _place(src: Path, dest: Path, placed: list[Path]) -> Path:
@@ -515,22 +558,21 @@ def _place(src: Path, dest: Path, placed: list[Path]) -> Path:
 
 
 def _backup_database(session: SessionLike, partial: Path, target: Path, result: BackupResult, placed: list[Path],
-                     *, kind: str, keep_log: bool, database_only: bool, pw: bytes | None, hm: Home | None,
-                     cfg: Config | None, key_passphrase: bytes | None, progress: ProgressCallback | None,
-                     chunk: int, max_rate: float | None) -> None:
+                     locations: list[str], *, kind: str, keep_log: bool, database_only: bool, pw: bytes,
+                     hm: Home | None, cfg: Config | None, key_passphrase: bytes | None,
+                     progress: ProgressCallback | None, chunk: int, max_rate: float | None,
+                     base_dir: Path | None) -> None:
     entries: list[FileEntry] = []
     pace = _Pacer(max_rate)
     p12_tmp: Path | None = None
     if not database_only:
-        assert hm is not None and cfg is not None and pw is not None
+        assert hm is not None and cfg is not None
         key, certs = _key_material(hm, cfg, session.ca_name, key_passphrase)
         p12_tmp = partial / (session.ca_name + P12_EXT)
         write_p12(p12_tmp, session.ca_name, key, certs, pw)
         entries.append(FileEntry(p12_tmp.name, p12_tmp.stat().st_size, _sha(p12_tmp), "key"))
     dbdir = partial / DB_SUBDIR
     dbdir.mkdir()
-    # spec §3.1 step 5: the locations are saved with the backup (certbkxp.dat).
-    locations = session.database_locations()
     used: set[str] = {MANIFEST_NAME}
     db_rel: str | None = None
     db_file: Path | None = None
@@ -545,7 +587,14 @@ def _backup_database(session: SessionLike, partial: Path, target: Path, result: 
                 db_rel, db_file = f"{DB_SUBDIR}/{base}", dbdir / base
     log_paths: list[Path] = []
     gens: list[int] = []
-    for entry in session.backup_logs():
+    log_names = session.backup_logs()
+    bases: list[tuple[Path, Manifest]] = []
+    if kind == INCREMENTAL:
+        # Found before anything is streamed: an incremental that cannot be chained is refused at once.
+        listed = [g for g in (logfile.parse_log_name(Path(e[1:]).name) for e in log_names) if g is not None]
+        if listed:
+            bases = find_base(target, session.identity, min(listed), pw, base_dir)
+    for entry in log_names:
         name = entry[1:]
         base = Path(name).name
         g = logfile.parse_log_name(base)
@@ -580,10 +629,14 @@ def _backup_database(session: SessionLike, partial: Path, target: Path, result: 
     for d in (partial / DB_SUBDIR, partial / DYNAMIC_SUBDIR, partial / CONFIG_SUBDIR, partial):
         if d.is_dir():
             fsync_dir(d)
+    chain: dict[str, Any] | None = None
+    if kind == INCREMENTAL:
+        b = pick_base(bases, log_paths[gens.index(min(gens))], session.identity, target)
+        chain = {"set_id": b.set_id, "mac": b.mac, "kind": b.kind, "gen_high": b.gen_high}
     manifest = Manifest(kind=kind, ca_name=session.ca_name, identity=session.identity,
                         created=datetime.now(UTC).isoformat(), gen_low=min(gens), gen_high=max(gens),
                         snapshot_lsn=snap[0] if snap else None, database=db_rel, locations=list(locations),
-                        files=entries)
+                        files=entries, set_id=secrets.token_hex(16), base=chain)
     # Move the pieces into place; the manifest comes last, so until then the set is incomplete.
     if p12_tmp is not None:
         result.p12 = _place(p12_tmp, target / p12_tmp.name, placed)
@@ -594,7 +647,7 @@ def _backup_database(session: SessionLike, partial: Path, target: Path, result: 
             shutil.rmtree(target / sub)  # --force over an older set: drop what this set does not have
     _place(dbdir, target / DB_SUBDIR, placed)
     fsync_dir(target)
-    write_manifest(target, manifest)
+    write_manifest(target, manifest, pw)
     result.manifest = manifest
     result.files = entries
     placed.clear()  # the set is complete: a later failure (truncation, End) must not remove it

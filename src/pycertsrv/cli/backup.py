@@ -72,7 +72,10 @@ class _Bars:
 @click.option("--database-only", is_flag=True, help="No key: database, logs, published files, configuration.")
 @click.option("--key-only", is_flag=True, help="Only the CA key and certificates (PKCS#12).")
 @click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Password protecting the PKCS#12 (first line); prompted for when omitted on a terminal.")
+              help="The set's password (first line): protects the PKCS#12 and authenticates every set, "
+                   "--database-only ones too; prompted for when omitted on a terminal.")
+@click.option("--base", "base", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="For --incremental: the set it continues (default: the one beside DIRECTORY).")
 @click.option("--key-passphrase-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Passphrase of an encrypted CA key (default: the home's configured source).")
 @click.option("--force", is_flag=True, help="Write into a non-empty directory, replacing an earlier set.")
@@ -87,8 +90,9 @@ class _Bars:
 @server_options
 @json_option
 def backup_cmd(directory: Path, incremental: bool, keep_log: bool, database_only: bool, key_only: bool,
-               password_file: Path | None, key_passphrase_file: Path | None, force: bool, quiet: bool,
-               niceness: int, max_rate: str | None, home: Path | None, server: ServerSpec, as_json: bool) -> None:
+               password_file: Path | None, base: Path | None, key_passphrase_file: Path | None, force: bool,
+               quiet: bool, niceness: int, max_rate: str | None, home: Path | None, server: ServerSpec,
+               as_json: bool) -> None:
     """Back up the running CA into DIRECTORY: DIR/<CA>.p12 and DIR/DataBase/ (spec §5.4), plus Dynamic/ and
     Config/. Full backups truncate the logs unless --keep-log."""
     from ..backup.writer import run_backup
@@ -99,16 +103,14 @@ def backup_cmd(directory: Path, incremental: bool, keep_log: bool, database_only
     if not 0 <= niceness <= 19:
         raise InvalidArgument(E_INVALIDARG, "--nice", f"{niceness} is not a niceness increment from 0 to 19")
     rate = _parse_rate(max_rate) if max_rate is not None else None
-    password: bytes | None = None
-    if not database_only:
-        if password_file is not None:
-            password = _read_secret(password_file, "password")
-        elif sys.stdin.isatty():
-            password = click.prompt("Password for the PKCS#12 key file", hide_input=True,
-                                    confirmation_prompt=True).encode()
-        else:
-            raise InvalidArgument(E_INVALIDARG, "backup", "the CA key needs a password: give --password-file "
-                                  "(or --database-only)")
+    # Issue 9 finding 4: every set, --database-only too, is authenticated with a key derived from its password.
+    if password_file is not None:
+        password = _read_secret(password_file, "password")
+    elif sys.stdin.isatty():
+        password = click.prompt("Password for the backup set", hide_input=True, confirmation_prompt=True).encode()
+    else:
+        raise InvalidArgument(ERROR_INVALID_PASSWORD, "backup", "every backup set needs a password (it protects the "
+                              "CA key and authenticates the set): give --password-file")
     passphrase = _read_secret(key_passphrase_file, "key passphrase") if key_passphrase_file else None
     bars = _Bars(not quiet and not as_json)
     if niceness:
@@ -117,7 +119,8 @@ def backup_cmd(directory: Path, incremental: bool, keep_log: bool, database_only
         try:
             result = run_backup(client, directory, kind="incremental" if incremental else "full", keep_log=keep_log,
                                 database_only=database_only, key_only=key_only, password=password, force=force,
-                                progress=bars, home=Home.at(home), key_passphrase=passphrase, max_rate=rate)
+                                progress=bars, home=Home.at(home), key_passphrase=passphrase, max_rate=rate,
+                                base=base)
         finally:
             bars.finish()
     if as_json:
@@ -138,21 +141,46 @@ def backup_cmd(directory: Path, incremental: bool, keep_log: bool, database_only
 
 @cli.command("verify-backup")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The set's password (first line): checks the set's authenticator.")
+@click.option("--structure-only", is_flag=True,
+              help="No password: check sizes, hashes and logs only, and say that authenticity was NOT checked.")
+@click.option("--allow-unauthenticated", is_flag=True,
+              help="Accept a set written before sets were authenticated (with a warning).")
 @json_option
-def verify_backup_cmd(directory: Path, as_json: bool) -> None:
-    """Check a backup set: manifest, sizes, SHA-256, log continuity, CA identity. Exit 1 naming the bad file."""
+def verify_backup_cmd(directory: Path, password_file: Path | None, structure_only: bool,
+                      allow_unauthenticated: bool, as_json: bool) -> None:
+    """Check a backup set: its authenticator (with --password-file), manifest, sizes, SHA-256, log continuity,
+    CA identity. Exit 1 naming the bad file. Without the password, "OK" is never printed: only the structure
+    can be checked, and a forger can recompute hashes."""
     from ..backup.verify import verify_backup
 
-    rep = verify_backup(directory)
+    if password_file is None and not structure_only:
+        raise InvalidArgument(ERROR_INVALID_PASSWORD, str(directory),
+                              "authenticity cannot be checked without the set's password: give --password-file "
+                              "(or --structure-only to check only sizes, hashes and logs)")
+    password = _read_secret(password_file, "password") if password_file is not None else None
+    rep = verify_backup(directory, password, allow_unauthenticated=allow_unauthenticated)
     if as_json:
         echo_json(rep.to_json())
     elif rep.ok and rep.manifest is not None:
         m = rep.manifest
-        click.echo(f"OK: {m.kind} backup of {m.ca_name!r} (identity {m.identity}), generations "
-                   f"{m.gen_low:08X}..{m.gen_high:08X}, {len(rep.checked)} files, {rep.records} log records")
+        if rep.unauthenticated_allowed:
+            click.echo(f"certsrv: verify-backup: WARNING: {rep.directory} has NO authenticator (written before "
+                       "authenticated backup sets): anyone who could write the backup storage could have changed "
+                       "it; accepted only because of --allow-unauthenticated", err=True)
+        what = (f"{m.kind} backup of {m.ca_name!r} (identity {m.identity}), generations "
+                f"{m.gen_low:08X}..{m.gen_high:08X}, {len(rep.checked)} files, {rep.records} log records")
+        if rep.authenticated:
+            click.echo(f"OK: {what}; authenticator verified")
+        elif rep.unauthenticated_allowed:
+            click.echo(f"UNAUTHENTICATED: {what}; the structure is intact but nothing proves who wrote it")
+        else:
+            click.echo(f"STRUCTURE OK, AUTHENTICITY NOT CHECKED: {what}; give --password-file to check the "
+                       "set's authenticator")
     if not rep.ok:
         for p in rep.problems[1:]:
-            click.echo(f"certsrv: verify-backup: {p}", err=True)
+            click.echo(f"certsrv: verify-backup: {rep.directory / p.path}: 0x{p.hresult:08X}: {p.message}", err=True)
         first = rep.problems[0]
         more = f" (and {len(rep.problems) - 1} more problem(s))" if len(rep.problems) > 1 else ""
-        raise CorruptData(first.hresult, first.path, first.message + more)
+        raise CorruptData(first.hresult, str(rep.directory / first.path), first.message + more)

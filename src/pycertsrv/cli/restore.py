@@ -25,7 +25,9 @@ def _read_secret(path: Path | None, what: str) -> bytes | None:
 @click.option("--database-only", is_flag=True, help="Restore the database only (keep the home's key).")
 @click.option("--key-only", is_flag=True, help="Restore the CA key and certificate only.")
 @click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="File whose first line is the PKCS#12 password.")
+              help="File whose first line is the sets' password (authenticates every set, opens the PKCS#12).")
+@click.option("--allow-unauthenticated", is_flag=True,
+              help="Accept sets written before sets were authenticated (with a warning).")
 @click.option("--key-passphrase-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Encrypt the restored CA key with the passphrase in this file.")
 @click.option("--force", is_flag=True, help="Restore into a home that already has a database or key.")
@@ -35,15 +37,20 @@ def _read_secret(path: Path | None, what: str) -> bytes | None:
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
 @json_option
 def restore_cmd(directories: tuple[Path, ...], home: Path | None, database_only: bool, key_only: bool,
-                password_file: Path | None, key_passphrase_file: Path | None, force: bool, until: str | None,
-                restore_config: bool, dry_run: bool, as_json: bool) -> None:
+                password_file: Path | None, allow_unauthenticated: bool, key_passphrase_file: Path | None,
+                force: bool, until: str | None, restore_config: bool, dry_run: bool, as_json: bool) -> None:
     """Restore DIR (the full set) and any incremental DIRs into a stopped CA home."""
     from ..backup.restore import plan_restore, run_restore
 
     password = _read_secret(password_file, "password")
     key_passphrase = _read_secret(key_passphrase_file, "key passphrase")
+    if password is None and sys.stdin.isatty():
+        password = click.prompt("Password of the backup sets", hide_input=True).encode()
     plan = plan_restore(list(directories), home=home, database_only=database_only, key_only=key_only, force=force,
-                        until=until, restore_config=restore_config, password=password)
+                        until=until, restore_config=restore_config, password=password,
+                        allow_unauthenticated=allow_unauthenticated)
+    for w in plan.warnings:
+        click.echo(f"certsrv: restore: WARNING: {w}", err=True)
     if dry_run:
         if as_json:
             echo_json({"dry_run": True, "plan": plan.to_json()})
@@ -51,8 +58,6 @@ def restore_cmd(directories: tuple[Path, ...], home: Path | None, database_only:
             for line in plan.describe():
                 click.echo(line)
         return
-    if password is None and plan.p12 is not None and plan.key_file is not None and sys.stdin.isatty():
-        password = click.prompt("PKCS#12 password", hide_input=True).encode()
     if not as_json:
         for line in plan.describe():
             click.echo(line)

@@ -1,0 +1,96 @@
+"""Chaining an incremental backup set to the set it continues (issue 9 finding 4: no splicing of sets).
+
+An incremental set's manifest names, under its own authenticator, the set it continues: that set's
+random ``set_id`` and its MAC (``base``). The writer finds that set among the directories beside the
+new one (or ``--base DIR``): an authentic set (same password) of the same database whose generations
+end right before the incremental's first. ``certsrv restore`` then requires every incremental to name
+exactly the set before it, so an incremental of another chain (another CA, or the same database after
+a restore started a new timeline) cannot be slipped in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from ..errors import (
+    E_INVALIDARG,
+    JET_ERR_MISSING_FULL_BACKUP,
+    JET_ERR_MISSING_RESTORE_LOG_FILES,
+    CertSrvError,
+    Conflict,
+    InvalidArgument,
+    NotFound,
+)
+from ..store import logfile
+from .manifest import KEY_KIND, Manifest, read_manifest
+
+
+def find_base(target: Path, identity: str, gen_low: int, password: bytes,
+              base_dir: Path | None) -> list[tuple[Path, Manifest]]:
+    """The set(s) an incremental starting at ``gen_low`` continues: authentic (this password) sets of the same
+    database whose generations end at ``gen_low - 1`` — ``base_dir``, or else the directories beside ``target``.
+
+    The incremental's manifest names the one it continues (its set id and MAC, under its own MAC), so a restore
+    cannot be given an incremental of another chain (issue 9 finding 4: no splicing).
+    """
+    from .setauth import authenticate
+
+    cands = [base_dir] if base_dir is not None else sorted(
+        p for p in target.parent.iterdir() if p != target and p.is_dir() and not p.is_symlink())
+    found: dict[tuple[str, str], tuple[Path, Manifest]] = {}
+    seen: list[str] = []
+    for d in cands:
+        try:
+            m = read_manifest(d)
+        except CertSrvError as e:
+            if base_dir is not None:
+                raise InvalidArgument(e.hresult, str(d), f"--base is not a backup set: {e.message}") from None
+            continue
+        if m.identity != identity or m.kind == KEY_KIND or m.gen_high != gen_low - 1:
+            if base_dir is not None:
+                raise InvalidArgument(JET_ERR_MISSING_RESTORE_LOG_FILES, str(d),
+                                      f"--base ends at generation {m.gen_high:08X} of database {m.identity}; this "
+                                      f"incremental starts at {gen_low:08X} of {identity}")
+            continue
+        assert m.document is not None
+        try:
+            mac = authenticate(m.document, password, str(d))
+        except CertSrvError:
+            if base_dir is not None:
+                raise
+            seen.append(d.name)
+            continue
+        found.setdefault((m.set_id, mac), (d, m))
+    if not found:
+        extra = f" ({', '.join(seen)} did not authenticate with this password)" if seen else ""
+        raise NotFound(JET_ERR_MISSING_FULL_BACKUP, str(target),
+                       f"no authentic backup set ending at generation {gen_low - 1:08X} beside this directory"
+                       f"{extra}: an incremental is chained to the set before it; write it beside that set, "
+                       "give --base DIR, or take a full backup")
+    return list(found.values())
+
+
+def _last_lsn(m: Manifest, set_dir: Path) -> int | None:
+    for f in m.files_by_role("log"):
+        if logfile.parse_log_name(Path(f.path).name) == m.gen_high:
+            with contextlib.suppress(CertSrvError, OSError):
+                res, _ = logfile.scan(set_dir / f.path, bytes.fromhex(m.identity))
+                return res.last_lsn
+    return None
+
+
+def pick_base(bases: list[tuple[Path, Manifest]], first_log: Path, identity: str, target: Path) -> Manifest:
+    """One base: several candidates (e.g. sets of two timelines after a restore) are told apart by LSN
+    continuity with the first streamed generation; still several: refused (give --base)."""
+    if len(bases) == 1:
+        return bases[0][1]
+    first = logfile.read_header(first_log, bytes.fromhex(identity)).first_lsn
+    fits = [m for d, m in bases if _last_lsn(m, d) == first - 1]
+    if len(fits) == 1:
+        return fits[0]
+    raise Conflict(E_INVALIDARG, str(target), "several backup sets could be the one this incremental continues; "
+                   "give --base DIR")
+
+
+__all__ = ["find_base", "pick_base"]
