@@ -30,6 +30,13 @@ def certsrv(*args: str, home: Path | None = None) -> subprocess.CompletedProcess
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
 
 
+def pwfile(tmp_path: Path) -> str:
+    """A password file (every set needs a password: it keys the set's authenticator)."""
+    p = tmp_path / "pw"
+    p.write_text("correct horse\n")
+    return str(p)
+
+
 def test_backup_verify_and_refusals(live: LiveService, tmp_path: Path) -> None:
     pw = tmp_path / "pw"
     pw.write_text("correct horse\n")
@@ -39,10 +46,10 @@ def test_backup_verify_and_refusals(live: LiveService, tmp_path: Path) -> None:
     assert "Backing up Database files" in r.stderr and "Backing up Log files" in r.stderr
     assert "Database logs successfully truncated" in r.stdout
     assert (out / "CLI Test CA.p12").is_file() and (out / "DataBase" / "certbkxp.dat").is_file()
-    v = certsrv("verify-backup", str(out))
+    v = certsrv("verify-backup", str(out), "--password-file", str(pw))
     assert v.returncode == 0 and v.stdout.startswith("OK: full backup of 'CLI Test CA'"), v.stdout + v.stderr
-    doc = json.loads(certsrv("verify-backup", str(out), "--json").stdout)
-    assert doc["ok"] is True and doc["kind"] == "full"
+    doc = json.loads(certsrv("verify-backup", str(out), "--json", "--password-file", str(pw)).stdout)
+    assert doc["ok"] is True and doc["kind"] == "full" and doc["authenticated"] is True
     # the key file opens with the password (openssl, not our code)
     o = subprocess.run(["openssl", "pkcs12", "-in", str(out / "CLI Test CA.p12"), "-nokeys", "-passin",
                         "pass:correct horse"], capture_output=True, text=True)
@@ -56,18 +63,21 @@ def test_backup_verify_and_refusals(live: LiveService, tmp_path: Path) -> None:
     r = certsrv("backup", str(tmp_path / "nopw"), home=live.home.root)
     assert r.returncode == 1 and "--password-file" in r.stderr
     # an incremental into its own directory, JSON output
-    r = certsrv("backup", str(tmp_path / "inc"), "--incremental", "--database-only", "--json", home=live.home.root)
+    r = certsrv("backup", str(tmp_path / "inc"), "--incremental", "--database-only", "--json", "--password-file",
+                str(pw), home=live.home.root)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["manifest"]["kind"] == "incremental" and res["truncated"] is None
     assert res["manifest"]["gen_low"] == json.loads(
-        certsrv("verify-backup", str(out), "--json").stdout)["gen_high"] + 1
-    assert certsrv("verify-backup", str(tmp_path / "inc")).returncode == 0
+        certsrv("verify-backup", str(out), "--json", "--password-file", str(pw)).stdout)["gen_high"] + 1
+    assert certsrv("verify-backup", str(tmp_path / "inc"), "--password-file", str(pw)).returncode == 0
 
 
 def test_verify_backup_names_the_bad_file(live: LiveService, tmp_path: Path) -> None:
     out = tmp_path / "set"
-    r = certsrv("backup", str(out), "--database-only", "--keep-log", "--quiet", home=live.home.root)
+    pw = pwfile(tmp_path)
+    r = certsrv("backup", str(out), "--database-only", "--keep-log", "--quiet", "--password-file", pw,
+                home=live.home.root)
     assert r.returncode == 0, r.stderr
     log = sorted((out / "DataBase").glob("edb*.log"))[-1]
     os.chmod(log, 0o644)
@@ -76,34 +86,38 @@ def test_verify_backup_names_the_bad_file(live: LiveService, tmp_path: Path) -> 
         b = f.read(1)
         f.seek(70)
         f.write(bytes([b[0] ^ 0x01]))
-    v = certsrv("verify-backup", str(out))
+    v = certsrv("verify-backup", str(out), "--password-file", pw)
     assert v.returncode == 1
     assert f"DataBase/{log.name}" in v.stderr and "SHA-256" in v.stderr
-    doc = json.loads(certsrv("verify-backup", str(out), "--json").stdout)
+    doc = json.loads(certsrv("verify-backup", str(out), "--json", "--password-file", pw).stdout)
     assert doc["ok"] is False and doc["problems"][0]["path"] == f"DataBase/{log.name}"
 
 
 def test_nice_paced_backup_and_bad_values(live: LiveService, tmp_path: Path) -> None:
     out = tmp_path / "set"
-    r = certsrv("backup", str(out), "--database-only", "--keep-log", "--quiet", "--nice", "20", home=live.home.root)
+    pw = pwfile(tmp_path)
+    r = certsrv("backup", str(out), "--database-only", "--keep-log", "--quiet", "--nice", "20", "--password-file", pw,
+                home=live.home.root)
     assert r.returncode == 1 and "0x80070057" in r.stderr and "--nice" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not out.exists() or not any(out.iterdir())
     for bad in ("fast", "0", "-5M"):
-        r = certsrv("backup", str(out), "--database-only", "--quiet", "--max-rate", bad, home=live.home.root)
+        r = certsrv("backup", str(out), "--database-only", "--quiet", "--max-rate", bad, "--password-file", pw,
+                    home=live.home.root)
         assert r.returncode == 1 and "0x80070057" in r.stderr and "--max-rate" in r.stderr, r.stderr
         assert not out.exists() or not any(out.iterdir())
     r = certsrv("backup", str(out), "--database-only", "--keep-log", "--quiet", "--nice", "10", "--max-rate", "64M",
-                home=live.home.root)
+                "--password-file", pw, home=live.home.root)
     assert r.returncode == 0, r.stderr
-    v = certsrv("verify-backup", str(out))
+    v = certsrv("verify-backup", str(out), "--password-file", pw)
     assert v.returncode == 0 and v.stdout.startswith("OK: full backup of 'CLI Test CA'"), v.stdout + v.stderr
 
 
 def test_incremental_without_full_is_refused(tmp_path: Path) -> None:
     svc = LiveService(short_home("cbinc"), name="Fresh CA").start()
     try:
-        r = certsrv("backup", str(tmp_path / "inc"), "--incremental", "--database-only", home=svc.home.root)
+        r = certsrv("backup", str(tmp_path / "inc"), "--incremental", "--database-only", "--password-file",
+                    pwfile(tmp_path), home=svc.home.root)
         assert r.returncode == 1 and "0xC8000230" in r.stderr and "JET_errMissingFullBackup" in r.stderr
         assert not (tmp_path / "inc").exists() or not any((tmp_path / "inc").iterdir())
     finally:

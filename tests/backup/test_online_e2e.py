@@ -120,7 +120,7 @@ def test_full_backup_during_issuance_restores_every_returned_certificate(live: L
 
     out = tmp_path / "set"
     with Client(live.socket) as client:
-        res = run_backup(factory, out, database_only=True, home=live.home, chunk=8192)
+        res = run_backup(factory, out, database_only=True, home=live.home, chunk=8192, password=b"pw")
     # keep issuing a little after the backup, then stop
     with lock:
         n_after_backup = len(completed)
@@ -136,7 +136,7 @@ def test_full_backup_during_issuance_restores_every_returned_certificate(live: L
     before_roll = spy[0].before_roll
     assert before_roll is not None and len(before_roll) >= 15
     assert res.manifest is not None and res.truncated  # a full backup truncates by default
-    assert verify_backup(out).ok
+    assert verify_backup(out, b"pw").ok
     live.stop()  # the live database is now final: compare against it
 
     m = read_manifest(out)

@@ -38,6 +38,9 @@ def cmgr(ca: Authority) -> Iterator[BackupManager]:
     m.close()
 
 
+PW = b"s3cret"
+
+
 def issue(ca: Authority, n: int, prefix: str = "host") -> list[str]:
     out = []
     for i in range(n):
@@ -68,7 +71,7 @@ def test_full_set_layout_key_restore_and_truncation(ca: Authority, cmgr: BackupM
     ca.publish_crl()
     serials = issue(ca, 5)
     out = tmp_path / "bk"
-    res = run_backup(factory(cmgr), out, password="s3cret", home=ca.home)
+    res = run_backup(factory(cmgr), out, password=PW, home=ca.home)
     m = read_manifest(out)
     assert m.kind == "full" and m.ca_name == "Writer Test CA" and m.identity == ca.store.identity
     assert (out / "Writer Test CA.p12").is_file()
@@ -78,7 +81,7 @@ def test_full_set_layout_key_restore_and_truncation(ca: Authority, cmgr: BackupM
     assert any(p.suffix == ".crl" for p in (out / "Dynamic").iterdir())
     assert [ord(x[0]) for x in m.locations] == [0x44, 0x82, 0x83]
     assert not any(p.name.startswith(".partial") for p in out.iterdir())
-    rep = verify_backup(out)
+    rep = verify_backup(out, PW)
     assert rep.ok, rep.problems
     # the key: password-protected PKCS#12 with the CA certificate
     raw = (out / "Writer Test CA.p12").read_bytes()
@@ -97,17 +100,17 @@ def test_full_set_layout_key_restore_and_truncation(ca: Authority, cmgr: BackupM
 
 def test_incremental_chain_restores_everything(ca: Authority, cmgr: BackupManager, tmp_path: Path) -> None:
     first = issue(ca, 3, "a")
-    run_backup(factory(cmgr), tmp_path / "full", database_only=True, keep_log=True, home=ca.home)
+    run_backup(factory(cmgr), tmp_path / "full", database_only=True, keep_log=True, home=ca.home, password=PW)
     second = issue(ca, 3, "b")
-    r1 = run_backup(factory(cmgr), tmp_path / "inc1", kind="incremental", database_only=True)
+    r1 = run_backup(factory(cmgr), tmp_path / "inc1", kind="incremental", database_only=True, password=PW)
     third = issue(ca, 3, "c")
-    run_backup(factory(cmgr), tmp_path / "inc2", kind="incremental", database_only=True)
+    run_backup(factory(cmgr), tmp_path / "inc2", kind="incremental", database_only=True, password=PW)
     mf, m1, m2 = (read_manifest(tmp_path / d) for d in ("full", "inc1", "inc2"))
     assert r1.truncated is None and m1.kind == "incremental" and m1.database is None
     assert m1.gen_low == mf.gen_high + 1 and m2.gen_low == m1.gen_high + 1
     assert not (tmp_path / "inc1" / "Writer Test CA.p12").exists()
     for d in ("full", "inc1", "inc2"):
-        assert verify_backup(tmp_path / d).ok
+        assert verify_backup(tmp_path / d, PW).ok
     db = restore([tmp_path / "full", tmp_path / "inc1", tmp_path / "inc2"], tmp_path / "scratch")
     got = {r[0] for r in rows(db, "SELECT serial FROM request")}
     assert set(first + second + third) <= got
@@ -118,12 +121,12 @@ def test_non_empty_directory_needs_force(ca: Authority, cmgr: BackupManager, tmp
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(CertSrvError) as e:
-        run_backup(factory(cmgr), out, database_only=True)
+        run_backup(factory(cmgr), out, database_only=True, password=PW)
     assert e.value.hresult == ERROR_DIR_NOT_EMPTY
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert cmgr.status() is None
-    run_backup(factory(cmgr), out, database_only=True, force=True)
-    assert verify_backup(out).ok
+    run_backup(factory(cmgr), out, database_only=True, force=True, password=PW)
+    assert verify_backup(out, PW).ok
 
 
 class Exploding:
@@ -167,21 +170,29 @@ def test_failed_backup_leaves_no_set(ca: Authority, cmgr: BackupManager, tmp_pat
 def test_force_over_old_set_failure_leaves_nothing_complete(ca: Authority, cmgr: BackupManager,
                                                             tmp_path: Path) -> None:
     out = tmp_path / "bk"
-    run_backup(factory(cmgr), out, database_only=True, keep_log=True)
+    run_backup(factory(cmgr), out, database_only=True, keep_log=True, password=PW)
     with pytest.raises(OSError):
-        run_backup(lambda kind: Exploding(LocalSession(cmgr, kind), 1), out, database_only=True, force=True)
+        run_backup(lambda kind: Exploding(LocalSession(cmgr, kind), 1), out, database_only=True, force=True,
+                   password=PW)
     assert not (out / "DataBase" / "certbkxp.dat").exists()
-    assert not verify_backup(out).ok
+    assert not verify_backup(out, PW).ok
 
 
 def test_key_only_and_database_only(ca: Authority, cmgr: BackupManager, tmp_path: Path) -> None:
-    r = run_backup(factory(cmgr), tmp_path / "k", key_only=True, password=b"pw", home=ca.home)
-    assert [p.name for p in (tmp_path / "k").iterdir()] == ["Writer Test CA.p12"] and r.p12 is not None
+    r = run_backup(factory(cmgr), tmp_path / "k", key_only=True, password=PW, home=ca.home)
+    assert sorted(p.name for p in (tmp_path / "k").iterdir()) == ["DataBase", "Writer Test CA.p12"]
+    assert r.p12 is not None and r.manifest is not None and r.manifest.kind == "key"
+    # the key-only set's manifest lists (and authenticates) the PKCS#12 and nothing else
+    assert [f.role for f in read_manifest(tmp_path / "k").files] == ["key"]
+    assert verify_backup(tmp_path / "k", PW).ok and not verify_backup(tmp_path / "k", b"other").ok
     assert cmgr.status() is None and backup_history(ca.store) == []
-    run_backup(factory(cmgr), tmp_path / "d", database_only=True)
+    run_backup(factory(cmgr), tmp_path / "d", database_only=True, password=PW)
     assert not (tmp_path / "d" / "Writer Test CA.p12").exists()
     with pytest.raises(CertSrvError):
-        run_backup(factory(cmgr), tmp_path / "x", password=None, home=ca.home)  # key needs a password
+        run_backup(factory(cmgr), tmp_path / "x", password=None, home=ca.home)  # every set needs a password
+    with pytest.raises(CertSrvError):
+        run_backup(factory(cmgr), tmp_path / "y", database_only=True, password=None)  # database-only ones too
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def tamper_cases() -> list[str]:
@@ -192,7 +203,7 @@ def tamper_cases() -> list[str]:
 def test_verify_names_the_bad_file(ca: Authority, cmgr: BackupManager, tmp_path: Path, case: str) -> None:
     issue(ca, 3)
     out = tmp_path / "bk"
-    run_backup(factory(cmgr), out, database_only=True, keep_log=True)
+    run_backup(factory(cmgr), out, database_only=True, keep_log=True, password=PW)
     m = read_manifest(out)
     logs = [f.path for f in m.files_by_role("log")]
     mpath = out / "DataBase" / "certbkxp.dat"
@@ -228,7 +239,7 @@ def test_verify_names_the_bad_file(ca: Authority, cmgr: BackupManager, tmp_path:
     elif case == "no_manifest":
         mpath.unlink()
         expect = "DataBase/certbkxp.dat"
-    rep = verify_backup(out)
+    rep = verify_backup(out, PW)
     assert not rep.ok
     assert expect in {p.path for p in rep.problems}, rep.problems
     assert rep.to_json()["ok"] is False
@@ -284,8 +295,9 @@ def test_any_buffer_size_gives_the_same_verified_set(ca: Authority, cmgr: Backup
                                                      chunk: int) -> None:
     serials = issue(ca, 4)
     out = tmp_path / "bk"
-    res = run_backup(factory(cmgr), out, database_only=True, keep_log=True, chunk=chunk, max_rate=1 << 30)
-    rep = verify_backup(out)
+    res = run_backup(factory(cmgr), out, database_only=True, keep_log=True, chunk=chunk, max_rate=1 << 30,
+                     password=PW)
+    rep = verify_backup(out, PW)
     assert rep.ok, rep.problems  # every file's SHA-256 and size as the manifest says
     assert res.manifest is not None
     db = restore([out], tmp_path / "scratch")
@@ -294,6 +306,6 @@ def test_any_buffer_size_gives_the_same_verified_set(ca: Authority, cmgr: Backup
 
 def test_bad_max_rate_is_refused_before_anything(ca: Authority, cmgr: BackupManager, tmp_path: Path) -> None:
     with pytest.raises(CertSrvError) as e:
-        run_backup(factory(cmgr), tmp_path / "bk", database_only=True, max_rate=0)
+        run_backup(factory(cmgr), tmp_path / "bk", database_only=True, max_rate=0, password=PW)
     assert e.value.hresult == E_INVALIDARG and "--max-rate" in str(e.value)
     assert not (tmp_path / "bk").exists() and cmgr.status() is None

@@ -1,26 +1,32 @@
 """Test helpers for the restore tests: a source CA database, hand-built backup sets, row comparison.
 
 Sets are built the way the backup writer builds them (Store.snapshot, roll, copy the generations,
-certbkxp.dat written last per CONTRACTS.md), so restore tests do not depend on the service.
+certbkxp.dat written last per CONTRACTS.md), so restore tests do not depend on the service. The
+manifest is written and authenticated by the writer's own functions (``write_manifest`` with
+SET_PASSWORD; an incremental is chained to the set beside it by ``chain.find_base``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pycertsrv.fsutil import atomic_write, sha256_file
+from pycertsrv.backup.chain import find_base
+from pycertsrv.backup.manifest import FileEntry, Manifest, write_manifest
+from pycertsrv.fsutil import sha256_file
 from pycertsrv.store import Store, StoreOptions, logfile
 from pycertsrv.store.registration import SETTING_LAST_RECOVERY, SETTING_REQUIRES_FULL
 from pycertsrv.store.schema import TABLES
 
 OPTS = StoreOptions(log_size=64 << 10, checkpoint_records=50)
 IGNORED_SETTINGS = {SETTING_LAST_RECOVERY, SETTING_REQUIRES_FULL}
+SET_PASSWORD = b"restore-setlib password"  # every set is authenticated with a key derived from it
 
 
 def make_source(home: Path, name: str = "Test CA") -> Store:
@@ -72,12 +78,16 @@ def _manifest(store: Store, d: Path, kind: str, gen_low: int, gen_high: int, sna
         if p.name == "certbkxp.dat":
             continue
         role = "database" if p.suffix == ".db" else "log"
-        files.append({"path": f"DataBase/{p.name}", "size": p.stat().st_size, "sha256": sha256_file(p), "role": role})
+        files.append(FileEntry(f"DataBase/{p.name}", p.stat().st_size, sha256_file(p), role))
     locations = [chr(0x44) + str(store.db_path), chr(0x82) + str(store.log_dir), chr(0x83) + str(store.system_dir)]
-    doc = {"format": "pycertsrv-backup/1", "kind": kind, "ca_name": store.name, "identity": store.identity,
-           "created": datetime.now(UTC).isoformat(), "gen_low": gen_low, "gen_high": gen_high,
-           "snapshot_lsn": snapshot_lsn, "database": db_rel, "locations": locations, "files": files}
-    atomic_write(d / "DataBase" / "certbkxp.dat", json.dumps(doc, indent=1).encode())
+    base = None
+    if kind == "incremental":
+        (_, b), = find_base(d, store.identity, gen_low, SET_PASSWORD, None)
+        base = {"set_id": b.set_id, "mac": b.mac, "kind": b.kind, "gen_high": b.gen_high}
+    m = Manifest(kind=kind, ca_name=store.name, identity=store.identity, created=datetime.now(UTC).isoformat(),
+                 gen_low=gen_low, gen_high=gen_high, snapshot_lsn=snapshot_lsn, database=db_rel,
+                 locations=locations, files=files, set_id=secrets.token_hex(16), base=base)
+    write_manifest(d, m, SET_PASSWORD)
 
 
 def full_set(store: Store, d: Path) -> tuple[int, dict[str, list[dict[str, Any]]]]:

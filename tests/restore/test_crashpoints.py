@@ -39,7 +39,7 @@ def replace(a, b):
 os.fsync, os.replace = fsync, replace
 if mode == "restore":
     from pycertsrv.backup.restore import plan_restore, run_restore
-    plan = plan_restore(sys.argv[4:], home=home, force=True)
+    plan = plan_restore(sys.argv[4:], home=home, force=True, password=b"crash pw")
     run_restore(plan, password=b"crash pw")
 else:
     from pycertsrv.store import Store
@@ -74,7 +74,7 @@ def sets() -> Iterator[dict[str, Any]]:
         run_backup(lambda k: LocalSession(m, k), work / "full", password=PW, home=home, keep_log=True)
         issue(a, 10, "i")
         want = ca_rows(a.store)
-        run_backup(lambda k: LocalSession(m, k), work / "i1", kind="incremental", database_only=True)
+        run_backup(lambda k: LocalSession(m, k), work / "i1", kind="incremental", database_only=True, password=PW)
         m.close()
     yield {"work": work, "want": want, "dirs": [str(work / "full"), str(work / "i1")]}
     shutil.rmtree(work, ignore_errors=True)

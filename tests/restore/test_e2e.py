@@ -61,19 +61,21 @@ def test_live_backup_restore_serve(workdir: Path) -> None:
             time.sleep(0.01)
             cut = datetime.now(UTC).isoformat()  # a moment between two issuances (no write in between)
             time.sleep(0.01)
-            certsrv("backup", str(workdir / "i1"), "--home", str(home), "--incremental", "--database-only", "--quiet")
+            certsrv("backup", str(workdir / "i1"), "--home", str(home), "--incremental", "--database-only", "--quiet",
+                    "--password-file", str(pwfile))
             for i in range(5):
                 c.submit(make_csr(f"c{i}"))
             want_i2 = db_rows_readonly(home)
-            certsrv("backup", str(workdir / "i2"), "--home", str(home), "--incremental", "--database-only", "--quiet")
+            certsrv("backup", str(workdir / "i2"), "--home", str(home), "--incremental", "--database-only", "--quiet",
+                    "--password-file", str(pwfile))
             out = certsrv("backup", str(workdir / "bad-incr"), "--home", str(home), "--incremental",
-                          "--database-only", "--quiet", check=False)
+                          "--database-only", "--quiet", "--password-file", str(pwfile), check=False)
             assert out.returncode == 0  # before any restore, incrementals chain on
     finally:
         svc.stop()
     # Dry run: the plan, nothing written.
     out = certsrv("restore", str(workdir / "i1"), str(workdir / "full"), "--home", str(workdir / "dry"),
-                  "--dry-run", "--json")
+                  "--dry-run", "--json", "--password-file", str(pwfile))
     assert '"dry_run": true' in out.stdout and not (workdir / "dry").exists()
     for target, sets, want in (("r-full", ["full"], want_full), ("r-i1", ["i1", "full"], want_i1),
                                ("r-i2", ["i2", "full", "i1"], want_i2), ("r-until", ["full", "i1", "i2"], want_i1)):
@@ -86,11 +88,12 @@ def test_live_backup_restore_serve(workdir: Path) -> None:
             if target == "r-i2":
                 # spec §2.17: after a restore the next backup must be full.
                 out = certsrv("backup", str(workdir / "after-i"), "--home", str(new), "--incremental",
-                              "--database-only", "--quiet", check=False)
+                              "--database-only", "--quiet", "--password-file", str(pwfile), check=False)
                 assert out.returncode == 1 and "0xC8000230" in out.stderr, out.stderr
-                certsrv("backup", str(workdir / "after-f"), "--home", str(new), "--database-only", "--quiet")
+                certsrv("backup", str(workdir / "after-f"), "--home", str(new), "--database-only", "--quiet",
+                        "--password-file", str(pwfile))
                 certsrv("backup", str(workdir / "after-i"), "--home", str(new), "--incremental", "--database-only",
-                        "--quiet", "--force")
+                        "--quiet", "--force", "--password-file", str(pwfile))
         finally:
             st.stop()
         with Authority.open(new) as r:
@@ -114,7 +117,9 @@ def test_cli_errors_are_one_line_with_hresult(workdir: Path) -> None:
                   check=False)
     assert out.returncode == 1
     line = out.stderr.strip().splitlines()[-1]
-    assert line.startswith("certsrv: ") and "0x80070056 ERROR_INVALID_PASSWORD" in line and ".p12" in line
+    # the wrong password is found by the set's authenticator, before the PKCS#12 is opened: the set is named
+    assert line.startswith("certsrv: ") and "0x80070056 ERROR_INVALID_PASSWORD" in line
+    assert str(workdir / "full") in line and "password" in line
     assert not (workdir / "new").exists() or not any((workdir / "new").rglob("*.db"))
     out = certsrv("restore", str(workdir / "full"), "--home", str(home), "--password-file", str(workdir / "pw2"),
                   check=False)
@@ -144,7 +149,7 @@ def sets() -> Iterator[dict[str, Any]]:
         run_backup(lambda k: LocalSession(m, k), work / "full", password=PW, home=home, keep_log=True)
         issue(a, 120, "i")
         want = ca_rows(a.store)
-        run_backup(lambda k: LocalSession(m, k), work / "i1", kind="incremental", database_only=True)
+        run_backup(lambda k: LocalSession(m, k), work / "i1", kind="incremental", database_only=True, password=PW)
         m.close()
     (work / "pw").write_text(PW + "\n")
     yield {"work": work, "want": want}

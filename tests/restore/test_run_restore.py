@@ -94,7 +94,7 @@ def test_full_plus_incrementals_out_of_order_and_next_backup_full(ca: Authority,
     ca.revoke(s[1])
     want = backup(mgr, ca, tmp_path / "i2", "incremental")
     new = tmp_path / "new"
-    plan = plan_restore([tmp_path / "i2", tmp_path / "full", tmp_path / "i1"], home=new)
+    plan = plan_restore([tmp_path / "i2", tmp_path / "full", tmp_path / "i1"], home=new, password=PW)
     assert [x.kind for x in plan.sets] == ["full", "incremental", "incremental"]
     run_restore(plan, password=PW)
     with Authority.open(new) as r:
@@ -103,12 +103,14 @@ def test_full_plus_incrementals_out_of_order_and_next_backup_full(ca: Authority,
         try:
             # spec §2.17: after a restore the next backup must be full.
             with pytest.raises(Conflict) as ei:
-                run_backup(lambda k: LocalSession(m2, k), tmp_path / "bad", kind="incremental", database_only=True)
+                run_backup(lambda k: LocalSession(m2, k), tmp_path / "bad", kind="incremental", database_only=True,
+                           password=PW)
             assert ei.value.hresult == JET_ERR_MISSING_FULL_BACKUP
-            run_backup(lambda k: LocalSession(m2, k), tmp_path / "f2", database_only=True)
+            run_backup(lambda k: LocalSession(m2, k), tmp_path / "f2", database_only=True, password=PW)
             assert r.store.get("setting", "backup_requires_full") is None
             issue(r, 1, "post")
-            run_backup(lambda k: LocalSession(m2, k), tmp_path / "i3", kind="incremental", database_only=True)
+            run_backup(lambda k: LocalSession(m2, k), tmp_path / "i3", kind="incremental", database_only=True,
+                           password=PW)
         finally:
             m2.close()
 
@@ -124,7 +126,7 @@ def test_until_between_two_issuances(ca: Authority, mgr: BackupManager, tmp_path
     issue(ca, 3, "dropped")
     backup(mgr, ca, tmp_path / "i1", "incremental")
     new = tmp_path / "new"
-    plan = plan_restore([tmp_path / "full", tmp_path / "i1"], home=new, until=cut.isoformat())
+    plan = plan_restore([tmp_path / "full", tmp_path / "i1"], home=new, until=cut.isoformat(), password=PW)
     assert plan.until_us is not None
     run_restore(plan, password=PW)
     with Authority.open(new) as r:
@@ -138,7 +140,7 @@ def test_until_before_snapshot_refused(ca: Authority, mgr: BackupManager, tmp_pa
     issue(ca, 2)
     backup(mgr, ca, tmp_path / "full")
     with pytest.raises(InvalidArgument) as ei:
-        plan_restore([tmp_path / "full"], home=tmp_path / "new", until=early)
+        plan_restore([tmp_path / "full"], home=tmp_path / "new", until=early, password=PW)
     assert "snapshot" in ei.value.message
 
 
@@ -146,7 +148,7 @@ def test_wrong_password_writes_nothing(ca: Authority, mgr: BackupManager, tmp_pa
     issue(ca, 2)
     backup(mgr, ca, tmp_path / "full")
     new = tmp_path / "new"
-    plan = plan_restore([tmp_path / "full"], home=new)
+    plan = plan_restore([tmp_path / "full"], home=new, password=PW)
     with pytest.raises(InvalidArgument) as ei:
         run_restore(plan, password=b"wrong")
     assert ei.value.hresult == ERROR_INVALID_PASSWORD
@@ -161,7 +163,7 @@ def test_running_ca_and_non_empty_target(ca: Authority, mgr: BackupManager, tmp_
     issue(ca, 2)
     backup(mgr, ca, tmp_path / "full")
     before = tree(ca.home.root / "db")
-    plan = plan_restore([tmp_path / "full"], home=ca.home.root, force=True)
+    plan = plan_restore([tmp_path / "full"], home=ca.home.root, force=True, password=PW)
     assert plan.running
     with pytest.raises(Conflict) as ei:
         run_restore(plan, password=PW)  # the CA holds its home
@@ -177,13 +179,13 @@ def test_in_place_needs_force_then_rolls_forward(ca: Authority, mgr: BackupManag
     home = ca.home.root
     ca.close()
     mgr.close()
-    plan = plan_restore([tmp_path / "full"], home=home)
+    plan = plan_restore([tmp_path / "full"], home=home, password=PW)
     assert plan.not_empty
     with pytest.raises(Conflict) as ei:
         run_restore(plan, password=PW)
     assert ei.value.hresult == ERROR_DIR_NOT_EMPTY
     assert not (home / "system" / "restore.json").exists()
-    plan = plan_restore([tmp_path / "full"], home=home, force=True)
+    plan = plan_restore([tmp_path / "full"], home=home, force=True, password=PW)
     res = run_restore(plan, password=PW)
     assert res.superseded  # the old database file was moved aside, not deleted
     with Authority.open(home) as r:
@@ -203,7 +205,7 @@ def test_flipped_byte_refused_naming_file(ca: Authority, mgr: BackupManager, tmp
         f.write_bytes(bytes(data))
         new = tmp_path / f"new-{victim}"
         with pytest.raises(CorruptData) as ei:
-            plan_restore([d], home=new)
+            plan_restore([d], home=new, password=PW)
         assert ei.value.hresult == ERROR_INVALID_DATA
         assert f.name in ei.value.function
         assert not new.exists()
@@ -217,7 +219,7 @@ def test_missing_incremental_in_the_middle(ca: Authority, mgr: BackupManager, tm
     issue(ca, 2)
     backup(mgr, ca, tmp_path / "i2", "incremental")
     with pytest.raises(CorruptData) as ei:
-        plan_restore([tmp_path / "full", tmp_path / "i2"], home=tmp_path / "new")
+        plan_restore([tmp_path / "full", tmp_path / "i2"], home=tmp_path / "new", password=PW)
     assert ei.value.hresult == JET_ERR_MISSING_RESTORE_LOG_FILES
     assert "edb" in ei.value.message and "missing" in ei.value.message
     assert not (tmp_path / "new").exists()
@@ -228,9 +230,9 @@ def test_key_only_and_encrypted_key(ca: Authority, mgr: BackupManager, tmp_path:
     backup(mgr, ca, tmp_path / "full")
     new = tmp_path / "new"
     # A database-only restore first (the key comes separately), then the key with a passphrase.
-    run_restore(plan_restore([tmp_path / "full"], home=new, database_only=True))
+    run_restore(plan_restore([tmp_path / "full"], home=new, database_only=True, password=PW))
     assert not (new / "private" / "ca.key").exists()
-    plan = plan_restore([tmp_path / "full"], home=new, key_only=True)
+    plan = plan_restore([tmp_path / "full"], home=new, key_only=True, password=PW)
     res = run_restore(plan, password=PW, key_passphrase=b"key pass")
     assert res.key_written and res.registration is None
     pem = (new / "private" / "ca.key").read_bytes()
@@ -238,7 +240,7 @@ def test_key_only_and_encrypted_key(ca: Authority, mgr: BackupManager, tmp_path:
     with Authority.open(new, passphrase=b"key pass") as r:
         assert r.certificate == ca.certificate
     with pytest.raises(Conflict) as ei:  # the key exists now
-        run_restore(plan_restore([tmp_path / "full"], home=new, key_only=True), password=PW)
+        run_restore(plan_restore([tmp_path / "full"], home=new, key_only=True, password=PW), password=PW)
     assert ei.value.hresult == ERROR_DIR_NOT_EMPTY
 
 
@@ -246,7 +248,7 @@ def test_failure_while_placing_marks_failed(ca: Authority, mgr: BackupManager, t
     issue(ca, 2)
     backup(mgr, ca, tmp_path / "full")
     new = tmp_path / "new"
-    plan = plan_restore([tmp_path / "full"], home=new)
+    plan = plan_restore([tmp_path / "full"], home=new, password=PW)
     os.unlink(plan.logs[0][0])  # the set loses a file after it was checked
     with pytest.raises(CertSrvError):
         run_restore(plan, password=PW)

@@ -14,11 +14,9 @@ import contextlib
 from pathlib import Path
 
 from ..errors import (
-    E_INVALIDARG,
     JET_ERR_MISSING_FULL_BACKUP,
     JET_ERR_MISSING_RESTORE_LOG_FILES,
     CertSrvError,
-    Conflict,
     InvalidArgument,
     NotFound,
 )
@@ -81,16 +79,16 @@ def _last_lsn(m: Manifest, set_dir: Path) -> int | None:
 
 
 def pick_base(bases: list[tuple[Path, Manifest]], first_log: Path, identity: str, target: Path) -> Manifest:
-    """One base: several candidates (e.g. sets of two timelines after a restore) are told apart by LSN
-    continuity with the first streamed generation; still several: refused (give --base)."""
+    """One base among several candidates (after a restore, sets of the old and the new timeline can both end at
+    the generation before this one): those whose last LSN the first streamed generation continues, and of
+    those the newest (``created`` is under each set's MAC). The server requires a full backup after a
+    restore (spec §2.17), so the newest fitting set is the one the server recorded last; ``--base`` overrides.
+    """
     if len(bases) == 1:
         return bases[0][1]
     first = logfile.read_header(first_log, bytes.fromhex(identity)).first_lsn
-    fits = [m for d, m in bases if _last_lsn(m, d) == first - 1]
-    if len(fits) == 1:
-        return fits[0]
-    raise Conflict(E_INVALIDARG, str(target), "several backup sets could be the one this incremental continues; "
-                   "give --base DIR")
+    fits = [(d, m) for d, m in bases if _last_lsn(m, d) == first - 1] or bases
+    return max(fits, key=lambda dm: dm[1].created)[1]
 
 
 __all__ = ["find_base", "pick_base"]

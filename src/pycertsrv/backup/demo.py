@@ -163,7 +163,8 @@ def run_demo(echo: Callable[[str], Any] = print, workdir: Path | None = None, *,
             for i in range(between):
                 issued.append(c.submit(_csr(f"mid{i}.example.test"))["serial"])
             wanted = list(issued)  # everything returned to a client before the incremental backup
-            incr = run_backup(c, root / "incr", kind="incremental", database_only=True, home=src_home)
+            incr = run_backup(c, root / "incr", kind="incremental", database_only=True, home=src_home,
+                              password=PASSWORD)
             late = c.submit(_csr("late.example.test"))["serial"]
         assert incr.manifest is not None
         echo(f"5. issued {between} more, incremental backup to {root / 'incr'} (generations "
@@ -202,12 +203,13 @@ def run_demo(echo: Callable[[str], Any] = print, workdir: Path | None = None, *,
              f"and pass openssl verify; the one issued after it is {'present (!)' if late_present else 'absent'}")
         with Client(svc.socket) as c:
             try:
-                run_backup(c, root / "after-incr", kind="incremental", database_only=True, home=new_home)
+                run_backup(c, root / "after-incr", kind="incremental", database_only=True, home=new_home,
+                           password=PASSWORD)
                 refused = False
             except CertSrvError as e:
                 refused = True
                 echo(f"10. an incremental backup of the restored CA is refused: {e}")
-            run_backup(c, root / "after-full", database_only=True, home=new_home)
+            run_backup(c, root / "after-full", database_only=True, home=new_home, password=PASSWORD)
             echo("    a full backup is taken, after which incrementals chain on again")
         result.update({
             "issued_before_incremental": len(wanted), "verified": ok, "failed": bad, "late_absent": not late_present,
