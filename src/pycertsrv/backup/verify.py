@@ -102,6 +102,8 @@ def verify_backup(directory: Path | str, password: bytes | None = None, *,
         return rep
     rep.manifest = m
     _check_auth(rep, m, password, allow_unauthenticated)
+    if rep.problems:
+        return rep  # nothing the manifest says can be trusted: its other findings would only distract
     good: dict[str, Path] = {}
     for f in m.files:
         if not safe_relative(f.path):
