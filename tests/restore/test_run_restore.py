@@ -255,3 +255,35 @@ def test_failure_while_placing_marks_failed(ca: Authority, mgr: BackupManager, t
     with pytest.raises(CertSrvError) as ei:
         Authority.open(new)
     assert "restore failed" in ei.value.message or "failed" in ei.value.message
+
+
+@pytest.mark.parametrize("victim", ["log", "database", "p12"])
+def test_file_swapped_after_verification_is_refused(ca: Authority, mgr: BackupManager, tmp_path: Path,
+                                                    victim: str) -> None:
+    """A file changed on the backup storage between plan (verified) and copy is caught on the bytes copied."""
+    issue(ca, 3)
+    backup(mgr, ca, tmp_path / "full")
+    new = tmp_path / "new"
+    plan = plan_restore([tmp_path / "full"], home=new, password=PW)
+    if victim == "log":
+        f = plan.logs[0][0]
+    elif victim == "database":
+        assert plan.database_source is not None
+        f = plan.database_source
+    else:
+        assert plan.p12 is not None
+        f = plan.p12
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    os.chmod(f, 0o600)
+    f.write_bytes(bytes(data))
+    with pytest.raises(CertSrvError) as ei:
+        run_restore(plan, password=PW)
+    assert ei.value.hresult == 0x80090006 and str(f) in ei.value.function  # NTE_BAD_SIGNATURE, naming the file
+    assert "after the set was verified" in ei.value.message
+    assert not list(new.rglob("*.restoring"))
+    if victim == "p12":
+        assert not new.exists()  # checked before anything is placed
+    else:
+        with pytest.raises(CertSrvError):
+            Authority.open(new)  # the registration is marked failed: the CA refuses to start on half a restore

@@ -15,6 +15,8 @@ to start rather than one holding part of the data.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import shutil
 import socket
@@ -61,6 +63,7 @@ from ..fsutil import (
     fsync_dir,
     fsync_file,
     make_dirs,
+    sha256_file,
 )
 from ..home import Home, check_owner
 from ..store import logfile
@@ -378,6 +381,9 @@ class RestorePlan:
     running: str | None = None
     key_subject: str | None = None
     warnings: list[str] = field(default_factory=list)
+    # SHA-256 of every file of the authenticated sets, by path: checked again on the bytes actually copied, so a
+    # file swapped on the backup storage after the sets were verified is refused too (issue 9 finding 4).
+    expected: dict[Path, str] = field(default_factory=dict, repr=False)
 
     @property
     def full(self) -> SetInfo | None:
@@ -493,16 +499,19 @@ def _listed_p12(d: Path, m: Manifest) -> Path | None:
     return d / keys[0].path if keys else None
 
 
-def load_p12(path: Path, password: bytes | None) -> tuple[Any, x509.Certificate, list[x509.Certificate]]:
+def load_p12(path: Path, password: bytes | None,
+             sha256: str | None = None) -> tuple[Any, x509.Certificate, list[x509.Certificate]]:
     """Open the set's PKCS#12: (key, CA certificate, chain); a wrong password is ERROR_INVALID_PASSWORD.
 
     :param path: the ``<CA name>.p12`` file.
     :param password: its password.
+    :param sha256: the SHA-256 the set's authenticated manifest lists for it (checked on the bytes read).
     """
     try:
         data = path.read_bytes()
     except OSError as e:
         raise NotFound(ERROR_FILE_NOT_FOUND, str(path), f"cannot read the key file: {e.strerror}") from None
+    _check_digest(path, hashlib.sha256(data).hexdigest(), sha256)
     try:
         key, cert, extra = pkcs12.load_key_and_certificates(data, password or None)
     except ValueError:
@@ -520,8 +529,16 @@ def load_p12(path: Path, password: bytes | None) -> tuple[Any, x509.Certificate,
     return key, cert, list(extra or [])
 
 
-def _load_config_text(path: Path) -> tuple[config_mod.Config, str]:
-    text = path.read_text()
+def _check_digest(src: Path, got: str, want: str | None) -> None:
+    if want is not None and not hmac.compare_digest(got, want):
+        raise CorruptData(NTE_BAD_SIGNATURE, str(src), "changed on the backup storage after the set was verified "
+                          "(its SHA-256 no longer matches the authenticated manifest); nothing more is restored")
+
+
+def _load_config_text(path: Path, sha256: str | None = None) -> tuple[config_mod.Config, str]:
+    raw = path.read_bytes()
+    _check_digest(path, hashlib.sha256(raw).hexdigest(), sha256)
+    text = raw.decode()
     try:
         cfg = config_mod.Config.model_validate(tomllib.loads(text))
     except (tomllib.TOMLDecodeError, ValueError) as e:
@@ -608,6 +625,9 @@ def plan_restore(
         sets.append(SetInfo(p, m, _listed_p12(p, m) if m.auth is not None else _find_p12(p)))
     plan = RestorePlan(home=h, mode=mode, force=force, sets=[], ca_name="")
     plan.warnings = warnings
+    for si in sets:
+        if si.manifest is not None and si.manifest.auth is not None:
+            plan.expected.update({si.directory / f.path: f.sha256 for f in si.manifest.files})
     if mode == "key":
         s = sets[0]
         plan.sets = sets
@@ -628,7 +648,7 @@ def plan_restore(
                 raise NotFound(ERROR_FILE_NOT_FOUND, str(plan.sets[0].directory),
                                f"the full set has no {P12_EXT} key file; use --database-only")
         if plan.p12 is not None and password is not None:
-            _, cert, _ = load_p12(plan.p12, password)
+            _, cert, _ = load_p12(plan.p12, password, plan.expected.get(plan.p12))
             plan.key_subject = cert.subject.rfc4514_string()
     if until is not None:
         if mode == "key":
@@ -746,7 +766,7 @@ def _plan_config(plan: RestorePlan, restore_config: bool) -> None:
         plan.config_action = "keep"
     elif src is not None:
         plan.config_action, plan.config_source = "restore", src
-        _, plan.config_text = _load_config_text(src)
+        _, plan.config_text = _load_config_text(src, plan.expected.get(src))
     elif exists:
         plan.config_action = "keep"
     else:
@@ -804,11 +824,14 @@ class RestoreResult:
                 "next": "start the CA (certsrv serve) to run the recovery" if self.registration else None}
 
 
-def _copy_durable(src: Path, dest: Path, mode: int = PRIVATE_FILE, dir_mode: int = PRIVATE_DIR) -> int:
-    """Copy via a temp name, fsync, rename: the destination is either absent, old, or whole."""
+def _copy_durable(src: Path, dest: Path, mode: int = PRIVATE_FILE, dir_mode: int = PRIVATE_DIR,
+                  sha256: str | None = None) -> int:
+    """Copy via a temp name, fsync, rename: the destination is either absent, old, or whole; with ``sha256``, the
+    copy is hashed before the rename and refused when it is not what the authenticated manifest lists."""
     make_dirs(dest.parent, dir_mode)
     tmp = dest.with_name(f".{dest.name}.restoring")
     copy_file(src, tmp, mode)
+    _check_copy(src, tmp, sha256)
     fsync_file(tmp)
     os.replace(tmp, dest)
     return dest.stat().st_size
@@ -854,7 +877,7 @@ def run_restore(
     passphrase: bytes | None = None
     if plan.p12 is not None and plan.key_file is not None:
         # spec §5.1: checked before anything is placed — a wrong password writes nothing.
-        key_material = load_p12(plan.p12, password)
+        key_material = load_p12(plan.p12, password, plan.expected.get(plan.p12))
         passphrase = _key_passphrase(plan, cfg, key_passphrase)
     ctx = restore_prepare(home=plan.home, force=plan.force)
     try:
@@ -896,7 +919,7 @@ def _place_database(ctx: RestoreContext, plan: RestorePlan, cfg: config_mod.Conf
             atomic_write(h.config, plan.config_text.encode())
             res.config_written = True
         for src, dest in plan.dynamic:
-            res.bytes += _copy_durable(src, dest, PUBLIC_FILE, PUBLIC_DIR)
+            res.bytes += _copy_durable(src, dest, PUBLIC_FILE, PUBLIC_DIR, sha256=plan.expected.get(src))
             res.files += 1
         if plan.dynamic:
             fsync_dir(h.publish_dir)
@@ -908,7 +931,7 @@ def _place_database(ctx: RestoreContext, plan: RestorePlan, cfg: config_mod.Conf
         shutil.rmtree(plan.backup_log_path, ignore_errors=True)
         make_dirs(plan.backup_log_path)
         for src, dest in plan.logs:
-            res.bytes += _copy_durable(src, dest)
+            res.bytes += _copy_durable(src, dest, sha256=plan.expected.get(src))
             res.files += 1
         fsync_dir(plan.backup_log_path)
         say(f"Restoring Log files: {len(plan.logs)} generation(s) {plan.gen_low:08X}..{plan.gen_high:08X}")
@@ -930,12 +953,23 @@ def _place_database(ctx: RestoreContext, plan: RestorePlan, cfg: config_mod.Conf
     say(f"Full database restore for {plan.ca_name} registered; start the CA to complete the restore.")
 
 
+def _check_copy(src: Path, tmp: Path, sha256: str | None) -> None:
+    if sha256 is None:
+        return
+    try:
+        _check_digest(src, sha256_file(tmp), sha256)
+    except CorruptData:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _place_db_file(plan: RestorePlan, res: RestoreResult) -> None:
     """Put the set's database at its target; the home's earlier database files are moved aside, never deleted."""
     h = plan.home
     assert plan.database_target is not None and plan.database_source is not None
     tmp = h.db_dir / f".{plan.database_target.name}.restoring"
     copy_file(plan.database_source, tmp)
+    _check_copy(plan.database_source, tmp, plan.expected.get(plan.database_source))
     fsync_file(tmp)
     res.bytes += tmp.stat().st_size
     res.files += 1
