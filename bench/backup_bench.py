@@ -73,7 +73,7 @@ with Client(sock) as c:
     print("ready", flush=True)
     while not stop.exists():
         d = work / f"loop{k}"
-        run_backup(c, d, database_only=True, keep_log=True)
+        run_backup(c, d, database_only=True, keep_log=True, password=b"bench")
         shutil.rmtree(d)
         k += 1
 print(k)
@@ -260,7 +260,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
                 t0 = time.perf_counter()
                 res = run_backup(client, work / f"set{k}", database_only=True, keep_log=True, home=home,
-                                 progress=progress)
+                                 progress=progress, password=b"bench")
                 t = time.perf_counter() - t0
                 runs.append({"seconds": t, "stream": t0 + t - marks.get("Database files", t0),
                              "bytes": res.bytes_streamed, "set": work / f"set{k}"})

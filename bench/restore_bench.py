@@ -25,12 +25,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pycertsrv.backup.chain import find_base
 from pycertsrv.backup.manifest import FileEntry, Manifest, write_manifest
 from pycertsrv.backup.restore import plan_restore, run_restore
 from pycertsrv.fsutil import sha256_file
 from pycertsrv.store import Store, StoreOptions, logfile
 
 CACHE = Path(tempfile.gettempdir()) / "pycertsrv-bench-cache"
+PASSWORD = b"bench password"  # every set is authenticated with a key derived from its password
 BULK = 100
 OPTS = StoreOptions(log_size=8 << 20, checkpoint_records=20000)
 
@@ -64,14 +66,19 @@ def _set_manifest(store: Store, d: Path, kind: str, low: int, high: int, snap_ls
         role = "database" if p.suffix == ".db" else "log"
         files.append(FileEntry(f"DataBase/{p.name}", p.stat().st_size, sha256_file(p), role))
     locs = [chr(0x44) + str(store.db_path), chr(0x82) + str(store.log_dir), chr(0x83) + str(store.system_dir)]
+    base = None
+    if kind == "incremental":
+        (_, b), = find_base(d, store.identity, low, PASSWORD, None)
+        base = {"set_id": b.set_id, "mac": b.mac, "kind": b.kind, "gen_high": b.gen_high}
     write_manifest(d, Manifest(kind=kind, ca_name=store.name, identity=store.identity,
                                created=datetime.now(UTC).isoformat(), gen_low=low, gen_high=high,
-                               snapshot_lsn=snap_lsn, database=db_rel, locations=locs, files=files))
+                               snapshot_lsn=snap_lsn, database=db_rel, locations=locs, files=files,
+                               set_id=os.urandom(16).hex(), base=base), PASSWORD)
 
 
 def build_sets(n_full: int, n_incr: int, cache: Path = CACHE) -> dict[str, Any]:
     """Build (or reuse) a full set of ``n_full`` issuances and an incremental of ``n_incr`` more."""
-    root = cache / f"restore-{n_full}-{n_incr}"
+    root = cache / f"restore-auth-{n_full}-{n_incr}"  # sets from before authenticated manifests are not reused
     info_path = root / "info.json"
     if info_path.exists():
         info: dict[str, Any] = json.loads(info_path.read_text())
@@ -130,7 +137,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     try:
         home = work / "home"
         t0 = time.monotonic()
-        plan = plan_restore([incr, full], home=home, database_only=True)
+        plan = plan_restore([incr, full], home=home, database_only=True, password=PASSWORD)
         t_plan = time.monotonic() - t0
         res = run_restore(plan)
         t_place = time.monotonic() - t0 - t_plan

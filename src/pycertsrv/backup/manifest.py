@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ERROR_FILE_NOT_FOUND, ERROR_INVALID_DATA, CorruptData, NotFound
 from ..fsutil import atomic_write
+
+if TYPE_CHECKING:
+    from .setauth import SealingKey
 
 FORMAT = "pycertsrv-backup/1"
 DB_SUBDIR = "DataBase"  # spec §1.3 wszDBBACKUPSUBDIR
@@ -97,12 +100,12 @@ def safe_relative(rel: str) -> bool:
     return not p.is_absolute() and all(part not in ("", ".", "..") for part in p.parts)
 
 
-def write_manifest(set_dir: Path, manifest: Manifest, password: bytes) -> Path:
+def write_manifest(set_dir: Path, manifest: Manifest, password: bytes | SealingKey) -> Path:
     """Authenticate the manifest with ``password`` and write it atomically and durably; returns its path.
 
     :param set_dir: the backup set directory.
     :param manifest: what to write (its ``auth`` and ``document`` are set to what was written).
-    :param password: the set's password (keys the authenticator, :func:`.setauth.seal`).
+    :param password: the set's password, or keys derived from it (keys the authenticator, :func:`.setauth.seal`).
     """
     from .setauth import seal
 

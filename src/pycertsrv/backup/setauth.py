@@ -83,18 +83,38 @@ def _mac_input(doc: dict[str, Any], auth: dict[str, Any]) -> bytes:
     return b"pycertsrv-backup-manifest\n" + canonical(body)
 
 
-def seal(doc: dict[str, Any], password: bytes, *, n: int = SCRYPT_N) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SealingKey:
+    """The keys for one new set (fresh salt), derived once: the writer derives them before its backup
+    session opens, so the ~0.1-0.3 s of scrypt does not lengthen the session."""
+
+    salt: bytes
+    n: int
+    keys: _Keys
+
+    @classmethod
+    def new(cls, password: bytes, *, n: int = SCRYPT_N) -> SealingKey:
+        """Keys for a new set.
+
+        :param password: the set's password (the operator's secret).
+        :param n: scrypt cost (a power of two within the accepted bounds).
+        """
+        if not password:
+            raise InvalidArgument(ERROR_INVALID_PASSWORD, "backup", "a backup set needs a password (--password-file)")
+        salt = secrets.token_bytes(SALT_BYTES)
+        return cls(salt, n, _derive(password, salt, n, SCRYPT_R, SCRYPT_P))
+
+
+def seal(doc: dict[str, Any], password: bytes | SealingKey, *, n: int = SCRYPT_N) -> dict[str, Any]:
     """The manifest document with a fresh ``auth`` block (random salt) added.
 
     :param doc: the manifest document (any ``auth`` in it is replaced).
-    :param password: the set's password (the operator's secret).
-    :param n: scrypt cost (a power of two within the accepted bounds).
+    :param password: the set's password (the operator's secret), or keys derived from it for this set.
+    :param n: scrypt cost (a power of two within the accepted bounds) when a password is given.
     """
-    if not password:
-        raise InvalidArgument(ERROR_INVALID_PASSWORD, "backup", "a backup set needs a password (--password-file)")
-    salt = secrets.token_bytes(SALT_BYTES)
-    keys = _derive(password, salt, n, SCRYPT_R, SCRYPT_P)
-    auth: dict[str, Any] = {"alg": ALG, "kdf": KDF, "n": n, "r": SCRYPT_R, "p": SCRYPT_P, "salt": salt.hex(),
+    sk = password if isinstance(password, SealingKey) else SealingKey.new(password, n=n)
+    salt, keys = sk.salt, sk.keys
+    auth: dict[str, Any] = {"alg": ALG, "kdf": KDF, "n": sk.n, "r": SCRYPT_R, "p": SCRYPT_P, "salt": salt.hex(),
                             "check": hmac.new(keys.check, salt, hashlib.sha256).hexdigest()}
     auth["mac"] = hmac.new(keys.mac, _mac_input(doc, auth), hashlib.sha256).hexdigest()
     out = {k: v for k, v in doc.items() if k != "auth"}
@@ -160,4 +180,4 @@ def is_auth_error(e: CertSrvError) -> bool:
     return isinstance(e, BadAuthenticator | WrongPassword)
 
 
-__all__ = ["BadAuthenticator", "WrongPassword", "authenticate", "canonical", "is_auth_error", "seal"]
+__all__ = ["BadAuthenticator", "SealingKey", "WrongPassword", "authenticate", "canonical", "is_auth_error", "seal"]

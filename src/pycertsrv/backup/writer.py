@@ -63,6 +63,7 @@ from .manifest import (
     write_manifest,
 )
 from .session import FULL, INCREMENTAL
+from .setauth import SealingKey
 from .target import home_roots, refuse_inside_home
 
 PARTIAL_PREFIX = ".partial-"
@@ -476,6 +477,9 @@ def run_backup(
     if target.is_dir() and not _dir_empty(target) and not force:
         # spec §5.2/5.3: certutil -f / PowerShell -Force; 0x80070091 otherwise.
         raise Conflict(ERROR_DIR_NOT_EMPTY, str(target), "the directory is not empty; use --force to overwrite")
+    # Derived now, before the session opens: scrypt's cost does not lengthen the session (and the CA's pinned
+    # snapshot); the salt is fresh for this set.
+    sealing = SealingKey.new(pw)
     placed: list[Path] = []
     partial: Path | None = None
     result = BackupResult(target, "key" if key_only else kind, None, None)
@@ -483,7 +487,7 @@ def run_backup(
         if key_only:
             assert hm is not None and cfg is not None
             partial = _prepare_target(target, force)
-            _backup_key_only(hm, cfg, partial, target, result, placed, pw, key_passphrase)
+            _backup_key_only(hm, cfg, partial, target, result, placed, pw, sealing, key_passphrase)
         else:
             with _open_session(source, kind) as session:
                 # spec §3.1 step 5: the locations are saved with the backup (certbkxp.dat); they also tell where
@@ -492,7 +496,7 @@ def run_backup(
                 refuse_inside_home(target, home_roots(locations))
                 partial = _prepare_target(target, force)
                 _backup_database(session, partial, target, result, placed, locations, kind=kind, keep_log=keep_log,
-                                 database_only=database_only, pw=pw, hm=hm, cfg=cfg,
+                                 database_only=database_only, pw=pw, sealing=sealing, hm=hm, cfg=cfg,
                                  key_passphrase=key_passphrase, progress=progress, chunk=chunk,
                                  max_rate=max_rate, base_dir=Path(base).absolute() if base is not None else None)
                 result.recorded = session.end()
@@ -526,7 +530,7 @@ def _prepare_target(target: Path, force: bool) -> Path:
 
 
 def _backup_key_only(hm: Home, cfg: Config, partial: Path, target: Path, result: BackupResult,
-                     placed: list[Path], pw: bytes, key_passphrase: bytes | None) -> None:
+                     placed: list[Path], pw: bytes, sealing: SealingKey, key_passphrase: bytes | None) -> None:
     """A key-only set: the PKCS#12 and a manifest (kind ``key``) whose authenticator covers it."""
     key, certs = _key_material(hm, cfg, cfg.ca.name, key_passphrase)
     p12 = partial / (cfg.ca.name + P12_EXT)
@@ -540,7 +544,7 @@ def _backup_key_only(hm: Home, cfg: Config, partial: Path, target: Path, result:
     for sub in (DB_SUBDIR, DYNAMIC_SUBDIR, CONFIG_SUBDIR):
         if (target / sub).is_dir():
             shutil.rmtree(target / sub)  # --force over an older set: nothing of it is part of this one
-    write_manifest(target, manifest, pw)
+    write_manifest(target, manifest, sealing)
     result.manifest = manifest
     result.files = [entry]
     placed.clear()
@@ -559,7 +563,7 @@ def _place(src: Path, dest: Path, placed: list[Path]) -> Path:
 
 def _backup_database(session: SessionLike, partial: Path, target: Path, result: BackupResult, placed: list[Path],
                      locations: list[str], *, kind: str, keep_log: bool, database_only: bool, pw: bytes,
-                     hm: Home | None, cfg: Config | None, key_passphrase: bytes | None,
+                     sealing: SealingKey, hm: Home | None, cfg: Config | None, key_passphrase: bytes | None,
                      progress: ProgressCallback | None, chunk: int, max_rate: float | None,
                      base_dir: Path | None) -> None:
     entries: list[FileEntry] = []
@@ -647,7 +651,7 @@ def _backup_database(session: SessionLike, partial: Path, target: Path, result: 
             shutil.rmtree(target / sub)  # --force over an older set: drop what this set does not have
     _place(dbdir, target / DB_SUBDIR, placed)
     fsync_dir(target)
-    write_manifest(target, manifest, pw)
+    write_manifest(target, manifest, sealing)
     result.manifest = manifest
     result.files = entries
     placed.clear()  # the set is complete: a later failure (truncation, End) must not remove it
