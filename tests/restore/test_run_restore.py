@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import stat
@@ -14,8 +16,9 @@ from restore_setlib import ca_rows, issue, openssl_verify, tick
 
 from pycertsrv.backup.restore import plan_restore, run_restore
 from pycertsrv.backup.session import BackupManager, LocalSession
-from pycertsrv.backup.writer import run_backup
+from pycertsrv.backup.writer import run_backup, write_p12
 from pycertsrv.ca import Authority
+from pycertsrv.ca.keys import load_private_key, same_public_key
 from pycertsrv.errors import (
     ERROR_DIR_NOT_EMPTY,
     ERROR_INVALID_DATA,
@@ -27,6 +30,7 @@ from pycertsrv.errors import (
     Conflict,
     CorruptData,
     InvalidArgument,
+    NotFound,
 )
 from pycertsrv.store import logfile
 
@@ -287,3 +291,36 @@ def test_file_swapped_after_verification_is_refused(ca: Authority, mgr: BackupMa
     else:
         with pytest.raises(CertSrvError):
             Authority.open(new)  # the registration is marked failed: the CA refuses to start on half a restore
+
+
+def test_key_only_set_is_authenticated_and_its_listed_p12_is_used(ca: Authority, mgr: BackupManager,
+                                                                  tmp_path: Path) -> None:
+    k = tmp_path / "keyset"
+    run_backup(lambda kind: LocalSession(mgr, kind), k, key_only=True, password=PW, home=ca.home)
+    # Another CA's PKCS#12 under the same password, planted beside the genuine one (sorted first).
+    with Authority.init(tmp_path / "evil", "Evil CA") as evil:
+        write_p12(k / "AAA.p12", "Evil CA", evil._key, [evil.certificate], PW)  # type: ignore[attr-defined]
+    plan = plan_restore([k], home=tmp_path / "new", key_only=True, password=PW)
+    assert plan.p12 == k / "Restore Test CA.p12"
+    res = run_restore(plan, password=PW)
+    assert res.key_written
+    restored = load_private_key(tmp_path / "new" / "private" / "ca.key", None)
+    assert same_public_key(ca.certificate.public_key(), restored.public_key())
+    # The .p12 path itself works; the planted one is not part of the set.
+    assert plan_restore([plan.p12], home=tmp_path / "new2", key_only=True, password=PW).p12 == plan.p12
+    with pytest.raises(NotFound):
+        plan_restore([k / "AAA.p12"], home=tmp_path / "new3", key_only=True, password=PW)
+    # A key-only set given to a database restore: pointed at --key-only.
+    with pytest.raises(NotFound) as en:
+        plan_restore([k], home=tmp_path / "new5", password=PW)
+    assert "--key-only" in en.value.message
+    # Swapping the genuine file for the other CA's (manifest rehashed by the forger) breaks the authenticator.
+    shutil.copyfile(k / "AAA.p12", plan.p12)
+    mpath = k / "DataBase" / "certbkxp.dat"
+    doc = json.loads(mpath.read_text())
+    doc["files"][0].update(size=plan.p12.stat().st_size, sha256=hashlib.sha256(plan.p12.read_bytes()).hexdigest())
+    os.chmod(mpath, 0o600)
+    mpath.write_text(json.dumps(doc))
+    with pytest.raises(CorruptData) as ei:
+        plan_restore([k], home=tmp_path / "new4", key_only=True, password=PW)
+    assert ei.value.hresult == 0x80090006 and str(k) in ei.value.function
