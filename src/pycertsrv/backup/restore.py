@@ -16,7 +16,6 @@ to start rather than one holding part of the data.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import shutil
 import socket
@@ -43,7 +42,6 @@ from ..errors import (
     ERROR_INVALID_HANDLE,
     ERROR_INVALID_PASSWORD,
     JET_ERR_MISSING_RESTORE_LOG_FILES,
-    NTE_BAD_SIGNATURE,
     S_OK,
     CertSrvError,
     Conflict,
@@ -63,13 +61,13 @@ from ..fsutil import (
     fsync_dir,
     fsync_file,
     make_dirs,
-    sha256_file,
 )
 from ..home import Home, check_owner
 from ..store import logfile
 from ..store import registration as reg_mod
 from ..store.engine import db_file_name
-from .manifest import CONFIG_SUBDIR, DB_SUBDIR, KEY_KIND, MANIFEST_NAME, P12_EXT, Manifest
+from .manifest import CONFIG_SUBDIR, DB_SUBDIR, KEY_KIND, P12_EXT, Manifest
+from .setcheck import check_chain, check_copy, check_digest, listed_p12, verify_set
 
 # spec §1.3 [HDR]
 CSRESTORE_TYPE_FULL = 0x1
@@ -462,43 +460,6 @@ def _find_p12(d: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _verify(d: Path, password: bytes | None, allow_unauthenticated: bool, warnings: list[str]) -> Manifest:
-    """The backup helper's verify_backup with the set's password; any problem refuses the set, naming it.
-
-    Issue 9 finding 4: a set whose authenticator does not match (or that has none, unless
-    ``allow_unauthenticated``) is refused before anything is written — the check runs over the same
-    manifest whose sizes and SHA-256 the other checks compare the files with.
-    """
-    from .setauth import BadAuthenticator, WrongPassword
-    from .verify import verify_backup
-
-    if not password:
-        raise InvalidArgument(ERROR_INVALID_PASSWORD, str(d),
-                              "the set's password is needed to check its authenticity: give --password-file")
-    rep = verify_backup(d, password, allow_unauthenticated=allow_unauthenticated)
-    if not rep.ok:
-        p = rep.problems[0]
-        more = f" (and {len(rep.problems) - 1} more problem(s))" if len(rep.problems) > 1 else ""
-        if p.hresult == ERROR_INVALID_PASSWORD:
-            raise WrongPassword(p.hresult, str(d), p.message)
-        if p.path.endswith(MANIFEST_NAME) and rep.manifest is not None and not rep.authenticated \
-                and not rep.unauthenticated_allowed:
-            raise BadAuthenticator(p.hresult, str(d), p.message + more)
-        raise CorruptData(p.hresult, str(d / p.path), p.message + more)
-    if rep.unauthenticated_allowed:
-        warnings.append(f"{d}: this set has NO authenticator (written before authenticated backup sets); it is "
-                        "restored only because of --allow-unauthenticated — anyone who could write the backup "
-                        "storage could have changed it")
-    assert rep.manifest is not None
-    return rep.manifest
-
-
-def _listed_p12(d: Path, m: Manifest) -> Path | None:
-    """The PKCS#12 the (authenticated) manifest lists — never another .p12 someone put beside it."""
-    keys = m.files_by_role("key")
-    return d / keys[0].path if keys else None
-
-
 def load_p12(path: Path, password: bytes | None,
              sha256: str | None = None) -> tuple[Any, x509.Certificate, list[x509.Certificate]]:
     """Open the set's PKCS#12: (key, CA certificate, chain); a wrong password is ERROR_INVALID_PASSWORD.
@@ -511,7 +472,7 @@ def load_p12(path: Path, password: bytes | None,
         data = path.read_bytes()
     except OSError as e:
         raise NotFound(ERROR_FILE_NOT_FOUND, str(path), f"cannot read the key file: {e.strerror}") from None
-    _check_digest(path, hashlib.sha256(data).hexdigest(), sha256)
+    check_digest(path, hashlib.sha256(data).hexdigest(), sha256)
     try:
         key, cert, extra = pkcs12.load_key_and_certificates(data, password or None)
     except ValueError:
@@ -529,15 +490,9 @@ def load_p12(path: Path, password: bytes | None,
     return key, cert, list(extra or [])
 
 
-def _check_digest(src: Path, got: str, want: str | None) -> None:
-    if want is not None and not hmac.compare_digest(got, want):
-        raise CorruptData(NTE_BAD_SIGNATURE, str(src), "changed on the backup storage after the set was verified "
-                          "(its SHA-256 no longer matches the authenticated manifest); nothing more is restored")
-
-
 def _load_config_text(path: Path, sha256: str | None = None) -> tuple[config_mod.Config, str]:
     raw = path.read_bytes()
-    _check_digest(path, hashlib.sha256(raw).hexdigest(), sha256)
+    check_digest(path, hashlib.sha256(raw).hexdigest(), sha256)
     text = raw.decode()
     try:
         cfg = config_mod.Config.model_validate(tomllib.loads(text))
@@ -608,8 +563,8 @@ def plan_restore(
                                 "--allow-unauthenticated")
                 sets.append(SetInfo(sd, None, p12))
                 break
-            m = _verify(sd, password, allow_unauthenticated, warnings)
-            p12 = _listed_p12(sd, m) if m.auth is not None else _find_p12(p)
+            m = verify_set(sd, password, allow_unauthenticated, warnings)
+            p12 = listed_p12(sd, m) if m.auth is not None else _find_p12(p)
             if p12 is None or (given_p12 is not None and given_p12.resolve() != p12.resolve()):
                 raise NotFound(ERROR_FILE_NOT_FOUND, str(p), f"no {P12_EXT} key file listed in this set's manifest")
             sets.append(SetInfo(sd, m, p12))
@@ -618,11 +573,11 @@ def plan_restore(
             # spec §5.3 [PS-JT]: 0x80070002 when the path holds no database backup (e.g. a key-only set).
             raise NotFound(ERROR_FILE_NOT_FOUND, str(p / DB_SUBDIR),
                            "no database backup in this directory (a key-only set? use --key-only)")
-        m = _verify(p, password, allow_unauthenticated, warnings)
+        m = verify_set(p, password, allow_unauthenticated, warnings)
         if m.kind == KEY_KIND:
             raise NotFound(ERROR_FILE_NOT_FOUND, str(p / DB_SUBDIR),
                            "no database backup in this directory (a key-only set: use --key-only)")
-        sets.append(SetInfo(p, m, _listed_p12(p, m) if m.auth is not None else _find_p12(p)))
+        sets.append(SetInfo(p, m, listed_p12(p, m) if m.auth is not None else _find_p12(p)))
     plan = RestorePlan(home=h, mode=mode, force=force, sets=[], ca_name="")
     plan.warnings = warnings
     for si in sets:
@@ -703,7 +658,7 @@ def _order_sets(plan: RestorePlan, sets: list[SetInfo]) -> None:
             raise CorruptData(JET_ERR_MISSING_RESTORE_LOG_FILES, str(s.directory),
                               f"the sets do not chain: generation(s) {missing} between {prev.directory} and "
                               f"{s.directory} are missing (an incremental set is missing)")
-        _check_chain(prev, s)
+        check_chain(prev, s)
         high = max(high, m.gen_high)
         prev = s
     plan.gen_low, plan.gen_high = m0.gen_low, high
@@ -737,21 +692,6 @@ def _order_sets(plan: RestorePlan, sets: list[SetInfo]) -> None:
             if f.role == "dynamic":
                 dyn[Path(f.path).name] = s.directory / f.path
     plan.dynamic = [(src, h.publish_dir / name) for name, src in sorted(dyn.items())]
-
-
-def _check_chain(prev: SetInfo, s: SetInfo) -> None:
-    """An incremental names, under its authenticator, the set it continues (:mod:`.chain`): it must be ``prev``.
-    Sets without authenticators (--allow-unauthenticated) carry no such link and were warned about."""
-    m, pm = s.manifest, prev.manifest
-    assert m is not None and pm is not None
-    if m.auth is None or pm.auth is None:
-        return
-    b = m.base or {}
-    if b.get("set_id") != pm.set_id or b.get("mac") != pm.mac:
-        raise CorruptData(NTE_BAD_SIGNATURE, str(s.directory),
-                          f"this incremental does not continue {prev.directory} (it names set "
-                          f"{str(b.get('set_id'))[:16]}…, that one is {pm.set_id[:16]}…): the sets come from "
-                          "different backup chains; give the full set and the incrementals taken after it")
 
 
 def _plan_config(plan: RestorePlan, restore_config: bool) -> None:
@@ -831,7 +771,7 @@ def _copy_durable(src: Path, dest: Path, mode: int = PRIVATE_FILE, dir_mode: int
     make_dirs(dest.parent, dir_mode)
     tmp = dest.with_name(f".{dest.name}.restoring")
     copy_file(src, tmp, mode)
-    _check_copy(src, tmp, sha256)
+    check_copy(src, tmp, sha256)
     fsync_file(tmp)
     os.replace(tmp, dest)
     return dest.stat().st_size
@@ -953,23 +893,13 @@ def _place_database(ctx: RestoreContext, plan: RestorePlan, cfg: config_mod.Conf
     say(f"Full database restore for {plan.ca_name} registered; start the CA to complete the restore.")
 
 
-def _check_copy(src: Path, tmp: Path, sha256: str | None) -> None:
-    if sha256 is None:
-        return
-    try:
-        _check_digest(src, sha256_file(tmp), sha256)
-    except CorruptData:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _place_db_file(plan: RestorePlan, res: RestoreResult) -> None:
     """Put the set's database at its target; the home's earlier database files are moved aside, never deleted."""
     h = plan.home
     assert plan.database_target is not None and plan.database_source is not None
     tmp = h.db_dir / f".{plan.database_target.name}.restoring"
     copy_file(plan.database_source, tmp)
-    _check_copy(plan.database_source, tmp, plan.expected.get(plan.database_source))
+    check_copy(plan.database_source, tmp, plan.expected.get(plan.database_source))
     fsync_file(tmp)
     res.bytes += tmp.stat().st_size
     res.files += 1
