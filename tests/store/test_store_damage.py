@@ -87,12 +87,13 @@ def test_damage_below_the_checkpoint_opens_and_requires_a_full_backup(
         assert mgr.status() is None  # nothing left locked
         # The full backup, written and verified by the real backup writer and verifier.
         sessions = lambda kind: LocalSession(mgr, kind)  # noqa: E731
-        run_backup(sessions, tmp_path / "full2", database_only=True, keep_log=True)
+        run_backup(sessions, tmp_path / "full2", database_only=True, keep_log=True, password=b"pw")
         assert store.health().backup_full_required is None  # cleared by the full backup
         commit_request(store, 13)
-        run_backup(sessions, tmp_path / "inc1", kind="incremental", database_only=True)  # the chain starts again
+        run_backup(sessions, tmp_path / "inc1", kind="incremental", database_only=True,  # the chain starts again
+                   password=b"pw")  # every set is authenticated with its password
         for d in ("full2", "inc1"):
-            rep = verify_backup(tmp_path / d)
+            rep = verify_backup(tmp_path / d, b"pw")
             assert rep.ok, rep.problems
         mgr.close()
     finally:
