@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import E_INVALIDARG, ERROR_FILE_NOT_FOUND, InvalidArgument, NotFound
 from .fsutil import PRIVATE_FILE, atomic_write
@@ -14,6 +16,7 @@ from .fsutil import PRIVATE_FILE, atomic_write
 CONFIG_FILE = "certsrv.toml"
 KeyType = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
 ROLES = ("Administrator", "Officer", "Operator", "Auditor", "Enrollee")
+Role = Literal["Administrator", "Officer", "Operator", "Auditor", "Enrollee"]
 
 
 class _Section(BaseModel):
@@ -93,7 +96,142 @@ class RoleGrant(_Section):
     """
 
     principal: str
-    roles: list[Literal["Administrator", "Officer", "Operator", "Auditor", "Enrollee"]]
+    roles: list[Role]
+
+
+# --------------------------------------------------------------------------------------- templates
+
+# RFC 5280 §4.2.1.12 key purposes by name (a dotted OID is accepted too).
+EKU_NAMES = {
+    "serverAuth": "1.3.6.1.5.5.7.3.1",
+    "clientAuth": "1.3.6.1.5.5.7.3.2",
+    "codeSigning": "1.3.6.1.5.5.7.3.3",
+    "emailProtection": "1.3.6.1.5.5.7.3.4",
+    "timeStamping": "1.3.6.1.5.5.7.3.8",
+    "OCSPSigning": "1.3.6.1.5.5.7.3.9",
+}
+KeyUsageName = Literal["digitalSignature", "nonRepudiation", "keyEncipherment", "dataEncipherment",
+                       "keyAgreement", "keyCertSign", "cRLSign"]
+# Roles that may ever enroll for a CA certificate: an Enrollee never can (issue 9, finding 1).
+CA_ENROLL_ROLES = ("Officer", "Administrator")
+_OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
+_TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# A name pattern: a DNS name, optionally with a leftmost "*." meaning "any name below this domain".
+_DNS_PATTERN = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+                          re.I)
+
+
+def _digital_signature() -> list[KeyUsageName]:
+    return ["digitalSignature"]
+
+
+class TemplateSection(_Section):
+    """One certificate template (``[templates.NAME]``): what it puts in a certificate, who may enroll with
+    it, and which names it accepts. The built-in five (:func:`builtin_templates`) always exist unless
+    ``enabled = false``; a ``[templates.server]`` table changes only the keys it sets (the rest keep the
+    built-in values), and a table with a new name adds a template.
+
+    ``issue`` and ``enroll_roles`` left out take the safe default for the kind of template: a CA template
+    always waits for an Officer and only Officers and Administrators may request it.
+    """
+
+    enabled: bool = True
+    description: str = ""
+    enroll_roles: list[Role] | None = None  # None: Enrollee, Officer, Administrator (CA: Officer, Administrator)
+    key_usage: list[KeyUsageName] = Field(default_factory=_digital_signature)
+    eku: list[str] = Field(default_factory=list)
+    ca: bool = False
+    path_length: int | None = Field(None, ge=0, le=16)
+    max_validity_days: int = Field(365, ge=1, le=36500)
+    issue: Literal["auto", "pending"] | None = None  # None: auto (CA templates: always pending)
+    cn_not_in_san: Literal["refuse", "copy", "allow"] = "refuse"
+    san_required: bool = False
+    allowed_dns: list[str] = Field(default_factory=list)
+    forbidden_dns: list[str] = Field(default_factory=list)
+    allowed_ip: list[str] = Field(default_factory=list)
+    allow_loopback: bool = False
+    forbidden_cn: list[str] = Field(default_factory=list)
+    certificate_policies: list[str] = Field(default_factory=list)
+
+    @field_validator("eku")
+    @classmethod
+    def _eku(cls, v: list[str]) -> list[str]:
+        for e in v:
+            if e not in EKU_NAMES and not _OID.match(e):
+                raise ValueError(f"unknown extended key usage {e!r} (one of {', '.join(EKU_NAMES)} or a dotted OID)")
+        return v
+
+    @field_validator("certificate_policies")
+    @classmethod
+    def _policies(cls, v: list[str]) -> list[str]:
+        for e in v:
+            if not _OID.match(e):
+                raise ValueError(f"certificate policy {e!r} is not a dotted OID (e.g. 2.23.140.1.2.1)")
+        return v
+
+    @field_validator("allowed_dns", "forbidden_dns")
+    @classmethod
+    def _dns_patterns(cls, v: list[str]) -> list[str]:
+        for e in v:
+            if not _DNS_PATTERN.match(e) or len(e) > 253:
+                raise ValueError(f"name pattern {e!r} is not a DNS name or *.domain")
+        return [e.lower() for e in v]
+
+    @field_validator("allowed_ip")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for e in v:
+            try:
+                ipaddress.ip_network(e)
+            except ValueError as err:
+                raise ValueError(f"allowed_ip {e!r} is not a network ({err})") from None
+        return v
+
+    @model_validator(mode="after")
+    def _coherent(self) -> TemplateSection:
+        ku = set(self.key_usage)
+        if self.ca:
+            # RFC 5280 §4.2.1.9/§4.2.1.3: a CA certificate's key signs certificates.
+            if "keyCertSign" not in ku:
+                raise ValueError("a CA template (ca = true) needs keyCertSign in key_usage")
+            if self.issue == "auto":
+                raise ValueError("a CA template never issues at once: set issue = \"pending\" or leave it out")
+            bad = [r for r in self.enroll_roles or [] if r not in CA_ENROLL_ROLES]
+            if bad:
+                raise ValueError(f"a CA template may be requested only by {' or '.join(CA_ENROLL_ROLES)}, "
+                                 f"not {', '.join(bad)}")
+        else:
+            if ku & {"keyCertSign", "cRLSign"}:
+                raise ValueError("keyCertSign and cRLSign need ca = true (RFC 5280 §4.2.1.3)")
+            if self.path_length is not None:
+                raise ValueError("path_length needs ca = true")
+        if not ku:
+            raise ValueError("key_usage must not be empty")
+        if self.enroll_roles is not None and not self.enroll_roles:
+            raise ValueError("enroll_roles must name at least one role")
+        return self
+
+
+def builtin_templates() -> dict[str, TemplateSection]:
+    """The five built-in templates: server, client, server-client, user, subordinate."""
+    return {
+        # CA/B Forum BR §6.3.2: TLS server certificates issued from 2026-03-15 live at most 200 days;
+        # browsers (and Go) ignore the CN, so the host must be in the SAN (RFC 6125 §6.4.4).
+        "server": TemplateSection(description="TLS server (serverAuth)", eku=["serverAuth"],
+                                  key_usage=["digitalSignature", "keyEncipherment"], max_validity_days=200,
+                                  cn_not_in_san="copy", san_required=True),
+        "client": TemplateSection(description="TLS client (clientAuth)", eku=["clientAuth"],
+                                  max_validity_days=365, cn_not_in_san="allow"),
+        "server-client": TemplateSection(description="TLS server and client", eku=["serverAuth", "clientAuth"],
+                                         key_usage=["digitalSignature", "keyEncipherment"], max_validity_days=200,
+                                         cn_not_in_san="copy", san_required=True),
+        "user": TemplateSection(description="user: clientAuth and S/MIME", eku=["clientAuth", "emailProtection"],
+                                key_usage=["digitalSignature", "keyEncipherment"], max_validity_days=365,
+                                cn_not_in_san="allow"),
+        "subordinate": TemplateSection(description="subordinate CA (pathLen 0)", ca=True, path_length=0,
+                                       key_usage=["digitalSignature", "keyCertSign", "cRLSign"],
+                                       max_validity_days=1825, cn_not_in_san="allow"),
+    }
 
 
 class Config(_Section):
@@ -105,6 +243,30 @@ class Config(_Section):
     store: StoreSection = Field(default_factory=StoreSection)
     service: ServiceSection = Field(default_factory=ServiceSection)
     roles: list[RoleGrant] = Field(default_factory=list)
+    templates: dict[str, TemplateSection] = Field(default_factory=builtin_templates)
+
+    @field_validator("templates", mode="before")
+    @classmethod
+    def _merge_builtin(cls, v: Any) -> Any:
+        # The built-ins first; a configured table overrides the keys it names (see TemplateSection).
+        if not isinstance(v, dict):
+            return v
+        out: dict[str, Any] = {n: t.model_dump(exclude_none=True) for n, t in builtin_templates().items()}
+        for name, table in v.items():
+            if not isinstance(name, str) or not _TEMPLATE_NAME.match(name):
+                raise ValueError(f"template name {name!r}: use lowercase letters, digits, '-' and '_' (1..64)")
+            if isinstance(table, TemplateSection):
+                table = table.model_dump(exclude_unset=True)
+            out[name] = {**out.get(name, {}), **table} if isinstance(table, dict) else table
+        return out
+
+    @model_validator(mode="after")
+    def _default_template_exists(self) -> Config:
+        enabled = [n for n, t in self.templates.items() if t.enabled]
+        if self.policy.default_template.strip().lower() not in enabled:
+            raise ValueError(f"policy.default_template {self.policy.default_template!r} is not an enabled "
+                             f"template (one of {', '.join(enabled) or 'none'})")
+        return self
 
 
 def load(home: Path) -> Config:
@@ -125,7 +287,8 @@ def load(home: Path) -> Config:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise InvalidArgument(E_INVALIDARG, str(path), f"{where}: {first['msg']}") from None
+        msg = str(first["msg"]).removeprefix("Value error, ").splitlines()[0]
+        raise InvalidArgument(E_INVALIDARG, str(path), f"{where}: {msg}" if where else msg) from None
 
 
 def _owner(path: Path) -> int | None:
@@ -152,7 +315,7 @@ def dumps(cfg: Config) -> str:
     data = cfg.model_dump()
     lines: list[str] = []
     for section, values in data.items():
-        if section == "roles":
+        if section in ("roles", "templates"):
             continue
         lines.append(f"[{section}]")
         for k, v in values.items():
@@ -163,6 +326,12 @@ def dumps(cfg: Config) -> str:
         lines.append("[[roles]]")
         lines.append(f"principal = {_toml_value(grant['principal'])}")
         lines.append(f"roles = {_toml_value(grant['roles'])}")
+        lines.append("")
+    for name, values in data["templates"].items():
+        lines.append(f"[templates.{name}]")
+        for k, v in values.items():
+            if v is not None:
+                lines.append(f"{k} = {_toml_value(v)}")
         lines.append("")
     return "\n".join(lines)
 

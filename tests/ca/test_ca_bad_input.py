@@ -161,14 +161,16 @@ def test_subordinate_install_refusals(new_ca: Callable[..., Authority], snapshot
     other = root.submit(make_csr(req_keys["ec"], "other.example.com")).certificate_pem or ""
     _expect(sub, snapshot, lambda: sub.install_certificate(other.encode()), E.InvalidArgument, E.CRYPT_E_NO_MATCH,
             "install-cert", "does not match this CA's key")
-    not_ca = root.submit(sub.request_path.read_bytes(), template="server").certificate_pem or ""
+    not_ca = root.submit(sub.request_path.read_bytes(), template="client").certificate_pem or ""
     _expect(sub, snapshot, lambda: sub.install_certificate(not_ca.encode()), E.InvalidArgument,
             E.CERTSRV_E_INVALID_CA_CERTIFICATE, "install-cert", "is not a CA certificate")
     _expect(sub, snapshot, lambda: sub.install_certificate(b"junk"), E.InvalidArgument, E.ERROR_INVALID_DATA,
             "install-cert", "not an X.509 certificate")
     # Signed by root but presented with another CA as its parent: the parent's signature must verify.
     impostor = new_ca("ec-p256", name="Refusal Root", sub="impostor", key=generate_key("ec-p256"))  # other key
-    good = root.submit(sub.request_path.read_bytes(), template="subordinate").certificate_pem or ""
+    # A CA template never issues at once: the root's Officer (here its owner) issues it.
+    pending = root.submit(sub.request_path.read_bytes(), template="subordinate")
+    good = root.issue(pending.request_id).certificate_pem or ""
     bundle = (good + impostor.certificate_path.read_text()).encode()
     _expect(sub, snapshot, lambda: sub.install_certificate(bundle), E.InvalidArgument, E.NTE_BAD_SIGNATURE,
             "install-cert", "is not signed by CN=Refusal Root")

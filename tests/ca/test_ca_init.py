@@ -105,7 +105,9 @@ def test_subordinate_flow(new_ca: Callable[..., Authority], make_csr: Callable[.
     csr = x509.load_pem_x509_csr(sub.request_path.read_bytes())
     assert csr.is_signature_valid and csr.subject.rfc4514_string() == "CN=Flow Sub"
     assert not sub.certificate_path.exists() and not sub.crl_due()
-    signed = root.submit(sub.request_path.read_bytes(), template="subordinate")
+    pending = root.submit(sub.request_path.read_bytes(), template="subordinate")
+    assert pending.disposition_name == "pending"  # a CA template never issues at once
+    signed = root.issue(pending.request_id)
     sub.close()
     # Reopen before installing: a subordinate home without a certificate opens, and says what to do.
     b = Authority.open(home.root)

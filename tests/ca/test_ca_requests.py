@@ -111,7 +111,15 @@ def test_validity_capped_by_ca_and_config(new_ca: Callable[..., Authority], make
     normal = new_ca(policy={"validity_days": 90}, sub="normal")
     cert = x509.load_der_x509_certificate(normal.get_certificate(normal.submit(make_csr(req_keys["ec"])).request_id))
     span = cert.not_valid_after_utc - cert.not_valid_before_utc
-    assert dt.timedelta(days=90) <= span <= dt.timedelta(days=90, minutes=11)  # backdated by the clock skew
+    # RFC 5280 §4.1.2.5: both ends count, so 90 days end one second before notBefore + 90 days
+    # (notBefore backdated by the clock skew, so the period covers now .. now + 90 days - skew).
+    assert span == dt.timedelta(days=90) - dt.timedelta(seconds=1)
+    # The server template caps it further (CA/B Forum BR §6.3.2: 200 days), the client template does not.
+    long = new_ca(policy={"validity_days": 365}, sub="long")
+    for template, days in (("server", 200), ("client", 365)):
+        c = x509.load_der_x509_certificate(long.get_certificate(long.submit(make_csr(req_keys["ec"]),
+                                                                            template=template).request_id))
+        assert c.not_valid_after_utc - c.not_valid_before_utc == dt.timedelta(days=days, seconds=-1), template
     assert cert.not_valid_before_utc >= normal.certificate.not_valid_before_utc
 
 

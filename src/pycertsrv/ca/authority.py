@@ -77,10 +77,12 @@ from .models import (
     utcnow,
     utcnow_iso,
 )
+from .names import NamePlan, check_names
 from .policy import ParsedRequest, choose_template, decide_pending, merge_attributes, parse_request
 from .replace import move_old_home_aside
 from .revocation import check_invalidity_date, check_revocable, check_unrevocable, revocation_reason
-from .templates import Template, get_template
+from .rights import check_enroll, check_role_subject, local_roles
+from .templates import Template, get_template, templates_of
 
 CA_REQUEST_FILE = "ca.csr"  # a subordinate CA's request to its parent, HOME/ca.csr
 _HOME_ITEMS = ("certsrv.toml", "db", "logs", "system", "private", "publish", "staging", CA_REQUEST_FILE)
@@ -118,6 +120,8 @@ class Authority:
         self._cert = certificate
         self.chain = chain
         self._issuer = Issuer(key, certificate, cfg.policy) if certificate is not None else None
+        self.templates = templates_of(cfg)
+        self._local_roles: frozenset[str] | None = None
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._serial_lock = threading.Lock()
         self._reserved: set[str] = set()
@@ -389,28 +393,46 @@ class Authority:
         for oid, critical, value in issued.extensions:
             put("extension", {"request_id": request_id, "oid": oid, "flags": critical, "value": value})
 
-    def _sign(self, req: ParsedRequest, template: Template, serial: int,
+    def _sign(self, req: ParsedRequest, template: Template, serial: int, names: NamePlan,
               now: dt.datetime | None = None) -> IssuedCertificate:
         if template.ca and not req.subject:
             raise InvalidArgument(CERTSRV_E_BAD_REQUESTSUBJECT, "submit", "a CA certificate needs a subject name")
-        return self._require_issuer().build(req, template, serial, now or utcnow())
+        return self._require_issuer().build(req, template, serial, now or utcnow(), names)
+
+    def caller_roles(self) -> frozenset[str]:
+        """The roles of a direct (in-process) caller: this uid's on the home, as the service would grant
+        them over its socket (the home's owner: Administrator and Operator)."""
+        if self._local_roles is None:
+            self._local_roles = local_roles(self.home.root, self.config)
+        return self._local_roles
 
     # ------------------------------------------------------------------ requests
 
     def submit(self, csr: bytes, *, requester: str = "", template: str | None = None,
-               attributes: Mapping[str, str] | None = None) -> RequestInfo:
+               attributes: Mapping[str, str] | None = None, roles: frozenset[str] | None = None) -> RequestInfo:
         """Take a PKCS#10 request (PEM or DER, sniffed); issue it at once or leave it pending per policy.
+
+        Checked before anything is written or signed: the caller's roles against the template's
+        (CERTSRV_E_TEMPLATE_DENIED), role-grant subjects (E_ACCESSDENIED), and every name
+        (:mod:`pycertsrv.ca.names`, CERTSRV_E_BAD_REQUESTSUBJECT).
 
         :param csr: the request bytes (at most policy.max_request_bytes).
         :param requester: who submitted it (stored in the request row).
         :param template: certificate template (default: the CertificateTemplate attribute or the policy's).
         :param attributes: extra request attributes (``name: value``), as certreq -attrib.
+        :param roles: the caller's roles (the service passes its principal's); None: a direct caller,
+            whose roles are this uid's on the home (:meth:`caller_roles`).
         """
         req = parse_request(csr, self.config.policy.max_request_bytes)
         attrs = merge_attributes(req, attributes)
-        tmpl = choose_template(self.config.policy, template, attrs)
+        tmpl = choose_template(self.config.policy, template, attrs, self.templates)
+        who = requester or "this caller"
+        held = self.caller_roles() if roles is None else frozenset(roles)
+        check_enroll(tmpl, held, who)
         if tmpl.ca and not req.subject:
             raise InvalidArgument(CERTSRV_E_BAD_REQUESTSUBJECT, "submit", "a CA certificate needs a subject name")
+        check_role_subject(req.subject_name, self.config.roles, held, who)
+        names = check_names(req.subject_name, req.san, tmpl)
         now, now_text = utcnow_iso()
         row: dict[str, Any] = {
             "status_code": 0,
@@ -420,13 +442,13 @@ class Authority:
             "request_subject": req.subject,
             "template": tmpl.name,
         }
-        if decide_pending(self.config.policy):
+        if decide_pending(self.config.policy, tmpl):
             row.update(disposition=DISP_PENDING, disposition_message=MSG_PENDING)
             return self._write_new(row, attrs, None)
         self._require_issuer()
         serial, serial_text = self._reserve_serial()
         try:
-            issued = self._sign(req, tmpl, serial, now)
+            issued = self._sign(req, tmpl, serial, names, now)
             row.update(disposition=DISP_ISSUED, disposition_message=MSG_ISSUED, resolved_at=now_text,
                        **self._cert_columns(issued, serial_text))
             return self._write_new(row, attrs, issued)
@@ -466,10 +488,13 @@ class Authority:
                 self._put("request", new)
                 return RequestInfo.from_row(new)
             req = parse_request(bytes(row["raw_request"]), _REQUEST_LIMIT)  # re-checked: replay never re-decides
-            tmpl = get_template(row["template"] or self.config.policy.default_template)
+            tmpl = get_template(row["template"] or self.config.policy.default_template, self.templates)
+            # The names are checked again under today's configuration; the requester's rights were checked
+            # at submission, and the Officer issuing it is the decision a pending template waits for.
+            names = check_names(req.subject_name, req.san, tmpl)
             serial, serial_text = self._reserve_serial()
             try:
-                issued = self._sign(req, tmpl, serial)
+                issued = self._sign(req, tmpl, serial, names)
                 new.update(disposition=DISP_ISSUED, **self._cert_columns(issued, serial_text))
 
                 def write(tx: Transaction) -> None:

@@ -17,6 +17,7 @@ from ..config import PolicySection
 from ..errors import CERTSRV_E_INVALID_CA_CERTIFICATE, E_INVALIDARG, Conflict, InvalidArgument
 from .keys import CAPrivateKey, signing_hash
 from .models import iso
+from .names import NamePlan
 from .policy import ParsedRequest
 from .templates import Template
 
@@ -136,28 +137,39 @@ class Issuer:
         self.aia = x509.AuthorityInformationAccess(access) if access else None
         # One dict holding both forms, so a thread never sees the extensions of a template without its rows.
         self._fixed_cache: dict[tuple[str, bool], _Fixed] = {}
-        self._times: tuple[dt.datetime, dt.datetime, dt.datetime, str, str] | None = None
+        self._times: tuple[dt.datetime, int, dt.datetime, dt.datetime, str, str] | None = None
 
-    def validity(self, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-        """notBefore (backdated by the clock skew, not before the CA's) and notAfter (never past the CA's)."""
+    def validity_days(self, template: Template | None) -> int:
+        """The validity of a certificate of ``template``: policy.validity_days, capped by the template."""
+        days = self.policy.validity_days
+        return min(days, template.max_validity_days) if template is not None else days
+
+    def validity(self, now: dt.datetime, days: int | None = None) -> tuple[dt.datetime, dt.datetime]:
+        """notBefore (backdated by the clock skew, not before the CA's) and notAfter (never past the CA's).
+
+        The period counts from notBefore and includes both ends (RFC 5280 §4.1.2.5), so ``days`` days
+        end one second before notBefore + days: a 200-day template never yields 200 days and a second
+        (CA/B Forum BR §6.3.2 counts the same way).
+        """
         ca_start = self.cert.not_valid_before_utc
         ca_end = self.cert.not_valid_after_utc
         if now >= ca_end:
             raise Conflict(CERTSRV_E_INVALID_CA_CERTIFICATE, "issue",
                            f"the CA certificate expired at {ca_end:%Y-%m-%dT%H:%M:%SZ}")
         start = max(now - CLOCK_SKEW, ca_start)
-        end = min(now + dt.timedelta(days=self.policy.validity_days), ca_end)
+        span = dt.timedelta(days=self.policy.validity_days if days is None else days) - dt.timedelta(seconds=1)
+        end = min(start + span, ca_end)
         return start, end
 
-    def _validity_at(self, now: dt.datetime) -> tuple[dt.datetime, dt.datetime, str, str]:
-        """``validity(now)`` with its database strings, computed once per second (``now`` has whole seconds)."""
+    def _validity_at(self, now: dt.datetime, days: int) -> tuple[dt.datetime, dt.datetime, str, str]:
+        """``validity(now, days)`` with its database strings, computed once per second and validity."""
         cached = self._times
-        if cached is not None and cached[0] == now:
-            return cached[1], cached[2], cached[3], cached[4]
-        start, end = self.validity(now)
-        times = (now, start, end, iso(start) or "", iso(end) or "")
+        if cached is not None and cached[0] == now and cached[1] == days:
+            return cached[2], cached[3], cached[4], cached[5]
+        start, end = self.validity(now, days)
+        times = (now, days, start, end, iso(start) or "", iso(end) or "")
         self._times = times  # one tuple: readers in other threads see all of it or the previous one
-        return start, end, times[3], times[4]
+        return start, end, times[4], times[5]
 
     def _fixed(self, template: Template, rsa_key: bool) -> _Fixed:
         """The extensions that do not depend on the requester's key or names, and their database rows
@@ -178,13 +190,20 @@ class Issuer:
                 exts.append(x509.Extension(ExtensionOID.CRL_DISTRIBUTION_POINTS, False, self.cdp))
             if self.aia is not None:
                 exts.append(x509.Extension(ExtensionOID.AUTHORITY_INFORMATION_ACCESS, False, self.aia))
+            if template.policies:
+                # RFC 5280 §4.2.1.4; CA/B Forum BR §7.1.2.7.9: a TLS subscriber certificate asserts a
+                # reserved policy (e.g. 2.23.140.1.2.1, domain validated), configured per template.
+                exts.append(x509.Extension(ExtensionOID.CERTIFICATE_POLICIES, False, x509.CertificatePolicies(
+                    [x509.PolicyInformation(o, None) for o in template.policies])))
             rows = tuple((e.oid.dotted_string, int(e.critical), e.value.public_bytes()) for e in exts)
             fixed = self._fixed_cache[key] = _Fixed(tuple(exts), rows)
         return fixed
 
-    def build(self, req: ParsedRequest, template: Template, serial: int, now: dt.datetime) -> IssuedCertificate:
+    def build(self, req: ParsedRequest, template: Template, serial: int, now: dt.datetime,
+              names: NamePlan | None = None) -> IssuedCertificate:
         """Sign a certificate for ``req``: subject from the request, SKI, AKI, keyUsage/EKU from the template,
-        SAN copied from the extension request, CDP and AIA from configuration.
+        SAN as the name policy accepted it (``names``; default: the extension request's), CDP and AIA from
+        configuration, validity capped by the template.
 
         Returns the certificate with the columns and extension rows the database keeps, computed from what
         was signed (no re-parse).
@@ -193,8 +212,9 @@ class Issuer:
         :param template: the certificate template.
         :param serial: a serial number checked unused.
         :param now: the issuance time (whole seconds, UTC).
+        :param names: the checked names (:func:`pycertsrv.ca.names.check_names`).
         """
-        start, end, start_iso, end_iso = self._validity_at(now)
+        start, end, start_iso, end_iso = self._validity_at(now, self.validity_days(template))
         pub = req.public_key
         fixed = self._fixed(template, isinstance(pub, rsa.RSAPublicKey))
         ski = x509.SubjectKeyIdentifier.from_public_key(pub)
@@ -203,11 +223,13 @@ class Issuer:
         # (fixed OIDs, then SKI and SAN, each once).
         exts: list[x509.Extension[x509.ExtensionType]] = [x509.Extension(_SKI, False, ski), *fixed.extensions]
         ext_rows = [(_SKI_DOTTED, 0, ski.public_bytes()), *fixed.rows]
-        if req.san is not None:
+        if names is None and req.san is not None:
+            names = NamePlan(req.san.value, req.san.critical)
+        if names is not None and names.san is not None:
             # RFC 5280 §4.2.1.6: SAN must be critical when the subject is empty.
-            critical = req.san.critical or not req.subject
-            exts.append(x509.Extension(_SAN, critical, req.san.value))
-            ext_rows.append((_SAN_DOTTED, int(critical), req.san.value.public_bytes()))
+            critical = names.critical or not req.subject
+            exts.append(x509.Extension(_SAN, critical, names.san))
+            ext_rows.append((_SAN_DOTTED, int(critical), names.san.public_bytes()))
         cert = (
             x509.CertificateBuilder(extensions=exts)
             .subject_name(req.subject_name)

@@ -158,14 +158,23 @@ def merge_attributes(parsed: ParsedRequest, extra: Mapping[str, str] | None) -> 
     return out
 
 
-def choose_template(policy: PolicySection, explicit: str | None, attributes: Mapping[str, str]) -> Template:
-    """Explicit template, else the ``CertificateTemplate`` attribute, else the configured default."""
+def choose_template(policy: PolicySection, explicit: str | None, attributes: Mapping[str, str],
+                    templates: dict[str, Template] | None = None) -> Template:
+    """Explicit template, else the ``CertificateTemplate`` attribute, else the configured default.
+
+    Whichever way it is named, the same template object (and so the same rights) results.
+
+    :param templates: the home's templates (default: the built-in five).
+    """
     name = explicit or attributes.get(TEMPLATE_ATTRIBUTE) or policy.default_template
-    return get_template(name)
+    return get_template(name, templates)
 
 
-def decide_pending(policy: PolicySection) -> bool:
-    """Whether a new request waits for an officer (policy.mode = "pending") instead of being issued."""
+def decide_pending(policy: PolicySection, template: Template | None = None) -> bool:
+    """Whether a new request waits for an officer instead of being issued: policy.mode = "pending", the
+    template's ``issue = "pending"``, or a CA template (never issued at once)."""
+    if template is not None:
+        return template.waits_for_officer(policy)
     return policy.mode == "pending"
 
 

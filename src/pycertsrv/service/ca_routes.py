@@ -116,12 +116,14 @@ def _cert_body(der: bytes) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- handlers
 
 async def submit(request: web.Request) -> web.Response:
-    """Submit a CSR; the requester is the authenticated caller, never a field of the body."""
+    """Submit a CSR; the requester is the authenticated caller, never a field of the body, and the
+    caller's roles decide which templates and subjects it may have (issue 9)."""
     body = await read_model(request, SubmitBody)
     csr = _decode_csr(request, body.csr)
     a = request.app["authority"]
-    info = await _call(a.submit, csr, requester=request["principal"].ident, template=body.template,
-                       attributes=body.attributes)
+    principal: auth.Principal = request["principal"]
+    info = await _call(a.submit, csr, requester=principal.ident, template=body.template,
+                       attributes=body.attributes, roles=principal.roles)
     request["audit"].update(request_id=info.request_id, disposition=info.disposition_name)
     return json_response(_info(info))
 
