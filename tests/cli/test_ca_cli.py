@@ -146,7 +146,12 @@ def test_cli_env_passphrase_and_subordinate(tmp_path: Path) -> None:
     err = run(sub, "submit", str(make_req(tmp_path, "early.example.com")), ok=False).stderr
     assert "CERTSRV_E_INVALID_CA_CERTIFICATE" in err and "install-cert" in err
     sub_pem = tmp_path / "sub.pem"
-    run(root, "submit", str(sub / "ca.csr"), "--template", "subordinate", "--out", str(sub_pem), env=env)
+    # A CA template waits for an Officer (issue 9): the root's owner issues it, then fetches the certificate.
+    out = run(root, "submit", str(sub / "ca.csr"), "--template", "subordinate", "--out", str(sub_pem), env=env)
+    assert "pending" in out.stdout and not sub_pem.exists()
+    rid = out.stdout.split()[1].rstrip(":")
+    assert "issued" in run(root, "issue", rid, env=env).stdout
+    run(root, "get", rid, "--out", str(sub_pem), env=env)
     bundle = tmp_path / "bundle.pem"
     bundle.write_bytes(sub_pem.read_bytes() + (root / "publish" / "ca.crt").read_bytes())
     assert "CN=CLI Sub issued by CN=CLI Root" in run(sub, "install-cert", str(bundle)).stdout

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -179,4 +180,16 @@ def template_listing(cfg: Config) -> list[dict[str, Any]]:
     return [t.to_json(cfg.policy) for t in templates_of(cfg).values()]
 
 
-__all__ = ["TEMPLATES", "Template", "from_section", "get_template", "template_listing", "templates_of"]
+def list_templates(home: Path | str | None) -> list[dict[str, Any]]:
+    """The templates of the home at ``home`` (its certsrv.toml, validated: a bad one is a one-line error).
+
+    :param home: the CA home (None: ``$CERTSRV_HOME`` or ``~/.certsrv``).
+    """
+    from .. import config as config_mod
+    from ..home import Home
+
+    return template_listing(config_mod.load(Home.at(home).root))
+
+
+__all__ = ["TEMPLATES", "Template", "from_section", "get_template", "list_templates", "template_listing",
+           "templates_of"]

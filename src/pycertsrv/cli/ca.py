@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ..ca import KEY_TYPES, TEMPLATES, Authority
+from ..ca import KEY_TYPES, Authority
 from ..errors import E_INVALIDARG, InvalidArgument
 from . import cli
 from .backend import ServerSpec, ca_backend, server_options
@@ -130,7 +130,8 @@ def install_cert_cmd(home: Path | None, passphrase: bytes | None, cert: str, for
 @server_options
 @click.argument("req", type=click.Path(allow_dash=True))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the issued certificate (PEM).")
-@click.option("--template", type=click.Choice(sorted(TEMPLATES), case_sensitive=False), default=None)
+@click.option("--template", default=None, metavar="NAME",
+              help="Certificate template (certsrv templates lists them; default: policy.default_template).")
 @click.option("--attrib", multiple=True, metavar="NAME:VALUE", help="Request attribute (repeatable).")
 @click.option("--requester", default="", help="Requester name stored with the request.")
 @json_option
