@@ -43,6 +43,7 @@ UPPER_BOUNDS: dict[x509.ObjectIdentifier, tuple[str, int]] = {
     NameOID.GENERATION_QUALIFIER: ("generationQualifier", 32768),
     NameOID.DOMAIN_COMPONENT: ("DC", 63),
     NameOID.STREET_ADDRESS: ("street", 128),
+    NameOID.COUNTRY_NAME: ("C", 2),
 }
 MAX_SAN_ENTRIES = 100
 MAX_URI = 2048
@@ -135,7 +136,7 @@ def check_dns(name: str, tmpl: Template, what: str = "DNS name") -> None:
     if _is_loopback_name(name) and not tmpl.allow_loopback:
         raise _refuse(label, f"names the local host; template {tmpl.name!r} does not allow loopback names")
     if tmpl.allowed_dns and not any(matches(name, p) for p in tmpl.allowed_dns):
-        raise _refuse(label, f"is outside template {tmpl.name!r}'s allowed names ({', '.join(tmpl.allowed_dns)})")
+        raise _refuse(label, f"is outside the names template {tmpl.name!r} allows ({', '.join(tmpl.allowed_dns)})")
     for p in tmpl.forbidden_dns:
         if matches(name, p):
             raise _refuse(label, f"matches {p!r}, forbidden by template {tmpl.name!r}")
@@ -143,8 +144,10 @@ def check_dns(name: str, tmpl: Template, what: str = "DNS name") -> None:
 
 def ip_problem(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopback: bool) -> str | None:
     """Why ``addr`` cannot be named in a certificate, or None."""
-    if addr.is_unspecified or addr in _THIS_NETWORK:
+    if addr.is_unspecified:
         return "is unspecified ('this host'), not an address a peer connects to"
+    if addr in _THIS_NETWORK:
+        return "is in 0.0.0.0/8 ('this network', RFC 1122 §3.2.1.3), not an address a peer connects to"
     if addr == _BROADCAST:
         return "is the limited broadcast address"
     if addr.is_multicast:
@@ -153,10 +156,10 @@ def ip_problem(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopba
         return "is link-local (valid only on one link, ambiguous in a certificate)"
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return f"is IPv4-mapped: write it as the IPv4 address {addr.ipv4_mapped}"
+    if addr.is_loopback:
+        return None if allow_loopback else "is a loopback address (the template does not allow loopback)"
     if addr.is_reserved:
         return "is in a reserved range"
-    if addr.is_loopback and not allow_loopback:
-        return "is a loopback address (the template does not allow loopback)"
     return None
 
 
@@ -168,7 +171,7 @@ def check_ip(value: object, tmpl: Template, what: str = "IP address") -> None:
     if problem:
         raise _refuse(f"{what} {value}", problem)
     if tmpl.allowed_ip and not any(value in n for n in tmpl.allowed_ip):
-        raise _refuse(f"{what} {value}", f"is outside template {tmpl.name!r}'s networks "
+        raise _refuse(f"{what} {value}", f"is outside the networks template {tmpl.name!r} allows "
                       f"({', '.join(str(n) for n in tmpl.allowed_ip)})")
 
 
@@ -300,10 +303,10 @@ def check_names(subject: x509.Name, san: x509.Extension[x509.SubjectAlternativeN
         try:
             ip = ipaddress.ip_address(cn)
         except ValueError:
-            check_dns(cn, tmpl, "subject CN")
+            check_dns(cn, tmpl, f"subject CN (copied into the SAN by template {tmpl.name!r})")
             names.append(x509.DNSName(cn))
         else:
-            check_ip(ip, tmpl, "subject CN")
+            check_ip(ip, tmpl, f"subject CN (copied into the SAN by template {tmpl.name!r})")
             names.append(x509.IPAddress(ip))
         added = True
     if tmpl.san_required and not any(isinstance(n, x509.DNSName | x509.IPAddress) for n in names):
