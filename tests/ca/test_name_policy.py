@@ -95,7 +95,8 @@ BAD: dict[str, Bad] = {
     "dns-localhost": Bad(cn(H), D(H, "localhost"), BAD_SUBJECT, "'localhost'"),
     "dns-under-localhost": Bad(cn(H), D(H, "app.localhost"), BAD_SUBJECT, "'app.localhost'"),
     "dns-tab": Bad(cn(H), D(H, "tab\there.example.com"), BAD_SUBJECT, "'tab\\there.example.com'"),
-    "dns-cn-copy-not-a-host": Bad(cn("Alice Smith"), None, BAD_SUBJECT, "copied into the SAN by template 'server') 'Alice Smith'"),
+    "dns-cn-copy-not-a-host": Bad(cn("Alice Smith"), None, BAD_SUBJECT,
+                                  "copied into the SAN by template 'server') 'Alice Smith'"),
     # --- IP addresses: usable unicast only ---
     "ip-unspecified-v4": Bad(cn(H), D(H) + IP("0.0.0.0"), BAD_SUBJECT, "0.0.0.0"),
     "ip-this-network": Bad(cn(H), D(H) + IP("0.1.2.3"), BAD_SUBJECT, "0.1.2.3"),
@@ -109,7 +110,7 @@ BAD: dict[str, Bad] = {
     "ip-loopback-v6": Bad(cn(H), D(H) + IP("::1"), BAD_SUBJECT, "::1 is a loopback"),
     "ip-v4-mapped": Bad(cn(H), D(H) + IP("::ffff:10.0.0.1"), BAD_SUBJECT, "10.0.0.1"),
     "ip-reserved": Bad(cn(H), D(H) + IP("240.0.0.1"), BAD_SUBJECT, "240.0.0.1"),
-    "ip-network": Bad(cn(H), D(H) + [x509.IPAddress(ipaddress.ip_network("10.0.0.0/8"))], BAD_SUBJECT,
+    "ip-network": Bad(cn(H), [*D(H), x509.IPAddress(ipaddress.ip_network("10.0.0.0/8"))], BAD_SUBJECT,
                       "10.0.0.0/8"),
     "ip-cn-copied-unspecified": Bad(cn("0.0.0.0"), None, BAD_SUBJECT, "template 'server') 0.0.0.0"),
     # --- subject attributes: RFC 5280 Appendix A upper bounds, one CN, no control characters ---
@@ -241,7 +242,8 @@ GOOD: dict[str, Good] = {
     "server-cn-copied": Good(cn("www.example.com"), None, None, ["DNS:www.example.com"]),
     "server-wildcard": Good(cn("*.example.com"), D("*.example.com"), "server", ["DNS:*.example.com"]),
     "server-ip": Good(cn("192.0.2.10"), None, "server", ["IP Address:192.0.2.10"]),
-    "server-v6": Good(cn(H), D(H) + IP("2001:db8::1"), "server", ["DNS:host.example.com", "IP Address:2001:DB8:0:0:0:0:0:1"]),
+    "server-v6": Good(cn(H), D(H) + IP("2001:db8::1"), "server",
+                      ["DNS:host.example.com", "IP Address:2001:DB8:0:0:0:0:0:1"]),
     "server-cn-added": Good(cn("a.example.com"), D("b.example.com"), "server-client",
                             ["DNS:b.example.com", "DNS:a.example.com"]),
     "server-single-label": Good(cn("intranet"), None, "server", ["DNS:intranet"]),
