@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,3 +221,32 @@ def db_state(client: Client, home: Home) -> tuple[str, bytes | None]:
     rows = client.view(limit=1000)
     crl = home.publish_dir / "ca.crl"
     return json.dumps(rows, sort_keys=True), crl.read_bytes() if crl.exists() else None
+
+
+def as_uid(sock: Path, uid: int, gid: int, work: Callable[[Client], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``work`` in a forked child that has become ``uid``/``gid``; its JSON result (or the traceback)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: only os-level calls and the already imported client
+        out: dict[str, Any] = {}
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            with Client(f"unix:{sock}") as c:
+                out = work(c)
+        except BaseException:
+            import traceback
+
+            out["error"] = traceback.format_exc()
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    result: dict[str, Any] = json.loads(data)
+    return result

@@ -20,6 +20,7 @@ from pycertsrv.errors import E_ACCESSDENIED, AccessDenied, CertSrvError
 from pycertsrv.service import audit
 
 from .helpers import ClientCreds, Service, TLSMaterial, db_state, make_csr, make_home
+from .helpers import as_uid as _as_uid
 
 PRINCIPALS = {
     "admin": ["Administrator"],
@@ -233,35 +234,6 @@ def test_tls_server_certificate_is_verified(env: Env, tmp_path: Path) -> None:
                 cafile=other.cafile) as c, pytest.raises(CertSrvError) as ei:
         c.status()
     assert "CERTIFICATE_VERIFY_FAILED" in ei.value.message or "certificate verify failed" in ei.value.message
-
-
-def _as_uid(sock: Path, uid: int, gid: int, work: Callable[[Client], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``work`` in a forked child that has become ``uid``/``gid``; its JSON result (or the traceback)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: only os-level calls and the already imported client
-        out: dict[str, Any] = {}
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            with Client(f"unix:{sock}") as c:
-                out = work(c)
-        except BaseException:
-            import traceback
-
-            out["error"] = traceback.format_exc()
-        os.write(w, json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    result: dict[str, Any] = json.loads(data)
-    return result
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to become another uid")
