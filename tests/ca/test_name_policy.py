@@ -159,6 +159,7 @@ BAD: dict[str, Bad] = {
                    template="user"),
     "san-empty": Bad(cn(H), [], BAD_SUBJECT, "subjectAltName is empty"),
     "san-101": Bad(cn(H), D(*[f"h{i}.example.com" for i in range(101)]), BAD_SUBJECT, "101 names"),
+    "cn-is-the-ca": Bad(cn("Policy Test CA"), None, BAD_SUBJECT, "this CA's own name", template="client"),
     "san-no-host": Bad([], [x509.RFC822Name("a@example.com")], E.CERTSRV_E_SUBJECT_DNS_REQUIRED, "names no host"),
     # --- per-template rules (template "web") ---
     "web-cn-not-in-san": Bad(cn("a.corp.example"), D("b.corp.example"), BAD_SUBJECT, "CN='a.corp.example'",

@@ -81,7 +81,7 @@ from .names import NamePlan, check_names
 from .policy import ParsedRequest, choose_template, decide_pending, merge_attributes, parse_request
 from .replace import move_old_home_aside
 from .revocation import check_invalidity_date, check_revocable, check_unrevocable, revocation_reason
-from .rights import check_enroll, check_role_subject, local_roles
+from .rights import admit, local_roles
 from .templates import Template, get_template, templates_of
 
 CA_REQUEST_FILE = "ca.csr"  # a subordinate CA's request to its parent, HOME/ca.csr
@@ -425,14 +425,9 @@ class Authority:
         """
         req = parse_request(csr, self.config.policy.max_request_bytes)
         attrs = merge_attributes(req, attributes)
-        tmpl = choose_template(self.config.policy, template, attrs, self.templates)
-        who = requester or "this caller"
         held = self.caller_roles() if roles is None else frozenset(roles)
-        check_enroll(tmpl, held, who)
-        if tmpl.ca and not req.subject:
-            raise InvalidArgument(CERTSRV_E_BAD_REQUESTSUBJECT, "submit", "a CA certificate needs a subject name")
-        check_role_subject(req.subject_name, self.config.roles, held, who)
-        names = check_names(req.subject_name, req.san, tmpl)
+        tmpl = choose_template(self.config.policy, template, attrs, self.templates)
+        names = admit(self.config, req, tmpl, held, requester or "this caller", self._cert)
         now, now_text = utcnow_iso()
         row: dict[str, Any] = {
             "status_code": 0,

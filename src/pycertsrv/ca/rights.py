@@ -18,7 +18,15 @@ from pathlib import Path
 from cryptography import x509
 
 from ..config import CA_ENROLL_ROLES, Config, RoleGrant
-from ..errors import CERTSRV_E_TEMPLATE_DENIED, E_ACCESSDENIED, AccessDenied
+from ..errors import (
+    CERTSRV_E_BAD_REQUESTSUBJECT,
+    CERTSRV_E_TEMPLATE_DENIED,
+    E_ACCESSDENIED,
+    AccessDenied,
+    InvalidArgument,
+)
+from .names import NamePlan, check_names
+from .policy import ParsedRequest
 from .templates import Template
 
 
@@ -71,6 +79,32 @@ def check_role_subject(subject: x509.Name, grants: Iterable[RoleGrant], roles: f
                                "request it: choose another subject, or ask an Officer")
 
 
+def admit(cfg: Config, req: ParsedRequest, tmpl: Template, roles: frozenset[str], who: str,
+          ca_cert: x509.Certificate | None) -> NamePlan:
+    """Every check a new request passes before anything is written or signed, in order: the caller may use
+    the template, a CA certificate has a subject, the subject is no role grant's, it is not the CA's own
+    name, and every name obeys the name policy.
+
+    :param cfg: the home's configuration (role grants).
+    :param req: the parsed request.
+    :param tmpl: the template chosen (by ``--template`` or the ``CertificateTemplate`` attribute alike).
+    :param roles: the caller's roles.
+    :param who: the caller, for messages.
+    :param ca_cert: the CA certificate (None while a subordinate CA waits for its own).
+    :returns: the names the certificate will carry.
+    """
+    check_enroll(tmpl, roles, who)
+    if tmpl.ca and not req.subject:
+        raise InvalidArgument(CERTSRV_E_BAD_REQUESTSUBJECT, "submit", "a CA certificate needs a subject name")
+    check_role_subject(req.subject_name, cfg.roles, roles, who)
+    if ca_cert is not None and req.subject_name == ca_cert.subject:
+        # A certificate named like its issuer confuses path building (RFC 5280 §6.1: issuer name
+        # chaining) and would be taken for the CA's own certificate.
+        raise InvalidArgument(CERTSRV_E_BAD_REQUESTSUBJECT, "submit",
+                              f"subject {req.subject!r} is this CA's own name; choose another subject")
+    return check_names(req.subject_name, req.san, tmpl)
+
+
 def local_roles(root: Path, cfg: Config) -> frozenset[str]:
     """The roles of this process on the home at ``root`` when no service stands between (direct use):
     as the service would grant this uid over its Unix socket (the owner: Administrator and Operator)."""
@@ -79,4 +113,4 @@ def local_roles(root: Path, cfg: Config) -> frozenset[str]:
     return RoleMap.for_home(root, cfg.roles).unix(os.geteuid(), os.getegid()).roles
 
 
-__all__ = ["check_enroll", "check_role_subject", "local_roles"]
+__all__ = ["admit", "check_enroll", "check_role_subject", "local_roles"]
