@@ -368,7 +368,10 @@ def setup_routes(app: web.Application) -> None:
               summary="The CA's name and certificate (public)", response=CA_INFO)
     add_route(app, "POST", "/ca/requests", submit, operation_id="submit", roles=r["submit"],
               summary="Submit a PKCS#10 request; answers the request's disposition (and certificate if issued)",
-              description="The requester recorded is the authenticated caller.",
+              description="The requester recorded is the authenticated caller. Its roles decide the templates "
+                          "it may use (403 CERTSRV_E_TEMPLATE_DENIED; a CA template never to an Enrollee and "
+                          "never at once) and whether it may have a role grant's subject (403 E_ACCESSDENIED); "
+                          "a bad name is 400 CERTSRV_E_BAD_REQUESTSUBJECT naming it.",
               body=SUBMIT_BODY, response=REQUEST_INFO)
     add_route(app, "GET", "/ca/requests", view, operation_id="view", roles=r["view"],
               summary="View requests and certificates with filters and paging", parameters=VIEW_PARAMS,
