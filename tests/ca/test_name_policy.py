@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,9 @@ LOCAL = TemplateSection(description="loopback allowed", eku=["serverAuth"], max_
 
 def name(*attrs: tuple[x509.ObjectIdentifier, str]) -> list[x509.NameAttribute]:
     # _validate=False: cryptography itself refuses some over-long values; a hostile requester does not.
-    return [x509.NameAttribute(oid, v, _validate=False) for oid, v in attrs]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return [x509.NameAttribute(oid, v, _validate=False) for oid, v in attrs]
 
 
 def cn(value: str) -> list[x509.NameAttribute]:
