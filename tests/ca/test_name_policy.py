@@ -347,3 +347,31 @@ def test_direct_caller_has_the_roles_of_its_uid(tmp_path: Path, snapshot: Callab
             a.submit(req, attributes={"CertificateTemplate": "subordinate"})
         assert ei.value.hresult == E.CERTSRV_E_TEMPLATE_DENIED
         assert [r.template for r in a.view()] == ["subordinate", "server"]
+
+
+def test_ca_template_rules_hold_even_past_validation(policy_ca: Authority,
+                                                     snapshot: Callable[[Authority], Any]) -> None:
+    """The configuration refuses a CA template that issues at once or admits an Enrollee; if one is built
+    anyway (bypassing validation), the runtime still pends it and still refuses the Enrollee."""
+    from pycertsrv.ca.rights import check_enroll
+    from pycertsrv.ca.templates import from_section
+
+    rogue = from_section("rogue", TemplateSection.model_construct(
+        ca=True, issue="auto", enroll_roles=["Enrollee", "Officer"], key_usage=["keyCertSign"], cn_not_in_san="allow"))
+    assert rogue.issue == "auto" and "Enrollee" in rogue.enroll_roles  # what the (unchecked) table said
+    assert rogue.waits_for_officer(policy_ca.config.policy)
+    assert rogue.may_enroll == frozenset({"Officer"})
+    with pytest.raises(E.AccessDenied) as ei:
+        check_enroll(rogue, ENROLLEE, "uid:4242")
+    assert ei.value.hresult == E.CERTSRV_E_TEMPLATE_DENIED
+    # Through submit, with the rogue template among the CA's: pending for the Officer, refused for the Enrollee.
+    policy_ca.templates["rogue"] = rogue
+    try:
+        before = snapshot(policy_ca)
+        req = csr(cn("Rogue Sub CA"), None)
+        with pytest.raises(E.AccessDenied):
+            policy_ca.submit(req, template="rogue", roles=ENROLLEE)
+        assert snapshot(policy_ca) == before
+        assert policy_ca.submit(req, template="rogue", roles=frozenset({"Officer"})).disposition_name == "pending"
+    finally:
+        del policy_ca.templates["rogue"]
