@@ -10,6 +10,7 @@ from typing import Any
 
 from pycertsrv import errors as E
 from pycertsrv.ca import Authority
+from pycertsrv.ca.models import serial_hex
 
 
 def test_concurrent_submissions(ca: Authority, make_csr: Callable[..., bytes], req_keys: dict[str, Any]) -> None:
@@ -123,8 +124,8 @@ def test_serial_in_database_or_in_flight_is_never_reused(ca: Authority, make_csr
         second = ca.submit(make_csr(req_keys["ec"], "two.example.com"))
     finally:
         ca._release_serial(text)
-    assert second.serial == f"{fresh:X}"
+    assert second.serial == serial_hex(fresh)
     rows = ca.store.select("request", order_by=["request_id"])
-    assert [r["serial"] for r in rows] == [first.serial, f"{fresh:X}"]
+    assert [r["serial"] for r in rows] == [first.serial, serial_hex(fresh)]
     cert = second.certificate
     assert cert is not None and cert.serial_number == fresh

@@ -12,6 +12,7 @@ from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, ExtensionOI
 
 from pycertsrv import errors as E
 from pycertsrv.ca import Authority
+from pycertsrv.ca.models import serial_hex
 from pycertsrv.store import DISP_DENIED, DISP_ISSUED, DISP_PENDING, DISP_REVOKED
 
 
@@ -29,7 +30,7 @@ def test_submit_pem_and_der_issue_at_once(ca: Authority, make_csr: Callable[...,
         assert row is not None
         assert row["serial"] == info.serial
         cert = x509.load_der_x509_certificate(row["raw_cert"])
-        assert f"{cert.serial_number:X}".rjust(len(info.serial), "0") == info.serial
+        assert serial_hex(cert.serial_number) == info.serial
         assert row["not_after"] == cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
         assert x509.load_der_x509_csr(row["raw_request"]).subject == cert.subject
         assert row["submitted_at"].endswith("Z") and len(row["submitted_at"]) == 20

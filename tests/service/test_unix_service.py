@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import httpx
 import pytest
 from cryptography import x509
 
+from pycertsrv.ca.models import serial_hex
 from pycertsrv.errors import (
     CERTSRV_E_BAD_REQUESTSTATUS,
     CERTSRV_E_NO_REQUEST,
@@ -32,7 +34,7 @@ def _raw(service: Service) -> httpx.Client:
 
 def _openssl_verify(tmp_path: Path, service: Service, der: bytes) -> None:
     cert = x509.load_der_x509_certificate(der)
-    p = tmp_path / f"{cert.serial_number:x}.pem"
+    p = tmp_path / f"{serial_hex(cert.serial_number)}.pem"
     from cryptography.hazmat.primitives.serialization import Encoding
 
     p.write_bytes(cert.public_bytes(Encoding.PEM))
@@ -57,7 +59,9 @@ def test_submit_pending_then_issue_and_fetch(service: Service, tmp_path: Path) -
         der_by_serial = c.get_certificate(issued["serial"])
         assert der_by_serial == c.get_certificate(rid)
         cert = x509.load_der_x509_certificate(der_by_serial)
-        assert cert.serial_number == int(issued["serial"], 16)  # the text keeps even-length hex (leading 0)
+        assert cert.serial_number == int(issued["serial"], 16)
+        # The service prints serials in whole octets (serial_hex): "0A..." when the first byte is < 0x10.
+        assert serial_hex(cert.serial_number) == issued["serial"]
         assert cert.subject.rfc4514_string() == "CN=a.example.com"
         # The requester is the caller as SO_PEERCRED saw it, not anything the body said.
         import os
@@ -288,3 +292,55 @@ def test_audit_log_records_who_what_when_outcome(service: Service) -> None:
     assert ctl and ctl[-1]["details"] == {"flags": 2}
     assert not any(r["operation"] in ("online", "openapi") for r in recs)
     assert E_ACCESSDENIED  # (refusals are audited as "denied": see test_tls_roles)
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web.NotAppKeyWarning")
+def test_serial_with_a_first_byte_below_0x10_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #10 finding 8: a serial whose first byte is < 0x10 is printed with its leading zero ("0A...").
+    The serial is pinned (in-process service, random_serial patched) so this case runs every time."""
+    import asyncio
+    import threading
+    from typing import Any
+
+    from pycertsrv.ca import Authority, authority
+    from pycertsrv.client import Client
+    from pycertsrv.errors import Unavailable
+    from pycertsrv.service import run_app
+
+    from .helpers import make_home
+
+    pinned = 0x0A_1B2C3D4E5F60718293A4B5C6D7E8F90A1B2C3D  # 20 octets, first byte 0x0A
+    monkeypatch.setattr(authority, "random_serial", lambda: pinned)
+    home = make_home(tmp_path / "H")
+    a = Authority.open(home.root)
+    sock = tmp_path / "s.sock"
+    apps: list[Any] = []
+    t = threading.Thread(target=asyncio.run, args=(run_app(a, socket_override=sock, on_ready=apps.append),))
+    t.start()
+    try:
+        with Client(f"unix:{sock}") as c:
+            for _ in range(600):
+                with contextlib.suppress(Unavailable):
+                    if c.is_server_online():
+                        break
+                threading.Event().wait(0.05)
+            issued = c.submit(make_csr("low.example.com"))
+            assert issued["serial"] == serial_hex(pinned) and issued["serial"].startswith("0A")
+            der = c.get_certificate(issued["serial"])  # looked up by the printed form, re-read from the service
+            assert x509.load_der_x509_certificate(der).serial_number == pinned
+            assert c.view(serial=pinned)[0]["serial"] == issued["serial"]
+    finally:
+        if apps:
+            apps[0]["state"].request_stop("test teardown")
+        t.join(60)
+        a.close()
+    _openssl_verify_file(tmp_path, home.root / "publish" / "ca.crt", der)
+
+
+def _openssl_verify_file(tmp_path: Path, cafile: Path, der: bytes) -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    p = tmp_path / "pinned.pem"
+    p.write_bytes(x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM))
+    r = subprocess.run(["openssl", "verify", "-CAfile", str(cafile), str(p)], capture_output=True, text=True)
+    assert r.returncode == 0 and ": OK" in r.stdout, r.stdout + r.stderr
