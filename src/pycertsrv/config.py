@@ -86,6 +86,10 @@ class ServiceSection(_Section):
     client_ca: str | None = None
     max_body: int = Field(1 << 20, ge=1024)
     backup_session_timeout: float = Field(600.0, gt=0)
+    # A session reading files ends after this many idle seconds (never more than backup_session_timeout).
+    backup_idle_timeout: float = Field(60.0, gt=0)
+    # Seconds a client gets to send a request body (slowloris: half-sent bodies are cut off after it).
+    body_timeout: float = Field(30.0, gt=0)
     audit_log: str = "audit.log"
 
 

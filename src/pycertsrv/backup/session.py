@@ -176,6 +176,10 @@ class _Session:
     lock: threading.RLock = field(default_factory=threading.RLock)
     busy: int = 0
     ended: bool = False
+    reading: bool = False  # a file was opened: the short idle limit applies from now on
+    bytes_sent: int = 0  # bytes handed out by Read (progress for status)
+    # Connections the client asked to hold the session (spec §2.20 [INF]: a client that goes away ends it).
+    holders: list[object] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -268,12 +272,13 @@ class BackupManager:
 
     :param authority_or_store: the CA (``Authority``: its store and dynamic files) or a bare ``Store``.
     :param home: the CA home (staging area, published files).
-    :param timeout: seconds a session may stay idle before :meth:`expire_idle` ends it.
+    :param timeout: seconds a session may stay idle before :meth:`expire_idle` ends it (the ceiling).
+    :param idle_timeout: the shorter limit once the session reads files (default: ``timeout``; never above it).
     :param clock: monotonic clock (tests pass their own).
     """
 
     def __init__(self, authority_or_store: _HasStore | Store, home: Home, timeout: float = 600.0,
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
+                 *, idle_timeout: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         if isinstance(authority_or_store, Store):
             self.store = authority_or_store
             self._authority: _HasStore | None = None
@@ -282,7 +287,10 @@ class BackupManager:
             self._authority = authority_or_store
         self.home = home
         self.timeout = float(timeout)
+        self.idle_timeout = min(float(idle_timeout), self.timeout) if idle_timeout else self.timeout
         self._clock = clock
+        self._ended: dict[str, str] = {}  # handle -> why the server ended it (the holder's next call says so)
+        self.last_ended: dict[str, Any] | None = None  # status of the session the service ended last
         self._lock = threading.Lock()
         self._session: _Session | None = None
         self.expired: list[str] = []
@@ -307,8 +315,11 @@ class BackupManager:
                 principal is not None and s.principal != principal
             ):
                 # spec §2.20: anything but Prepare in state IDLE -> 0x8000FFFF.
+                why = self._ended.get(str(handle))
                 raise SequenceError(E_UNEXPECTED, function,
-                                    "no backup session with this handle (never prepared, ended or expired)")
+                                    f"the backup session was ended by the service ({why}); run the backup again"
+                                    if why else "no backup session with this handle (never prepared, ended or "
+                                    "expired)")
             s.busy += 1
         try:
             with s.lock:
@@ -523,6 +534,7 @@ class BackupManager:
                     raise CorruptData(JET_ERR_MISSING_FILE_TO_BACKUP, fn,
                                       f"{path.name} is shorter ({size}) than its pinned snapshot ({want_size})")
                 s.open = _OpenFile(name, shared, want_size, head=head, owned=False)
+                s.reading = True
                 return int(want_size)
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -537,6 +549,7 @@ class BackupManager:
                 os.close(fd)
                 raise
             s.open = _OpenFile(name, fd, st.st_size)
+            s.reading = True
             return int(st.st_size)
 
     def read(self, handle: str, n: int, principal_id: str | None = None) -> bytes:
@@ -559,6 +572,7 @@ class BackupManager:
             if pre:
                 data = pre + data[len(pre):]
             f.pos += len(data)
+            s.bytes_sent += len(data)
             return data
 
     def read_range(self, handle: str, n: int, principal_id: str | None = None) -> ReadRange:
@@ -583,6 +597,7 @@ class BackupManager:
             pre = f.prefix(count)
             offset = f.pos + len(pre)
             f.pos += count
+            s.bytes_sent += count
             if f.owned:
                 return ReadRange(pre, os.dup(f.fd), offset, count - len(pre), True)
             # The pinned live database: the pin must outlast the send, even if the session ends meanwhile
@@ -645,23 +660,77 @@ class BackupManager:
         with self._use(handle, "BackupEnd", principal_id) as s:
             return self._finish(s, aborted=False)
 
+    def _limit(self, s: _Session) -> float:
+        """Idle seconds allowed: the short limit once files are read, else the ceiling (service config)."""
+        return self.idle_timeout if s.reading else self.timeout
+
     def expire_idle(self) -> list[str]:
-        """End every session idle for longer than the timeout; returns the handles ended."""
+        """End every session idle for longer than its limit (:meth:`_limit`); returns the handles ended."""
         with self._lock:
             s = self._session
-            if s is None or s.busy or not s.ready or self._clock() - s.last_activity <= self.timeout:
+            if s is None or s.busy or not s.ready or self._clock() - s.last_activity <= self._limit(s):
                 return []
-            s.busy += 1
-        try:
-            with s.lock:
-                if s.ended:
-                    return []
-                self._finish(s, aborted=True)
-                self.expired.append(s.handle)
-                return [s.handle]
-        finally:
+        ended = self._end_now(s, f"idle for more than {self._limit(s):g}s")
+        if ended is None:
+            return []
+        self.expired.append(s.handle)
+        return [s.handle]
+
+    def hold(self, handle: str, holder: object, principal_id: str | None = None) -> None:
+        """Bind the session to a client connection: once every holder is gone (:meth:`end_if_gone`), it ends.
+
+        :param handle: the session handle.
+        :param holder: the connection (any object; compared by identity).
+        :param principal_id: when given, the session must belong to this caller.
+        """
+        with self._use(handle, "BackupHold", principal_id) as s:
+            if not any(h is holder for h in s.holders):
+                s.holders.append(holder)
+
+    def end_if_gone(self, gone: Callable[[object], bool]) -> dict[str, Any] | None:
+        """End the session when it has holders and ``gone(h)`` is true for all (the client closed its
+        connection, spec §2.20 [INF]); a call in flight finishes first. Returns the ended session's status.
+
+        :param gone: tells whether a holder (connection) is closed.
+        """
+        with self._lock:
+            s = self._session
+            if s is None or s.busy or not s.ready or not s.holders or not all(gone(h) for h in s.holders):
+                return None
+        return self._end_now(s, "the client's connection closed")
+
+    def abort(self, by: str) -> dict[str, Any]:
+        """End the running session at once, whoever holds it (``certsrv backup --abort``): everything is
+        released as by BackupEnd; a complete backup is not recorded. Returns its status before the end.
+
+        :param by: who asked (named to the holder in its next call's error).
+        """
+        with self._lock:
+            s = self._session
+        ended = self._end_now(s, f"aborted by {by}") if s is not None else None
+        if ended is None:
+            raise SequenceError(E_UNEXPECTED, "BackupAbort", "no backup session is in progress; nothing to abort")
+        return ended
+
+    def _end_now(self, s: _Session, reason: str) -> dict[str, Any] | None:
+        """End ``s`` (aborted) for ``reason``; None when it had already ended."""
+        with s.lock:
+            if s.ended:
+                return None
+            info = self._status(s)
+            self._finish(s, aborted=True)
             with self._lock:
-                s.busy -= 1
+                self._ended[s.handle] = reason
+                while len(self._ended) > 16:  # only the recent ones are worth naming
+                    self._ended.pop(next(iter(self._ended)))
+            info["ended"] = reason
+            self.last_ended = info
+            return info
+
+    @property
+    def active(self) -> bool:
+        """A session exists (cheap: for the service's watcher)."""
+        return self._session is not None
 
     def close(self) -> None:
         """Abort any session (service shutdown)."""
@@ -673,14 +742,20 @@ class BackupManager:
                     self._finish(s, aborted=True)
 
     def status(self) -> dict[str, Any] | None:
-        """The running session (who, since when, phase) or None; no handle is revealed."""
+        """The running session (holder, since when, kind, phase, progress) or None; no handle is revealed."""
         with self._lock:
             s = self._session
-            if s is None:
-                return None
-            return {"principal": s.principal, "kind": s.kind, "phase": s.phase,
-                    "started": s.started.isoformat(), "idle_seconds": round(self._clock() - s.last_activity, 3),
-                    "open_file": Path(s.open.name).name if s.open else None}
+            return None if s is None else self._status(s)
+
+    def _status(self, s: _Session) -> dict[str, Any]:
+        f = s.open
+        listed = len(s.db_names if s.db_listed else []) + len(s.log_names or []) + len(s.dynamic_names)
+        return {"principal": s.principal, "kind": s.kind, "phase": s.phase,
+                "started": s.started.isoformat(), "idle_seconds": round(self._clock() - s.last_activity, 3),
+                "idle_limit": self._limit(s), "held_by_connection": bool(s.holders),
+                "files_done": len(s.done), "files_listed": listed, "bytes_sent": s.bytes_sent,
+                "open_file": Path(f.name).name if f else None,
+                "open_file_pos": f.pos if f else None, "open_file_size": f.size if f else None}
 
     # ------------------------------------------------------------------ end of a session
 

@@ -66,7 +66,7 @@ class _Bars:
 
 
 @cli.command("backup")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), required=False)
 @click.option("--incremental", is_flag=True, help="Logs written since the previous backup only (needs a full one).")
 @click.option("--keep-log", is_flag=True, help="Do not truncate the log generations after a full backup.")
 @click.option("--database-only", is_flag=True, help="No key: database, logs, published files, configuration.")
@@ -86,17 +86,29 @@ class _Bars:
 @click.option("--max-rate", "max_rate", default=None, metavar="RATE",
               help="At most RATE bytes per second on average (suffix K, M or G: 200M), so the CA's own disk "
                    "writes keep their speed during the backup.")
+@click.option("--status", "show_status", is_flag=True,
+              help="Show the backup session running on the service (holder, start, type, progress) and exit.")
+@click.option("--abort", "abort", is_flag=True,
+              help="End the backup session running on the service at once (Operator; audited) and exit.")
 @home_option
 @server_options
 @json_option
-def backup_cmd(directory: Path, incremental: bool, keep_log: bool, database_only: bool, key_only: bool,
+def backup_cmd(directory: Path | None, incremental: bool, keep_log: bool, database_only: bool, key_only: bool,
                password_file: Path | None, base: Path | None, key_passphrase_file: Path | None, force: bool,
-               quiet: bool, niceness: int, max_rate: str | None, home: Path | None, server: ServerSpec,
-               as_json: bool) -> None:
+               quiet: bool, niceness: int, max_rate: str | None, show_status: bool, abort: bool,
+               home: Path | None, server: ServerSpec, as_json: bool) -> None:
     """Back up the running CA into DIRECTORY: DIR/<CA>.p12 and DIR/DataBase/ (spec §5.4), plus Dynamic/ and
-    Config/. Full backups truncate the logs unless --keep-log."""
+    Config/. Full backups truncate the logs unless --keep-log. --status / --abort: see or end the running
+    backup session."""
     from ..backup.writer import run_backup
     from ..home import Home
+
+    if show_status or abort:
+        _session_cmd(show_status, abort, directory, home, server, as_json)
+        return
+    if directory is None:
+        raise InvalidArgument(E_INVALIDARG, "backup", "no DIRECTORY given; run certsrv backup DIRECTORY "
+                              "(or --status / --abort)")
 
     if database_only and key_only:
         raise InvalidArgument(E_INVALIDARG, "backup", "--database-only and --key-only exclude each other")
@@ -137,6 +149,32 @@ def backup_cmd(directory: Path, incremental: bool, keep_log: bool, database_only
         click.echo(f"Backed up database to {result.directory}.")
         if result.truncated is not None:
             click.echo(f"Database logs successfully truncated ({len(result.truncated)} generation(s) removed).")
+
+
+def _session_cmd(show_status: bool, abort: bool, directory: Path | None, home: Path | None, server: ServerSpec,
+                 as_json: bool) -> None:
+    """``backup --status`` / ``backup --abort``: one call to the service, rendered."""
+    from ..client.backup import abort_backup, backup_status
+
+    if show_status and abort:
+        raise InvalidArgument(E_INVALIDARG, "backup", "--status and --abort exclude each other")
+    if directory is not None:
+        raise InvalidArgument(E_INVALIDARG, "backup", f"--{'status' if show_status else 'abort'} takes no "
+                              f"DIRECTORY ({directory}); run it alone")
+    with server.client(home) as client:
+        st = backup_status(client) if show_status else abort_backup(client)
+    if as_json:
+        echo_json({"session": st})
+    elif st is None:
+        click.echo("No backup session is running.")
+    else:
+        if abort:
+            click.echo(f"Aborted the backup session of {st['principal']}; the next backup can start now.")
+        cur = st.get("open_file")
+        reading = f", reading {cur} ({st['open_file_pos']}/{st['open_file_size']} bytes)" if cur else ""
+        click.echo(f"{st['kind'].capitalize()} backup by {st['principal']}, started {st['started']}, phase "
+                   f"{st['phase']}: {st['files_done']}/{st['files_listed']} files, {st['bytes_sent']} bytes sent"
+                   f"{reading}; idle {st['idle_seconds']:g}s (limit {st['idle_limit']:g}s)")
 
 
 @cli.command("verify-backup")

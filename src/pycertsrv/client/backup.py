@@ -12,6 +12,11 @@
 
 The server's rules (spec §2.20) are not duplicated here: every call goes to the service and its
 error comes back as the same CertSrvError with the same HRESULT.
+
+Every call of a session, BackupPrepare included, carries ``X-Backup-Hold: connection``: the service
+binds the session to the connection, so a client that exits or is killed without BackupEnd releases the
+backup at once (spec §2.20 [INF]) instead of after the idle limit. On the Unix socket the whole session
+runs on one keep-alive connection (:class:`_UnixReader`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from ..errors import (
 
 if TYPE_CHECKING:
     from .client import Client
+
+HOLD = {"X-Backup-Hold": "connection"}  # see backup_routes: the session ends when this connection closes
 
 
 class _UnixReader:
@@ -82,8 +89,9 @@ class _UnixReader:
             self.sock = s
         try:
             kind = "Content-Type: application/json\r\n" if body else ""
-            self.sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: certsrv\r\n{kind}Content-Length: {len(body)}\r\n"
-                              f"\r\n".encode() + body)
+            hold = "".join(f"{k}: {v}\r\n" for k, v in HOLD.items())
+            self.sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: certsrv\r\n{kind}{hold}"
+                              f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
             return self._response()
         except _StaleConnection:
             # The service closed an idle keep-alive connection before reading the request: nothing was
@@ -156,7 +164,7 @@ class BackupSession:
     :param info: the service's answer to BackupPrepare (handle, kind, ca_name, identity).
     """
 
-    def __init__(self, client: Client, info: dict[str, Any]) -> None:
+    def __init__(self, client: Client, info: dict[str, Any], reader: _UnixReader | None = None) -> None:
         self.client = client
         self.handle: str = str(info["handle"])
         self.kind: str = str(info["kind"])
@@ -166,8 +174,7 @@ class BackupSession:
         self.owns_client = False  # certbcli: close the client at CertSrvBackupEnd
         self.end_result: dict[str, Any] | None = None
         self._base = f"/backup/sessions/{self.handle}"
-        sock = getattr(client, "socket_path", None)
-        self._reader = _UnixReader(str(sock), 300.0) if sock is not None else None
+        self._reader = reader if reader is not None else _reader_for(client)
         self._eof = False  # readinto saw the open file's end
         self._held = memoryview(b"")  # TLS: received by readinto, not handed out yet
         self.read_ask = MAX_SEND  # bytes one BackupRead of readinto asks for (the server caps it at MAX_SEND)
@@ -188,28 +195,25 @@ class BackupSession:
             if kind not in (FULL, INCREMENTAL):
                 raise InvalidArgument(E_INVALIDARG, "backup", f"unknown backup kind {kind!r} (full, incremental)")
             grbit, flags = 0, CSBACKUP_TYPE_FULL if kind == FULL else CSBACKUP_TYPE_LOGS_ONLY
-        info = client.call("POST", "/backup/sessions", json={"grbit": int(grbit or 0),
-                                                             "flags": int(CSBACKUP_TYPE_FULL if flags is None
-                                                                          else flags)})
-        return cls(client, info)
+        body = {"grbit": int(grbit or 0), "flags": int(CSBACKUP_TYPE_FULL if flags is None else flags)}
+        reader = _reader_for(client)
+        if reader is None:
+            return cls(client, client.call("POST", "/backup/sessions", json=body, headers=HOLD))
+        client._check_name()
+        try:
+            # Prepared on the connection the whole session uses: it holds the session from the start.
+            info = _json_call(client, reader, "POST", "/backup/sessions", body)
+        except BaseException:
+            reader.close()
+            raise
+        return cls(client, info, reader)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """One JSON call of this session: on the Unix socket over the session's own keep-alive connection
         (a fraction of a general client call's cost), otherwise through the client."""
         if self._reader is None:
-            return self.client.call(method, path, json=body)
-        data = json.dumps(body).encode() if body is not None else b""
-        try:
-            status, content = self._reader.post(path, method, data)
-        except OSError as e:
-            raise Unavailable(RPC_S_SERVER_UNAVAILABLE, self.client.address,
-                              f"{method} {path}: the service does not answer ({e})") from None
-        if not 200 <= status < 300:
-            self._raise_error(status, content, f"{method} {path}")
-        try:
-            return json.loads(content)
-        except ValueError:
-            raise CertSrvError(E_FAIL, f"{method} {path}", f"HTTP {status}: the answer is not JSON") from None
+            return self.client.call(method, path, json=body, headers=HOLD)
+        return _json_call(self.client, self._reader, method, path, body)
 
     def _names(self, what: str) -> list[str]:
         body = self._call("POST", f"{self._base}/{what}")
@@ -256,7 +260,7 @@ class BackupSession:
         else:
             http: httpx.Client = self.client._http  # raw bytes: the JSON helper does not fit
             try:
-                resp = http.post(f"{self._base}/read", params={"n": int(n)})
+                resp = http.post(f"{self._base}/read", params={"n": int(n)}, headers=HOLD)
             except httpx.TransportError as e:
                 raise self.client._transport_error(e, what) from None
             status, content = resp.status_code, resp.content
@@ -355,6 +359,44 @@ class BackupSession:
             self.end()
 
 
+def _reader_for(client: Client) -> _UnixReader | None:
+    sock = getattr(client, "socket_path", None)
+    return _UnixReader(str(sock), 300.0) if sock is not None else None
+
+
+def _json_call(client: Client, reader: _UnixReader, method: str, path: str, body: dict[str, Any] | None) -> Any:
+    data = json.dumps(body).encode() if body is not None else b""
+    try:
+        status, content = reader.post(path, method, data)
+    except OSError as e:
+        raise Unavailable(RPC_S_SERVER_UNAVAILABLE, client.address,
+                          f"{method} {path}: the service does not answer ({e})") from None
+    if not 200 <= status < 300:
+        BackupSession._raise_error(status, content, f"{method} {path}")
+    try:
+        return json.loads(content)
+    except ValueError:
+        raise CertSrvError(E_FAIL, f"{method} {path}", f"HTTP {status}: the answer is not JSON") from None
+
+
+def backup_status(client: Client) -> dict[str, Any] | None:
+    """The backup session running on the service (holder, start, kind, phase, progress), or None.
+
+    :param client: the connection (Operator role).
+    """
+    session: dict[str, Any] | None = client.call("GET", "/backup/status")["session"]
+    return session
+
+
+def abort_backup(client: Client) -> dict[str, Any]:
+    """End the running backup session at once, whoever holds it; returns what it was (its last status).
+
+    :param client: the connection (Operator role).
+    """
+    session: dict[str, Any] = client.call("POST", "/backup/abort")["session"]
+    return session
+
+
 def open_backup(client: Client, kind: str = FULL) -> BackupSession:
     """``client.backup(kind)``: prepare a session to use in a ``with`` block.
 
@@ -364,4 +406,4 @@ def open_backup(client: Client, kind: str = FULL) -> BackupSession:
     return BackupSession.prepare(client, kind)
 
 
-__all__ = ["BackupSession", "open_backup"]
+__all__ = ["BackupSession", "abort_backup", "backup_status", "open_backup"]

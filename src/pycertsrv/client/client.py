@@ -137,7 +137,11 @@ class Client:
                     ctx.load_cert_chain(str(cert), str(key) if key else None)
             except (OSError, ssl.SSLError) as e:
                 raise InvalidArgument(E_INVALIDARG, str(server), f"cannot load TLS files: {e}") from None
-            self._http = httpx.Client(verify=ctx, base_url=f"https://{netloc}:{port_text}", timeout=tm, trust_env=False)
+            # Idle connections are kept (httpx's default drops them after 5 s): a backup session is held by
+            # its connection, and a pause between two calls must not end it.
+            self._http = httpx.Client(verify=ctx, base_url=f"https://{netloc}:{port_text}", timeout=tm, trust_env=False,
+                                      limits=httpx.Limits(max_connections=100, max_keepalive_connections=20,
+                                                          keepalive_expiry=None))
         self.server = server or self.address
 
     # ------------------------------------------------------------------ plumbing
@@ -168,10 +172,11 @@ class Client:
         return Unavailable(RPC_S_SERVER_UNAVAILABLE, self.address, f"{what}: the service does not answer "
                            f"({type(e).__name__}: {texts[-1][:200] if texts else ''})")
 
-    def _request(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None) -> Any:
+    def _request(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> Any:
         what = f"{method} {path}"
         try:
-            resp = self._http.request(method, path, json=json, params=params)
+            resp = self._http.request(method, path, json=json, params=params, headers=headers)
         except httpx.TransportError as e:
             raise self._transport_error(e, what) from None
         if resp.is_success:
@@ -202,16 +207,18 @@ class Client:
                                   f"the service at {self.address} serves CA {name!r}, not {self.expected_name!r}")
         self._name_checked = True
 
-    def call(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None) -> Any:
+    def call(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None,
+             headers: dict[str, str] | None = None) -> Any:
         """One JSON call; raises the service's CertSrvError, or Unavailable when nothing answers.
 
         :param method: HTTP method.
         :param path: endpoint path (e.g. ``/ca/requests``).
         :param json: request body.
         :param params: query parameters.
+        :param headers: extra request headers.
         """
         self._check_name()
-        return self._request(method, path, json=json, params=params)
+        return self._request(method, path, json=json, params=params, headers=headers)
 
     # ------------------------------------------------------------------ enrollment
 
@@ -348,6 +355,18 @@ class Client:
         from .backup import open_backup
 
         return open_backup(self, kind)
+
+    def backup_status(self) -> dict[str, Any] | None:
+        """The running backup session (holder, start, kind, phase, progress), or None."""
+        from .backup import backup_status
+
+        return backup_status(self)
+
+    def abort_backup(self) -> dict[str, Any]:
+        """End the running backup session at once (Operator); returns its last status."""
+        from .backup import abort_backup
+
+        return abort_backup(self)
 
     def shutdown(self, wait: float = 0.0) -> None:
         """Ask the service to stop (CSCONTROL_SHUTDOWN); with ``wait``, until it stops answering (seconds)."""

@@ -2,6 +2,9 @@
 
 Spec §1.6 "Auditing": AD CS audits ServerControl (filter bit 0x1) and backup calls (bit 0x2); we audit
 every registered operation whose ``audit`` flag is set, refusals included.
+
+Rotation: the service reopens the file on SIGHUP (:meth:`AuditLog.reopen`), so logrotate can rename it
+and signal (``postrotate kill -HUP <pid>``); no record is lost across the switch.
 """
 
 from __future__ import annotations
@@ -85,6 +88,24 @@ class AuditLog:
                     # The call already happened (a write may be committed): its answer must not turn into
                     # a failure because the audit line could not be written (issue 10: full disk).
                     logging.getLogger("pycertsrv.service").error("audit record lost (%s): %s", e, line.decode())
+
+    def reopen(self) -> None:
+        """Open the path again (SIGHUP after logrotate renamed the file): later records go to a new file.
+
+        The old descriptor is fsynced and closed only once the new one is open, so no record is lost
+        and a failure (e.g. the directory is now read-only) leaves records going to the old file.
+        """
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with self._lock:
+            old = self._fd
+            if old < 0:  # closed (service stopping): stay closed
+                os.close(fd)
+                return
+            self._fd = fd
+        if old >= 0:
+            with contextlib.suppress(OSError):
+                os.fsync(old)
+            os.close(old)
 
     def close(self) -> None:
         """fsync and close (idempotent)."""

@@ -19,8 +19,14 @@ POST    /backup/sessions/{h}/read?n=N               CertSrvBackupRead (raw bytes
 POST    /backup/sessions/{h}/close                  CertSrvBackupClose
 POST    /backup/sessions/{h}/truncate               CertSrvBackupTruncateLogs
 DELETE  /backup/sessions/{h}                        CertSrvBackupEnd
-GET     /backup/status                              (who runs a backup now; no handle shown)
+GET     /backup/status                              (who runs a backup now, progress; no handle shown)
+POST    /backup/abort                               (end the running session now, whoever holds it)
 ======  ==========================================  ===========================================
+
+A client that sends ``X-Backup-Hold: connection`` with a session call binds the session to that
+connection: once every connection so bound is closed (the client exited or was killed), the session
+ends as by BackupEnd (spec §2.20 [INF]: "if the client goes away without End, the server should abort
+and release the lock"). The watcher is :func:`watch_sessions`, run by the server.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..backup.session import MAX_READ, MAX_SEND, BackupManager
-from ..errors import E_INVALIDARG, RPC_S_SERVER_UNAVAILABLE, InvalidArgument, Unavailable
+from ..errors import E_INVALIDARG, RPC_S_SERVER_UNAVAILABLE, CertSrvError, InvalidArgument, Unavailable
 from . import auth
 from .middleware import json_response, read_model
 from .openapi import add_route
@@ -46,6 +52,8 @@ log = logging.getLogger(__name__)
 OPERATOR_ONLY = frozenset({auth.OPERATOR})
 HANDLE = "{handle:[0-9a-f]{32}}"
 SEND_BUFFER = 4 << 20
+HOLD_HEADER = "X-Backup-Hold"
+WATCH_INTERVAL = 0.25  # seconds between checks for closed holder connections and idle sessions
 
 
 class PrepareBody(BaseModel):
@@ -80,9 +88,22 @@ def _manager(request: web.Request) -> BackupManager:
     return mgr
 
 
+def _gone(transport: object) -> bool:
+    """A holder connection is gone once its transport is closing (peer closed, reset, or we closed it)."""
+    return bool(getattr(transport, "is_closing", lambda: True)())
+
+
+def _hold(request: web.Request, mgr: BackupManager, handle: str, pid: str) -> None:
+    """Bind the session to this request's connection when the client asks for it (X-Backup-Hold)."""
+    if request.headers.get(HOLD_HEADER, "").strip().lower() == "connection" and request.transport is not None:
+        mgr.hold(handle, request.transport, pid)
+
+
 async def _run(request: web.Request, method: str, *args: Any) -> Any:
     mgr = _manager(request)
     handle = request.match_info.get("handle")
+    if handle is not None:
+        _hold(request, mgr, handle, principal_id(request))
     fn = getattr(mgr, method)
     call = functools.partial(fn, *args) if handle is None else functools.partial(fn, handle, *args,
                                                                                    principal_id(request))
@@ -96,6 +117,7 @@ async def prepare(request: web.Request) -> web.Response:
     mgr = _manager(request)
     pid = principal_id(request)
     handle = await asyncio.to_thread(mgr.prepare, pid, body.grbit, body.flags)
+    _hold(request, mgr, handle, pid)
     info = await asyncio.to_thread(mgr.info, handle, pid)
     request["audit"].update(kind=info["kind"])
     return json_response(info)
@@ -199,6 +221,41 @@ async def status(request: web.Request) -> web.Response:
     return json_response({"session": await _run(request, "status")})
 
 
+async def abort(request: web.Request) -> web.Response:
+    """End the running backup session now (``certsrv backup --abort``)."""
+    who = principal_id(request)
+    ended = await _run(request, "abort", who)
+    request["audit"].update(holder=ended["principal"], kind=ended["kind"], started=ended["started"])
+    log.info("backup session of %s (%s, started %s) aborted by %s; pins and staging released",
+             ended["principal"], ended["kind"], ended["started"], who)
+    return json_response({"session": ended})
+
+
+def _sweep(mgr: BackupManager) -> dict[str, Any] | None:
+    ended = mgr.end_if_gone(_gone)
+    if ended is None and mgr.expire_idle():
+        ended = mgr.last_ended
+    return ended
+
+
+async def watch_sessions(app: web.Application) -> None:
+    """End backup sessions whose client is gone (every holder connection closed) or idle too long."""
+    while True:
+        await asyncio.sleep(WATCH_INTERVAL)
+        mgr = app.get("backup")
+        if not isinstance(mgr, BackupManager) or not mgr.active:
+            continue
+        try:
+            # In a worker thread: ending unpins the snapshot and removes staging files (disk I/O).
+            ended = await asyncio.to_thread(_sweep, mgr)
+        except CertSrvError as e:
+            log.warning("backup session watch: %s", e)
+            continue
+        if ended is not None:
+            log.info("backup session of %s (%s, started %s) ended: %s; pins and staging released",
+                     ended["principal"], ended["kind"], ended["started"], ended["ended"])
+
+
 def _names_schema() -> dict[str, Any]:
     return {"type": "object", "required": ["names"],
             "properties": {"names": {"type": "array", "items": {"type": "string"}}}}
@@ -208,7 +265,9 @@ def setup_routes(app: web.Application) -> None:
     """Create the app's BackupManager and register the backup endpoints."""
     authority = app["authority"]
     if app.get("backup") is None and getattr(authority, "store", None) is not None:
-        app["backup"] = BackupManager(authority, app["home"], app["config"].service.backup_session_timeout)
+        svc = app["config"].service
+        app["backup"] = BackupManager(authority, app["home"], svc.backup_session_timeout,
+                                      idle_timeout=svc.backup_idle_timeout)
 
     async def _close(app: web.Application) -> None:
         mgr = app.get("backup")
@@ -216,8 +275,7 @@ def setup_routes(app: web.Application) -> None:
             await asyncio.to_thread(mgr.close)  # abort a running session: staging removed, lock released
 
     app.on_cleanup.append(_close)
-    # Idle sessions are ended by the service's housekeeping task (service.server._housekeeping),
-    # which calls BackupManager.expire_idle() periodically (service.backup_session_timeout).
+    # Sessions whose client is gone or idle are ended by watch_sessions (run by service.server).
     h = f"/backup/sessions/{HANDLE}"
     common: dict[str, Any] = {"tag": "backup", "roles": OPERATOR_ONLY}
     handle_param = [{"name": "handle", "in": "path", "required": True, "schema": {"type": "string"}}]
@@ -267,5 +325,9 @@ def setup_routes(app: web.Application) -> None:
               summary="BackupEnd: end the session, record a complete backup, release the lock",
               parameters=handle_param, **common)
     add_route(app, "GET", "/backup/status", status, operation_id="backup_status",
-              summary="The backup session in progress (caller, kind, phase, idle time), or null",
+              summary="The backup session in progress (holder, kind, phase, start, progress, idle time), or null",
               audit=False, **common)
+    add_route(app, "POST", "/backup/abort", abort, operation_id="backup_abort",
+              summary="End the running backup session now, whoever holds it; released as by BackupEnd",
+              description="No session: 0x8000FFFF. The holder's next call fails with 0x8000FFFF naming the abort.",
+              response={"type": "object", "required": ["session"]}, **common)

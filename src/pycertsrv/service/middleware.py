@@ -20,6 +20,7 @@ from ..errors import (
     ERROR_CLASSES,
     ERROR_FILE_NOT_FOUND,
     ERROR_NOT_SUPPORTED,
+    ERROR_TIMEOUT,
     CertSrvError,
     InvalidArgument,
     NotFound,
@@ -36,6 +37,13 @@ class BodyTooLarge(InvalidArgument):
     """Internal: body over ``service.max_body`` (sent as InvalidArgument with HTTP 413)."""
 
     http_status = 413
+
+
+class BodyTimeout(InvalidArgument):
+    """Internal: body not received within ``service.body_timeout`` (sent with HTTP 408, then the connection
+    is closed: a slowloris client holds nothing)."""
+
+    http_status = 408
 
 
 class MethodNotAllowed(InvalidArgument):
@@ -99,6 +107,13 @@ async def service_middleware(request: web.Request, handler: Any) -> web.StreamRe
             raise
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             raise
+        except ConnectionError as e:
+            # The client went away mid-request (closed, killed, reset): its problem, not ours. One line, no
+            # traceback; nothing can be answered, so the connection is closed.
+            log.info("client disconnected during %s %s (%s)", request.method, request.path,
+                     type(e).__name__)
+            _close_connection(request)
+            raise CertSrvError(E_UNEXPECTED, f"{request.method} {request.path}", "client disconnected") from None
         except Exception:
             log.exception("unexpected failure in %s %s", request.method, request.path)
             raise CertSrvError(E_UNEXPECTED, f"{request.method} {request.path}",
@@ -110,6 +125,14 @@ async def service_middleware(request: web.Request, handler: Any) -> web.StreamRe
         if isinstance(err, MethodNotAllowed):
             resp.headers["Allow"] = ", ".join(sorted(err.allowed))  # RFC 9110 §15.5.6
         error = err.to_json()
+    if request.get("body_timeout") is not None:
+        # Answer, then close: the rest of the body is never waited for (no lingering read).
+        try:
+            await resp.prepare(request)
+            await resp.write_eof()
+        except ConnectionError:
+            pass
+        _close_connection(request)
     status = resp.status
     # Administrative calls are audited; refusals (403) of any operation too.
     if op is not None and (op.audit or status == 403):
@@ -118,11 +141,31 @@ async def service_middleware(request: web.Request, handler: Any) -> web.StreamRe
     return resp
 
 
+def _close_connection(request: web.Request) -> None:
+    """Close the request's connection now (aiohttp would otherwise linger reading an unread body)."""
+    proto = request.protocol
+    if proto is not None:
+        proto.force_close()
+    elif request.transport is not None:
+        request.transport.close()
+
+
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON (bounded by ``service.max_body``), or InvalidArgument."""
+    """The request body as JSON (bounded by ``service.max_body`` and ``service.body_timeout``), or
+    InvalidArgument."""
     what = request.get("operation") or f"{request.method} {request.path}"
+    timeout = float(request.app["config"].service.body_timeout)
     try:
-        raw = await request.read()
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        # Slowloris: a body sent slowly or never finished would hold the connection forever.
+        log.info("%s %s: request body not received within %gs (service.body_timeout); connection closed",
+                 request.method, request.path, timeout)
+        err = BodyTimeout(ERROR_TIMEOUT, str(what), f"the request body was not received within {timeout:g}s "
+                          "(service.body_timeout); send the whole body at once")
+        request["body_timeout"] = err
+        raise err from None
     except web.HTTPRequestEntityTooLarge:
         raise BodyTooLarge(E_INVALIDARG, str(what), f"request body exceeds the limit of "
                            f"{request.app['config'].service.max_body} bytes (service.max_body)") from None

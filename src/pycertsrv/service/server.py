@@ -38,6 +38,7 @@ from ..errors import (
 )
 from ..home import Home, resolve_group
 from .app import ServiceState, create_app
+from .backup_routes import watch_sessions
 
 log = logging.getLogger("pycertsrv.service")
 UNIX_PATH_MAX = 107
@@ -180,16 +181,30 @@ async def _periodic_crl(app: web.Application, state: ServiceState) -> None:
         await _crl_if_due(app, state)
 
 
-async def _housekeeping(app: web.Application) -> None:
-    """Expire idle backup sessions (spec §2.20: a session whose client vanished releases everything)."""
-    while True:
-        await asyncio.sleep(5.0)
-        mgr = app.get("backup")
-        if mgr is not None and hasattr(mgr, "expire_idle"):
-            try:
-                await asyncio.to_thread(mgr.expire_idle)
-            except CertSrvError as e:
-                log.warning("backup session expiry: %s", e)
+def _reopen_audit(app: web.Application) -> None:
+    """SIGHUP: reopen the audit log (logrotate renames it, then signals; records go to a new file)."""
+    try:
+        app["audit"].reopen()
+        log.info("SIGHUP: audit log reopened at %s", app["audit"].path)
+    except OSError as e:
+        log.warning("SIGHUP: cannot reopen the audit log %s: %s (records still go to the old file)",
+                    app["audit"].path, e.strerror)
+
+
+def log_hard_recovery(store: Any) -> None:
+    """Log the hard recovery a registered restore ran at this start (not only the soft recovery after it)."""
+    outcome = getattr(store, "hard_recovery", None)
+    if outcome is None:
+        return
+    rep = outcome.report
+    gens = sorted(rep.generations)
+    span = f"generations {gens[0]:08X}..{gens[-1]:08X}" if gens else "no generations"
+    until = rep.stopped_at or "the end of the restored logs"
+    log.info("hard recovery of the registered restore: %s, replayed %d records (LSN %d..%d) until %s in %.3fs; "
+             "database %s at LSN %d, new generation %08X%s", span, rep.replayed, rep.from_lsn, rep.to_lsn, until,
+             rep.seconds, outcome.database, outcome.applied_lsn, outcome.generation,
+             f"; {len(outcome.superseded)} conflicting generation(s) moved to {outcome.superseded_dir}"
+             if outcome.superseded else "")
 
 
 async def run_app(
@@ -222,9 +237,12 @@ async def run_app(
     stop = asyncio.Event()
     state.on_stop(loop, stop.set)
     signals: list[signal.Signals] = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         try:
-            loop.add_signal_handler(sig, state.request_stop, f"signal {sig.name}")
+            if sig == signal.SIGHUP:
+                loop.add_signal_handler(sig, _reopen_audit, app)
+            else:
+                loop.add_signal_handler(sig, state.request_stop, f"signal {sig.name}")
             signals.append(sig)
         except (ValueError, RuntimeError):  # not the main thread (embedded use): stop via ServerControl only
             pass
@@ -266,7 +284,7 @@ async def run_app(
         if on_ready is not None:
             on_ready(app)
         tasks.append(asyncio.create_task(_periodic_crl(app, state)))
-        tasks.append(asyncio.create_task(_housekeeping(app)))
+        tasks.append(asyncio.create_task(watch_sessions(app)))
         await stop.wait()
         log.info("stopping: %s", state.stop_reason)
     finally:
@@ -306,6 +324,7 @@ def serve(
     # Takes the home's lock (a second service fails naming the holder's pid) and runs soft recovery.
     authority = Authority.open(hm.root, passphrase=passphrase)
     try:
+        log_hard_recovery(authority.store)
         recovery = getattr(authority.store, "recovery", None)
         if recovery is not None:
             log.info("%s", recovery.summary())
