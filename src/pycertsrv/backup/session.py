@@ -727,6 +727,22 @@ class BackupManager:
             self.last_ended = info
             return info
 
+    def touch(self, handle: str) -> None:
+        """A range of ``handle``'s session is still being sent: the client is alive (progress resets idleness).
+
+        :param handle: the session handle.
+        """
+        with self._lock:
+            s = self._session
+            if s is not None and s.handle == handle:
+                s.last_activity = self._clock()
+
+    def is_live(self, handle: str) -> bool:
+        """Whether ``handle`` is the running session's (not ended)."""
+        with self._lock:
+            s = self._session
+            return s is not None and s.handle == handle and not s.ended
+
     @property
     def active(self) -> bool:
         """A session exists (cheap: for the service's watcher)."""

@@ -42,6 +42,8 @@ from ..errors import (
 if TYPE_CHECKING:
     from .client import Client
 
+MID_ANSWER = ("the service closed the connection mid-answer (if the service is up, the session was ended: "
+              "see certsrv backup --status, then run the backup again)")
 HOLD = {"X-Backup-Hold": "connection"}  # see backup_routes: the session ends when this connection closes
 
 
@@ -112,7 +114,7 @@ class _UnixReader:
             if not chunk:
                 if not buf:
                     raise _StaleConnection()
-                raise ConnectionError("the service closed the connection mid-answer")
+                raise ConnectionError(MID_ANSWER)
             buf += chunk
             if len(buf) > 65536:
                 raise ConnectionError("answer headers too long")
@@ -142,7 +144,7 @@ class _UnixReader:
                 assert self.sock is not None
                 n = self.sock.recv_into(buf[got:want])
                 if n == 0:
-                    raise ConnectionError("the service closed the connection mid-answer")
+                    raise ConnectionError(MID_ANSWER)
                 got += n
         except BaseException:
             self.close()

@@ -26,7 +26,7 @@ POST    /backup/abort                               (end the running session now
 A client that sends ``X-Backup-Hold: connection`` with a session call binds the session to that
 connection: once every connection so bound is closed (the client exited or was killed), the session
 ends as by BackupEnd (spec §2.20 [INF]: "if the client goes away without End, the server should abort
-and release the lock"). The watcher is :func:`watch_sessions`, run by the server.
+and release the lock"). The watcher is :func:`pycertsrv.service.backup_watch.watch_sessions`, run by the server.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..backup.session import MAX_READ, MAX_SEND, BackupManager
-from ..errors import E_INVALIDARG, RPC_S_SERVER_UNAVAILABLE, CertSrvError, InvalidArgument, Unavailable
-from . import auth
+from ..errors import E_INVALIDARG, RPC_S_SERVER_UNAVAILABLE, InvalidArgument, Unavailable
+from . import auth, backup_watch
 from .middleware import json_response, read_model
 from .openapi import add_route
 
@@ -53,7 +53,6 @@ OPERATOR_ONLY = frozenset({auth.OPERATOR})
 HANDLE = "{handle:[0-9a-f]{32}}"
 SEND_BUFFER = 4 << 20
 HOLD_HEADER = "X-Backup-Hold"
-WATCH_INTERVAL = 0.25  # seconds between checks for closed holder connections and idle sessions
 
 
 class PrepareBody(BaseModel):
@@ -86,11 +85,6 @@ def _manager(request: web.Request) -> BackupManager:
         raise Unavailable(RPC_S_SERVER_UNAVAILABLE, "backup", "backups are not available in this service")
     assert isinstance(mgr, BackupManager)
     return mgr
-
-
-def _gone(transport: object) -> bool:
-    """A holder connection is gone once its transport is closing (peer closed, reset, or we closed it)."""
-    return bool(getattr(transport, "is_closing", lambda: True)())
 
 
 def _hold(request: web.Request, mgr: BackupManager, handle: str, pid: str) -> None:
@@ -161,6 +155,7 @@ async def read(request: web.Request) -> web.StreamResponse:
     except ValueError:
         raise InvalidArgument(E_INVALIDARG, "BackupRead", f"n={raw!r} is not a byte count") from None
     rng = await _run(request, "read_range", n)
+    reading = backup_watch.reading(request, _manager(request), request.match_info["handle"])
     try:
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         resp.content_length = len(rng.prefix) + rng.count
@@ -177,22 +172,29 @@ async def read(request: web.Request) -> web.StreamResponse:
                 # issuance (the kernel caps it at net.core.wmem_max).
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-            sent = False
-            with contextlib.suppress(NotImplementedError):  # TLS: no sendfile
-                # closefd=False: the descriptor is the range's (see ReadRange.close).
-                with os.fdopen(rng.fd, "rb", closefd=False) as fobj:
-                    await asyncio.get_running_loop().sendfile(transport, fobj, rng.offset, rng.count)
-                sent = True
             offset, end = rng.offset, rng.offset + rng.count
-            while not sent and offset < end:
+            try:
+                # closefd=False: the descriptor is the range's (see ReadRange.close). Sent MAX_READ at a time so
+                # a client that stops draining is seen as idle (progress() is not called).
+                with os.fdopen(rng.fd, "rb", closefd=False) as fobj:
+                    while offset < end:
+                        piece = min(MAX_READ, end - offset)
+                        await asyncio.get_running_loop().sendfile(transport, fobj, offset, piece)
+                        offset += piece
+                        reading.progress()
+            except NotImplementedError:  # TLS: no sendfile (nothing was sent by it)
+                pass
+            while offset < end:
                 data = await asyncio.to_thread(os.pread, rng.fd, min(MAX_READ, end - offset), offset)
                 if not data:
                     raise ConnectionResetError("file shrank while being sent")
                 await resp.write(data)
                 offset += len(data)
+                reading.progress()
         await resp.write_eof()
         return resp
     finally:
+        reading.done()
         rng.close()
 
 
@@ -231,31 +233,6 @@ async def abort(request: web.Request) -> web.Response:
     return json_response({"session": ended})
 
 
-def _sweep(mgr: BackupManager) -> dict[str, Any] | None:
-    ended = mgr.end_if_gone(_gone)
-    if ended is None and mgr.expire_idle():
-        ended = mgr.last_ended
-    return ended
-
-
-async def watch_sessions(app: web.Application) -> None:
-    """End backup sessions whose client is gone (every holder connection closed) or idle too long."""
-    while True:
-        await asyncio.sleep(WATCH_INTERVAL)
-        mgr = app.get("backup")
-        if not isinstance(mgr, BackupManager) or not mgr.active:
-            continue
-        try:
-            # In a worker thread: ending unpins the snapshot and removes staging files (disk I/O).
-            ended = await asyncio.to_thread(_sweep, mgr)
-        except CertSrvError as e:
-            log.warning("backup session watch: %s", e)
-            continue
-        if ended is not None:
-            log.info("backup session of %s (%s, started %s) ended: %s; pins and staging released",
-                     ended["principal"], ended["kind"], ended["started"], ended["ended"])
-
-
 def _names_schema() -> dict[str, Any]:
     return {"type": "object", "required": ["names"],
             "properties": {"names": {"type": "array", "items": {"type": "string"}}}}
@@ -275,6 +252,7 @@ def setup_routes(app: web.Application) -> None:
             await asyncio.to_thread(mgr.close)  # abort a running session: staging removed, lock released
 
     app.on_cleanup.append(_close)
+    app[backup_watch.READS] = {}
     # Sessions whose client is gone or idle are ended by watch_sessions (run by service.server).
     h = f"/backup/sessions/{HANDLE}"
     common: dict[str, Any] = {"tag": "backup", "roles": OPERATOR_ONLY}

@@ -38,7 +38,7 @@ from ..errors import (
 )
 from ..home import Home, resolve_group
 from .app import ServiceState, create_app
-from .backup_routes import watch_sessions
+from .backup_watch import watch_sessions
 
 log = logging.getLogger("pycertsrv.service")
 UNIX_PATH_MAX = 107
