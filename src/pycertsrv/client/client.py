@@ -27,10 +27,15 @@ import httpx
 
 from ..commitnote import note_unapplied
 from ..errors import (
+    CERT_E_CN_NO_MATCH,
+    CERT_E_EXPIRED,
+    CERT_E_UNTRUSTEDROOT,
+    CRYPT_E_REVOKED,
     E_ACCESSDENIED,
     E_FAIL,
     E_INVALIDARG,
     RPC_S_SERVER_UNAVAILABLE,
+    TRUST_E_FAIL,
     AccessDenied,
     CertSrvError,
     InvalidArgument,
@@ -43,6 +48,24 @@ DEFAULT_TLS_PORT = 8443
 CSCONTROL_SHUTDOWN = 1
 _DISPOSITIONS = {9: "pending", 20: "issued", 21: "revoked", 30: "error", 31: "denied"}
 # TLS alerts by which a server refuses our client certificate (or its absence).
+# OpenSSL X509_V_ERR_* codes of a refused server certificate -> the Windows trust HRESULT (winerror.h) and
+# what the operator does about it.
+_VERIFY_CODES: dict[int, tuple[int, str]] = {
+    9: (CERT_E_EXPIRED, "is not valid yet; check the clocks, or renew the service's certificate (service.tls_cert)"),
+    10: (CERT_E_EXPIRED, "has expired; renew the service's certificate (service.tls_cert)"),
+    18: (CERT_E_UNTRUSTEDROOT, "is not trusted; give the CA that issued it with --cafile"),
+    19: (CERT_E_UNTRUSTEDROOT, "is not trusted; give the CA that issued it with --cafile"),
+    20: (CERT_E_UNTRUSTEDROOT, "is not trusted; give the CA that issued it with --cafile"),
+    21: (CERT_E_UNTRUSTEDROOT, "is not trusted; give the CA that issued it with --cafile"),
+    23: (CRYPT_E_REVOKED, "is revoked; the service needs a new certificate (service.tls_cert)"),
+    62: (CERT_E_CN_NO_MATCH, "does not name this host; connect with a name the certificate carries"),
+    64: (CERT_E_CN_NO_MATCH, "does not name this address; connect with a name the certificate carries"),
+}
+# TLS alerts by which the service refuses our client certificate for a reason it names.
+_CLIENT_CERT_ALERTS: dict[str, tuple[int, str]] = {
+    "certificate expired": (CERT_E_EXPIRED, "it has expired{when}; renew the client certificate (--cert)"),
+    "certificate revoked": (CRYPT_E_REVOKED, "it is revoked; get a new client certificate (--cert)"),
+}
 _REJECTED_ALERTS = ("certificate required", "unknown ca", "bad certificate", "certificate unknown",
                     "access denied", "handshake failure", "certificate_required", "unknown_ca")
 
@@ -131,6 +154,7 @@ class Client:
             netloc = f"[{host}]" if ":" in host else host
             self.address = f"{netloc}:{port_text}"
             self.socket_path = None
+            self._cert_path = Path(cert) if cert is not None else None
             try:
                 ctx = ssl.create_default_context(cafile=str(cafile) if cafile else None)
                 if cert is not None:
@@ -156,6 +180,19 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _our_cert_expiry(self) -> str:
+        """`` (notAfter ...)`` of our client certificate, when it can be read (for the expired message)."""
+        path = getattr(self, "_cert_path", None)
+        if path is None:
+            return ""
+        try:
+            from cryptography import x509
+
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError):
+            return ""
+        return f" (notAfter {cert.not_valid_after_utc.isoformat()}, {path})"
+
     def _transport_error(self, e: httpx.TransportError, what: str) -> CertSrvError:
         cause: BaseException | None = e
         texts: list[str] = []
@@ -163,8 +200,18 @@ class Client:
             texts.append(str(cause))
             if isinstance(cause, PermissionError):
                 return AccessDenied(E_ACCESSDENIED, self.address, f"{what}: permission denied on the socket")
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                # The service's certificate failed our checks: name the trust failure, not "unavailable".
+                hr, advice = _VERIFY_CODES.get(int(cause.verify_code or 0),
+                                               (TRUST_E_FAIL, "was refused; check it and --cafile"))
+                return CertSrvError(hr, self.address, f"{what}: the service's TLS certificate {advice} "
+                                    f"(certificate verify failed: {cause.verify_message})")
             cause = cause.__cause__ or cause.__context__
         text = " ".join(texts).lower()
+        for alert, (hr, reason) in _CLIENT_CERT_ALERTS.items():
+            if f"alert {alert}" in text:
+                return AccessDenied(hr, self.address, f"{what}: the service refused our TLS client certificate: "
+                                    + reason.format(when=self._our_cert_expiry()))
         if "alert" in text and any(a in text for a in _REJECTED_ALERTS):
             return AccessDenied(E_ACCESSDENIED, self.address,
                                 f"{what}: the service refused our TLS client certificate ({texts[-1][:200]})")
