@@ -511,3 +511,84 @@ def test_read_is_bounded(mgr: BackupManager, home: Home) -> None:
     assert mgr.read(h, 10) == b""
     mgr.close_file(h)
     mgr.end(h)
+
+
+def test_short_idle_limit_applies_once_files_are_read(store: Store, home: Home, clock: object) -> None:
+    """Issue #10: idle for the short limit during reads ends the session; before reading, the ceiling applies."""
+    add_requests(store, 3, tag="a")
+    m = BackupManager(store, home, 600.0, idle_timeout=60.0, clock=clock)  # type: ignore[arg-type]
+    try:
+        h = m.prepare("op", 0, 1)
+        name = m.database_names(h)[0][1:]
+        clock.now += 120  # type: ignore[attr-defined]
+        assert m.expire_idle() == []  # not reading yet: 600 s ceiling
+        st = m.status()
+        assert st is not None and st["idle_limit"] == 600.0 and st["open_file"] is None
+        size = m.open_file(h, name)
+        data = m.read(h, 1000)
+        st = m.status()
+        assert st is not None and st["idle_limit"] == 60.0 and st["bytes_sent"] == len(data)
+        assert st["open_file"] == Path(name).name and st["open_file_pos"] == len(data) and st["open_file_size"] == size
+        assert st["files_listed"] == 1 and st["files_done"] == 0 and st["principal"] == "op" and st["kind"] == "full"
+        clock.now += 59  # type: ignore[attr-defined]
+        m.touch(h)  # a piece of an answer was accepted: progress
+        clock.now += 59  # type: ignore[attr-defined]
+        assert m.expire_idle() == []
+        clock.now += 2  # type: ignore[attr-defined]
+        assert m.expire_idle() == [h] and m.status() is None
+        with pytest.raises(CertSrvError) as e:
+            m.read(h, 10)
+        assert hr(e) == E_UNEXPECTED and "idle for more than 60s" in e.value.message
+        frames, done = _checkpoint(store.db_path)
+        assert frames == done  # pin released
+        # The idle limit never exceeds the ceiling.
+        assert BackupManager(store, home, 30.0, idle_timeout=60.0).idle_timeout == 30.0
+    finally:
+        m.close()
+
+
+def test_session_ends_when_every_holder_connection_is_gone(mgr: BackupManager, store: Store, home: Home) -> None:
+    add_requests(store, 3, tag="a")
+    closed: set[int] = set()
+    a, b = object(), object()
+    h = mgr.prepare("op", 0, 1)
+    assert mgr.end_if_gone(lambda t: True) is None  # no holder: only the idle limit can end it
+    mgr.hold(h, a, "op")
+    mgr.hold(h, b, "op")
+    mgr.hold(h, a, "op")  # once per connection
+    with pytest.raises(CertSrvError) as e:
+        mgr.hold(h, object(), "mallory")  # another caller cannot bind (nor learn of) the session
+    assert hr(e) == E_UNEXPECTED
+    name = mgr.database_names(h)[0][1:]
+    mgr.open_file(h, name)
+    closed.add(id(a))
+    assert mgr.end_if_gone(lambda t: id(t) in closed) is None and mgr.status() is not None
+    closed.add(id(b))
+    ended = mgr.end_if_gone(lambda t: id(t) in closed)
+    assert ended is not None and ended["ended"] == "the client's connection closed" and ended["principal"] == "op"
+    assert mgr.status() is None and not mgr.active
+    frames, done = _checkpoint(store.db_path)
+    assert frames == done
+    with pytest.raises(CertSrvError) as e:
+        mgr.close_file(h, "op")
+    assert hr(e) == E_UNEXPECTED and "the client's connection closed" in e.value.message
+    mgr.end(mgr.prepare("op", 0, 1), "op")  # the next backup starts
+
+
+def test_abort_ends_a_session_at_once_and_records_nothing(mgr: BackupManager, store: Store, home: Home,
+                                                          tmp_path: Path) -> None:
+    add_requests(store, 3, tag="a")
+    with pytest.raises(CertSrvError) as e:
+        mgr.abort("uid:1")
+    assert hr(e) == E_UNEXPECTED and "nothing to abort" in e.value.message
+    h = mgr.prepare("alice", 0, 1)
+    name = mgr.database_names(h)[0][1:]
+    read_all(mgr, h, name, tmp_path / "db")
+    mgr.backup_logs(h)
+    ended = mgr.abort("uid:1")
+    assert ended["principal"] == "alice" and ended["ended"] == "aborted by uid:1" and ended["files_done"] == 1
+    assert mgr.status() is None and backup_history(store) == []  # aborted: not recorded even if complete
+    with pytest.raises(CertSrvError) as e:
+        mgr.end(h, "alice")
+    assert hr(e) == E_UNEXPECTED and "aborted by uid:1" in e.value.message
+    assert not home.staging_dir.exists() or not any(home.staging_dir.iterdir())
