@@ -26,12 +26,12 @@ from pycertsrv.home import Home
 
 from .helpers import Service, make_home
 
-IDLE = 2.0  # [service] backup_idle_timeout of these tests (seconds)
+IDLE = 3.0  # [service] backup_idle_timeout of these tests (seconds)
 WAIT = 60.0  # bound on every wait (never asserted as a duration)
 
 
-FILLER = 40  # rows of 256 KiB: a 10 MiB database, read for ~5 s at RATE
-RATE = "2M"  # the paced client reads a 1 MiB chunk about every 0.5 s: well inside IDLE while it reads
+FILLER = 40  # rows of 256 KiB: a 10 MiB database, read for ~10 s at RATE
+RATE = "1M"  # the paced client reads a 1 MiB chunk about every second: well inside IDLE while it reads
 
 
 def _big_database(home: Home) -> None:
@@ -101,19 +101,17 @@ def slow_backup(home: Home, target: Path) -> subprocess.Popen[str]:
                             stdin=subprocess.DEVNULL)
 
 
-def reading(home: Home) -> dict[str, Any] | None:
-    st = status(home)
+def reading(svc: Service) -> dict[str, Any] | None:
+    """The session once it reads a file (polled in process: quick, so the slow reader is caught early)."""
+    with svc.client() as c:
+        st = c.backup_status()
     return st if st is not None and st["open_file"] is not None else None
 
 
 def test_sigkill_in_mid_read_releases_the_session_when_the_connection_closes(svc: Service, tmp_path: Path) -> None:
     proc = slow_backup(svc.home, tmp_path / "killed")
     try:
-        st = wait_for("the backup to be in mid-read", lambda: reading(svc.home))
-        # --status shows the holder, start, type and progress.
-        assert st["principal"] == f"uid:{os.getuid()}" and st["kind"] == "full" and st["started"]
-        assert st["held_by_connection"] is True and st["open_file_size"] > 0 and st["files_listed"] >= 1
-        assert st["idle_limit"] == IDLE
+        wait_for("the backup to be in mid-read", lambda: reading(svc))
         proc.send_signal(signal.SIGKILL)
         proc.wait(WAIT)
     finally:
@@ -138,7 +136,7 @@ def test_a_stopped_client_is_ended_by_the_short_idle_limit(svc: Service, tmp_pat
     """SIGSTOP keeps the connection open: only the idle limit (2 s here, not the 600 s ceiling) frees it."""
     proc = slow_backup(svc.home, tmp_path / "stopped")
     try:
-        wait_for("the backup to be in mid-read", lambda: reading(svc.home))
+        wait_for("the backup to be in mid-read", lambda: reading(svc))
         proc.send_signal(signal.SIGSTOP)
         wait_for("the idle limit to end the session", lambda: status(svc.home) is None)
         assert f"ended: idle for more than {IDLE:g}s" in svc.log()
@@ -163,9 +161,10 @@ def test_a_session_without_a_connection_binding_expires_when_idle(svc: Service) 
         info = c.post("/backup/sessions", json={"grbit": 0, "flags": 1}).json()
         h = info["handle"]
         name = c.post(f"/backup/sessions/{h}/database-names").json()["names"][0][1:]
-        assert c.post(f"/backup/sessions/{h}/open", json={"name": name}).status_code == 200
+        # Not reading yet: the 600 s ceiling applies, so this re-read cannot race the short limit.
         st = status(svc.home)
-        assert st is not None and st["held_by_connection"] is False and st["open_file"]
+        assert st is not None and st["held_by_connection"] is False and st["idle_limit"] == 600.0
+        assert c.post(f"/backup/sessions/{h}/open", json={"name": name}).status_code == 200
         wait_for("the idle limit to end the session", lambda: status(svc.home) is None)
         r = c.post(f"/backup/sessions/{h}/close")
         body = r.json()
@@ -176,7 +175,15 @@ def test_a_session_without_a_connection_binding_expires_when_idle(svc: Service) 
 def test_abort_ends_a_live_session_at_once(svc: Service, tmp_path: Path) -> None:
     proc = slow_backup(svc.home, tmp_path / "aborted")
     try:
-        before = wait_for("the backup to be in mid-read", lambda: reading(svc.home))
+        wait_for("the backup to be in mid-read", lambda: reading(svc))
+        # --status shows the holder, start, type and progress (re-read from the service by the CLI).
+        before = status(svc.home)
+        assert before is not None and before["principal"] == f"uid:{os.getuid()}" and before["kind"] == "full"
+        assert before["started"] and before["phase"] == "DB" and before["held_by_connection"] is True
+        assert before["open_file"] and before["open_file_size"] > 0 and before["files_listed"] >= 1
+        assert before["bytes_sent"] > 0 and before["idle_limit"] == IDLE
+        human = certsrv(svc.home, "backup", "--status")
+        assert human.returncode == 0 and f"Full backup by {before['principal']}, started" in human.stdout
         r = certsrv(svc.home, "backup", "--abort")
         assert r.returncode == 0, r.stderr
         assert f"Aborted the backup session of {before['principal']}" in r.stdout
