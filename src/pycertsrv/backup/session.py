@@ -69,6 +69,7 @@ from ..errors import (
 from ..fsutil import make_dirs
 from ..home import Home
 from ..store import Store, log_name
+from .liveness import SessionEnding
 
 # spec §1.3 / §1.4 file-type tags.
 CSBFT_LOG = chr(0x21)
@@ -267,8 +268,10 @@ def _check_listed_file(fd: int, path: Path, root: Path) -> os.stat_result:
     return st
 
 
-class BackupManager:
+class BackupManager(SessionEnding):
     """One CA's backup sessions (spec §2.20); every method is thread-safe.
+
+    How a session ends without BackupEnd (idle, client gone, abort) and its status: :class:`SessionEnding`.
 
     :param authority_or_store: the CA (``Authority``: its store and dynamic files) or a bare ``Store``.
     :param home: the CA home (staging area, published files).
@@ -660,94 +663,6 @@ class BackupManager:
         with self._use(handle, "BackupEnd", principal_id) as s:
             return self._finish(s, aborted=False)
 
-    def _limit(self, s: _Session) -> float:
-        """Idle seconds allowed: the short limit once files are read, else the ceiling (service config)."""
-        return self.idle_timeout if s.reading else self.timeout
-
-    def expire_idle(self) -> list[str]:
-        """End every session idle for longer than its limit (:meth:`_limit`); returns the handles ended."""
-        with self._lock:
-            s = self._session
-            if s is None or s.busy or not s.ready or self._clock() - s.last_activity <= self._limit(s):
-                return []
-        ended = self._end_now(s, f"idle for more than {self._limit(s):g}s")
-        if ended is None:
-            return []
-        self.expired.append(s.handle)
-        return [s.handle]
-
-    def hold(self, handle: str, holder: object, principal_id: str | None = None) -> None:
-        """Bind the session to a client connection: once every holder is gone (:meth:`end_if_gone`), it ends.
-
-        :param handle: the session handle.
-        :param holder: the connection (any object; compared by identity).
-        :param principal_id: when given, the session must belong to this caller.
-        """
-        with self._use(handle, "BackupHold", principal_id) as s:
-            if not any(h is holder for h in s.holders):
-                s.holders.append(holder)
-
-    def end_if_gone(self, gone: Callable[[object], bool]) -> dict[str, Any] | None:
-        """End the session when it has holders and ``gone(h)`` is true for all (the client closed its
-        connection, spec §2.20 [INF]); a call in flight finishes first. Returns the ended session's status.
-
-        :param gone: tells whether a holder (connection) is closed.
-        """
-        with self._lock:
-            s = self._session
-            if s is None or s.busy or not s.ready or not s.holders or not all(gone(h) for h in s.holders):
-                return None
-        return self._end_now(s, "the client's connection closed")
-
-    def abort(self, by: str) -> dict[str, Any]:
-        """End the running session at once, whoever holds it (``certsrv backup --abort``): everything is
-        released as by BackupEnd; a complete backup is not recorded. Returns its status before the end.
-
-        :param by: who asked (named to the holder in its next call's error).
-        """
-        with self._lock:
-            s = self._session
-        ended = self._end_now(s, f"aborted by {by}") if s is not None else None
-        if ended is None:
-            raise SequenceError(E_UNEXPECTED, "BackupAbort", "no backup session is in progress; nothing to abort")
-        return ended
-
-    def _end_now(self, s: _Session, reason: str) -> dict[str, Any] | None:
-        """End ``s`` (aborted) for ``reason``; None when it had already ended."""
-        with s.lock:
-            if s.ended:
-                return None
-            info = self._status(s)
-            self._finish(s, aborted=True)
-            with self._lock:
-                self._ended[s.handle] = reason
-                while len(self._ended) > 16:  # only the recent ones are worth naming
-                    self._ended.pop(next(iter(self._ended)))
-            info["ended"] = reason
-            self.last_ended = info
-            return info
-
-    def touch(self, handle: str) -> None:
-        """A range of ``handle``'s session is still being sent: the client is alive (progress resets idleness).
-
-        :param handle: the session handle.
-        """
-        with self._lock:
-            s = self._session
-            if s is not None and s.handle == handle:
-                s.last_activity = self._clock()
-
-    def is_live(self, handle: str) -> bool:
-        """Whether ``handle`` is the running session's (not ended)."""
-        with self._lock:
-            s = self._session
-            return s is not None and s.handle == handle and not s.ended
-
-    @property
-    def active(self) -> bool:
-        """A session exists (cheap: for the service's watcher)."""
-        return self._session is not None
-
     def close(self) -> None:
         """Abort any session (service shutdown)."""
         with self._lock:
@@ -756,22 +671,6 @@ class BackupManager:
             with s.lock:
                 if not s.ended:
                     self._finish(s, aborted=True)
-
-    def status(self) -> dict[str, Any] | None:
-        """The running session (holder, since when, kind, phase, progress) or None; no handle is revealed."""
-        with self._lock:
-            s = self._session
-            return None if s is None else self._status(s)
-
-    def _status(self, s: _Session) -> dict[str, Any]:
-        f = s.open
-        listed = len(s.db_names if s.db_listed else []) + len(s.log_names or []) + len(s.dynamic_names)
-        return {"principal": s.principal, "kind": s.kind, "phase": s.phase,
-                "started": s.started.isoformat(), "idle_seconds": round(self._clock() - s.last_activity, 3),
-                "idle_limit": self._limit(s), "held_by_connection": bool(s.holders),
-                "files_done": len(s.done), "files_listed": listed, "bytes_sent": s.bytes_sent,
-                "open_file": Path(f.name).name if f else None,
-                "open_file_pos": f.pos if f else None, "open_file_size": f.size if f else None}
 
     # ------------------------------------------------------------------ end of a session
 
