@@ -249,7 +249,12 @@ async def run_app(
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, _BadClientHTTP) for f in server_log.filters):
         server_log.addFilter(_BadClientHTTP())
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout)
+    # An idle connection (or one that never finishes its request headers) is closed after the longest time a
+    # backup session may idle plus a body's time (aiohttp's default is an hour): a session's connection is
+    # never cut while the session may still live, and a header-slowloris is bounded.
+    keepalive = cfg.service.backup_session_timeout + cfg.service.body_timeout
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout,
+                           keepalive_timeout=keepalive)
     await runner.setup()
     sock = socket_override or socket_path(home, cfg)
     tasks: list[asyncio.Task[None]] = []
