@@ -55,10 +55,16 @@ def _big_database(home: Home) -> None:
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     home = make_home(tmp_path_factory.mktemp("bs") / "H", "Session Test CA", backup_idle_timeout=IDLE)
     _big_database(home)
+    pw(home).write_text("session test password\n")
     s = Service(home).start()
     yield s
     s.ensure_stopped()
     assert "Traceback" not in s.log() and " ERROR " not in s.log(), s.log()[-3000:]
+
+
+def pw(home: Home) -> Path:
+    """The backup sets' password file (every set is authenticated with it)."""
+    return home.root.parent / "pw"
 
 
 def _env() -> dict[str, str]:
@@ -96,6 +102,7 @@ def wait_for(what: str, cond: Callable[[], Any]) -> Any:
 def slow_backup(home: Home, target: Path) -> subprocess.Popen[str]:
     """A real `certsrv backup` that reads slowly (--max-rate), so it can be caught in mid-read."""
     return subprocess.Popen([sys.executable, "-m", "pycertsrv.cli", "backup", str(target), "--database-only",
+                             "--password-file", str(pw(home)),
                              "--quiet", "--max-rate", RATE, "--home", str(home.root)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
                             stdin=subprocess.DEVNULL)
@@ -124,9 +131,10 @@ def test_sigkill_in_mid_read_releases_the_session_when_the_connection_closes(svc
     assert "ended: the client's connection closed; pins and staging released" in log
     assert f"idle for more than {IDLE:g}s" not in log
     # The next backup succeeds and is whole.
-    r = certsrv(svc.home, "backup", str(tmp_path / "next"), "--database-only", "--quiet")
+    r = certsrv(svc.home, "backup", str(tmp_path / "next"), "--database-only", "--quiet",
+                  "--password-file", str(pw(svc.home)))
     assert r.returncode == 0, r.stderr
-    v = certsrv(None, "verify-backup", str(tmp_path / "next"))
+    v = certsrv(None, "verify-backup", str(tmp_path / "next"), "--password-file", str(pw(svc.home)))
     assert v.returncode == 0 and v.stdout.startswith("OK: full backup"), v.stdout + v.stderr
     assert status(svc.home) is None
     assert "Traceback" not in svc.log()
@@ -140,7 +148,8 @@ def test_a_stopped_client_is_ended_by_the_short_idle_limit(svc: Service, tmp_pat
         proc.send_signal(signal.SIGSTOP)
         wait_for("the idle limit to end the session", lambda: status(svc.home) is None)
         assert f"ended: idle for more than {IDLE:g}s" in svc.log()
-        r = certsrv(svc.home, "backup", str(tmp_path / "next"), "--database-only", "--quiet")
+        r = certsrv(svc.home, "backup", str(tmp_path / "next"), "--database-only", "--quiet",
+                  "--password-file", str(pw(svc.home)))
         assert r.returncode == 0, r.stderr
         # The stopped holder, resumed, learns its session is gone (spec §2.20: 0x8000FFFF), in one line.
         proc.send_signal(signal.SIGCONT)
@@ -208,7 +217,8 @@ def test_abort_ends_a_live_session_at_once(svc: Service, tmp_path: Path) -> None
     assert again.returncode == 1
     assert again.stderr.startswith("certsrv: BackupAbort: 0x8000FFFF E_UNEXPECTED: no backup session is in progress")
     # And the next backup runs.
-    ok = certsrv(svc.home, "backup", str(tmp_path / "next"), "--database-only", "--quiet")
+    ok = certsrv(svc.home, "backup", str(tmp_path / "next"), "--database-only", "--quiet",
+                  "--password-file", str(pw(svc.home)))
     assert ok.returncode == 0, ok.stderr
 
 

@@ -24,20 +24,25 @@ def certsrv(*args: str) -> subprocess.CompletedProcess[str]:
 def test_serve_logs_the_hard_recovery_of_a_registered_restore(tmp_path_factory: pytest.TempPathFactory) -> None:
     d = tmp_path_factory.mktemp("hr")
     home = make_home(d / "H", "Hard Recovery CA")
+    pw = d / "pw"
+    pw.write_text("recovery test password\n")
     svc = Service(home).start()
     try:
         with svc.client() as c:
             for i in range(3):
                 c.submit(make_csr(f"a{i}.example.com"))
-            certsrv("backup", str(d / "full"), "--home", str(home.root), "--database-only", "--keep-log", "--quiet")
+            certsrv("backup", str(d / "full"), "--home", str(home.root), "--database-only", "--keep-log", "--quiet",
+                    "--password-file", str(pw))
             for i in range(4):
                 c.submit(make_csr(f"b{i}.example.com"))
-            certsrv("backup", str(d / "i1"), "--home", str(home.root), "--database-only", "--incremental", "--quiet")
+            certsrv("backup", str(d / "i1"), "--home", str(home.root), "--database-only", "--incremental", "--quiet",
+                    "--password-file", str(pw))
             want = c.view(limit=1000)
     finally:
         svc.stop()
     assert len(want) == 7
-    certsrv("restore", str(d / "full"), str(d / "i1"), "--home", str(home.root), "--database-only", "--force")
+    certsrv("restore", str(d / "full"), str(d / "i1"), "--home", str(home.root), "--database-only", "--force",
+            "--password-file", str(pw))
     first_run = len(svc.log())
     svc.start()
     try:
