@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .archive.settings import ArchiveSection
 from .errors import E_INVALIDARG, ERROR_FILE_NOT_FOUND, InvalidArgument, NotFound
 from .fsutil import PRIVATE_FILE, atomic_write
 
@@ -247,6 +248,7 @@ class Config(_Section):
     store: StoreSection = Field(default_factory=StoreSection)
     service: ServiceSection = Field(default_factory=ServiceSection)
     roles: list[RoleGrant] = Field(default_factory=list)
+    archive: ArchiveSection | None = None  # issue 13: continuous log archiving (absent: off)
     templates: dict[str, TemplateSection] = Field(default_factory=builtin_templates)
 
     @field_validator("templates", mode="before")
@@ -319,7 +321,7 @@ def dumps(cfg: Config) -> str:
     data = cfg.model_dump()
     lines: list[str] = []
     for section, values in data.items():
-        if section in ("roles", "templates"):
+        if section in ("roles", "templates") or values is None:
             continue
         lines.append(f"[{section}]")
         for k, v in values.items():

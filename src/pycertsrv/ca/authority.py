@@ -223,7 +223,7 @@ class Authority:
     @staticmethod
     def _store_options(cfg: Config) -> StoreOptions:
         return StoreOptions(log_size=cfg.store.log_size, checkpoint_records=cfg.store.checkpoint_records,
-                            circular_logging=cfg.store.circular_logging)
+                            circular_logging=cfg.store.circular_logging, archiving=cfg.archive is not None)
 
     @classmethod
     def open(cls, home: Path | str | Home | None, *, passphrase: bytes | None = None) -> Authority:

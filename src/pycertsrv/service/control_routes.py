@@ -46,9 +46,18 @@ async def health(request: web.Request) -> web.Response:
     by itself) or ``failed: log sync error, restart required`` (see pycertsrv.store.health)."""
     h = await asyncio.to_thread(_store_health, request)
     state = h.state if h is not None else "ok"
-    return json_response({"status": state.split(":", 1)[0], "store": state, "online": request.app["state"].online,
+    status = state.split(":", 1)[0]
+    archive = await asyncio.to_thread(_archive_status, request)
+    if archive is not None and archive["state"] in ("behind", "stopped") and status == "ok":
+        status = "degraded"  # issue 13: an archive far behind or stopped is said loudly (issuance goes on)
+    return json_response({"status": status, "store": state, "online": request.app["state"].online,
                           "unapplied": h.unapplied if h is not None else 0,
-                          "log_damage": bool(h.log_damage) if h is not None else False})
+                          "log_damage": bool(h.log_damage) if h is not None else False, "archive": archive})
+
+
+def _archive_status(request: web.Request) -> dict[str, Any] | None:
+    shipper = request.app.get("archiver")
+    return None if shipper is None else dict(shipper.status())
 
 
 async def status(request: web.Request) -> web.Response:
@@ -70,6 +79,7 @@ async def status(request: web.Request) -> web.Response:
     }
     h = await asyncio.to_thread(_store_health, request)
     body["store"] = h.to_json() if h is not None else None
+    body["archive"] = await asyncio.to_thread(_archive_status, request)
     return json_response(body)
 
 
@@ -94,6 +104,11 @@ ONLINE_SCHEMA = {
     "required": ["online", "name"],
     "properties": {"online": {"type": "boolean"}, "name": {"type": "string"}},
 }
+ARCHIVE_SCHEMA: dict[str, Any] = {
+    "type": ["object", "null"],
+    "description": "continuous archiving (issue 13; null when off): state ok|retrying|behind|stopped, watermark, "
+                   "lag_generations, lag_bytes, lag_seconds, last_error",
+}
 STATUS_SCHEMA = {
     "type": "object",
     "required": ["name", "online", "state", "pid", "version", "home", "listeners", "caller"],
@@ -110,6 +125,7 @@ STATUS_SCHEMA = {
         "crl_published": {"type": ["string", "null"]},
         "store": {"type": ["object", "null"], "description": "the store's health: state, detail, since, "
                   "unapplied, unapplied_lsns, log_damage, backup_full_required, summary"},
+        "archive": ARCHIVE_SCHEMA,
     },
 }
 HEALTH_SCHEMA = {
@@ -122,6 +138,7 @@ HEALTH_SCHEMA = {
         "online": {"type": "boolean"},
         "unapplied": {"type": "integer", "description": "committed records not yet applied to the database"},
         "log_damage": {"type": "boolean", "description": "damaged log records were found (see GET /status)"},
+        "archive": ARCHIVE_SCHEMA,
     },
 }
 CONTROL_BODY = {

@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..archive.shipper import start_for
 from ..config import Config
 from ..errors import (
     E_ACCESSDENIED,
@@ -288,12 +289,16 @@ async def run_app(
         log.info("serving CA %r from %s on %s", authority.name, home.root, ", ".join(state.listeners))
         if on_ready is not None:
             on_ready(app)
+        # Issue 13: continuous archiving of closed log generations (a thread; see pycertsrv.archive.shipper).
+        app["archiver"] = start_for(authority, cfg, home.root)
         tasks.append(asyncio.create_task(_periodic_crl(app, state)))
         tasks.append(asyncio.create_task(watch_sessions(app)))
         await stop.wait()
         log.info("stopping: %s", state.stop_reason)
     finally:
         state.state = "stopping"
+        if app.get("archiver") is not None:
+            await asyncio.to_thread(app["archiver"].stop)
         for t in tasks:
             t.cancel()
         for t in tasks:

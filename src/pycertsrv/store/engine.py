@@ -48,8 +48,8 @@ from ..errors import (
     StorageError,
 )
 from ..fsutil import HomeLock, atomic_write, copy_file, create_file, fsync_dir, fsync_file, make_dirs
+from . import archivemark, logfile, schema
 from . import health as health_mod
-from . import logfile, schema
 from .faults import FaultHandling
 from .health import FAILED_DB_SYNC, FAILED_SYNC, disk_full_error, is_disk_full, sync_failed_error
 from .replay import Batcher, Op, RecoveryReport, check_chain, encode_payload, read_meta, replay, set_applied
@@ -72,12 +72,15 @@ class StoreOptions:
     :param circular_logging: delete generations below the checkpoint by itself (no incrementals).
     :param retry_interval: seconds between attempts to apply committed records after an apply failed
         (disk full); see :mod:`.health`.
+    :param archiving: continuous archiving is on: truncation and circular logging keep every generation
+        above the archive watermark (issue 13).
     """
 
     log_size: int = 8 << 20
     checkpoint_records: int = 20000
     circular_logging: bool = False
     retry_interval: float = 0.5
+    archiving: bool = False  # issue 13: never delete a generation not yet archived (see .archivemark)
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,10 @@ class Store(FaultHandling):
         meta = {"identity": identity.hex(), "name": name, "applied_lsn": "0",
                 "circular_logging": "1" if (options and options.circular_logging) else "0"}
         conn.executemany("INSERT OR REPLACE INTO _meta (key, value) VALUES (?, ?)", meta.items())
+        # Issue 13: the lineage is in the new database itself, so every snapshot of it carries it.
+        conn.executemany("INSERT INTO setting (name, value) VALUES (?, ?)",
+                         [(archivemark.SETTING_LINEAGE, archivemark.new_lineage()),
+                          (archivemark.SETTING_LINEAGE_START, "1")])
         conn.commit()
         conn.close()
         fsync_file(tmp)
@@ -760,6 +767,12 @@ class Store(FaultHandling):
         return self._gen
 
     @property
+    def log_position(self) -> tuple[int, int, int]:
+        """``(generation being written, its first LSN, last LSN appended)``, read together."""
+        with self._fd_lock:
+            return self._gen, self._gen_first, self._appended_lsn
+
+    @property
     def applied_lsn(self) -> int:
         """Highest LSN applied to SQLite."""
         return self._applied_lsn
@@ -837,8 +850,12 @@ class Store(FaultHandling):
                 E_INVALIDARG, "truncate",
                 f"generation {below:08X} is past the checkpoint's "
                 f"({(cp.generation if cp else 0):08X}); those logs are needed for recovery")
+        present = logfile.list_generations(self.log_dir)
+        if self.options.archiving and present:
+            # Issue 13: a generation goes only when archived AND no longer needed by recovery.
+            below = min(below, archivemark.keep_floor(self, min(present)))
         deleted: list[int] = []
-        for g, p in logfile.list_generations(self.log_dir).items():
+        for g, p in present.items():
             if g < below and g != self._gen:
                 p.unlink(missing_ok=True)  # concurrent checkpoints (circular logging) may race here
                 deleted.append(g)

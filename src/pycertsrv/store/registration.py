@@ -49,7 +49,7 @@ from ..errors import (
     hresult_name,
 )
 from ..fsutil import atomic_write, copy_file, fsync_dir, fsync_file, make_dirs
-from . import logfile, schema
+from . import archivemark, logfile, schema
 from .replay import Op, RecoveryReport, apply_ops, encode_payload, read_meta, set_applied
 
 FORMAT = "pycertsrv-restore/1"
@@ -468,12 +468,17 @@ def _scan_live(path: Path, gen: int, ident: bytes) -> _LiveGen:
     return _LiveGen(gen, path, first, last, res.end, res.size, not bad or res.bad_is_tail, bad and res.bad_is_tail)
 
 
-def _epilogue_record(lsn: int, when: datetime) -> tuple[bytes, list[Op]]:
-    """The record the recovery appends: DBLastRecovery and backup_requires_full (logged, so replayable)."""
+def _epilogue_record(lsn: int, when: datetime, generation: int) -> tuple[bytes, list[Op]]:
+    """The record the recovery appends: DBLastRecovery, backup_requires_full and a new archive lineage
+    starting at ``generation`` (issue 13: the restored history never mixes with the one it branched from)."""
     t = schema.table("setting")
     ops: list[Op] = [
         ("setting", "p", schema.row_to_image(t, {"name": SETTING_LAST_RECOVERY, "value": when.isoformat()})),
         ("setting", "p", schema.row_to_image(t, {"name": SETTING_REQUIRES_FULL, "value": "1"})),
+        ("setting", "p", schema.row_to_image(t, {"name": archivemark.SETTING_LINEAGE,
+                                                 "value": archivemark.new_lineage()})),
+        ("setting", "p", schema.row_to_image(t, {"name": archivemark.SETTING_LINEAGE_START,
+                                                 "value": str(generation)})),
     ]
     return logfile.encode_record(lsn, int(when.timestamp() * 1_000_000), encode_payload(ops)), ops
 
@@ -554,7 +559,7 @@ def _recover_into_temp(home: Path, reg: Registration) -> dict[str, Any]:
     fresh = (max(keep) if keep else g_end) + 1
     # The epilogue: one logged record at applied+1, in the fresh generation.
     when = datetime.now(UTC)
-    record, ops = _epilogue_record(applied + 1, when)
+    record, ops = _epilogue_record(applied + 1, when, fresh)
     conn = sqlite3.connect(tmp, isolation_level=None)
     try:
         conn.execute("BEGIN")

@@ -1,0 +1,145 @@
+"""Where archived generations go: a directory, or an archive_command (issue 13).
+
+Immutable files (PostgreSQL's archive_command rule): a file is written under a temporary name,
+fsynced, renamed into place, and its directory fsynced; sending identical bytes under an existing
+name is accepted (a ship repeated after a crash); different bytes under an existing name is a
+:class:`ArchiveConflict`, which stops archiving until an operator looks.
+
+``python -m pycertsrv.archive.destination SRC DEST_FILE`` stores one file by the same rule, for
+``command`` set-ups that copy to a mounted filesystem (``command = "python3 -m
+pycertsrv.archive.destination %p /mnt/ca/%f"``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import filecmp
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from ..errors import ERROR_FILE_EXISTS, ERROR_IO_DEVICE, CertSrvError, Conflict, StorageError
+from ..fsutil import copy_file, fsync_dir, fsync_file
+
+ARCHIVE_FILE_MODE = 0o400  # archived generations are immutable and hold every request: owner read only
+ARCHIVE_DIR_MODE = 0o700
+
+
+class ArchiveConflict(Conflict):
+    """Different bytes exist under the name being shipped: archiving stops (never overwritten)."""
+
+
+def archive_name(identity: str, lineage: str, name: str) -> str:
+    """The relative archive name of a generation: ``<identity>/<lineage>/<edbX.log>``."""
+    return f"{identity}/{lineage}/{name}"
+
+
+def store_file(src: Path, dest: Path) -> str:
+    """Store ``src`` at ``dest`` immutably; returns ``"stored"`` or ``"identical"`` (already there).
+
+    :raises ArchiveConflict: ``dest`` exists with other bytes.
+    :raises StorageError: the destination cannot be written (retried by the shipper).
+    """
+    what = f"archive {dest}"
+    try:
+        if dest.exists():
+            if filecmp.cmp(src, dest, shallow=False):
+                return "identical"
+            raise ArchiveConflict(ERROR_FILE_EXISTS, str(dest),
+                                  f"{dest.name} is already archived with different bytes; archiving stopped "
+                                  "(an archive file is never overwritten): check whether another CA or an older "
+                                  "history writes to this destination, then move the file aside")
+        for d in (dest.parent.parent.parent, dest.parent.parent, dest.parent):
+            if not d.exists():
+                d.mkdir(mode=ARCHIVE_DIR_MODE, exist_ok=True)
+                fsync_dir(d.parent)
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+        try:
+            copy_file(src, tmp, ARCHIVE_FILE_MODE)
+            fsync_file(tmp)
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        fsync_dir(dest.parent)
+        return "stored"
+    except OSError as e:
+        raise StorageError(ERROR_IO_DEVICE, what, f"cannot store {src.name}: {e.strerror or e}") from None
+
+
+def _expand(command: str, path: Path, rel: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(command):
+        c = command[i]
+        if c == "%" and i + 1 < len(command):
+            n = command[i + 1]
+            if n in "pf%":
+                out.append(shlex.quote(str(path)) if n == "p" else shlex.quote(rel) if n == "f" else "%")
+                i += 2
+                continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+class Destination:
+    """A configured target: ``dest`` directory or ``command``.
+
+    :param dest: the archive directory.
+    :param command: archive_command (``%p`` path, ``%f`` relative archive name).
+    :param command_timeout: seconds a command may run before it counts as failed.
+    """
+
+    def __init__(self, *, dest: str | None = None, command: str | None = None, command_timeout: float = 600.0,
+                 base: Path | None = None) -> None:
+        self.dest = None if dest is None else (Path(dest) if Path(dest).is_absolute() or base is None
+                                               else base / dest)
+        self.command = command
+        self.command_timeout = command_timeout
+
+    def describe(self) -> str:
+        """Where it ships to (for status)."""
+        return str(self.dest) if self.dest is not None else f"command: {self.command}"
+
+    def put(self, src: Path, rel: str) -> str:
+        """Ship one generation under its relative archive name; ``"stored"`` or ``"identical"``."""
+        if self.dest is not None:
+            return store_file(src, self.dest / rel)
+        assert self.command is not None
+        cmd = _expand(self.command, src, rel)
+        try:
+            r = subprocess.run(["/bin/sh", "-c", cmd], capture_output=True, timeout=self.command_timeout,
+                               check=False)
+        except subprocess.TimeoutExpired:
+            raise StorageError(ERROR_IO_DEVICE, "archive command",
+                               f"timed out after {self.command_timeout:g}s shipping {src.name}") from None
+        if r.returncode != 0:
+            err = (r.stderr or r.stdout).decode(errors="replace").strip().splitlines()
+            last = err[-1] if err else ""
+            if r.returncode == 3 and "different bytes" in last:  # our own helper's conflict (see _main)
+                raise ArchiveConflict(ERROR_FILE_EXISTS, "archive command", last)
+            raise StorageError(ERROR_IO_DEVICE, "archive command",
+                               f"exit status {r.returncode} shipping {src.name}" + (f": {last}" if last else ""))
+        return "stored"
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m pycertsrv.archive.destination SRC DEST_FILE", file=sys.stderr)
+        return 2
+    try:
+        print(store_file(Path(argv[0]), Path(argv[1])))
+    except ArchiveConflict as e:
+        print(f"certsrv: {e}", file=sys.stderr)
+        return 3
+    except CertSrvError as e:
+        print(f"certsrv: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
