@@ -382,6 +382,8 @@ class RestorePlan:
     # SHA-256 of every file of the authenticated sets, by path: checked again on the bytes actually copied, so a
     # file swapped on the backup storage after the sets were verified is refused too (issue 9 finding 4).
     expected: dict[Path, str] = field(default_factory=dict, repr=False)
+    archive: dict[str, Any] | None = None  # issue 13: what --archive added (see pycertsrv.archive.restore)
+    archive_range: tuple[int, int] | None = None
 
     @property
     def full(self) -> SetInfo | None:
@@ -409,6 +411,7 @@ class RestorePlan:
                        "target": str(self.home.config)},
             "dynamic": [{"source": str(s), "target": str(t)} for s, t in self.dynamic],
             "target_not_empty": self.not_empty, "running": self.running, "warnings": self.warnings,
+            "archive": self.archive,
         }
 
     def describe(self) -> list[str]:
@@ -424,6 +427,10 @@ class RestorePlan:
             out.append(f"  database    {self.database_source} -> {self.database_target}")
             out.append(f"  logs        {len(self.logs)} generation(s) {self.gen_low:08X}..{self.gen_high:08X} "
                        f"-> {self.backup_log_path}")
+        if self.archive is not None:
+            a = self.archive
+            out.append(f"  archive     {a['directory']}: {a['generations']} generation(s) "
+                       f"{a['gen_low'] or ''}..{a['gen_high'] or ''} (to LSN {a['last_lsn']})")
         if self.until_us is not None:
             out.append(f"  until       {logfile.us_to_datetime(self.until_us).isoformat()} (point in time)")
         if self.p12 is not None:
@@ -526,6 +533,7 @@ def plan_restore(
     restore_config: bool = False,
     password: bytes | None = None,
     allow_unauthenticated: bool = False,
+    archive: Path | str | None = None,
 ) -> RestorePlan:
     """Check the sets and work out what a restore into ``home`` does (nothing is written).
 
@@ -539,6 +547,7 @@ def plan_restore(
     :param password: the sets' password: authenticates every set (required) and opens the PKCS#12.
     :param allow_unauthenticated: accept sets without an authenticator (from before they existed), with a warning
         in ``plan.warnings``.
+    :param archive: a continuous archive (issue 13): its generations after the sets are replayed too.
     """
     if database_only and key_only:
         raise InvalidArgument(E_INVALIDARG, "restore", "--database-only and --key-only exclude each other")
@@ -605,6 +614,12 @@ def plan_restore(
         if plan.p12 is not None and password is not None:
             _, cert, _ = load_p12(plan.p12, password, plan.expected.get(plan.p12))
             plan.key_subject = cert.subject.rfc4514_string()
+    if archive is not None:
+        if mode == "key":
+            raise InvalidArgument(E_INVALIDARG, "--archive", "the archive applies to a database restore")
+        from ..archive.restore import add_archive
+
+        add_archive(plan, archive)
     if until is not None:
         if mode == "key":
             raise InvalidArgument(E_INVALIDARG, "--until", "a point in time applies to a database restore")
@@ -879,6 +894,9 @@ def _place_database(ctx: RestoreContext, plan: RestorePlan, cfg: config_mod.Conf
             assert s.manifest is not None
             restore_register(ctx, None, None, None, str(plan.backup_log_path), s.manifest.gen_low,
                              s.manifest.gen_high, identity=plan.identity)
+        if plan.archive_range is not None:  # issue 13: the archived generations, registered like an incremental
+            restore_register(ctx, None, None, None, str(plan.backup_log_path), *plan.archive_range,
+                             identity=plan.identity)
     except CertSrvError as e:
         restore_register_complete(ctx, e.hresult)
         raise

@@ -33,12 +33,15 @@ def _read_secret(path: Path | None, what: str) -> bytes | None:
 @click.option("--force", is_flag=True, help="Restore into a home that already has a database or key.")
 @click.option("--until", "until", default=None, metavar="TIME",
               help="Point in time (ISO 8601, UTC when no zone): replay stops before later records.")
+@click.option("--archive", "archive", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Continuous archive: replay its generations after the sets (to --until or its end).")
 @click.option("--restore-config", is_flag=True, help="Replace an existing home's certsrv.toml with the set's.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
 @json_option
 def restore_cmd(directories: tuple[Path, ...], home: Path | None, database_only: bool, key_only: bool,
                 password_file: Path | None, allow_unauthenticated: bool, key_passphrase_file: Path | None,
-                force: bool, until: str | None, restore_config: bool, dry_run: bool, as_json: bool) -> None:
+                force: bool, until: str | None, restore_config: bool, archive: Path | None, dry_run: bool,
+                as_json: bool) -> None:
     """Restore DIR (the full set) and any incremental DIRs into a stopped CA home."""
     from ..backup.restore import plan_restore, run_restore
 
@@ -48,7 +51,7 @@ def restore_cmd(directories: tuple[Path, ...], home: Path | None, database_only:
         password = click.prompt("Password of the backup sets", hide_input=True).encode()
     plan = plan_restore(list(directories), home=home, database_only=database_only, key_only=key_only, force=force,
                         until=until, restore_config=restore_config, password=password,
-                        allow_unauthenticated=allow_unauthenticated)
+                        allow_unauthenticated=allow_unauthenticated, archive=archive)
     for w in plan.warnings:
         click.echo(f"certsrv: restore: WARNING: {w}", err=True)
     if dry_run:
