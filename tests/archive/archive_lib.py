@@ -100,3 +100,18 @@ def setting(home: Path, name: str) -> str | None:
         if r["name"] == name:
             return str(r["value"])
     return None
+
+
+def openssl_verify(ca_cert: Path, cert_der: bytes, work: Path) -> None:
+    """``openssl verify`` a DER certificate against the CA certificate (an independent check)."""
+    leaf, pem = work / "leaf.der", work / "leaf.pem"
+    leaf.write_bytes(cert_der)
+    subprocess.run(["openssl", "x509", "-inform", "DER", "-in", str(leaf), "-out", str(pem)], check=True,
+                   capture_output=True)
+    out = subprocess.run(["openssl", "verify", "-CAfile", str(ca_cert), str(pem)], capture_output=True, text=True)
+    assert out.returncode == 0 and ": OK" in out.stdout, out.stdout + out.stderr
+
+
+def norm_serial(s: str) -> str:
+    """A serial as the database keeps it (upper-case hex, no colons)."""
+    return s.replace(":", "").upper()

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -97,7 +98,13 @@ class Shipper:
                 self._error(f"unexpected: {e!r}")
                 log.exception("archive: unexpected error (retrying)")
             self._refresh()
-            self._stop.wait(delay)
+            end = time.monotonic() + delay
+            while not self._stop.is_set() and (left := end - time.monotonic()) > 0:
+                self._stop.wait(min(poll, left))
+                if self._failures:
+                    # While backing off, generations still close every ``timeout`` (they wait on disk).
+                    with contextlib.suppress(CertSrvError, OSError):
+                        self._roll_if_due()
 
     def _error(self, text: str) -> None:
         self.last_error, self.last_error_at = text, time.time()
@@ -125,6 +132,7 @@ class Shipper:
         """Ship what is closed, then roll the current generation when its changes are ``timeout`` old."""
         marks = self._marks()
         assert marks.lineage is not None
+        self._roll_if_due()
         current = self.store.current_generation
         present = logfile.list_generations(self.store.log_dir)
         for g in range(marks.watermark + 1, current):
@@ -146,18 +154,20 @@ class Shipper:
             self._refresh()
             if self._stop.is_set():
                 return
+
+    def _roll_if_due(self) -> None:
+        # Rolled even while shipping fails: generations accumulate (and wait on disk) instead of one growing.
         gen, first, appended = self.store.log_position
         own = sum(1 for n in self._own if first <= n <= appended)
         self._own = {n for n in self._own if n >= first}
-        if appended - first + 1 > own:
-            now = time.monotonic()
-            if self._dirty_since is None:
-                self._dirty_since = now
-            elif now - self._dirty_since >= self.section.timeout and gen == self.store.current_generation:
-                self.store.roll_log()
-                self._dirty_since = None
-                self.step()  # ship it now
-        else:
+        if appended - first + 1 <= own:
+            self._dirty_since = None
+            return
+        now = time.monotonic()
+        if self._dirty_since is None:
+            self._dirty_since = now
+        elif now - self._dirty_since >= self.section.timeout:
+            self.store.roll_log()
             self._dirty_since = None
 
     # ------------------------------------------------------------- status
