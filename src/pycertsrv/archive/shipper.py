@@ -167,7 +167,8 @@ class Shipper:
         if self._dirty_since is None:
             self._dirty_since = now
         elif now - self._dirty_since >= self.section.timeout:
-            self.store.roll_log()
+            if self.store.current_generation == gen:  # not rolled meanwhile (size limit, a backup)
+                self.store.roll_log()
             self._dirty_since = None
 
     # ------------------------------------------------------------- status
