@@ -182,6 +182,7 @@ def test_damaged_archive_named_and_restore_refuses(shipped: dict[str, Any], dama
     out = certsrv("verify-archive", str(dest), check=False)
     line = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 1 and line.startswith("certsrv: ") and bad.name in line and "0xC8" in line, out.stderr
+    (tmp / "pw").write_bytes(PW + b"\n")
     out = certsrv("restore", str(shipped["full"]), "--archive", str(dest), "--home", str(tmp / "new2"),
-                  "--dry-run", "--json", check=False)
+                  "--password-file", str(tmp / "pw"), "--dry-run", "--json", check=False)
     assert out.returncode == 1 and bad.name in out.stderr and "Traceback" not in out.stderr
