@@ -4,6 +4,7 @@ down, SIGKILL during a ship. Real `certsrv serve` subprocesses, real files, real
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -215,8 +216,18 @@ def test_sigkill_during_ship_reships_identical(work: Path) -> None:
             c.submit(make_csr("k2.example.com"))
         wait_for(lambda: archive_status(svc)["watermark"] >= 2 and archive_status(svc)["lag_generations"] == 0,
                  "shipping to go on after the restart", svc=svc)
+        # certsrv archive status and certsrv status --json show the same watermark, lag and state.
+        st = json.loads(certsrv("archive", "status", "--json", "--home", str(home.root)).stdout)
+        full = json.loads(certsrv("status", "--json", "--home", str(home.root)).stdout)["archive"]
+        assert st["watermark"] >= 2 and st["shipped"] >= 2 and st["state"] == "ok" and st["last_error"] is None
+        assert full["lineage"] == st["lineage"] and full["watermark"] >= st["watermark"]
+        text = certsrv("archive", "status", "--home", str(home.root)).stdout
+        assert "watermark edb" in text and "lag 0 generation(s)" in text
     finally:
         svc.stop()
+    # Stopped: the same watermark read from the home's files.
+    off = json.loads(certsrv("archive", "status", "--json", "--home", str(home.root)).stdout)
+    assert off["service"] is False and off["watermark"] >= 2 and off["lag_generations"] == 0
     assert first.stat().st_ino == ino  # shipped again: identical bytes accepted, not rewritten
     rep = verify_archive(dest)
     assert rep.first_error is None

@@ -4,6 +4,7 @@ the restore's refusal of a damaged archive."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import stat
 import time
@@ -186,3 +187,25 @@ def test_damaged_archive_named_and_restore_refuses(shipped: dict[str, Any], dama
     out = certsrv("restore", str(shipped["full"]), "--archive", str(dest), "--home", str(tmp / "new2"),
                   "--password-file", str(tmp / "pw"), "--dry-run", "--json", check=False)
     assert out.returncode == 1 and bad.name in out.stderr and "Traceback" not in out.stderr
+
+
+def test_prune_before_a_full_set(shipped: dict[str, Any]) -> None:
+    dest, tmp, a = shipped["dest"], shipped["tmp"], shipped["ca"]
+    m = BackupManager(a, a.home, 600)
+    try:
+        run_backup(lambda k: LocalSession(m, k), tmp / "full2", password=PW, home=a.home, keep_log=True)
+    finally:
+        m.close()
+    low = json.loads((tmp / "full2" / "DataBase" / "certbkxp.dat").read_bytes())["gen_low"]
+    before = _files(dest)
+    dry = json.loads(certsrv("archive", "prune", str(dest), "--before", str(tmp / "full2"), "--dry-run",
+                             "--json").stdout)
+    assert dry["removed"] is False and sorted(Path(f).name for f in dry["files"]) == \
+        [logfile.log_name(g) for g in sorted(before) if g < low]
+    assert _files(dest) == before  # a dry run touches nothing
+    out = certsrv("archive", "prune", str(dest), "--before", str(tmp / "full2"))
+    assert f"removed {len(dry['files'])} generation(s)" in out.stdout
+    assert sorted(_files(dest)) == [g for g in sorted(before) if g >= low]
+    # What is left still restores the newer set plus the archive.
+    plan = plan_restore([tmp / "full2"], home=tmp / "new", password=PW, archive=dest)
+    assert plan.archive is not None
