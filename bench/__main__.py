@@ -22,7 +22,7 @@ from typing import Any
 
 from .common import RESULTS, flatten, table
 
-BENCHES = ["store", "ca", "service", "backup", "restore"]
+BENCHES = ["store", "ca", "service", "backup", "restore", "archive"]
 
 
 def run_one(name: str, quick: bool) -> tuple[str, float, Any]:
