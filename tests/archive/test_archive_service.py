@@ -106,7 +106,10 @@ def test_machine_lost_and_point_in_time(work: Path) -> None:
     last = last_archived_record(work / "arch")
     assert verify_archive(work / "arch").first_error is None
 
+    (old_chain,) = verify_archive(work / "arch").chains
     new = _restore(work, "new")
+    # The restored CA (its set's configuration archives to the same place) has a new lineage: never mixed.
+    assert setting(new, "archive_lineage") not in (None, old_chain.lineage)
     rows = {r["serial"]: r for r in db_rows(new, "request") if r["serial"]}
     ok = {norm_serial(s) for s in base}
     assert ok <= set(rows)

@@ -74,6 +74,23 @@ def test_ships_in_order_watermark_in_database_and_deletion_rule(tmp_path: Path) 
         store.close()
 
 
+def test_circular_logging_keeps_unarchived_generations(tmp_path: Path) -> None:
+    home, dest = tmp_path / "h", tmp_path / "arch"
+    store = Store.create(home, "Circular CA", StoreOptions(circular_logging=True, archiving=True))
+    try:
+        for _ in range(3):
+            _commit(store, 2)
+            store.roll_log()
+        store.checkpoint()  # circular logging: would delete 1..3 at once without archiving
+        assert sorted(logfile.list_generations(home / "logs")) == [1, 2, 3, 4]
+        Shipper(store, ArchiveSection(dest=str(dest), timeout=3600), home).step()
+        store.checkpoint()
+        assert sorted(logfile.list_generations(home / "logs")) == [4]  # archived and not needed: gone
+        assert verify_archive(dest).first_error is None
+    finally:
+        store.close()
+
+
 def test_identical_bytes_accepted_different_bytes_stop_archiving(tmp_path: Path) -> None:
     src = tmp_path / "edb00000001.log"
     src.write_bytes(b"generation bytes")

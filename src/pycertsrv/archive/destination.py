@@ -20,7 +20,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..errors import ERROR_FILE_EXISTS, ERROR_IO_DEVICE, CertSrvError, Conflict, StorageError
+from ..errors import (
+    E_INVALIDARG,
+    ERROR_FILE_EXISTS,
+    ERROR_IO_DEVICE,
+    CertSrvError,
+    Conflict,
+    InvalidArgument,
+    StorageError,
+)
 from ..fsutil import copy_file, fsync_dir, fsync_file
 
 ARCHIVE_FILE_MODE = 0o400  # archived generations are immutable and hold every request: owner read only
@@ -32,7 +40,13 @@ class ArchiveConflict(Conflict):
 
 
 def archive_name(identity: str, lineage: str, name: str) -> str:
-    """The relative archive name of a generation: ``<identity>/<lineage>/<edbX.log>``."""
+    """The relative archive name of a generation: ``<identity>/<lineage>/<edbX.log>``.
+
+    Both ids are hex (refused otherwise): they become path components and a command's arguments.
+    """
+    for what, v in (("identity", identity), ("lineage", lineage)):
+        if not v or not all(c in "0123456789abcdef" for c in v):
+            raise InvalidArgument(E_INVALIDARG, "archive", f"the database's {what} {v!r} is not a hex id")
     return f"{identity}/{lineage}/{name}"
 
 

@@ -34,7 +34,11 @@ def set_lineage(database: Path) -> str | None:
             conn.close()
     except sqlite3.Error:
         return None
-    return None if row is None else str(row[0])
+    if row is None:
+        return None
+    value = str(row[0])
+    # A path component under the archive: only the hex ids the store writes are taken.
+    return value if value and all(c in "0123456789abcdef" for c in value) else None
 
 
 def _lineage_dir(dest: Path, identity: str, lineage: str | None) -> Path:
