@@ -35,7 +35,9 @@ def test_init_makes_a_home(tmp_path: Path, ca_key: Callable[[str], Any]) -> None
         cfg = config.load(home)
         assert (cfg.ca.name, cfg.ca.key_type, cfg.ca.validity_days, cfg.ca.subordinate) == (
             "Init Test CA", "ec-p384", 100, False)
-        assert all(a.store.count(t) == 0 for t in TABLES)  # an empty database
+        # An empty database: no row but the archive lineage recorded at create (issue 13).
+        assert all(a.store.count(t) == 0 for t in TABLES if t != "setting")
+        assert {r["name"] for r in a.store.select("setting")} == {"archive_lineage", "archive_lineage_start"}
         assert a.store.applied_lsn == 0
         # The open CA holds the home: a second opener and a forced re-init are refused.
         with pytest.raises(E.Conflict) as ei:

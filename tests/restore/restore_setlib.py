@@ -20,12 +20,14 @@ from typing import Any
 from pycertsrv.backup.chain import find_base
 from pycertsrv.backup.manifest import FileEntry, Manifest, write_manifest
 from pycertsrv.fsutil import sha256_file
-from pycertsrv.store import Store, StoreOptions, logfile
+from pycertsrv.store import Store, StoreOptions, archivemark, logfile
 from pycertsrv.store.registration import SETTING_LAST_RECOVERY, SETTING_REQUIRES_FULL
 from pycertsrv.store.schema import TABLES
 
 OPTS = StoreOptions(log_size=64 << 10, checkpoint_records=50)
-IGNORED_SETTINGS = {SETTING_LAST_RECOVERY, SETTING_REQUIRES_FULL}
+# Written by every restore's recovery by design: its time, "next backup full", and a new archive lineage (issue 13).
+IGNORED_SETTINGS = {SETTING_LAST_RECOVERY, SETTING_REQUIRES_FULL, archivemark.SETTING_LINEAGE,
+                    archivemark.SETTING_LINEAGE_START}
 SET_PASSWORD = b"restore-setlib password"  # every set is authenticated with a key derived from it
 
 
