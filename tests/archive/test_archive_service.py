@@ -135,6 +135,13 @@ def test_machine_lost_and_point_in_time(work: Path) -> None:
     assert kept, "nothing issued under load came back from the archive"
     openssl_verify(new / "publish" / "ca.crt", rows[norm_serial(kept[-1])]["raw_cert"], work)
 
+    # The plan shows the set first, then the archived generations, up to the point in time.
+    dry = json.loads(certsrv("restore", str(work / "full"), "--archive", str(work / "arch"), "--until", cut,
+                             "--home", str(work / "dry"), "--password-file", str(work / "pw"), "--dry-run",
+                             "--json").stdout)["plan"]
+    assert dry["archive"]["generations"] >= 4 and dry["archive"]["lineage"] == old_chain.lineage
+    assert dry["until"] and dry["gen_high"] == int(dry["archive"]["gen_high"][3:11], 16)
+    assert not (work / "dry").exists()
     # Point in time: the first revocation is in, the second not.
     pit = _restore(work, "pit", "--until", cut)
     prow = {r["serial"]: r for r in db_rows(pit, "request") if r["serial"]}

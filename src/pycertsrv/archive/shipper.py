@@ -237,12 +237,12 @@ def _iso(t: float | None) -> str | None:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
-def start_for(authority: Any, config: Any, home: Path) -> Shipper | None:
-    """The service's shipper when ``[archive]`` is configured (None otherwise), started."""
+def shipper_for(authority: Any, config: Any, home: Path) -> Shipper | None:
+    """The service's shipper when ``[archive]`` is configured (None otherwise), not yet started."""
     section: ArchiveSection | None = getattr(config, "archive", None)
     store = getattr(authority, "store", None)
     if section is None or store is None:
         return None
     log.info("archiving closed log generations to %s (timeout %gs)",
              section.dest or f"command {section.command!r}", section.timeout)
-    return Shipper(store, section, home).start()
+    return Shipper(store, section, home)

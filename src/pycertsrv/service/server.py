@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..archive.shipper import start_for
+from ..archive.shipper import shipper_for
 from ..config import Config
 from ..errors import (
     E_ACCESSDENIED,
@@ -254,6 +254,9 @@ async def run_app(
     # backup session may idle plus a body's time (aiohttp's default is an hour): a session's connection is
     # never cut while the session may still live, and a header-slowloris is bounded.
     keepalive = cfg.service.backup_session_timeout + cfg.service.body_timeout
+    # Issue 13: continuous archiving of closed log generations (a thread, started once serving; see
+    # pycertsrv.archive.shipper). Set before the runner freezes the app.
+    app["archiver"] = shipper_for(authority, cfg, home.root)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout,
                            keepalive_timeout=keepalive)
     await runner.setup()
@@ -289,8 +292,8 @@ async def run_app(
         log.info("serving CA %r from %s on %s", authority.name, home.root, ", ".join(state.listeners))
         if on_ready is not None:
             on_ready(app)
-        # Issue 13: continuous archiving of closed log generations (a thread; see pycertsrv.archive.shipper).
-        app["archiver"] = start_for(authority, cfg, home.root)
+        if app["archiver"] is not None:
+            app["archiver"].start()
         tasks.append(asyncio.create_task(_periodic_crl(app, state)))
         tasks.append(asyncio.create_task(watch_sessions(app)))
         await stop.wait()
