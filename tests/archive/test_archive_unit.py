@@ -166,6 +166,13 @@ def test_sound_archive_restores_past_the_set(shipped: dict[str, Any]) -> None:
     tmp = shipped["tmp"]
     rep = verify_archive(shipped["dest"])
     assert rep.first_error is None and rep.to_json()["ok"]
+    # Freshness: the newest archived record's age; older than --max-age is a problem naming the newest file.
+    (chain,) = rep.to_json()["chains"]
+    assert chain["age_seconds"] is not None and chain["newest_record"]
+    time.sleep(0.05)
+    stale = verify_archive(shipped["dest"], max_age=0.01).first_error
+    assert stale is not None and stale.function == str(_files(shipped["dest"])[max(_files(shipped["dest"]))])
+    assert "--max-age" in str(stale)
     plan = plan_restore([shipped["full"]], home=tmp / "new", password=PW, archive=shipped["dest"])
     assert plan.archive is not None and plan.archive["generations"] >= 4
     run_restore(plan, password=PW)
