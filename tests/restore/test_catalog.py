@@ -134,3 +134,60 @@ def test_service_serves_the_page(built: Built) -> None:
     for k in ("fullA", "i1", "i3", "fullB", "iB1", "iB2"):
         assert f'data-set="{built.names[k]}"' in r.text
     assert "<link" not in r.text and "src=" not in r.text  # self-contained
+
+
+def test_page_in_a_real_browser(built: Built, tmp_path: Path) -> None:
+    """Issue 16 Must show 2: Chromium renders the page; every set is on the timeline; a click shows the command."""
+    import asyncio
+    import shlex
+
+    from cdp_browser import Browser, chromium_path
+
+    chromium_path()  # skip outside CI when missing; fail under CI=true
+    b = built
+    page = tmp_path / "window.html"
+    certsrv("catalog", str(b.sets_dir), "--html", str(page), "--restore-home", str(b.work / "restored"),
+            "--password-file", str(b.pwfile))
+    cat = build_catalog(b.sets_dir)
+
+    async def drive() -> dict[str, Any]:
+        br = await Browser().start()
+        try:
+            await br.open(page.as_uri())
+            seen: dict[str, Any] = {"sets": await br.eval(
+                "[...document.querySelectorAll('#timeline [data-set]')].map(e => e.dataset.set)")}
+            seen["gaps"] = await br.eval("[...document.querySelectorAll('#timeline .gap')].map(e => e.dataset.gap)")
+            await br.screenshot(tmp_path / "window.png")
+            seen["before"] = await br.eval("document.getElementById('command').textContent")
+            clicks = {}
+            for what, sel in (("chainB", f".row[data-chain='{b.names['fullB']}'] .span"), ("hole", ".hole")):
+                rect = await br.eval(f"(() => {{ const r = document.querySelector(\"{sel}\").getBoundingClientRect();"
+                                     " return [r.left, r.top, r.width, r.height]; })()")
+                await br.click(rect[0] + rect[2] / 2, rect[1] + rect[3] / 2 if what == "chainB" else rect[1] + 20)
+                clicks[what] = await br.eval("[document.getElementById('moment').textContent,"
+                                             " document.getElementById('command').textContent]")
+            seen["clicks"] = clicks
+            return seen
+        finally:
+            await br.close()
+
+    seen = asyncio.run(drive())
+    png = (tmp_path / "window.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    # Each set appears on the timeline (the cut-off one too), and the gap is drawn.
+    assert sorted(seen["sets"]) == sorted(b.names[k] for k in ("fullA", "i1", "i3", "fullB", "iB1", "iB2"))
+    assert seen["gaps"] == [b.names["i3"]]
+    assert "restore" not in seen["before"]
+    moment, command = seen["clicks"]["chainB"]
+    chain_b = next(c for c in cat.chains if c.full.name == b.names["fullB"])
+    from pycertsrv.backup.restore import parse_until
+
+    at = parse_until(moment)
+    assert chain_b.start_us <= at <= chain_b.end_us
+    # The command the page shows is the library's command for the clicked moment, character for character.
+    assert command == shlex.join(cat.restore_command(moment, restore_home=str(b.work / "restored"),
+                                                     password_file=str(b.pwfile)))
+    assert command.startswith("certsrv restore " + str(b.sets_dir / b.names["fullB"]))
+    moment, command = seen["clicks"]["hole"]
+    assert cat.holes[0]["from_us"] < parse_until(moment) < cat.holes[0]["to_us"]
+    assert command.startswith("Not restorable")
