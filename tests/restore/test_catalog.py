@@ -191,3 +191,40 @@ def test_page_in_a_real_browser(built: Built, tmp_path: Path) -> None:
     moment, command = seen["clicks"]["hole"]
     assert cat.holes[0]["from_us"] < parse_until(moment) < cat.holes[0]["to_us"]
     assert command.startswith("Not restorable")
+
+
+def test_page_roles_over_tls(built: Built, tmp_path: Path) -> None:
+    """/ui/backups answers Operators, Auditors (and Administrators); Officers, Enrollees and nobody get 403."""
+    import ssl
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: the service tests' helpers
+    from service.helpers import Service as TLSService
+    from service.helpers import TLSMaterial, make_home
+
+    tls = TLSMaterial(tmp_path / "tls")
+    who = {"operator": ["Operator"], "auditor": ["Auditor"], "admin": ["Administrator"], "officer": ["Officer"],
+           "enrollee": ["Enrollee"], "nobody": []}
+    creds = {n: tls.client(n) for n in who}
+    home = make_home(tmp_path / "H", roles=[(f"cert-subject:{creds[n].subject}", r) for n, r in who.items() if r],
+                     tcp_host="127.0.0.1", tcp_port=0, **tls.service_config())
+    from pycertsrv import config as config_mod
+
+    cfg = config_mod.load(home.root)
+    cfg.backup.dir = str(built.sets_dir)
+    config_mod.save(home.root, cfg)
+    svc = TLSService(home).start()
+    status: dict[str, tuple[int, str]] = {}
+    try:
+        for n, c in creds.items():
+            ctx = ssl.create_default_context(cafile=str(c.cafile))
+            ctx.load_cert_chain(str(c.cert), str(c.key))
+            with httpx.Client(verify=ctx) as h:
+                r = h.get(f"https://{svc.tls_address}/ui/backups")
+            status[n] = (r.status_code, r.text)
+    finally:
+        svc.ensure_stopped()
+    for n in ("operator", "auditor", "admin"):
+        assert status[n][0] == 200 and f'data-set="{built.names["iB2"]}"' in status[n][1], n
+    for n in ("officer", "enrollee", "nobody"):
+        code, text = status[n]
+        assert code == 403 and "E_ACCESSDENIED" in text and "data-set" not in text, n

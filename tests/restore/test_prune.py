@@ -86,3 +86,11 @@ def test_into_names_by_time_and_type(tmp_path: Path) -> None:
     first.mkdir()
     second = new_set_dir(tmp_path, "full", t)
     assert first.name == "2026-11-29T060012Z-full" and second.name == "2026-11-29T060012Z-full.2"
+
+
+def test_backup_needs_directory_or_into_not_both(tmp_path: Path) -> None:
+    for args in (["backup", str(tmp_path / "a"), "--into", str(tmp_path / "b")], ["backup"]):
+        out = certsrv(*args, "--home", str(tmp_path / "nohome"), "--database-only", check=False)
+        line = out.stderr.strip()
+        assert out.returncode == 1 and "\n" not in line and "0x80070057 E_INVALIDARG" in line and "--into" in line
+        assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
