@@ -56,8 +56,9 @@ class Built:
 
 def _backup(b: Built, label: str, incremental: bool) -> None:
     before = set(p.name for p in b.sets_dir.iterdir()) if b.sets_dir.exists() else set()
-    args = ["backup", "--into", str(b.sets_dir), "--home", str(b.home), "--quiet"]
-    args += ["--incremental", "--database-only"] if incremental else ["--password-file", str(b.pwfile)]
+    # Every set gets the password (authenticated sets: the incrementals are keyed by it too).
+    args = ["backup", "--into", str(b.sets_dir), "--home", str(b.home), "--quiet", "--password-file", str(b.pwfile)]
+    args += ["--incremental", "--database-only"] if incremental else []
     b.marks[f"{label}_begin"] = us_now()
     certsrv(*args)
     b.marks[f"{label}_done"] = us_now()

@@ -30,7 +30,8 @@ def _make_chains(work: Path) -> tuple[Path, list[list[Path]]]:
                     issue(a, 1, f"c{c}k{k}")
                     kind = "full" if k == 0 else "incremental"
                     d = new_set_dir(into, kind)
-                    run_backup(lambda kd: LocalSession(m, kd), d, kind=kind, database_only=True, home=home)
+                    run_backup(lambda kd: LocalSession(m, kd), d, kind=kind, database_only=True, home=home,
+                               password="prune password")
                     chain.append(d)
                 chains.append(chain)
         finally:
