@@ -206,7 +206,7 @@ class Catalog:
 
         :param at: the moment (ISO 8601, µs since the epoch, or an aware datetime).
         :param restore_home: the (new, stopped) home to restore into.
-        :param password_file: the PKCS#12 password file, used when the full set holds the key.
+        :param password_file: the sets' password file.
         """
         at_us = _moment(at)
         chain = self.chain_for(at_us)
@@ -214,10 +214,9 @@ class Catalog:
             spans = ", ".join(f"{iso(a)} .. {iso(b)}" for a, b in self.window) or "none"
             raise InvalidArgument(E_INVALIDARG, "--at", f"{iso(at_us)} is outside the recovery window "
                                   f"({spans}); choose a moment inside it")
-        argv = ["certsrv", "restore", *[str(s.directory) for s in chain.sets_for(at_us)], "--home", restore_home]
-        if chain.full.has_key:
-            argv += ["--password-file", password_file]
-        else:
+        argv = ["certsrv", "restore", *[str(s.directory) for s in chain.sets_for(at_us)], "--home", restore_home,
+                "--password-file", password_file]  # the PKCS#12's password, and the key of the sets' authenticators
+        if not chain.full.has_key:
             argv.append("--database-only")
         # spec §3.3: a point in time is replayed to exactly this moment (records later than it are left out).
         return [*argv, "--until", iso(at_us) or ""]
@@ -335,7 +334,7 @@ def read_set(directory: Path) -> CatalogSet:
     s = CatalogSet(directory=Path(directory).absolute(), manifest=rep.manifest,
                    problems=[str(p) for p in rep.problems])
     s.has_key = any(p.suffix.lower() == P12_EXT and p.is_file() for p in s.directory.iterdir())
-    if s.ok:
+    if s.ok and s.kind in ("full", "incremental"):
         try:
             _log_times(s)
         except CertSrvError as e:

@@ -97,8 +97,8 @@ function commandFor(at) {
   const c = cov.reduce((a, b) => (b.start_us > a.start_us ? b : a));
   const dirs = [];
   for (const st of c.steps) { dirs.push(st.directory); if (st.reach_us >= at) break; }
-  const argv = ['certsrv', 'restore', ...dirs, '--home', D.restore_home];
-  if (byName[c.full].has_key) argv.push('--password-file', D.password_file); else argv.push('--database-only');
+  const argv = ['certsrv', 'restore', ...dirs, '--home', D.restore_home, '--password-file', D.password_file];
+  if (!byName[c.full].has_key) argv.push('--database-only');
   argv.push('--until', isoUs(at));
   return argv.map(quote).join(' ');
 }
@@ -139,7 +139,7 @@ def render_html(cat: Catalog, *, restore_home: str = "NEW_HOME", password_file: 
 
     :param cat: the catalog.
     :param restore_home: the ``--home`` shown in restore commands.
-    :param password_file: the ``--password-file`` shown when the full set holds the key.
+    :param password_file: the ``--password-file`` shown in restore commands.
     """
     data: dict[str, Any] = cat.to_json()
     data.update(restore_home=restore_home, password_file=password_file)

@@ -78,6 +78,8 @@ class PrunePlan:
 def _why_untouched(s: CatalogSet) -> str:
     if not s.ok:
         return "unusable: " + (s.problems[0] if s.problems else "unreadable manifest")
+    if s.kind not in ("full", "incremental"):
+        return f"a {s.kind} set, not part of a chain"
     return "no full set to chain onto"
 
 
