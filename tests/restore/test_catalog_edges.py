@@ -4,6 +4,7 @@ catalog cannot place, moments outside the window, bad options — each one line 
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,10 +27,11 @@ def _sets(tmp_path: Path) -> Path:
     src.close()
     other = make_source(tmp_path / "other", "Other CA")
     add_requests(other, 2)
-    h2, _ = full_set(other, tmp_path / "other-full")  # not under root: its incremental is an orphan there
+    h2, _ = full_set(other, tmp_path / "other" / "sets" / "full")
     add_requests(other, 1)
-    incremental_set(other, root / "orphan", h2)
+    incremental_set(other, tmp_path / "other" / "sets" / "orphan", h2)  # written beside its full set ...
     other.close()
+    shutil.move(tmp_path / "other" / "sets" / "orphan", root / "orphan")  # ... and moved away from it
     src2 = make_source(tmp_path / "src2", "Damaged CA")
     add_requests(src2, 2)
     full_set(src2, root / "damaged")
