@@ -333,7 +333,9 @@ def read_set(directory: Path) -> CatalogSet:
     rep = verify_backup(directory)
     s = CatalogSet(directory=Path(directory).absolute(), manifest=rep.manifest,
                    problems=[str(p) for p in rep.problems])
-    s.has_key = any(p.suffix.lower() == P12_EXT and p.is_file() for p in s.directory.iterdir())
+    # The PKCS#12 the manifest lists (role "key"), never a file someone put beside the set.
+    s.has_key = rep.manifest is not None and any(f.path.lower().endswith(P12_EXT)
+                                                 for f in rep.manifest.files_by_role("key"))
     if s.ok and s.kind in ("full", "incremental"):
         try:
             _log_times(s)
