@@ -131,6 +131,7 @@ def test_service_serves_the_page(built: Built) -> None:
     finally:
         svc.stop()
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in r.headers["content-security-policy"]  # nothing loads from elsewhere
     for k in ("fullA", "i1", "i3", "fullB", "iB1", "iB2"):
         assert f'data-set="{built.names[k]}"' in r.text
     assert "<link" not in r.text and "src=" not in r.text  # self-contained
