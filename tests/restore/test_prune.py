@@ -86,7 +86,9 @@ def test_into_names_by_time_and_type(tmp_path: Path) -> None:
     first = new_set_dir(tmp_path, "full", t)
     first.mkdir()
     second = new_set_dir(tmp_path, "full", t)
-    assert first.name == "2026-11-29T060012Z-full" and second.name == "2026-11-29T060012Z-full.2"
+    second.mkdir()
+    assert new_set_dir(tmp_path, "full", t).name == "2026-11-29T060012Z.3-full"
+    assert first.name == "2026-11-29T060012Z-full" and second.name == "2026-11-29T060012Z.2-full"
 
 
 def test_backup_needs_directory_or_into_not_both(tmp_path: Path) -> None:

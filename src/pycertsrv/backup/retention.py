@@ -3,7 +3,8 @@
 Sets are named by their time and type (``DIR/2026-11-29T060012Z-full/``, ``...-incr/``) so a
 directory listing reads as a timeline; seconds keep two backups within one minute apart, and a
 numeric suffix keeps two within one second apart. The catalog orders sets by their manifests,
-never by these names.
+never by these names. A second set in the same second gets ``.2`` before its type
+(``2026-11-29T060012Z.2-incr``).
 
 Pruning removes whole chains (:mod:`pycertsrv.backup.catalog`): a full set together with every
 incremental that chains onto it or follows it cut off by a gap. It keeps the newest ``N``
@@ -48,11 +49,12 @@ def new_set_dir(into: Path | str, kind: str, when: datetime | None = None) -> Pa
         raise InvalidArgument(E_INVALIDARG, "backup", f"unknown backup kind {kind!r}")
     root = Path(into).absolute()
     root.mkdir(parents=True, exist_ok=True)
-    base = set_name(kind, when)
-    name, n = base, 1
+    name = set_name(kind, when)
+    stamp, _, suffix = name.rpartition("-")
+    n = 1
     while (root / name).exists():
         n += 1
-        name = f"{base}.{n}"
+        name = f"{stamp}.{n}-{suffix}"  # the counter goes before the type: every name ends in -full or -incr
     return root / name
 
 
