@@ -80,3 +80,64 @@ def test_moments_and_options_refused_in_one_line(tmp_path: Path) -> None:
     assert out.returncode == 1 and "0x80070002 ERROR_FILE_NOT_FOUND" in out.stderr
     out = certsrv("prune", str(tmp_path / "nowhere"), "--keep-full", "1", check=False)
     assert out.returncode == 1 and "0x80070002 ERROR_FILE_NOT_FOUND" in out.stderr
+
+
+def test_with_the_password_a_forged_set_is_unusable(tmp_path: Path) -> None:
+    """With --password-file every authenticator is checked: a set changed on the backup storage (its manifest's
+    hashes recomputed) is named unusable and leaves the window; the others are authenticated."""
+    from restore_setlib import SET_PASSWORD
+
+    from pycertsrv.fsutil import sha256_file
+
+    root = tmp_path / "sets"
+    src = make_source(tmp_path / "src")
+    add_requests(src, 3)
+    high, _ = full_set(src, root / "f1")
+    add_requests(src, 2)
+    incremental_set(src, root / "i1", high)
+    src.close()
+    pw = tmp_path / "pw"
+    pw.write_bytes(SET_PASSWORD + b"\n")
+    good = json.loads(certsrv("catalog", str(root), "--json", "--password-file", str(pw)).stdout)
+    assert good["authenticity_checked"] and all(s["authenticated"] for s in good["sets"])
+    assert [c["incrementals"] for c in good["chains"]] == [["i1"]]
+    # The forger appends to i1's log and recomputes its size and SHA-256 in the manifest.
+    mpath = root / "i1" / "DataBase" / "certbkxp.dat"
+    doc = json.loads(mpath.read_text())
+    entry = next(f for f in doc["files"] if f["role"] == "log")
+    log = root / "i1" / entry["path"]
+    with log.open("ab") as f:
+        f.write(b"\0" * 16)
+    entry["size"], entry["sha256"] = log.stat().st_size, sha256_file(log)
+    mpath.write_text(json.dumps(doc))
+    bad = json.loads(certsrv("catalog", str(root), "--json", "--password-file", str(pw)).stdout)
+    i1 = next(s for s in bad["sets"] if s["name"] == "i1")
+    assert not i1["ok"] and not i1["authenticated"]
+    assert [c["incrementals"] for c in bad["chains"]] == [[]]
+    assert any("i1 is unusable" in w for w in bad["warnings"])
+
+
+def test_an_incremental_naming_another_base_is_cut_off() -> None:
+    """Contiguous generations are not enough: an incremental that names (under its authenticator) another set as
+    the one it continues is cut off, as restore refuses it (setcheck.check_chain)."""
+    from pycertsrv.backup.catalog import CatalogSet, _chain
+    from pycertsrv.backup.manifest import Manifest
+
+    def mk(name: str, kind: str, gen: int, set_id: str, base: str | None, last: int) -> CatalogSet:
+        m = Manifest(kind=kind, ca_name="CA", identity="00" * 16, created="2026-11-29T06:00:00+00:00",
+                     gen_low=gen, gen_high=gen, set_id=set_id,
+                     base=None if base is None else {"set_id": base, "mac": f"mac-{base}"},
+                     auth={"mac": f"mac-{set_id}"})
+        return CatalogSet(Path(name), m, start_us=last if kind == "full" else None, first_record_us=last,
+                          last_record_us=last)
+
+    full = mk("f", "full", 1, "F", None, 10)
+    i1 = mk("i1", "incremental", 2, "I1", "F", 20)
+    other = mk("x", "incremental", 3, "X", "SOMEONE-ELSE", 30)
+    c = _chain(full, [other, i1])
+    assert [s.name for s in c.incrementals] == ["i1"] and [s.name for s in c.cut_off] == ["x"]
+    assert c.gap is not None and c.gap.spliced and "does not continue i1" in c.gap.text
+    assert c.end_us == 20
+    good = mk("i2", "incremental", 3, "I2", "I1", 30)
+    c = _chain(full, [good, i1])
+    assert [s.name for s in c.incrementals] == ["i1", "i2"] and c.gap is None and c.end_us == 30

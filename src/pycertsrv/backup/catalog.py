@@ -70,6 +70,7 @@ class CatalogSet:
     first_record_us: int | None = None
     last_record_us: int | None = None
     has_key: bool = False
+    authenticated: bool = False  # its authenticator was checked with the sets' password and matched
 
     @property
     def name(self) -> str:
@@ -104,6 +105,7 @@ class CatalogSet:
                 "identity": m.identity if m else None, "created": m.created if m else None,
                 "gen_low": m.gen_low if m else None, "gen_high": m.gen_high if m else None,
                 "snapshot_lsn": m.snapshot_lsn if m else None, "has_key": self.has_key,
+                "authenticated": self.authenticated,
                 "start": iso(self.start_us), "first_record": iso(self.first_record_us),
                 "last_record": iso(self.last_record_us)}
 
@@ -119,10 +121,15 @@ class Gap:
     gen_high: int
     from_us: int | None
     to_us: int | None
+    spliced: bool = False  # no generation is missing, but the set names another one as the set it continues
 
     @property
     def text(self) -> str:
         """The gap in words."""
+        if self.spliced:
+            return (f"{self.before} does not continue {self.after} (it names another set as its base: the sets "
+                    f"come from different backup chains): sets from {self.before} on are not restorable from "
+                    f"{self.full}")
         gens = logfile.log_name(self.gen_low) if self.gen_low == self.gen_high else \
             f"{logfile.log_name(self.gen_low)}..{logfile.log_name(self.gen_high)}"
         return (f"generation(s) {gens} missing between {self.after} and {self.before} (an incremental set is "
@@ -132,7 +139,7 @@ class Gap:
         """The gap as plain data."""
         return {"full": self.full, "after": self.after, "before": self.before, "gen_low": self.gen_low,
                 "gen_high": self.gen_high, "from": iso(self.from_us), "to": iso(self.to_us),
-                "from_us": self.from_us, "to_us": self.to_us, "text": self.text}
+                "from_us": self.from_us, "to_us": self.to_us, "spliced": self.spliced, "text": self.text}
 
 
 @dataclass
@@ -194,6 +201,7 @@ class Catalog:
     warnings: list[str]
     max_full_age: timedelta
     max_incremental_age: timedelta
+    authenticity_checked: bool = False
 
     def chain_for(self, at_us: int) -> Chain | None:
         """The chain that restores to ``at_us`` with the least replay: the newest full set covering it."""
@@ -245,7 +253,7 @@ class Catalog:
             "newest_full": age(self.newest_full), "newest_incremental": age(self.newest_incremental),
             "limits": {"max_full_age_seconds": int(self.max_full_age.total_seconds()),
                        "max_incremental_age_seconds": int(self.max_incremental_age.total_seconds())},
-            "warnings": list(self.warnings), "archive": None,
+            "warnings": list(self.warnings), "archive": None, "authenticity_checked": self.authenticity_checked,
         }
         if at is not None:
             argv = self.restore_command(at, **cmd)
@@ -328,11 +336,15 @@ def _log_times(s: CatalogSet) -> None:
                 s.start_us = r.ts_us
 
 
-def read_set(directory: Path) -> CatalogSet:
-    """Read and verify one set; problems are recorded, never raised."""
-    rep = verify_backup(directory)
+def read_set(directory: Path, password: bytes | None = None) -> CatalogSet:
+    """Read and verify one set; problems are recorded, never raised.
+
+    :param directory: the set.
+    :param password: the sets' password: checks the set's authenticator (without it, the structure only).
+    """
+    rep = verify_backup(directory, password)
     s = CatalogSet(directory=Path(directory).absolute(), manifest=rep.manifest,
-                   problems=[str(p) for p in rep.problems])
+                   problems=[str(p) for p in rep.problems], authenticated=rep.authenticated)
     # The PKCS#12 the manifest lists (role "key"), never a file someone put beside the set.
     s.has_key = rep.manifest is not None and any(f.path.lower().endswith(P12_EXT)
                                                  for f in rep.manifest.files_by_role("key"))
@@ -370,6 +382,12 @@ def _chain(full: CatalogSet, incs: list[CatalogSet]) -> Chain:
             chain.gap = Gap(full.name, prev.name, s.name, high + 1, m.gen_low - 1, reach, s.first_record_us)
             chain.cut_off.append(s)
             continue
+        if not _continues(prev, s):
+            # setcheck.check_chain: restore refuses an incremental that names another set as the one it continues.
+            chain.gap = Gap(full.name, prev.name, s.name, m.gen_low, m.gen_low - 1, reach, s.first_record_us,
+                            spliced=True)
+            chain.cut_off.append(s)
+            continue
         chain.incrementals.append(s)
         high = max(high, m.gen_high)
         reach = max(reach, s.last_record_us or reach)
@@ -378,19 +396,30 @@ def _chain(full: CatalogSet, incs: list[CatalogSet]) -> Chain:
     return chain
 
 
-def build_catalog(root: Path | str, *, now: datetime | None = None,
+def _continues(prev: CatalogSet, s: CatalogSet) -> bool:
+    """Whether ``s`` names ``prev`` as the set it continues (its ``base``, under its authenticator)."""
+    m, pm = s.manifest, prev.manifest
+    assert m is not None and pm is not None
+    if m.auth is None or pm.auth is None:
+        return True  # sets from before authenticated sets carry no link
+    b = m.base or {}
+    return bool(b.get("set_id") == pm.set_id and b.get("mac") == pm.mac)
+
+
+def build_catalog(root: Path | str, *, now: datetime | None = None, password: bytes | None = None,
                   max_full_age: timedelta = DEFAULT_MAX_FULL_AGE,
                   max_incremental_age: timedelta = DEFAULT_MAX_INCREMENTAL_AGE) -> Catalog:
     """Read, verify and chain every set under ``root``; compute the recovery window.
 
     :param root: the backup directory (``certsrv backup --into`` writes sets under it).
     :param now: the time ages are measured against (default: now).
+    :param password: the sets' password: every authenticator is checked (without it, the structure only).
     :param max_full_age: warn when the newest full set is older.
     :param max_incremental_age: warn when the newest incremental set is older.
     """
     root = Path(root).absolute()
     now_us = int((now or datetime.now(UTC)).timestamp() * 1_000_000)
-    sets = [read_set(p) for p in find_sets(root)]
+    sets = [read_set(p, password) for p in find_sets(root)]
     good = [s for s in sets if s.ok]
     fulls = sorted((s for s in good if s.kind == "full"), key=lambda s: (s.manifest.gen_low if s.manifest else 0,
                                                                           s.start_us or 0, s.name))
@@ -414,7 +443,7 @@ def build_catalog(root: Path | str, *, now: datetime | None = None,
     incs = [s for s in good if s.kind == "incremental"]
     newest_inc = max(incs, key=lambda s: s.created_us or 0, default=None)
     cat = Catalog(root, now_us, sets, chains, orphans, window, holes, newest_full, newest_inc, [],
-                  max_full_age, max_incremental_age)
+                  max_full_age, max_incremental_age, password is not None)
     cat.warnings = _warnings(cat)
     return cat
 
@@ -437,6 +466,9 @@ def _window(chains: list[Chain]) -> tuple[list[tuple[int, int]], list[dict[str, 
 
 def _warnings(cat: Catalog) -> list[str]:
     out: list[str] = []
+    if not cat.authenticity_checked and cat.sets:
+        out.append("authenticity not checked (no password given): a set changed on the backup storage would look "
+                   "whole here; give --password-file")
     if cat.newest_full is None:
         out.append("no usable full set: nothing can be restored")
     else:

@@ -41,14 +41,14 @@ def set_name(kind: str, when: datetime | None = None) -> str:
 def new_set_dir(into: Path | str, kind: str, when: datetime | None = None) -> Path:
     """A new, not yet existing set directory under ``into`` named by :func:`set_name`.
 
-    :param into: the backup directory (created when missing).
+    :param into: the backup directory.
     :param kind: ``full`` or ``incremental``.
     :param when: the set's time (default: now).
     """
     if kind not in SUFFIX:
         raise InvalidArgument(E_INVALIDARG, "backup", f"unknown backup kind {kind!r}")
+    # Not created here: the writer makes it, after refusing a target inside the CA home.
     root = Path(into).absolute()
-    root.mkdir(parents=True, exist_ok=True)
     name = set_name(kind, when)
     stamp, _, suffix = name.rpartition("-")
     n = 1

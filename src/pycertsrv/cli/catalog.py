@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import E_INVALIDARG, InvalidArgument
+from ..errors import E_INVALIDARG, ERROR_INVALID_PASSWORD, InvalidArgument
 from . import cli
-from .common import echo_json, json_option
+from .common import echo_json, json_option, read_secret_file
 
 
 @cli.command("catalog")
@@ -25,13 +25,15 @@ from .common import echo_json, json_option
               help="Warn when the newest incremental set is older.")
 @click.option("--restore-home", default="NEW_HOME", show_default=True, metavar="HOME",
               help="The --home of the printed restore command (a new, stopped home).")
-@click.option("--password-file", default="PASSWORD_FILE", show_default=True, metavar="FILE",
-              help="The --password-file of the printed restore command (not read here).")
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The sets' password (first line): every set's authenticator is checked, and the printed "
+                   "restore command names this file. Without it, the structure only (and PASSWORD_FILE).")
 @click.option("--archive", "archive", default=None, hidden=True)
 @click.option("--strict", is_flag=True, help="Exit 2 when there is any warning (for monitoring).")
 @json_option
 def catalog_cmd(directory: Path, at: str | None, html_out: Path | None, max_full_age: str,
-                max_incremental_age: str, restore_home: str, password_file: str, archive: str | None, strict: bool,
+                max_incremental_age: str, restore_home: str, password_file: Path | None, archive: str | None,
+                strict: bool,
                 as_json: bool) -> None:
     """The recovery window of the backup sets under DIRECTORY: chains, gaps, ages, and the restore command
     for a moment (--at)."""
@@ -45,9 +47,13 @@ def catalog_cmd(directory: Path, at: str | None, html_out: Path | None, max_full
                               "run certsrv catalog without --archive")
     if as_json and html_out is not None:
         raise InvalidArgument(E_INVALIDARG, "catalog", "--json and --html exclude each other; give one")
+    password = read_secret_file(password_file, "password", empty_hresult=ERROR_INVALID_PASSWORD) \
+        if password_file is not None else None
     cat = build_catalog(directory, max_full_age=parse_duration(max_full_age, "--max-full-age"),
-                        max_incremental_age=parse_duration(max_incremental_age, "--max-incremental-age"))
-    cmd = {"restore_home": restore_home, "password_file": password_file}
+                        max_incremental_age=parse_duration(max_incremental_age, "--max-incremental-age"),
+                        password=password)
+    cmd = {"restore_home": restore_home,
+           "password_file": str(password_file.absolute()) if password_file is not None else "PASSWORD_FILE"}
     if html_out is not None:
         atomic_write(html_out, render_html(cat, **cmd).encode(), mode=0o644)
         click.echo(f"Wrote the recovery window of {cat.root} to {html_out}.")
