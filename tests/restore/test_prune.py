@@ -97,3 +97,15 @@ def test_backup_needs_directory_or_into_not_both(tmp_path: Path) -> None:
         line = out.stderr.strip()
         assert out.returncode == 1 and "\n" not in line and "0x80070057 E_INVALIDARG" in line and "--into" in line
         assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_into_inside_the_home_is_refused_and_makes_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "ca"
+    Authority.init(home, "Into CA").close()
+    (tmp_path / "pw").write_text("into password\n")
+    before = sorted(p.relative_to(home) for p in home.rglob("*"))
+    out = certsrv("backup", "--into", str(home / "publish" / "sets"), "--home", str(home), "--password-file",
+                  str(tmp_path / "pw"), check=False)
+    line = out.stderr.strip()
+    assert out.returncode == 1 and "\n" not in line and "0x80070005 E_ACCESSDENIED" in line and "-full" in line
+    assert sorted(p.relative_to(home) for p in home.rglob("*")) == before  # not even the --into directory
