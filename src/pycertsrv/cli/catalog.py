@@ -33,8 +33,7 @@ from .common import echo_json, json_option, read_secret_file
 @json_option
 def catalog_cmd(directory: Path, at: str | None, html_out: Path | None, max_full_age: str,
                 max_incremental_age: str, restore_home: str, password_file: Path | None, archive: str | None,
-                strict: bool,
-                as_json: bool) -> None:
+                strict: bool, as_json: bool) -> None:
     """The recovery window of the backup sets under DIRECTORY: chains, gaps, ages, and the restore command
     for a moment (--at)."""
     from ..backup.catalog import build_catalog, parse_duration
