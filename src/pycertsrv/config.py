@@ -94,6 +94,14 @@ class ServiceSection(_Section):
     audit_log: str = "audit.log"
 
 
+class BackupSection(_Section):
+    """Where the backup sets live, for the service's recovery-window page (``/ui/backups``)."""
+
+    dir: str | None = None
+    max_full_age: str = Field("8d", pattern=r"^\d+(\.\d+)?[smhdw]$")
+    max_incremental_age: str = Field("26h", pattern=r"^\d+(\.\d+)?[smhdw]$")
+
+
 class RoleGrant(_Section):
     """One principal and its roles.
 
@@ -247,6 +255,7 @@ class Config(_Section):
     crl: CRLSection = Field(default_factory=CRLSection)
     store: StoreSection = Field(default_factory=StoreSection)
     service: ServiceSection = Field(default_factory=ServiceSection)
+    backup: BackupSection = Field(default_factory=BackupSection)
     roles: list[RoleGrant] = Field(default_factory=list)
     archive: ArchiveSection | None = None  # issue 13: continuous log archiving (absent: off)
     templates: dict[str, TemplateSection] = Field(default_factory=builtin_templates)

@@ -49,4 +49,4 @@ def main() -> None:
         sys.exit(e.exit_code)
 
 # Verb groups register themselves on `cli` when imported (one module per group).
-from . import archive, backup, ca, demo, restore, service, templates  # noqa: E402,F401
+from . import archive, backup, ca, catalog, demo, restore, service, templates  # noqa: E402,F401

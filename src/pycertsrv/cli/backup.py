@@ -67,6 +67,9 @@ class _Bars:
 
 @cli.command("backup")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), required=False)
+@click.option("--into", "into", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write a new set under this directory, named by its time and type "
+                   "(INTO/2026-11-29T060012Z-full/), instead of DIRECTORY.")
 @click.option("--incremental", is_flag=True, help="Logs written since the previous backup only (needs a full one).")
 @click.option("--keep-log", is_flag=True, help="Do not truncate the log generations after a full backup.")
 @click.option("--database-only", is_flag=True, help="No key: database, logs, published files, configuration.")
@@ -93,22 +96,27 @@ class _Bars:
 @home_option
 @server_options
 @json_option
-def backup_cmd(directory: Path | None, incremental: bool, keep_log: bool, database_only: bool, key_only: bool,
-               password_file: Path | None, base: Path | None, key_passphrase_file: Path | None, force: bool,
-               quiet: bool, niceness: int, max_rate: str | None, show_status: bool, abort: bool,
+def backup_cmd(directory: Path | None, into: Path | None, incremental: bool, keep_log: bool, database_only: bool,
+               key_only: bool, password_file: Path | None, base: Path | None, key_passphrase_file: Path | None,
+               force: bool, quiet: bool, niceness: int, max_rate: str | None, show_status: bool, abort: bool,
                home: Path | None, server: ServerSpec, as_json: bool) -> None:
     """Back up the running CA into DIRECTORY: DIR/<CA>.p12 and DIR/DataBase/ (spec §5.4), plus Dynamic/ and
-    Config/. Full backups truncate the logs unless --keep-log. --status / --abort: see or end the running
-    backup session."""
+    Config/, or into a new set under --into DIR named by its time and type. Full backups truncate the logs
+    unless --keep-log. --status / --abort: see or end the running backup session."""
+    from ..backup.retention import new_set_dir
     from ..backup.writer import run_backup
     from ..home import Home
 
     if show_status or abort:
         _session_cmd(show_status, abort, directory, home, server, as_json)
         return
+    if directory is not None and into is not None:
+        raise InvalidArgument(E_INVALIDARG, "backup", "give either DIRECTORY or --into DIR, not both")
+    if into is not None:
+        directory = new_set_dir(into, "incremental" if incremental else "full")
     if directory is None:
-        raise InvalidArgument(E_INVALIDARG, "backup", "no DIRECTORY given; run certsrv backup DIRECTORY "
-                              "(or --status / --abort)")
+        raise InvalidArgument(E_INVALIDARG, "backup", "no DIRECTORY given; run certsrv backup DIRECTORY or "
+                              "--into DIR (or --status / --abort)")
 
     if database_only and key_only:
         raise InvalidArgument(E_INVALIDARG, "backup", "--database-only and --key-only exclude each other")

@@ -35,6 +35,7 @@ ROUTE_MODULES: list[str] = [
     "pycertsrv.service.control_routes",
     "pycertsrv.service.ca_routes",
     "pycertsrv.service.backup_routes",
+    "pycertsrv.service.ui_routes",
 ]
 
 

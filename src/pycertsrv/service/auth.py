@@ -18,6 +18,7 @@ server_control (shutdown)               Administrator, Operator (spec §4.1)
 status                                  any role
 online, health, openapi, ca_info        anyone (GetServerState: no permission, spec §1.6)
 backup/* (backup helper)                Operator (spec §1.6)
+ui_backups (recovery-window page)       Operator, Auditor, Administrator
 ======================================  ===============================================
 
 Administrator carries the Officer's and Auditor's rights: the AD CS default ACL grants the
@@ -71,6 +72,8 @@ OPERATION_ROLES: dict[str, frozenset[str] | None] = {
     "health": None,
     "openapi": None,
     "ca_info": None,
+    # Issue 16: the recovery window is for whoever runs backups and whoever audits them.
+    "ui_backups": frozenset({OPERATOR, AUDITOR, ADMINISTRATOR}),
 }
 
 # Roles whose holders see every request, not only their own.
