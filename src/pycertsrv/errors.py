@@ -8,6 +8,8 @@ The service maps the HRESULT to an HTTP status; the client maps it back to the s
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import ClassVar
 
 S_OK = 0x00000000
@@ -30,10 +32,15 @@ ERROR_ALREADY_EXISTS = 0x800700B7
 ERROR_DIRECTORY = 0x8007010B
 ERROR_BUSY = 0x800700AA
 ERROR_CRC = 0x80070017
-# Win32 errors wrapped by hresult_from_win32 (spec §1.5 helper): 112, 39, 1117.
-ERROR_DISK_FULL = 0x80070070
-ERROR_HANDLE_DISK_FULL = 0x80070027
-ERROR_IO_DEVICE = 0x8007045D
+# Win32 errors a file system failure maps to (spec §1.5 helper: 0x80070000 | Win32 code).
+ERROR_TOO_MANY_OPEN_FILES = 0x80070004  # 4
+ERROR_WRITE_PROTECT = 0x80070013  # 19
+ERROR_HANDLE_DISK_FULL = 0x80070027  # 39
+ERROR_DISK_FULL = 0x80070070  # 112
+ERROR_FILENAME_EXCED_RANGE = 0x800700CE  # 206
+ERROR_FILE_TOO_LARGE = 0x800700DF  # 223
+ERROR_IO_DEVICE = 0x8007045D  # 1117
+ERROR_DISK_QUOTA_EXCEEDED = 0x8007050F  # 1295
 ERROR_OBJECT_EXISTS = 0x80071392
 ERROR_INVALID_STATE = 0x8007139F
 RPC_S_SERVER_UNAVAILABLE = 0x800706BA
@@ -103,9 +110,14 @@ HRESULT_NAMES: dict[int, str] = {
     ERROR_DIRECTORY: "ERROR_DIRECTORY",
     ERROR_BUSY: "ERROR_BUSY",
     ERROR_CRC: "ERROR_CRC",
-    ERROR_DISK_FULL: "ERROR_DISK_FULL",
+    ERROR_TOO_MANY_OPEN_FILES: "ERROR_TOO_MANY_OPEN_FILES",
+    ERROR_WRITE_PROTECT: "ERROR_WRITE_PROTECT",
     ERROR_HANDLE_DISK_FULL: "ERROR_HANDLE_DISK_FULL",
+    ERROR_DISK_FULL: "ERROR_DISK_FULL",
+    ERROR_FILENAME_EXCED_RANGE: "ERROR_FILENAME_EXCED_RANGE",
+    ERROR_FILE_TOO_LARGE: "ERROR_FILE_TOO_LARGE",
     ERROR_IO_DEVICE: "ERROR_IO_DEVICE",
+    ERROR_DISK_QUOTA_EXCEEDED: "ERROR_DISK_QUOTA_EXCEEDED",
     ERROR_OBJECT_EXISTS: "ERROR_OBJECT_EXISTS",
     ERROR_INVALID_STATE: "ERROR_INVALID_STATE",
     RPC_S_SERVER_UNAVAILABLE: "RPC_S_SERVER_UNAVAILABLE",
@@ -284,3 +296,66 @@ def error_from_json(body: dict[str, object]) -> CertSrvError:
     raw = body.get("hresult", E_FAIL)
     hresult = raw if isinstance(raw, int) else E_FAIL
     return cls(hresult, str(body.get("function", "")), str(body.get("message", "")))
+
+
+# errno -> (HRESULT, exception class, what the operator should do next). Every file system failure of a verb
+# goes through from_oserror, so one errno always reads the same way (issue 10: no traceback reaches a user).
+_OSERROR_MAP: dict[int, tuple[int, type[CertSrvError], str]] = {
+    errno.ENOSPC: (ERROR_DISK_FULL, CertSrvError,
+                   "no space left on the device; free space there or choose a directory on another file system"),
+    errno.EDQUOT: (ERROR_DISK_QUOTA_EXCEEDED, CertSrvError,
+                   "disk quota exceeded; free space within the quota or choose another directory"),
+    errno.EFBIG: (ERROR_FILE_TOO_LARGE, CertSrvError,
+                  "the file is larger than the file system allows; choose another file system"),
+    errno.EROFS: (ERROR_WRITE_PROTECT, CertSrvError,
+                  "the file system is mounted read-only; choose a writable directory or remount it read-write"),
+    errno.EACCES: (E_ACCESSDENIED, AccessDenied,
+                   "permission denied; choose a directory this user may write, or run as its owner"),
+    errno.EPERM: (E_ACCESSDENIED, AccessDenied,
+                  "operation not permitted; choose a directory this user may write, or run as its owner"),
+    errno.ENOENT: (ERROR_FILE_NOT_FOUND, NotFound, "no such file or directory; check the path"),
+    errno.ENOTDIR: (ERROR_DIRECTORY, InvalidArgument, "a part of the path is not a directory; check the path"),
+    errno.EISDIR: (ERROR_DIRECTORY, InvalidArgument, "is a directory; give a file name"),
+    errno.EEXIST: (ERROR_FILE_EXISTS, Conflict, "already exists; remove it or choose another name"),
+    errno.ENOTEMPTY: (ERROR_DIR_NOT_EMPTY, Conflict, "the directory is not empty; empty it or choose another"),
+    errno.ENAMETOOLONG: (ERROR_FILENAME_EXCED_RANGE, InvalidArgument, "the path is too long; choose a shorter one"),
+    errno.EMFILE: (ERROR_TOO_MANY_OPEN_FILES, CertSrvError, "too many open files; raise the limit (ulimit -n)"),
+    errno.ENFILE: (ERROR_TOO_MANY_OPEN_FILES, CertSrvError, "too many open files on the system; try again later"),
+    errno.EIO: (ERROR_IO_DEVICE, CertSrvError, "input/output error from the device; check the disk (dmesg)"),
+    errno.ENOMEM: (E_OUTOFMEMORY, CertSrvError, "out of memory; free memory and try again"),
+    errno.EBUSY: (ERROR_BUSY, Conflict, "the device or resource is busy; try again when it is free"),
+}
+
+
+_WRITE_SIDE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def oserror_hresult(exc: OSError) -> int:
+    """The HRESULT of a file system error (Win32 code wrapped per spec §1.5; E_FAIL when errno is unknown)."""
+    mapped = _OSERROR_MAP.get(exc.errno or 0)
+    return mapped[0] if mapped else E_FAIL
+
+
+def from_oserror(exc: OSError, subject: str | os.PathLike[str] | None = None, doing: str = "") -> CertSrvError:
+    """A :class:`CertSrvError` for a file system failure, naming the path and what to do next.
+
+    ``certsrv: PATH: 0x80070070 ERROR_DISK_FULL: cannot write: no space left on the device; free space ...``
+
+    :param exc: the OSError (its ``filename`` is the path when ``subject`` is not given).
+    :param subject: the path or operation that failed (default: the OSError's file name).
+    :param doing: what was being done, e.g. ``"cannot write the backup set"`` (default: the system's text).
+    """
+    if isinstance(exc, CertSrvError):  # pragma: no cover - defensive: never double-wrap
+        return exc
+    name = exc.filename if subject is None else subject
+    if subject is None and exc.filename2 is not None and exc.errno in _WRITE_SIDE:
+        name = exc.filename2  # a copy or rename: the space or the write permission lacking is the target's
+    where = os.fsdecode(name) if name is not None else ""
+    mapped = _OSERROR_MAP.get(exc.errno or 0)
+    if mapped is None:
+        text = exc.strerror or str(exc) or type(exc).__name__
+        return CertSrvError(E_FAIL, where, f"{doing}: {text}" if doing else text)
+    hresult, cls, advice = mapped
+    if subject is not None and exc.filename is not None and os.fsdecode(exc.filename) != where:
+        advice = f"{os.fsdecode(exc.filename)}: {advice}"
+    return cls(hresult, where, f"{doing}: {advice}" if doing else advice)

@@ -41,6 +41,7 @@ def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    written = False
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)
@@ -49,8 +50,13 @@ def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
             n = os.write(fd, view)
             view = view[n:]
         os.fsync(fd)
+        written = True
     finally:
         os.close(fd)
+        if not written:
+            # A failed write (full disk, EIO) leaves no .tmp-* file behind to hold the space (issue 10).
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 

@@ -15,6 +15,7 @@ to start rather than one holding part of the data.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -49,6 +50,8 @@ from ..errors import (
     InvalidArgument,
     NotFound,
     SequenceError,
+    from_oserror,
+    oserror_hresult,
 )
 from ..fsutil import (
     PRIVATE_DIR,
@@ -834,7 +837,15 @@ def run_restore(
         # spec §5.1: checked before anything is placed — a wrong password writes nothing.
         key_material = load_p12(plan.p12, password, plan.expected.get(plan.p12))
         passphrase = _key_passphrase(plan, cfg, key_passphrase)
-    ctx = restore_prepare(home=plan.home, force=plan.force)
+    root = plan.home.root
+    # A home that is missing or empty is all ours: a failed restore removes everything it made there.
+    fresh = not root.exists() or (root.is_dir() and not any(root.iterdir()))
+    made = [p for p in (root, *root.parents) if not p.exists()]
+    try:
+        ctx = restore_prepare(home=plan.home, force=plan.force)
+    except OSError as e:
+        _remove_made(made)
+        raise from_oserror(e, e.filename if e.filename is not None else root, "cannot create the CA home") from None
     try:
         not_empty = _not_empty(plan.home, plan.mode, plan.key_file)
         if not_empty and not plan.force:
@@ -849,8 +860,80 @@ def run_restore(
         reg = reg_mod.read_registration(plan.home.root)
         res.registration = reg.to_json() if reg else None
         return res
+    except BaseException as e:
+        err = _failure(e, root)
+        if fresh:
+            _empty_home(root)  # under the lock: nothing of the failed restore stays
+            left = f"nothing was left in {root}"
+        else:
+            reg = _registration_or_none(root)
+            left = (f"{root} keeps {reg_mod.unfinished_from(reg)}: {reg_mod.rerun_hint(reg, root)}"
+                    if reg is not None and reg.state in (reg_mod.STATE_REGISTERED, reg_mod.STATE_FAILED) else "")
+        if err is None:
+            raise
+        raise type(err)(err.hresult, err.function, f"{err.message}; {left}" if left else err.message) from None
     finally:
         restore_end(ctx)
+        if fresh and not _has_content(root):
+            with contextlib.suppress(OSError):
+                (root / ".lock").unlink()
+            _remove_made(made)
+
+
+def _failure(e: BaseException, root: Path) -> CertSrvError | None:
+    """The error a failed restore reports (OSError mapped with its path); None to re-raise ``e`` as it is."""
+    if isinstance(e, CertSrvError):
+        return e
+    if isinstance(e, OSError):
+        return from_oserror(e, None if e.filename is not None else root, "restore failed")
+    return None
+
+
+def _registration_or_none(root: Path) -> reg_mod.Registration | None:
+    try:
+        return reg_mod.read_registration(root)
+    except CertSrvError:
+        return None
+
+
+def _has_content(root: Path) -> bool:
+    try:
+        return any(p.name != ".lock" for p in root.iterdir())
+    except OSError:
+        return True
+
+
+def _empty_home(root: Path) -> None:
+    """Remove everything a restore put into a home it found missing or empty (the lock file stays: it is held)."""
+    with contextlib.suppress(OSError):
+        for p in root.iterdir():
+            if p.name == ".lock":
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+
+def _remove_made(made: list[Path]) -> None:
+    """Remove the directories a restore created (deepest first), each only while it is empty."""
+    for d in made:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+def _discard_partial(plan: RestorePlan) -> None:
+    """Remove the half-copied files of a failed placement (``.X.restoring`` copies), freeing their space."""
+    h = plan.home
+    for d in {h.db_dir, h.publish_dir, h.private_dir, plan.backup_log_path or h.db_dir}:
+        with contextlib.suppress(OSError):
+            for p in d.iterdir():
+                if p.name.startswith(".") and p.name.endswith(".restoring"):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
 
 
 def _place_database(ctx: RestoreContext, plan: RestorePlan, cfg: config_mod.Config,
@@ -866,6 +949,11 @@ def _place_database(ctx: RestoreContext, plan: RestorePlan, cfg: config_mod.Conf
                      str(plan.backup_log_path), full.manifest.gen_low, full.manifest.gen_high,
                      until_us=plan.until_us, identity=plan.identity)
     try:
+        # The sets are recorded so that an unfinished restore can be named and rerun (issue 10).
+        reg = reg_mod.read_registration(h.root)
+        if reg is not None:
+            reg.sources = [str(s.directory) for s in plan.sets]
+            reg_mod.write_registration(h.root, reg)
         for d in (h.db_dir, h.log_dir, h.system_dir):
             make_dirs(d)
         # Small files first (configuration, published files, key): a CA whose restore did not finish then
@@ -897,15 +985,17 @@ def _place_database(ctx: RestoreContext, plan: RestorePlan, cfg: config_mod.Conf
         if plan.archive_range is not None:  # issue 13: the archived generations, registered like an incremental
             restore_register(ctx, None, None, None, str(plan.backup_log_path), *plan.archive_range,
                              identity=plan.identity)
-    except CertSrvError as e:
-        restore_register_complete(ctx, e.hresult)
-        raise
-    except OSError as e:
-        restore_register_complete(ctx, hresult_of(e))
-        raise CertSrvError(hresult_of(e), str(e.filename or plan.home.root),
-                           f"restore failed while placing files: {e.strerror}") from e
-    except Exception as e:
-        restore_register_complete(ctx, hresult_of(e))
+    except BaseException as e:
+        # Half-copied files go first (on a full disk they hold the space the registration needs), then the
+        # registration records the failure (spec §2.16: RegisterComplete with the failure hr), so that the
+        # CA refuses to start naming it; if even that cannot be written, the registration stays uncompleted,
+        # which the CA refuses as well.
+        _discard_partial(plan)
+        err = _failure(e, h.root)
+        with contextlib.suppress(OSError, CertSrvError):
+            reg_mod.complete(h.root, context=ctx.id, hr=hresult_of(e),
+                             message=str(err) if err is not None else f"{type(e).__name__}: {e}",
+                             function="CertSrvRestoreRegisterComplete")
         raise
     restore_register_complete(ctx, S_OK)
     say(f"Full database restore for {plan.ca_name} registered; start the CA to complete the restore.")
@@ -936,8 +1026,8 @@ def hresult_of(e: BaseException) -> int:
     """An HRESULT for any failure (OSError errno wrapped as a Win32 error, else E_FAIL)."""
     if isinstance(e, CertSrvError):
         return e.hresult
-    if isinstance(e, OSError) and e.errno:
-        return 0x80070000 | (e.errno & 0xFFFF)
+    if isinstance(e, OSError):
+        return oserror_hresult(e)  # errno mapped to its Win32 error (ENOSPC: ERROR_DISK_FULL), spec §1.5
     return 0x80004005
 
 

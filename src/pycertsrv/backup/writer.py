@@ -46,6 +46,7 @@ from ..errors import (
     CorruptData,
     InvalidArgument,
     NotFound,
+    from_oserror,
 )
 from ..fsutil import fsync_dir
 from ..home import Home
@@ -480,35 +481,44 @@ def run_backup(
     # Derived now, before the session opens: scrypt's cost does not lengthen the session (and the CA's pinned
     # snapshot); the salt is fresh for this set.
     sealing = SealingKey.new(pw)
+    made: list[Path] = []  # directories this run created (removed again if it fails)
     placed: list[Path] = []
     partial: Path | None = None
     result = BackupResult(target, "key" if key_only else kind, None, None)
     try:
         if key_only:
             assert hm is not None and cfg is not None
-            partial = _prepare_target(target, force)
+            partial = _prepare_target(target, force, made)
             _backup_key_only(hm, cfg, partial, target, result, placed, pw, sealing, key_passphrase)
         else:
+            # The session is opened before anything is created: a service that is not running (or refuses)
+            # leaves no empty set directory behind (issue 10 finding 7).
             with _open_session(source, kind) as session:
                 # spec §3.1 step 5: the locations are saved with the backup (certbkxp.dat); they also tell where
                 # the server's home is, which the set must not be written into (issue 9 finding 5).
                 locations = session.database_locations()
                 refuse_inside_home(target, home_roots(locations))
-                partial = _prepare_target(target, force)
+                partial = _prepare_target(target, force, made)
                 _backup_database(session, partial, target, result, placed, locations, kind=kind, keep_log=keep_log,
                                  database_only=database_only, pw=pw, sealing=sealing, hm=hm, cfg=cfg,
                                  key_passphrase=key_passphrase, progress=progress, chunk=chunk,
                                  max_rate=max_rate, base_dir=Path(base).absolute() if base is not None else None)
                 result.recorded = session.end()
-    except BaseException:
+    except BaseException as e:
         for p in reversed(placed):
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):
                     p.unlink()
         if partial is not None:
             shutil.rmtree(partial, ignore_errors=True)
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only while empty: never what someone else put there
+        if isinstance(e, OSError):
+            # A full, read-only or foreign target is the operator's to fix: one line naming it (issue 10).
+            raise from_oserror(e, None if e.filename is not None else target, "cannot write the backup set") from None
         raise
     if partial is not None:
         shutil.rmtree(partial, ignore_errors=True)
@@ -516,9 +526,12 @@ def run_backup(
     return result
 
 
-def _prepare_target(target: Path, force: bool) -> Path:
-    """Create the set directory and the partial directory inside it; returns the partial directory."""
+def _prepare_target(target: Path, force: bool, made: list[Path]) -> Path:
+    """Create the set directory (missing parents noted in ``made``) and the partial directory inside it;
+    returns the partial directory."""
+    missing = [p for p in (target, *target.parents) if not p.exists()]
     target.mkdir(parents=True, exist_ok=True)
+    made.extend(reversed(missing))
     if force:
         # The old set stops looking complete before anything of it is replaced.
         with contextlib.suppress(FileNotFoundError):

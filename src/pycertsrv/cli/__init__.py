@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 from ..commitnote import COMMITTED_NOT_APPLIED, commit_scope
-from ..errors import CertSrvError
+from ..errors import E_UNEXPECTED, CertSrvError, from_oserror
+
+# Set to 1 to see the Python traceback of an unexpected failure (for a bug report), never by default.
+ENV_TRACEBACK = "CERTSRV_TRACEBACK"
 
 
 @click.group()
@@ -27,17 +31,31 @@ def _say_unapplied(notes: set[int]) -> None:
                    "it is durable, and the CA applies it once the disk has room again (see certsrv status)", err=True)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def main() -> None:
-    """Entry point: run the group, turning CertSrvError into one line and exit status 1."""
+    """Entry point: run the group, turning every failure into ONE line on stderr and exit status 1.
+
+    CertSrvError is printed as it is; an OSError the library did not map (the last line of defense) becomes
+    its HRESULT with the path (:func:`pycertsrv.errors.from_oserror`); anything else is E_UNEXPECTED. No
+    traceback reaches a user unless CERTSRV_TRACEBACK=1 asks for one.
+    """
     try:
         cli.main(standalone_mode=False)
     except CertSrvError as e:
-        click.echo(f"certsrv: {e}", err=True)
+        click.echo(_one_line(f"certsrv: {e}"), err=True)
         sys.exit(1)
     except PermissionError as e:  # a private file of another user: one line naming its owner (issue 9)
         from .common import access_denied
 
-        click.echo(f"certsrv: {access_denied(e)}", err=True)
+        click.echo(_one_line(f"certsrv: {access_denied(e)}"), err=True)
+        sys.exit(1)
+    except OSError as e:
+        if os.environ.get(ENV_TRACEBACK) == "1":
+            raise
+        click.echo(_one_line(f"certsrv: {from_oserror(e)}"), err=True)
         sys.exit(1)
     except click.exceptions.Abort:
         click.echo("certsrv: aborted", err=True)
@@ -47,6 +65,16 @@ def main() -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("certsrv: interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:
+        if os.environ.get(ENV_TRACEBACK) == "1":
+            raise
+        err = CertSrvError(E_UNEXPECTED, "certsrv", f"internal error {type(e).__name__}: {e}; rerun with "
+                           f"{ENV_TRACEBACK}=1 for the traceback and report it")
+        click.echo(_one_line(f"certsrv: {err}"), err=True)
+        sys.exit(1)
 
 # Verb groups register themselves on `cli` when imported (one module per group).
 from . import archive, backup, ca, catalog, demo, restore, service, templates  # noqa: E402,F401

@@ -10,9 +10,16 @@ from typing import Any
 
 import click
 
-from ..errors import E_INVALIDARG, ERROR_INVALID_PASSWORD, CorruptData, InvalidArgument
+from ..errors import (
+    E_INVALIDARG,
+    ERROR_INVALID_PASSWORD,
+    RPC_S_SERVER_UNAVAILABLE,
+    CorruptData,
+    InvalidArgument,
+    Unavailable,
+)
 from . import cli
-from .backend import ServerSpec, server_options
+from .backend import ServerSpec, server_options, service_running
 from .common import echo_json, home_option, json_option, read_secret_file
 
 
@@ -123,6 +130,13 @@ def backup_cmd(directory: Path | None, into: Path | None, incremental: bool, kee
     if not 0 <= niceness <= 19:
         raise InvalidArgument(E_INVALIDARG, "--nice", f"{niceness} is not a niceness increment from 0 to 19")
     rate = _parse_rate(max_rate) if max_rate is not None else None
+    if not key_only and server.server is None and not service_running(home):
+        # Asked before any password prompt and before DIRECTORY is created (issue 10 finding 7).
+        where = Home.at(home).root
+        raise Unavailable(RPC_S_SERVER_UNAVAILABLE, str(where),
+                          f"the CA service is not running: a database backup is taken from the running service; "
+                          f"start it (certsrv serve --home {where}) and rerun the backup, or use --key-only for "
+                          "the key alone")
     # Issue 9 finding 4: every set, --database-only too, is authenticated with a key derived from its password.
     if password_file is not None:
         password = _read_secret(password_file, "password")

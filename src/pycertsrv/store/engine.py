@@ -323,6 +323,10 @@ class Store(FaultHandling):
         """
         store = cls(Path(home), options or StoreOptions())
         if not cls.exists(store.home):
+            from .registration import refuse_unfinished
+
+            # A restore that failed before placing the database is named, with how to finish it (issue 10).
+            refuse_unfinished(store.home)
             raise NotFound(ERROR_FILE_NOT_FOUND, str(store.home), "no CA database in this home")
         store.lock.acquire()
         try:

@@ -116,6 +116,8 @@ class Registration:
     message: str = ""
     recovery: dict[str, Any] | None = None
     home: str | None = None
+    # The backup set directories given to ``certsrv restore`` (so an unfinished restore can be named and rerun).
+    sources: list[str] = field(default_factory=list)
     format: str = FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -146,6 +148,31 @@ class Registration:
         """One line: state, generations, sets."""
         kinds = ", ".join(f"{s.kind} {s.gen_low:08X}..{s.gen_high:08X}" for s in self.sets) or "no sets"
         return f"restore {self.state}: generations {self.gen_low:08X}..{self.gen_high:08X} ({kinds})"
+
+
+def rerun_hint(reg: Registration, home: Path) -> str:
+    """What to do about an unfinished restore: the command that finishes it, and how to abandon it."""
+    import shlex
+
+    sets = " ".join(shlex.quote(s) for s in reg.sources) or "FULL_SET [INCREMENTAL_SETS...]"
+    return (f"rerun `certsrv restore {sets} --home {shlex.quote(str(home))} --force` to finish it, or remove "
+            f"{registration_path(home)} to abandon it")
+
+
+def unfinished_from(reg: Registration) -> str:
+    """``an unfinished restore from SET`` (the set directories when they were recorded)."""
+    return "an unfinished restore" + (f" from {', '.join(reg.sources)}" if reg.sources else "")
+
+
+def refuse_unfinished(home: Path) -> None:
+    """Raise the refusal of an uncompleted or failed registration of ``home`` (nothing when there is none).
+
+    :meth:`Store.open` asks this before saying a home has no database: a restore that failed before placing
+    the database leaves a registration, and the operator must hear about the restore, not a missing file.
+    """
+    reg = read_registration(Path(home))
+    if reg is not None and reg.state in (STATE_REGISTERED, STATE_FAILED):
+        recover_registered(Path(home))
 
 
 def registration_path(home: Path) -> Path:
@@ -384,14 +411,15 @@ def recover_registered(home: Path) -> RestoreOutcome | None:
     if reg is None:
         return None
     if reg.state == STATE_REGISTERED:
+        # spec §2.16: the CA does not start on an uncompleted registration.
         raise Conflict(JET_ERR_RESTORE_IN_PROGRESS, str(home),
-                       f"a restore is registered but not completed ({reg.summary()}); the CA will not start "
-                       "until it is completed (spec §2.16) — run the restore again with --force")
+                       f"{unfinished_from(reg)} was found ({reg.summary()}, not completed); the CA will not start "
+                       f"until it is: {rerun_hint(reg, home)}")
     if reg.state == STATE_FAILED:
         hr = reg.hr if reg.hr != S_OK else E_FAIL
         cls = CorruptData if (hr & 0xFFFF0000) == 0xC8000000 else Conflict
-        raise cls(hr, str(home), f"the registered restore failed: {reg.message}; the CA will not start "
-                                 "until a full set is restored again (certsrv restore --force)")
+        raise cls(hr, str(home), f"{unfinished_from(reg)} was found: it failed ({reg.message}); the CA will not "
+                                 f"start until a full set is restored again: {rerun_hint(reg, home)}")
     if reg.state == STATE_COMPLETE:
         try:
             reg.recovery = _recover_into_temp(home, reg)
