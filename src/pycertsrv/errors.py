@@ -336,26 +336,25 @@ def oserror_hresult(exc: OSError) -> int:
     return mapped[0] if mapped else E_FAIL
 
 
-def from_oserror(exc: OSError, subject: str | os.PathLike[str] | None = None, doing: str = "") -> CertSrvError:
+def from_oserror(exc: OSError, subject: str | os.PathLike[str] | None = None, doing: str = "",
+                 after: str = "") -> CertSrvError:
     """A :class:`CertSrvError` for a file system failure, naming the path and what to do next.
 
     ``certsrv: PATH: 0x80070070 ERROR_DISK_FULL: cannot write: no space left on the device; free space ...``
 
     :param exc: the OSError (its ``filename`` is the path when ``subject`` is not given).
     :param subject: the path or operation that failed (default: the OSError's file name).
-    :param doing: what was being done, e.g. ``"cannot write the backup set"`` (default: the system's text).
+    :param doing: what was being done, e.g. ``"cannot write the backup set"``.
+    :param after: what else the operator should know, appended (e.g. what was kept and how to retry).
     """
-    if isinstance(exc, CertSrvError):  # pragma: no cover - defensive: never double-wrap
-        return exc
     name = exc.filename if subject is None else subject
     if subject is None and exc.filename2 is not None and exc.errno in _WRITE_SIDE:
         name = exc.filename2  # a copy or rename: the space or the write permission lacking is the target's
     where = os.fsdecode(name) if name is not None else ""
     mapped = _OSERROR_MAP.get(exc.errno or 0)
     if mapped is None:
-        text = exc.strerror or str(exc) or type(exc).__name__
-        return CertSrvError(E_FAIL, where, f"{doing}: {text}" if doing else text)
-    hresult, cls, advice = mapped
-    if subject is not None and exc.filename is not None and os.fsdecode(exc.filename) != where:
-        advice = f"{os.fsdecode(exc.filename)}: {advice}"
-    return cls(hresult, where, f"{doing}: {advice}" if doing else advice)
+        hresult, cls, advice = E_FAIL, CertSrvError, exc.strerror or str(exc) or type(exc).__name__
+    else:
+        hresult, cls, advice = mapped
+    message = f"{doing}: {advice}" if doing else advice
+    return cls(hresult, where, f"{message}; {after}" if after else message)

@@ -27,6 +27,7 @@ from ..errors import (
     JET_ERR_LOG_FILE_CORRUPT,
     JET_ERR_MISSING_RESTORE_LOG_FILES,
     CertSrvError,
+    hresult_name,
 )
 from ..fsutil import sha256_file
 from ..store import logfile
@@ -43,7 +44,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}: 0x{self.hresult:08X}: {self.message}"
+        # The same shape as every refusal: subject, HRESULT in hex with its symbolic name, message.
+        return f"{self.path}: 0x{self.hresult:08X} {hresult_name(self.hresult)}: {self.message}"
 
 
 @dataclass
@@ -81,7 +83,7 @@ class VerifyReport:
                 "auth_checked": self.auth_checked, "authenticated": self.authenticated,
                 "unauthenticated_allowed": self.unauthenticated_allowed,
                 "problems": [{"path": p.path, "hresult": p.hresult, "hresult_hex": f"0x{p.hresult:08X}",
-                              "message": p.message} for p in self.problems]}
+                              "name": hresult_name(p.hresult), "message": p.message} for p in self.problems]}
 
 
 def verify_backup(directory: Path | str, password: bytes | None = None, *,

@@ -78,6 +78,7 @@ from .models import (
     utcnow_iso,
 )
 from .names import NamePlan, check_names
+from .paging import check_page
 from .policy import ParsedRequest, choose_template, decide_pending, merge_attributes, parse_request
 from .replace import move_old_home_aside
 from .revocation import check_invalidity_date, check_revocable, check_unrevocable, revocation_reason
@@ -628,7 +629,7 @@ class Authority:
         :param serial: one certificate by serial.
         :param request_id: one request.
         :param expired: True: only expired certificates; False: only unexpired ones.
-        :param limit: at most this many rows (None: all).
+        :param limit: at most this many rows, 1..ca.paging.PAGE_MAX (None: all, for the library's own use).
         :param offset: skip this many rows first.
         """
         where: list[tuple[str, str, Any]] = []
@@ -640,8 +641,10 @@ class Authority:
             where.append(("request_id", "=", int(request_id)))
         if expired is not None:
             where.append(("not_after", "<" if expired else ">=", iso(utcnow())))
-        if (limit is not None and limit < 0) or offset < 0:
-            raise InvalidArgument(E_INVALIDARG, "view", "limit and offset must not be negative")
+        if limit is not None:
+            check_page(limit, offset)  # ca.paging: the one rule, the same through the service
+        elif offset < 0:
+            raise InvalidArgument(E_INVALIDARG, "view", "offset must not be negative")
         rows = self.store.select("request", where, order_by=["request_id"], limit=limit, offset=offset)
         return [RequestInfo.from_row(r) for r in rows]
 

@@ -10,6 +10,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from ..errors import from_oserror
 from ..fsutil import PUBLIC_DIR, PUBLIC_FILE, atomic_write, make_dirs
 from .issuance import authority_key_identifier
 from .keys import CAPrivateKey, signing_hash
@@ -52,12 +53,21 @@ def build_crl(
 
 
 def write_published(publish_dir: Path, crl: x509.CertificateRevocationList) -> tuple[Path, Path]:
-    """Write the CRL as DER (``ca.crl``) and PEM (``ca.crl.pem``) atomically; returns both paths."""
-    make_dirs(publish_dir, PUBLIC_DIR)  # publish/ alone is public: it is for web publication (issue 9)
+    """Write the CRL as DER (``ca.crl``) and PEM (``ca.crl.pem``) atomically; returns both paths.
+
+    A file system failure (full, read-only, not ours) is one CertSrvError naming the path; the CRL row is
+    already durable, and the next publish writes the files again (issue 10: no traceback reaches a user).
+    """
     der_path = publish_dir / CRL_DER
     pem_path = publish_dir / CRL_PEM
-    atomic_write(der_path, crl.public_bytes(Encoding.DER), PUBLIC_FILE)
-    atomic_write(pem_path, crl.public_bytes(Encoding.PEM), PUBLIC_FILE)
+    try:
+        make_dirs(publish_dir, PUBLIC_DIR)  # publish/ alone is public: it is for web publication (issue 9)
+        atomic_write(der_path, crl.public_bytes(Encoding.DER), PUBLIC_FILE)
+        atomic_write(pem_path, crl.public_bytes(Encoding.PEM), PUBLIC_FILE)
+    except OSError as e:
+        raise from_oserror(e, publish_dir, "cannot write the published CRL",
+                           "the CRL is stored in the database: run certsrv crl publish again once this is "
+                           "fixed") from None
     return der_path, pem_path
 
 

@@ -145,17 +145,14 @@ class RemoteAuthority:
         return crl_info_from_json(self.client.publish_crl())
 
     def view(self, **kw: Any) -> list[Any]:
-        """List requests (same filters as ``Authority.view``; ``limit=None`` means 1000 per page, all pages)."""
+        """List requests (same filters as ``Authority.view``; ``limit=None`` means all, a page at a time)."""
+        from ..ca.paging import collect
+
         if kw.get("limit", 100) is None:
-            out: list[Any] = []
-            offset = int(kw.pop("offset", 0) or 0)
             kw.pop("limit")
-            while True:
-                page = self.client.view(limit=1000, offset=offset, **kw)
-                out += [request_info_from_json(r) for r in page]
-                if len(page) < 1000:
-                    return out
-                offset += len(page)
+            offset = int(kw.pop("offset", 0) or 0)
+            rows, _ = collect(lambda n, off: self.client.view(limit=n, offset=off, **kw), None, offset)
+            return [request_info_from_json(r) for r in rows]
         return [request_info_from_json(r) for r in self.client.view(**kw)]
 
     def get_request(self, request_id: int) -> Any:

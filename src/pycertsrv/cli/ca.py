@@ -12,7 +12,9 @@ from pathlib import Path
 import click
 
 from ..ca import KEY_TYPES, Authority
-from ..errors import E_INVALIDARG, InvalidArgument
+from ..ca.paging import MAX_OFFSET, PAGE_MAX, collect
+from ..errors import E_INVALIDARG, InvalidArgument, from_oserror
+from ..fsutil import PUBLIC_FILE, atomic_write
 from . import cli
 from .backend import ServerSpec, ca_backend, server_options
 from .common import echo_json, home_option, json_option, open_authority, passphrase_options
@@ -25,14 +27,15 @@ def _read_input(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as e:
-        raise InvalidArgument(E_INVALIDARG, path, f"cannot read: {e.strerror}") from None
+        raise from_oserror(e, path, "cannot read") from None
 
 
 def _write_output(path: Path, data: bytes) -> None:
+    """Write ``--out`` whole or not at all (temp name, fsync, rename): a full disk leaves no truncated file."""
     try:
-        path.write_bytes(data)
+        atomic_write(path, data, PUBLIC_FILE)  # a certificate is public
     except OSError as e:
-        raise InvalidArgument(E_INVALIDARG, str(path), f"cannot write: {e.strerror}") from None
+        raise from_oserror(e, path, "cannot write") from None
 
 
 def _parse_time(value: str | None) -> dt.datetime | None:
@@ -222,20 +225,28 @@ def crl_publish_cmd(home: Path | None, passphrase: bytes | None, server: ServerS
 @click.option("--serial", default=None)
 @click.option("--request-id", type=click.IntRange(min=1), default=None)
 @click.option("--expired/--unexpired", default=None, help="Only expired / only unexpired certificates.")
-@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True)
-@click.option("--offset", type=click.IntRange(min=0), default=0)
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help=f"List at most N rows and say when more exist (default: all rows, fetched {PAGE_MAX} per call).")
+@click.option("--offset", type=click.IntRange(0, MAX_OFFSET), default=0, show_default=True,
+              help="Skip this many rows first.")
 @json_option
 def view_cmd(home: Path | None, passphrase: bytes | None, server: ServerSpec, disposition: str | None,
-             serial: str | None, request_id: int | None, expired: bool | None, limit: int, offset: int,
+             serial: str | None, request_id: int | None, expired: bool | None, limit: int | None, offset: int,
              as_json: bool) -> None:
-    """List requests and certificates."""
+    """List requests and certificates, oldest first: all of them, or --limit rows from --offset."""
     with ca_backend(home, server, passphrase) as a:
-        rows = a.view(disposition=disposition, serial=serial, request_id=request_id, expired=expired,
-                      limit=limit, offset=offset)
+        # ca.paging: the same pages of at most PAGE_MAX rows directly and through the service.
+        rows, more = collect(lambda n, off: a.view(disposition=disposition, serial=serial, request_id=request_id,
+                                                   expired=expired, limit=n, offset=off), limit, offset)
+    hint = f"more rows: use --offset {offset + len(rows)}" if more else None
     if as_json:
         echo_json([r.to_json() for r in rows])
+        if hint:
+            click.echo(hint, err=True)  # stdout stays one JSON document
     else:
         click.echo(request_table(rows))
+        if hint:
+            click.echo(hint)
 
 
 @cli.command("get")

@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
+from ..ca.paging import MAX_OFFSET, PAGE_DEFAULT, PAGE_MAX, check_page
 from ..errors import E_ACCESSDENIED, E_INVALIDARG, AccessDenied, InvalidArgument, NotFound
 from . import auth
 from .middleware import json_response, read_model
@@ -44,7 +45,8 @@ class SubmitBody(BaseModel):
     """``POST /ca/requests``."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    csr: str = Field(min_length=1)
+    # An empty csr is the core's to refuse ("request is empty"), with the same words as a direct submit.
+    csr: str
     template: str | None = None
     attributes: dict[str, str] | None = None
 
@@ -255,8 +257,10 @@ async def view(request: web.Request) -> web.Response:
         if e not in ("true", "false"):
             raise InvalidArgument(E_INVALIDARG, "view", f"expired must be true or false, not {e[:40]!r}")
         kw["expired"] = e == "true"
-    limit = _int_param(request, "limit", 100, 1, 1000)
-    offset = _int_param(request, "offset", 0, 0, MAX_ID)
+    # ca.paging: the one paging rule, the same as a direct Authority.view.
+    limit = _int_param(request, "limit", PAGE_DEFAULT, 0, MAX_OFFSET)
+    offset = _int_param(request, "offset", 0, 0, MAX_OFFSET)
+    check_page(limit, offset)
     items = await _call(request.app["authority"].view, limit=limit, offset=offset, **kw)
     return json_response({"items": [_info(i) for i in items], "limit": limit, "offset": offset,
                           "count": len(items)})
@@ -353,9 +357,9 @@ VIEW_PARAMS = [
      "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}},
     {"name": "expired", "in": "query", "required": False, "schema": {"type": "string", "enum": ["true", "false"]}},
     {"name": "limit", "in": "query", "required": False,
-     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+     "schema": {"type": "integer", "minimum": 1, "maximum": PAGE_MAX, "default": PAGE_DEFAULT}},
     {"name": "offset", "in": "query", "required": False,
-     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID, "default": 0}},
+     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}},
 ]
 
 OWN = "Enrollee callers may read only requests they submitted (requester = their identity); others get 403."

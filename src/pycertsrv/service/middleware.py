@@ -25,6 +25,7 @@ from ..errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    from_oserror,
 )
 from . import auth
 from .openapi import operations
@@ -114,6 +115,10 @@ async def service_middleware(request: web.Request, handler: Any) -> web.StreamRe
                      type(e).__name__)
             _close_connection(request)
             raise CertSrvError(E_UNEXPECTED, f"{request.method} {request.path}", "client disconnected") from None
+        except OSError as e:
+            # A full, read-only or foreign file system under the service: its HRESULT and path (issue 10).
+            log.error("%s %s: file system error: %s", request.method, request.path, e)
+            raise from_oserror(e) from None
         except Exception:
             log.exception("unexpected failure in %s %s", request.method, request.path)
             raise CertSrvError(E_UNEXPECTED, f"{request.method} {request.path}",
@@ -186,9 +191,31 @@ async def read_model(request: web.Request, model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidArgument(E_INVALIDARG, str(what), f"field {where!r}: {first['msg']}") from None
+        raise InvalidArgument(E_INVALIDARG, str(what), validation_message(e)) from None
+
+
+# pydantic error types in our words: one short clause naming the field (never pydantic's own sentence).
+_VALIDATION_WORDS = {
+    "missing": "is required",
+    "extra_forbidden": "is not a field of this request (remove it)",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "bool_type": "must be true or false",
+    "dict_type": "must be an object",
+    "list_type": "must be a list",
+    "string_too_short": "is empty",
+    "string_too_long": "is too long",
+}
+
+
+def validation_message(e: ValidationError) -> str:
+    """The first validation error as one line: ``field 'csr' is empty`` (see the OpenAPI schema)."""
+    first = e.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    words = _VALIDATION_WORDS.get(str(first.get("type", "")))
+    if words is None:
+        return f"field {where!r} is not valid: {first['msg']}; see /openapi.json"
+    return f"field {where!r} {words}; see /openapi.json"
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
