@@ -844,6 +844,9 @@ def run_restore(
     try:
         ctx = restore_prepare(home=plan.home, force=plan.force)
     except OSError as e:
+        if fresh:
+            with contextlib.suppress(OSError):
+                (root / ".lock").unlink()  # the lock file this restore just created (writing its pid failed)
         _remove_made(made)
         raise from_oserror(e, e.filename if e.filename is not None else root, "cannot create the CA home") from None
     try:

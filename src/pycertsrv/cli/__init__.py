@@ -9,6 +9,7 @@ import click
 
 from ..commitnote import COMMITTED_NOT_APPLIED, commit_scope
 from ..errors import E_UNEXPECTED, CertSrvError, from_oserror
+from ..home import ENV_HOME
 
 # Set to 1 to see the Python traceback of an unexpected failure (for a bug report), never by default.
 ENV_TRACEBACK = "CERTSRV_TRACEBACK"
@@ -35,6 +36,20 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _subject(argv: list[str]) -> str:
+    """What an OSError without a file name is about: the ``--home`` given (the verb's files live there), else
+    the verb itself."""
+    for i, a in enumerate(argv):
+        if a == "--home" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--home="):
+            return a.partition("=")[2]
+    if os.environ.get(ENV_HOME):
+        return os.environ[ENV_HOME]
+    words = [a for a in argv[:2] if not a.startswith("-")]
+    return " ".join(words) or "certsrv"
+
+
 def main() -> None:
     """Entry point: run the group, turning every failure into ONE line on stderr and exit status 1.
 
@@ -55,7 +70,8 @@ def main() -> None:
     except OSError as e:
         if os.environ.get(ENV_TRACEBACK) == "1":
             raise
-        click.echo(_one_line(f"certsrv: {from_oserror(e)}"), err=True)
+        err = from_oserror(e, None if e.filename is not None else _subject(sys.argv[1:]))
+        click.echo(_one_line(f"certsrv: {err}"), err=True)
         sys.exit(1)
     except click.exceptions.Abort:
         click.echo("certsrv: aborted", err=True)
