@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
 
 import pytest
@@ -47,3 +49,30 @@ def test_win32_wrapping_and_names() -> None:
 def test_unknown_error_class_falls_back_to_base() -> None:
     e = error_from_json({"error": "Nope", "hresult": 5, "message": "m"})
     assert type(e) is CertSrvError and e.hresult == 5
+
+
+@pytest.mark.parametrize(("err", "win32", "name", "cls", "advice"), [
+    (errno.ENOSPC, 112, "ERROR_DISK_FULL", CertSrvError, "free space"),
+    (errno.EDQUOT, 1295, "ERROR_DISK_QUOTA_EXCEEDED", CertSrvError, "quota"),
+    (errno.EROFS, 19, "ERROR_WRITE_PROTECT", CertSrvError, "choose a writable directory"),
+    (errno.EACCES, 5, "E_ACCESSDENIED", AccessDenied, "this user may write"),
+    (errno.EPERM, 5, "E_ACCESSDENIED", AccessDenied, "this user may write"),
+    (errno.ENOENT, 2, "ERROR_FILE_NOT_FOUND", errors.NotFound, "check the path"),
+    (errno.EIO, 1117, "ERROR_IO_DEVICE", CertSrvError, "check the disk"),
+])
+def test_file_system_errors_map_to_their_win32_hresult(err: int, win32: int, name: str, cls: type[CertSrvError],
+                                                       advice: str) -> None:
+    # spec §1.5: a Win32 error is wrapped as 0x8007xxxx; the errno's Win32 counterpart, never the errno itself.
+    e = errors.from_oserror(OSError(err, os.strerror(err), "/srv/ca/set"), doing="cannot write the backup set")
+    assert type(e) is cls
+    assert e.hresult == hresult_from_win32(win32) and e.name == name
+    assert e.function == "/srv/ca/set"
+    assert e.message.startswith("cannot write the backup set: ") and advice in e.message
+    assert str(e).startswith(f"/srv/ca/set: 0x{hresult_from_win32(win32):08X} {name}: ")
+
+
+def test_file_system_error_names_the_target_of_a_copy_and_survives_unknown_errnos() -> None:
+    e = errors.from_oserror(OSError(errno.ENOSPC, "No space left on device", "/set/ca.db", None, "/home/db/.x"))
+    assert e.function == "/home/db/.x"  # the full device is the copy's destination's
+    odd = errors.from_oserror(OSError(errno.ELOOP, "Too many levels of symbolic links", "/a"), "get")
+    assert odd.hresult == errors.E_FAIL and odd.function == "get" and "symbolic links" in odd.message

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hostile_lib import ONE_LINE, Mounts, User, certsrv, copy_tree_into, leftovers, mounts, second_user, start_service
 
+from hostile_lib import ONE_LINE, Mounts, User, certsrv, copy_tree_into, leftovers, mounts, second_user, start_service
 from pycertsrv.ca import Authority
+from pycertsrv.client import Client
 from pycertsrv.errors import E_ACCESSDENIED, ERROR_DISK_FULL, ERROR_WRITE_PROTECT, hresult_name
 from pycertsrv.home import Home
 from service.helpers import Service, make_csr
@@ -188,3 +189,26 @@ def test_verb_on_hostile_target(world: World, verb: str, kind: str) -> None:
     # The services are unharmed: the homes still serve.
     assert world.root_svc.proc is not None and world.root_svc.proc.poll() is None
     assert world.user_svc.proc is not None and world.user_svc.proc.poll() is None
+
+
+def test_crl_publish_through_the_service_on_a_read_only_publish_dir(world: World) -> None:
+    """The service writes HOME/publish itself: its file system error comes back as the same one line (the
+    service maps OSError too), and the service keeps serving."""
+    tmp_path = world.tmp / f"case-{next(_CASES)}"
+    tmp_path.mkdir(mode=0o755)
+    home = Home.at(tmp_path / "svc")
+    Authority.init(home.root, "Service Publish CA").close()
+    with mounts() as m:
+        _hostile_publish(m, home, "read-only", world.user)
+        svc = start_service(home)
+        try:
+            r = certsrv("crl", "publish", "--home", str(home.root))
+            assert r.returncode == 1 and "Traceback" not in r.stderr + svc.log()
+            line = r.stderr.strip()
+            assert ONE_LINE.match(line) and len(r.stderr.splitlines()) == 1, r.stderr
+            assert f"certsrv: {home.publish_dir}: 0x{ERROR_WRITE_PROTECT:08X} ERROR_WRITE_PROTECT:" in line
+            assert "run certsrv crl publish again" in line
+            with Client(f"unix:{svc.socket}") as c:  # still serving, reads unaffected
+                assert len(c.view(limit=10)) == 0
+        finally:
+            assert svc.stop() == 0
