@@ -17,7 +17,7 @@ from pycertsrv.backup.session import BackupManager, LocalSession, backup_history
 from pycertsrv.backup.verify import verify_backup
 from pycertsrv.backup.writer import _Pacer, run_backup
 from pycertsrv.ca import Authority
-from pycertsrv.errors import E_INVALIDARG, ERROR_DIR_NOT_EMPTY, CertSrvError
+from pycertsrv.errors import E_INVALIDARG, ERROR_DIR_NOT_EMPTY, ERROR_DISK_FULL, CertSrvError
 from pycertsrv.home import Home
 from pycertsrv.store import hard_recover, list_generations
 
@@ -158,10 +158,11 @@ def test_failed_backup_leaves_no_set(ca: Authority, cmgr: BackupManager, tmp_pat
     issue(ca, 2)
     out = tmp_path / "bk"
     before = set(list_generations(ca.store.log_dir))
-    with pytest.raises(OSError):
+    with pytest.raises(CertSrvError) as ei:  # the file system error as its HRESULT (issue 10)
         run_backup(lambda kind: Exploding(LocalSession(cmgr, kind), after), out, password="pw", home=ca.home,
                    chunk=4096)
-    assert list(out.iterdir()) == []
+    assert ei.value.hresult == ERROR_DISK_FULL and ei.value.function == str(out)
+    assert not out.exists()  # the run created it: nothing of it is left
     assert cmgr.status() is None  # the session was ended
     assert backup_history(ca.store) == []
     assert before <= set(list_generations(ca.store.log_dir))  # nothing truncated
@@ -171,9 +172,11 @@ def test_force_over_old_set_failure_leaves_nothing_complete(ca: Authority, cmgr:
                                                             tmp_path: Path) -> None:
     out = tmp_path / "bk"
     run_backup(factory(cmgr), out, database_only=True, keep_log=True, password=PW)
-    with pytest.raises(OSError):
+    with pytest.raises(CertSrvError) as ei:
         run_backup(lambda kind: Exploding(LocalSession(cmgr, kind), 1), out, database_only=True, force=True,
                    password=PW)
+    assert ei.value.hresult == ERROR_DISK_FULL
+    assert out.is_dir()  # it was there before this run: kept
     assert not (out / "DataBase" / "certbkxp.dat").exists()
     assert not verify_backup(out, PW).ok
 
@@ -251,7 +254,7 @@ def test_home_of_another_ca_is_refused(cmgr: BackupManager, tmp_path: Path) -> N
     with pytest.raises(CertSrvError) as e:
         run_backup(factory(cmgr), tmp_path / "bk", password="pw", home=Home.at(tmp_path / "other"))
     assert "Other CA" in e.value.message
-    assert list((tmp_path / "bk").iterdir()) == []
+    assert not (tmp_path / "bk").exists()  # the directory the run made is removed again
     assert cmgr.status() is None
 
 
@@ -261,7 +264,7 @@ def test_encrypted_key_needs_its_passphrase(tmp_path: Path) -> None:
         m = BackupManager(a, a.home, 600)
         with pytest.raises(CertSrvError):
             run_backup(factory(m), tmp_path / "bad", password="pw", home=a.home, key_passphrase=b"wrong")
-        assert m.status() is None and list((tmp_path / "bad").iterdir()) == []
+        assert m.status() is None and not (tmp_path / "bad").exists()
         run_backup(factory(m), tmp_path / "ok", password="pw", home=a.home, key_passphrase=b"key-pass")
         key, cert, _ = pkcs12.load_key_and_certificates((tmp_path / "ok" / "Encrypted CA.p12").read_bytes(), b"pw")
         assert cert == a.certificate and key is not None
