@@ -70,6 +70,7 @@ from ..store import logfile
 from ..store import registration as reg_mod
 from ..store.engine import db_file_name
 from .manifest import CONFIG_SUBDIR, DB_SUBDIR, KEY_KIND, P12_EXT, Manifest
+from .restore_cleanup import discard_partial, empty_home, failure, has_content, registration_or_none, remove_made
 from .setcheck import check_chain, check_copy, check_digest, listed_p12, verify_set
 
 # spec §1.3 [HDR]
@@ -847,7 +848,7 @@ def run_restore(
         if fresh:
             with contextlib.suppress(OSError):
                 (root / ".lock").unlink()  # the lock file this restore just created (writing its pid failed)
-        _remove_made(made)
+        remove_made(made)
         raise from_oserror(e, e.filename if e.filename is not None else root, "cannot create the CA home") from None
     try:
         not_empty = _not_empty(plan.home, plan.mode, plan.key_file)
@@ -864,12 +865,12 @@ def run_restore(
         res.registration = reg.to_json() if reg else None
         return res
     except BaseException as e:
-        err = _failure(e, root)
+        err = failure(e, root)
         if fresh:
-            _empty_home(root)  # under the lock: nothing of the failed restore stays
+            empty_home(root)  # under the lock: nothing of the failed restore stays
             left = f"nothing was left in {root}"
         else:
-            reg = _registration_or_none(root)
+            reg = registration_or_none(root)
             left = (f"{root} keeps {reg_mod.unfinished_from(reg)}: {reg_mod.rerun_hint(reg, root)}"
                     if reg is not None and reg.state in (reg_mod.STATE_REGISTERED, reg_mod.STATE_FAILED) else "")
         if err is None:
@@ -877,66 +878,10 @@ def run_restore(
         raise type(err)(err.hresult, err.function, f"{err.message}; {left}" if left else err.message) from None
     finally:
         restore_end(ctx)
-        if fresh and not _has_content(root):
+        if fresh and not has_content(root):
             with contextlib.suppress(OSError):
                 (root / ".lock").unlink()
-            _remove_made(made)
-
-
-def _failure(e: BaseException, root: Path) -> CertSrvError | None:
-    """The error a failed restore reports (OSError mapped with its path); None to re-raise ``e`` as it is."""
-    if isinstance(e, CertSrvError):
-        return e
-    if isinstance(e, OSError):
-        return from_oserror(e, None if e.filename is not None else root, "restore failed")
-    return None
-
-
-def _registration_or_none(root: Path) -> reg_mod.Registration | None:
-    try:
-        return reg_mod.read_registration(root)
-    except CertSrvError:
-        return None
-
-
-def _has_content(root: Path) -> bool:
-    try:
-        return any(p.name != ".lock" for p in root.iterdir())
-    except OSError:
-        return True
-
-
-def _empty_home(root: Path) -> None:
-    """Remove everything a restore put into a home it found missing or empty (the lock file stays: it is held)."""
-    with contextlib.suppress(OSError):
-        for p in root.iterdir():
-            if p.name == ".lock":
-                continue
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    p.unlink()
-
-
-def _remove_made(made: list[Path]) -> None:
-    """Remove the directories a restore created (deepest first), each only while it is empty."""
-    for d in made:
-        try:
-            d.rmdir()
-        except OSError:
-            return
-
-
-def _discard_partial(plan: RestorePlan) -> None:
-    """Remove the half-copied files of a failed placement (``.X.restoring`` copies), freeing their space."""
-    h = plan.home
-    for d in {h.db_dir, h.publish_dir, h.private_dir, plan.backup_log_path or h.db_dir}:
-        with contextlib.suppress(OSError):
-            for p in d.iterdir():
-                if p.name.startswith(".") and p.name.endswith(".restoring"):
-                    with contextlib.suppress(OSError):
-                        p.unlink()
+            remove_made(made)
 
 
 def _place_database(ctx: RestoreContext, plan: RestorePlan, cfg: config_mod.Config,
@@ -993,8 +938,8 @@ def _place_database(ctx: RestoreContext, plan: RestorePlan, cfg: config_mod.Conf
         # registration records the failure (spec §2.16: RegisterComplete with the failure hr), so that the
         # CA refuses to start naming it; if even that cannot be written, the registration stays uncompleted,
         # which the CA refuses as well.
-        _discard_partial(plan)
-        err = _failure(e, h.root)
+        discard_partial(h.db_dir, h.publish_dir, h.private_dir, plan.backup_log_path or h.db_dir)
+        err = failure(e, h.root)
         with contextlib.suppress(OSError, CertSrvError):
             reg_mod.complete(h.root, context=ctx.id, hr=hresult_of(e),
                              message=str(err) if err is not None else f"{type(e).__name__}: {e}",
