@@ -75,7 +75,7 @@ def test_verify_backup_names_every_hresult(service: Service, tmp_path: Path) -> 
         f.seek(-10, 2)
         f.write(bytes([b[0] ^ 0xFF]))
     next(p for p in (tmp_path / "set").rglob("*") if p.is_file() and p.parent.name == "Dynamic").unlink()
-    r = certsrv("verify-backup", str(tmp_path / "set"))
+    r = certsrv("verify-backup", str(tmp_path / "set"), "--password-file", str(pw))
     assert r.returncode == 1 and "Traceback" not in r.stderr
     lines = r.stderr.splitlines()
     assert len(lines) >= 2, r.stderr

@@ -17,6 +17,7 @@ from ..errors import (
     CorruptData,
     InvalidArgument,
     Unavailable,
+    hresult_name,
 )
 from . import cli
 from .backend import ServerSpec, server_options, service_running
@@ -240,7 +241,9 @@ def verify_backup_cmd(directory: Path, password_file: Path | None, structure_onl
                        "set's authenticator")
     if not rep.ok:
         for p in rep.problems[1:]:
-            click.echo(f"certsrv: verify-backup: {rep.directory / p.path}: 0x{p.hresult:08X}: {p.message}", err=True)
+            # The same shape as every refusal: subject, HRESULT in hex with its symbolic name, message (issue 10).
+            hr = f"0x{p.hresult:08X} {hresult_name(p.hresult)}"
+            click.echo(f"certsrv: verify-backup: {rep.directory / p.path}: {hr}: {p.message}", err=True)
         first = rep.problems[0]
         more = f" (and {len(rep.problems) - 1} more problem(s))" if len(rep.problems) > 1 else ""
         raise CorruptData(first.hresult, str(rep.directory / first.path), first.message + more)
