@@ -131,7 +131,7 @@ def backup_cmd(directory: Path | None, into: Path | None, incremental: bool, kee
     if not 0 <= niceness <= 19:
         raise InvalidArgument(E_INVALIDARG, "--nice", f"{niceness} is not a niceness increment from 0 to 19")
     rate = _parse_rate(max_rate) if max_rate is not None else None
-    if not key_only and server.server is None and not service_running(home):
+    if not key_only and into is None and server.server is None and not service_running(home):
         # Asked before any password prompt and before DIRECTORY is created (issue 10 finding 7).
         where = Home.at(home).root
         raise Unavailable(RPC_S_SERVER_UNAVAILABLE, str(where),
