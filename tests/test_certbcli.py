@@ -101,6 +101,9 @@ def test_multisz_reference_examples() -> None:
         cb.split_tag("")
 
 
+# No per-example deadline: hypothesis's default 200 ms fails (DeadlineExceeded / Flaky) when the machine is
+# loaded, which says nothing about the encoding under test.
+@settings(deadline=None)
 @given(st.lists(st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), min_size=1),
                 max_size=8))
 def test_multisz_round_trip(entries: list[str]) -> None:

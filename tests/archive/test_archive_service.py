@@ -95,6 +95,17 @@ def test_machine_lost_and_point_in_time(work: Path) -> None:
         for t in threads:
             t.start()
         wait_for(lambda: archive_status(svc)["watermark"] >= w0 + 4, "four generations shipped under load", svc=svc)
+
+        def answered_count() -> int:
+            with lock:
+                return len(answered)
+
+        # Wait for progress, not for time: on a loaded machine four generations may ship before the workers
+        # got many answers. Every operation answered by now was committed before generation ``after`` was
+        # created, so once ``after`` is shipped the last shipped record is later than all of them.
+        wait_for(lambda: answered_count() > 20, "more than 20 operations answered under load", svc=svc)
+        after = max(logfile.list_generations(home.root / "logs")) + 1
+        wait_for(lambda: archive_status(svc)["watermark"] >= after, f"generation {after} shipped", svc=svc)
         svc.kill()  # the machine is lost mid-load
         stop.set()
         for t in threads:

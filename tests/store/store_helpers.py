@@ -77,12 +77,29 @@ def read_acks(path: Path) -> tuple[bool, set[int]]:
         return False, set()
     opened = False
     ids: set[int] = set()
-    for line in path.read_bytes().split(b"\n"):
+    # Only newline-terminated lines count: a fragment read while the child is writing is no ack yet.
+    for line in path.read_bytes().split(b"\n")[:-1]:
         if line == b"open":
             opened = True
         elif line.isdigit():
             ids.add(int(line))
     return opened, ids
+
+
+def wait_acks(proc: subprocess.Popen[bytes], path: Path, count: int, timeout: float = 120.0) -> None:
+    """Wait until the crash child has opened the store and acknowledged ``count`` commits (or fail).
+
+    Waiting on the child's own progress, not on the clock, is what makes a kill land mid-work however
+    loaded the machine is; ``timeout`` only bounds the wait."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        opened, ids = read_acks(path)
+        if opened and len(ids) >= count:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"crash child exited ({proc.returncode}) after {len(ids)} of {count} acks")
+        time.sleep(0.002)
+    raise AssertionError(f"crash child did not acknowledge {count} commits within {timeout}s")
 
 
 def check_whole(store: Store) -> list[int]:
