@@ -102,6 +102,39 @@ class BackupSection(_Section):
     max_incremental_age: str = Field("26h", pattern=r"^\d+(\.\d+)?[smhdw]$")
 
 
+class MetricsSection(_Section):
+    """The Prometheus ``/metrics`` listener: off unless ``listen`` is set (least privilege: the series
+    reveal activity and backup times, so nothing listens until the operator chooses where).
+
+    ``listen`` is ``HOST:PORT`` (plain HTTP, no TLS: bind it to loopback or a scrape-only network) or a
+    Unix socket path containing a ``/`` (relative ones to the home; created owner-only, 0600, unless
+    ``socket_mode`` says wider, e.g. ``0o660`` for a Prometheus in the service user's group).
+    """
+
+    listen: str | None = None
+    socket_mode: int = 0o600
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_listen(v)
+        return v
+
+
+def parse_listen(value: str) -> tuple[str, int] | str:
+    """``HOST:PORT`` (``[::1]:9108`` for IPv6) → ``(host, port)``; anything with a ``/`` is a Unix socket path.
+
+    :raises ValueError: neither form.
+    """
+    if "/" in value:
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9108) or a Unix socket path, got {value!r}")
+    return (host.strip("[]"), int(port))
+
+
 class RoleGrant(_Section):
     """One principal and its roles.
 
@@ -256,6 +289,7 @@ class Config(_Section):
     store: StoreSection = Field(default_factory=StoreSection)
     service: ServiceSection = Field(default_factory=ServiceSection)
     backup: BackupSection = Field(default_factory=BackupSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
     roles: list[RoleGrant] = Field(default_factory=list)
     archive: ArchiveSection | None = None  # issue 13: continuous log archiving (absent: off)
     templates: dict[str, TemplateSection] = Field(default_factory=builtin_templates)

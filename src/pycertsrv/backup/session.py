@@ -95,6 +95,9 @@ SETTING_REQUIRES_FULL = "backup_requires_full"
 # spec §1.3 wszREGDBLASTFULLBACKUP / wszREGDBLASTINCREMENTALBACKUP [INF]: last backup times.
 SETTING_LAST_FULL = "DBLastFullBackup"
 SETTING_LAST_INCREMENTAL = "DBLastIncrementalBackup"
+# Bytes the last full / incremental session sent (its set's size), recorded with its time (metrics).
+SETTING_LAST_FULL_BYTES = "DBLastFullBackupBytes"
+SETTING_LAST_INCREMENTAL_BYTES = "DBLastIncrementalBackupBytes"
 TRUE_VALUES = {"1", "true", "yes", "on"}
 
 
@@ -700,11 +703,13 @@ class BackupManager(SessionEnding):
                 "truncated": 1 if s.truncated else 0})
             if s.kind == FULL:
                 tx.put("setting", {"name": SETTING_LAST_FULL, "value": ended})
+                tx.put("setting", {"name": SETTING_LAST_FULL_BYTES, "value": str(s.bytes_sent)})
                 for name in (SETTING_REQUIRES_FULL, SETTING_REQUIRES_FULL + "_reason"):
                     if tx.get("setting", name) is not None:
                         tx.delete("setting", name)
             else:
                 tx.put("setting", {"name": SETTING_LAST_INCREMENTAL, "value": ended})
+                tx.put("setting", {"name": SETTING_LAST_INCREMENTAL_BYTES, "value": str(s.bytes_sent)})
         return bid
 
     def _unpin(self, s: _Session) -> None:

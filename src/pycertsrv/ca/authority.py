@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,6 +79,7 @@ from .models import (
     utcnow_iso,
 )
 from .names import NamePlan, check_names
+from .observe import CAObserver
 from .paging import check_page
 from .policy import ParsedRequest, choose_template, decide_pending, merge_attributes, parse_request
 from .replace import move_old_home_aside
@@ -130,6 +132,18 @@ class Authority:
         self._state_lock = threading.Lock()
         self._commit = GroupCommitter(store)
         self.replaced: Path | None = None  # init --force: where the old home's items were moved
+        self._observer: CAObserver | None = None
+
+    def set_observer(self, observer: CAObserver | None) -> None:
+        """Tell ``observer`` about resolved requests and commit batches (the service's metrics)."""
+        self._observer = observer
+        self._commit.observer = observer
+
+    def _observed(self, info: RequestInfo, started: float) -> RequestInfo:
+        if self._observer is not None:
+            self._observer.request_resolved(DISPOSITION_NAMES.get(info.disposition, str(info.disposition)),
+                                            info.template or "", time.monotonic() - started)
+        return info
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -424,6 +438,7 @@ class Authority:
         :param roles: the caller's roles (the service passes its principal's); None: a direct caller,
             whose roles are this uid's on the home (:meth:`caller_roles`).
         """
+        started = time.monotonic()
         req = parse_request(csr, self.config.policy.max_request_bytes)
         attrs = merge_attributes(req, attributes)
         held = self.caller_roles() if roles is None else frozenset(roles)
@@ -440,14 +455,14 @@ class Authority:
         }
         if decide_pending(self.config.policy, tmpl):
             row.update(disposition=DISP_PENDING, disposition_message=MSG_PENDING)
-            return self._write_new(row, attrs, None)
+            return self._observed(self._write_new(row, attrs, None), started)
         self._require_issuer()
         serial, serial_text = self._reserve_serial()
         try:
             issued = self._sign(req, tmpl, serial, names, now)
             row.update(disposition=DISP_ISSUED, disposition_message=MSG_ISSUED, resolved_at=now_text,
                        **self._cert_columns(issued, serial_text))
-            return self._write_new(row, attrs, issued)
+            return self._observed(self._write_new(row, attrs, issued), started)
         finally:
             self._release_serial(serial_text)
 
@@ -470,6 +485,7 @@ class Authority:
 
     def _resolve(self, request_id: int, allowed: tuple[int, ...], verb: str, issue: bool, message: str,
                  status: int = 0) -> RequestInfo:
+        started = time.monotonic()
         with self._row_lock(request_id):
             row = self._row(request_id)
             disp = int(row["disposition"])
@@ -482,7 +498,7 @@ class Authority:
             if not issue:
                 new["disposition"] = DISP_DENIED
                 self._put("request", new)
-                return RequestInfo.from_row(new)
+                return self._observed(RequestInfo.from_row(new), started)
             req = parse_request(bytes(row["raw_request"]), _REQUEST_LIMIT)  # re-checked: replay never re-decides
             tmpl = get_template(row["template"] or self.config.policy.default_template, self.templates)
             # The names are checked again under today's configuration; the requester's rights were checked
@@ -500,7 +516,7 @@ class Authority:
                 self._commit.run(write)
             finally:
                 self._release_serial(serial_text)
-            return RequestInfo.from_row(new)
+            return self._observed(RequestInfo.from_row(new), started)
 
     def issue(self, request_id: int, *, by: str | None = None) -> RequestInfo:
         """Issue a pending request (an officer's approval).

@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 
 from ..store import Store, Transaction
 from ..store.health import note_unapplied
+from .observe import CAObserver
 
 T = TypeVar("T")
 MAX_BATCH = 256  # bounds one log record's size (each issuance is ~3 KiB of row images)
@@ -55,6 +56,7 @@ class GroupCommitter:
         self._leading = False
         self.batches = 0
         self.items = 0
+        self.observer: CAObserver | None = None  # told each batch's size (the service's metrics)
 
     def run(self, fn: Callable[[Transaction], T]) -> T:
         """Run ``fn(tx)`` inside a transaction shared with concurrent callers; return its result once durable.
@@ -111,3 +113,5 @@ class GroupCommitter:
             it.done = True
         self.batches += 1
         self.items += len(batch)
+        if self.observer is not None:
+            self.observer.batch_committed(len(batch))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -21,6 +23,67 @@ def _parse_tcp(value: str | None) -> tuple[str, int] | None:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise InvalidArgument(E_INVALIDARG, "--tcp", f"expected HOST:PORT, got {value!r}")
     return (host.strip("[]") or "0.0.0.0", int(port))
+
+
+def _age(when: str | None, now: dt.datetime) -> str:
+    """``2026-11-29T06:00:00+00:00 (3h 12m ago)`` / ``(in 6d 23h)``."""
+    if not when:
+        return "unknown time"
+    try:
+        t = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
+    except ValueError:
+        return when
+    secs = int((now - t).total_seconds())
+    ago, secs = secs >= 0, abs(secs)
+    d, h, m = secs // 86400, secs % 86400 // 3600, secs % 3600 // 60
+    span = f"{d}d {h}h" if d else f"{h}h {m}m" if h else f"{m}m {secs % 60}s"
+    return f"{when} ({span} ago)" if ago else f"{when} (in {span})"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "size not recorded"
+    if n < 1024:
+        return f"{n} B"
+    x, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if x < 1024:
+            break
+        x, unit = x / 1024, bigger
+    return f"{x:.1f} {unit}"
+
+
+def health_lines(h: dict[str, Any], now: dt.datetime | None = None, *, store_line: bool = True) -> list[str]:
+    """``GET /v1/health`` in words (``certsrv status``)."""
+    now = now or dt.datetime.now(dt.UTC)
+    out = [f"role: {h.get('role', 'writer')}"]
+    if store_line:
+        out.append(f"store: {h.get('summary') or h.get('store', 'ok')}")
+    for kind in ("full", "incremental"):
+        b = (h.get("last_backup") or {}).get(kind)
+        if b is None:
+            out.append(f"last {kind} backup: none recorded (certsrv backup --into DIR"
+                       + (" --incremental" if kind == "incremental" else "") + ")")
+            continue
+        took = b.get("duration_seconds")
+        out.append(f"last {kind} backup: #{b['backup_id']} ended {_age(b.get('time'), now)}, "
+                   f"{_size(b.get('size_bytes'))}" + (f" in {took:.1f} s" if took is not None else ""))
+    if h.get("backup_sessions_open"):
+        out.append("backup session: one open (certsrv backup --status)")
+    lg = h.get("log")
+    if lg:
+        out.append(f"log: {lg['generations']} generation(s) on disk, {_size(lg['bytes_since_backup'])} written "
+                   "since the last backup")
+    crl = h.get("crl")
+    if crl is None:
+        out.append("CRL: none published yet (certsrv crl publish)")
+    else:
+        nu = crl.get("next_update")
+        expired = bool(nu) and dt.datetime.fromisoformat(str(nu).replace("Z", "+00:00")) <= now
+        out.append(f"CRL #{crl['number']}: next update {_age(nu, now)}"
+                   + ("; EXPIRED: publish one now (certsrv crl publish)" if expired else ""))
+    out.extend(f"could not read: {e}" for e in h.get("errors") or [])
+    return out
 
 
 @cli.command("serve")
@@ -50,8 +113,9 @@ def status_cmd(home: Path | None, server: ServerSpec, as_json: bool) -> None:
     """Show the running service's state (fails with 0x800706BA when none answers)."""
     with server.client(home) as c:
         st = c.status()
+        health: dict[str, Any] = c.call("GET", "/v1/health")
     if as_json:
-        echo_json(st)
+        echo_json({**st, "health": health})
         return
     caller = st.get("caller", {})
     click.echo(f"CA {st['name']!r}: {st['state']} (online: {'yes' if st['online'] else 'no'}), pid {st['pid']}, "
@@ -66,6 +130,10 @@ def status_cmd(home: Path | None, server: ServerSpec, as_json: bool) -> None:
     rec = st.get("recovery") or {}
     if rec:
         click.echo(f"last start: {rec.get('kind', 'soft')} recovery replayed {rec.get('replayed', 0)} records")
+    if st.get("metrics"):
+        click.echo(f"metrics on {st['metrics']}")
+    for line in health_lines(health, store_line=not st.get("store")):
+        click.echo(line)
     click.echo(f"you are {caller.get('ident')} with roles: {', '.join(caller.get('roles', [])) or 'none'}")
 
 

@@ -1,6 +1,6 @@
 """The service's aiohttp application factory.
 
-``create_app(authority)`` builds the app: ``app["authority"]``, ``app["config"]``, ``app["home"]``,
+``create_app(authority)`` builds the app: ``app["authority"]``, ``app["config"]``, ``app["home"]``, ``app["metrics"]``,
 ``app["roles"]`` (:class:`RoleMap`), ``app["audit"]`` (:class:`AuditLog`), ``app["state"]``
 (:class:`ServiceState`), ``app["backup"]`` (set by the backup routes; None until then), and the routes
 of every module in :data:`ROUTE_MODULES` (each has ``setup_routes(app)``).
@@ -23,6 +23,7 @@ from ..home import Home
 from .audit import AuditLog
 from .auth import RoleMap
 from .commit_note import commit_note_middleware
+from .metrics import ServiceMetrics
 from .middleware import service_middleware
 from .openapi import OPERATIONS, build_document
 
@@ -50,6 +51,7 @@ class ServiceState:
         self.listeners: list[str] = []
         self.recovery: dict[str, Any] | None = None
         self.crl_published: str | None = None
+        self.metrics_listener: str | None = None  # where /metrics is served ([metrics] listen), if anywhere
         self.stop_reason: str | None = None
         self._stop_cb: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -96,6 +98,11 @@ def create_app(authority: Any, *, config: Config | None = None, home: Home | Non
     app["audit"] = AuditLog(audit_path if audit_path.is_absolute() else hm.root / audit_path)
     app["state"] = ServiceState()
     app["backup"] = None
+    # Counters at the event (the Authority reports to it), gauges at scrape; served only when configured.
+    app["metrics"] = ServiceMetrics(authority, backup_manager=lambda: app.get("backup"),
+                                    online=lambda: bool(app["state"].online))
+    if hasattr(authority, "set_observer"):
+        authority.set_observer(app["metrics"])
     app[OPERATIONS] = {}
     for name in ROUTE_MODULES:
         importlib.import_module(name).setup_routes(app)
@@ -103,6 +110,8 @@ def create_app(authority: Any, *, config: Config | None = None, home: Home | Non
 
     async def _close_audit(app: web.Application) -> None:
         app["audit"].close()
+        if hasattr(authority, "set_observer"):
+            authority.set_observer(None)
 
     app.on_cleanup.append(_close_audit)
     return app

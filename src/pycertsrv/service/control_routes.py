@@ -1,5 +1,6 @@
 """Server control and status: ``GET /online`` (IsServerOnline), ``GET /health`` (the store's state),
-``GET /status``, ``POST /control`` (ServerControl, spec §2.18, §4.1).
+``GET /status``, ``GET /v1/health`` (role, store state, last backups, CRL nextUpdate:
+:mod:`pycertsrv.service.health`), ``POST /control`` (ServerControl, spec §2.18, §4.1).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import __version__
 from ..errors import E_INVALIDARG, InvalidArgument
 from . import auth
+from . import health as health_mod
 from .middleware import json_response, read_model
 from .openapi import add_route
 
@@ -76,10 +78,19 @@ async def status(request: web.Request) -> web.Response:
         "recovery": state.recovery,
         "caller": principal.to_json(),
         "crl_published": state.crl_published,
+        "metrics": state.metrics_listener,
     }
     h = await asyncio.to_thread(_store_health, request)
     body["store"] = h.to_json() if h is not None else None
     body["archive"] = await asyncio.to_thread(_archive_status, request)
+    return json_response(body)
+
+
+async def health_v1(request: web.Request) -> web.Response:
+    """Role, store state with its reason, the last full and incremental backup, the newest CRL's nextUpdate."""
+    app = request.app
+    body = await asyncio.to_thread(health_mod.report, app["authority"], online=app["state"].online,
+                                   backup_manager=app.get("backup"), crl=app["health_crl"])
     return json_response(body)
 
 
@@ -126,6 +137,7 @@ STATUS_SCHEMA = {
         "store": {"type": ["object", "null"], "description": "the store's health: state, detail, since, "
                   "unapplied, unapplied_lsns, log_damage, backup_full_required, summary"},
         "archive": ARCHIVE_SCHEMA,
+        "metrics": {"type": ["string", "null"], "description": "where /metrics is served ([metrics] listen)"},
     },
 }
 HEALTH_SCHEMA = {
@@ -139,6 +151,33 @@ HEALTH_SCHEMA = {
         "unapplied": {"type": "integer", "description": "committed records not yet applied to the database"},
         "log_damage": {"type": "boolean", "description": "damaged log records were found (see GET /status)"},
         "archive": ARCHIVE_SCHEMA,
+    },
+}
+_LAST_BACKUP = {
+    "type": ["object", "null"],
+    "description": "the newest recorded set of this type (null: none yet)",
+    "properties": {"type": {"type": "string", "enum": ["full", "incremental"]}, "backup_id": {"type": "integer"},
+                   "time": {"type": ["string", "null"], "description": "when it ended, ISO 8601 UTC"},
+                   "duration_seconds": {"type": ["number", "null"]}, "size_bytes": {"type": ["integer", "null"]},
+                   "generations": {"type": "array", "items": {"type": "integer"}}},
+}
+HEALTH_V1_SCHEMA = {
+    "type": "object",
+    "required": ["role", "status", "store", "online", "last_backup", "crl"],
+    "properties": {
+        "role": {"type": "string", "enum": [health_mod.ROLE_WRITER]},
+        "status": {"type": "string", "enum": ["ok", "degraded", "failed"]},
+        "store": {"type": "string", "description": "ok | degraded: REASON | failed: REASON"},
+        "reason": {"type": ["string", "null"]},
+        "summary": {"type": "string"},
+        "online": {"type": "boolean"},
+        "last_backup": {"type": "object", "properties": {"full": _LAST_BACKUP, "incremental": _LAST_BACKUP}},
+        "backup_sessions_open": {"type": "integer"},
+        "log": {"type": ["object", "null"], "properties": {"generations": {"type": "integer"},
+                                                           "bytes_since_backup": {"type": "integer"}}},
+        "crl": {"type": ["object", "null"], "properties": {"number": {"type": "integer"},
+                                                           "next_update": {"type": ["string", "null"]}}},
+        "errors": {"type": "array", "items": {"type": "string"}},
     },
 }
 CONTROL_BODY = {
@@ -174,6 +213,12 @@ def setup_routes(app: web.Application) -> None:
     add_route(app, "GET", "/status", status, operation_id="status", tag="control",
               summary="Service status: CA name, state, listeners, last recovery, the caller's identity and roles",
               roles=auth.OPERATION_ROLES["status"], audit=False, response=STATUS_SCHEMA)
+    app["health_crl"] = health_mod.CRLCache()  # nextUpdate re-read only when the CRL number changes
+    add_route(app, "GET", "/v1/health", health_v1, operation_id="health_v1", tag="control",
+              summary="Health: role, store state and reason, last full and incremental backup, CRL nextUpdate",
+              description="Read-only; answers in every store state. Needs a role (like /status): backup times "
+                          "and activity are not for anonymous callers.",
+              roles=auth.OPERATION_ROLES["status"], audit=False, response=HEALTH_V1_SCHEMA)
     add_route(app, "POST", "/control", control, operation_id="server_control", tag="control",
               summary="ServerControl (spec §2.18, §4.1): flags 1 = shut down cleanly, 2/3 = no-op, other = 400",
               description="Shutdown answers first, then stops: in-flight requests finish, the checkpoint is "

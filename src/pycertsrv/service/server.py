@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from ..archive.shipper import shipper_for
-from ..config import Config
+from ..config import Config, parse_listen
 from ..errors import (
     E_ACCESSDENIED,
     E_INVALIDARG,
@@ -38,8 +38,10 @@ from ..errors import (
     InvalidArgument,
 )
 from ..home import Home, resolve_group
+from . import sdnotify
 from .app import ServiceState, create_app
 from .backup_watch import watch_sessions
+from .metrics import metrics_app
 
 log = logging.getLogger("pycertsrv.service")
 UNIX_PATH_MAX = 107
@@ -208,6 +210,54 @@ def log_hard_recovery(store: Any) -> None:
              if outcome.superseded else "")
 
 
+async def _watchdog(interval: float) -> None:
+    """sd_notify WATCHDOG=1 every ``interval`` seconds from the event loop (a wedged loop stops the pings)."""
+    while True:
+        sdnotify.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+async def _listen_unix(runner: web.AppRunner, sock: Path, mode: int | None = None) -> None:
+    """A Unix-socket site created owner-only (0600: no window where it is wider), then ``mode`` if given."""
+    if len(os.fsencode(sock)) > UNIX_PATH_MAX:
+        raise InvalidArgument(E_INVALIDARG, str(sock), f"socket path longer than {UNIX_PATH_MAX} bytes; "
+                              "choose a shorter path")
+    _clear_stale_socket(sock)
+    old = os.umask(0o177)
+    try:
+        await web.UnixSite(runner, str(sock)).start()
+    finally:
+        os.umask(old)
+    if mode is not None:
+        os.chmod(sock, mode)
+
+
+async def _start_metrics(app: web.Application, home: Home, cfg: Config) -> tuple[web.AppRunner, Path | None]:
+    """The ``/metrics`` listener of ``[metrics] listen`` (its own app: no API route is reachable through it)."""
+    runner = web.AppRunner(metrics_app(app["metrics"]), handle_signals=False, access_log=None)
+    await runner.setup()
+    target = parse_listen(cfg.metrics.listen or "")
+    try:
+        if isinstance(target, str):
+            path = _home_path(home, target)
+            await _listen_unix(runner, path, cfg.metrics.socket_mode)
+            app["state"].metrics_listener = f"unix:{path}"
+            return runner, path
+        site = web.TCPSite(runner, target[0], target[1], reuse_address=True)
+        await site.start()
+        server = getattr(site, "_server", None)
+        bound = server.sockets[0].getsockname() if server and server.sockets else target
+        app["state"].metrics_listener = f"http://{bound[0]}:{bound[1]}/metrics"
+        return runner, None
+    except OSError as e:
+        await runner.cleanup()
+        raise InvalidArgument(E_INVALIDARG, "metrics.listen", f"cannot listen on {cfg.metrics.listen}: "
+                              f"{e.strerror or e}; choose a free address in certsrv.toml [metrics]") from None
+    except BaseException:
+        await runner.cleanup()
+        raise
+
+
 async def run_app(
     authority: Any,
     *,
@@ -263,18 +313,15 @@ async def run_app(
     sock = socket_override or socket_path(home, cfg)
     tasks: list[asyncio.Task[None]] = []
     made_socket = False
+    metrics_runner: web.AppRunner | None = None
+    metrics_sock: Path | None = None
     try:
         # A CRL due at start is published before serving (so callers never race the first one).
         await _crl_if_due(app, state)
         if len(os.fsencode(sock)) > UNIX_PATH_MAX:
             raise InvalidArgument(E_INVALIDARG, str(sock), f"socket path longer than {UNIX_PATH_MAX} bytes; "
                                   "set service.socket to a shorter path")
-        _clear_stale_socket(sock)
-        old = os.umask(0o177)  # no window where the socket is wider than owner-only
-        try:
-            await web.UnixSite(runner, str(sock)).start()
-        finally:
-            os.umask(old)
+        await _listen_unix(runner, sock)
         made_socket = True
         socket_access(home, cfg, sock)
         state.listeners.append(f"unix:{sock}")
@@ -289,19 +336,33 @@ async def run_app(
             server = getattr(site, "_server", None)
             bound = server.sockets[0].getsockname() if server and server.sockets else (tcp[0], tcp[1])
             state.listeners.append(f"{bound[0]}:{bound[1]}")
+        if cfg.metrics.listen:
+            metrics_runner, metrics_sock = await _start_metrics(app, home, cfg)
+            log.info("metrics on %s", state.metrics_listener)
         log.info("serving CA %r from %s on %s", authority.name, home.root, ", ".join(state.listeners))
         if on_ready is not None:
             on_ready(app)
         if app["archiver"] is not None:
             app["archiver"].start()
+        # systemd Type=notify: ready once every listener is up; the watchdog pings come from this loop.
+        where = f"serving CA {authority.name} on {', '.join(state.listeners)}".replace("\n", " ")
+        sdnotify.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS={where}")
+        interval = sdnotify.watchdog_interval()
+        if interval is not None:
+            tasks.append(asyncio.create_task(_watchdog(interval)))
         tasks.append(asyncio.create_task(_periodic_crl(app, state)))
         tasks.append(asyncio.create_task(watch_sessions(app)))
         await stop.wait()
         log.info("stopping: %s", state.stop_reason)
+        sdnotify.notify("STOPPING=1\nSTATUS=stopping: " + str(state.stop_reason).replace("\n", " "))
     finally:
         state.state = "stopping"
         if app.get("archiver") is not None:
             await asyncio.to_thread(app["archiver"].stop)
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+            if metrics_sock is not None:
+                metrics_sock.unlink(missing_ok=True)
         for t in tasks:
             t.cancel()
         for t in tasks:
