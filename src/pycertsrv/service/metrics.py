@@ -44,7 +44,6 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from ..backup.session import FULL, INCREMENTAL
@@ -58,6 +57,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # GroupCommitter.MAX_BATCH is 256.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 BACKUP_TYPES = (FULL, INCREMENTAL)
+# The classic text format every Prometheus 2.x reads; our names are all legacy-valid ([a-zA-Z_:][a-zA-Z0-9_:]*),
+# so generate_latest's output is the same in 0.0.4 and 1.0.0.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class ServiceMetrics:
@@ -173,7 +175,7 @@ def metrics_app(metrics: ServiceMetrics) -> web.Application:
 
     async def handle(request: web.Request) -> web.Response:
         body = await asyncio.to_thread(metrics.exposition)  # the gauges read the store: not on the loop
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     app = web.Application()
     app.router.add_get("/metrics", handle)
