@@ -92,7 +92,7 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     svc = (UNITS / "certsrv.service").read_text()
     assert "Type=notify" in svc and "WatchdogSec=" in svc
     full = (UNITS / "certsrv-backup-full.service").read_text()
-    assert "certsrv backup --home /var/lib/certsrv --into /var/backups/certsrv" in full
+    assert "certsrv backup --home /var/lib/certsrv --into /var/backups/certsrv --quiet --password-file" in full
     assert "certsrv prune /var/backups/certsrv --keep-full" in full
     assert "--incremental" in (UNITS / "certsrv-backup-incremental.service").read_text()
 
@@ -126,3 +126,16 @@ def test_man_pages_cover_every_command_and_option(tmp_path: Path) -> None:
         r = subprocess.run(["man", "-l", "-P", "cat", str(tmp_path / "certsrv-serve.1")], capture_output=True,
                            text=True, env=dict(os.environ, MANWIDTH="100"))
         assert r.returncode == 0 and "--socket" in r.stdout and "NAME" in r.stdout, r.stderr
+
+
+def test_shell_completion_as_documented() -> None:
+    """docs/operations.md: ``_CERTSRV_COMPLETE=bash_source certsrv`` prints the script; completion works."""
+    exe = str(Path(sys.executable).parent / "certsrv")
+    r = subprocess.run([exe], env=dict(os.environ, _CERTSRV_COMPLETE="bash_source"), capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "_certsrv_completion" in r.stdout and "complete " in r.stdout, r.stderr
+    r = subprocess.run([exe], env=dict(os.environ, _CERTSRV_COMPLETE="bash_complete", COMP_WORDS="certsrv ba",
+                                       COMP_CWORD="1"), capture_output=True, text=True)
+    assert r.returncode == 0 and "plain,backup" in r.stdout.splitlines(), r.stdout
+    assert "_CERTSRV_COMPLETE=bash_source certsrv" in (ROOT / "docs" / "operations.md").read_text()
+    assert "(docs/operations.md)" in (ROOT / "README.md").read_text()
