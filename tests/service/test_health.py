@@ -8,10 +8,14 @@ import json
 import subprocess
 from pathlib import Path
 
-from pycertsrv.client.backup import BackupSession
+import pytest
 
-from .helpers import Service, make_home
+from pycertsrv.client.backup import BackupSession
+from pycertsrv.errors import ERROR_IO_DEVICE, CertSrvError
+
+from .helpers import Service, make_csr, make_home
 from .test_metrics import _with_metrics, certsrv, scrape, value
+from .test_store_faults import SHIM_C
 
 
 def _openssl_next_update(crl_pem: Path) -> dt.datetime:
@@ -87,5 +91,44 @@ def test_status_before_any_backup_says_what_to_do(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
         assert "last full backup: none recorded (certsrv backup --into DIR)" in r.stdout
         assert "last incremental backup: none recorded" in r.stdout
+    finally:
+        svc.ensure_stopped()
+
+
+@pytest.fixture(scope="module")
+def eio_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The storefail tests' LD_PRELOAD fault injector: the log's fdatasync fails with EIO on demand."""
+    d = tmp_path_factory.mktemp("shim")
+    (d / "shim.c").write_text(SHIM_C)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(d / "shim.so"), str(d / "shim.c"), "-ldl"],
+                   check=True, capture_output=True, timeout=120)
+    return d / "shim.so"
+
+
+def test_failed_store_in_health_metrics_and_status(eio_shim: Path, tmp_path: Path) -> None:
+    home = make_home(tmp_path / "H", "Failing CA")
+    _with_metrics(home.root, "127.0.0.1:0")
+    trigger = tmp_path / "fail-fsync"
+    svc = Service(home, env={"LD_PRELOAD": str(eio_shim), "PYCERTSRV_FAIL_FSYNC": str(trigger)}).start()
+    try:
+        with svc.client(timeout=60) as c:
+            c.submit(make_csr("ok.example"))
+            murl = c.status()["metrics"]
+            assert value(scrape(murl), "certsrv_store_degraded", state="ok", reason="") == 0
+            trigger.touch()  # the log's fdatasync fails with EIO from now on: the store stops taking writes
+            with pytest.raises(CertSrvError) as ei:
+                c.submit(make_csr("eio.example"))
+            assert ei.value.hresult == ERROR_IO_DEVICE
+            trigger.unlink()
+            h = c.call("GET", "/v1/health")
+            assert h["status"] == "failed" and h["reason"] == "log sync error, restart required"
+            assert h["store"] == c.health()["store"]  # the older /health says the same
+            assert h["role"] == "writer" and h["crl"] is not None  # the rest is still read
+            s = scrape(murl)
+            assert value(s, "certsrv_store_degraded", state="failed", reason="log sync error, restart required") == 1
+            assert value(s, "certsrv_store_degraded", state="ok", reason="") is None
+        r = certsrv("status", "--home", str(home.root))
+        assert r.returncode == 0, r.stderr
+        assert "store: failed: log sync error, restart required" in r.stdout
     finally:
         svc.ensure_stopped()
