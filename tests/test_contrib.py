@@ -94,7 +94,8 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     full = (UNITS / "certsrv-backup-full.service").read_text()
     assert "certsrv backup --home /var/lib/certsrv --into /var/backups/certsrv --quiet --password-file" in full
     assert "certsrv prune /var/backups/certsrv --keep-full" in full
-    assert "--incremental" in (UNITS / "certsrv-backup-incremental.service").read_text()
+    inc = (UNITS / "certsrv-backup-incremental.service").read_text()
+    assert "--incremental --database-only --quiet --password-file" in inc
 
 
 def test_man_pages_cover_every_command_and_option(tmp_path: Path) -> None:

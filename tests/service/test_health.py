@@ -40,10 +40,13 @@ def test_health_fields_re_read_from_the_service(tmp_path: Path) -> None:
         assert dt.datetime.fromisoformat(h0["crl"]["next_update"]) == nu
 
         # a full set, then an incremental, with the real CLI
-        r = certsrv("backup", str(tmp_path / "full"), "--database-only", "--quiet", "--home", str(home.root))
+        pw = tmp_path / "pw"
+        pw.write_text("set password\n")
+        r = certsrv("backup", str(tmp_path / "full"), "--database-only", "--quiet", "--password-file", str(pw),
+                    "--home", str(home.root))
         assert r.returncode == 0, r.stderr
         r = certsrv("backup", str(tmp_path / "inc"), "--incremental", "--database-only", "--quiet", "--json",
-                    "--home", str(home.root))
+                    "--password-file", str(pw), "--home", str(home.root))
         assert r.returncode == 0, r.stderr
         inc_manifest = json.loads(r.stdout)["manifest"]
         with svc.client() as c:

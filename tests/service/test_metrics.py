@@ -150,7 +150,10 @@ def test_gauges_match_the_state_re_read(msvc: Service, tmp_path: Path) -> None:
     assert value(s0, "certsrv_log_generations") == len(gens)
 
     out = tmp_path / "full"
-    r = certsrv("backup", str(out), "--database-only", "--keep-log", "--quiet", "--home", str(msvc.home.root))
+    pw = tmp_path / "pw"
+    pw.write_text("set password\n")
+    r = certsrv("backup", str(out), "--database-only", "--keep-log", "--quiet", "--password-file", str(pw),
+                "--home", str(msvc.home.root))
     assert r.returncode == 0, r.stderr
     s1 = scrape(url)
     with msvc.client() as c:
