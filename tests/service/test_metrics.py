@@ -227,3 +227,39 @@ def test_bad_listen_is_one_line(tmp_path: Path) -> None:
     config_mod.save(home.root, cfg.model_copy(update={"metrics": MetricsSection.model_construct(listen="nonsense")}))
     r = certsrv("serve", "--home", str(home.root))
     assert r.returncode == 1 and "metrics.listen" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_archive_series_with_archiving_on(tmp_path: Path) -> None:
+    from pycertsrv.archive.settings import ArchiveSection
+
+    home = make_home(tmp_path / "H")
+    cfg = config_mod.load(home.root)
+    config_mod.save(home.root, cfg.model_copy(update={
+        "metrics": MetricsSection(listen="127.0.0.1:0"),
+        "archive": ArchiveSection(dest=str(tmp_path / "archive"))}))
+    svc = Service(home).start()
+    try:
+        with svc.client() as c:
+            c.submit(make_csr("arch.example.com"))
+            url = c.status()["metrics"]
+            h = c.call("GET", "/v1/health")
+            old = c.health()["archive"]  # the archive's own view, through GET /health
+        s = scrape(url)
+        assert h["archive"] is not None and h["archive"]["state"] == old["state"]
+        assert value(s, "certsrv_archive_state", state=old["state"]) == 1
+        for key in ("lag_seconds", "lag_bytes", "lag_generations"):
+            assert value(s, f"certsrv_archive_{key}") is not None, key
+        assert value(s, "certsrv_archive_lag_bytes") >= 0
+    finally:
+        svc.ensure_stopped()
+    # archiving off: no archive series at all (absent, not zero)
+    home2 = make_home(tmp_path / "H2")
+    _with_metrics(home2.root, "127.0.0.1:0")
+    svc = Service(home2).start()
+    try:
+        s = scrape(metrics_url(svc))
+        assert not [k for k in s if k[0].startswith("certsrv_archive_")]
+        with svc.client() as c:
+            assert c.call("GET", "/v1/health")["archive"] is None
+    finally:
+        svc.ensure_stopped()

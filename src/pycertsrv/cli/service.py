@@ -82,6 +82,10 @@ def health_lines(h: dict[str, Any], now: dt.datetime | None = None, *, store_lin
         expired = bool(nu) and dt.datetime.fromisoformat(str(nu).replace("Z", "+00:00")) <= now
         out.append(f"CRL #{crl['number']}: next update {_age(nu, now)}"
                    + ("; EXPIRED: publish one now (certsrv crl publish)" if expired else ""))
+    arc = h.get("archive")
+    if arc:
+        out.append(f"archive: {arc.get('state')}, {arc.get('lag_generations')} generation(s) / "
+                   f"{_size(arc.get('lag_bytes'))} not yet archived, oldest {arc.get('lag_seconds')} s")
     out.extend(f"could not read: {e}" for e in h.get("errors") or [])
     return out
 

@@ -100,7 +100,8 @@ def create_app(authority: Any, *, config: Config | None = None, home: Home | Non
     app["backup"] = None
     # Counters at the event (the Authority reports to it), gauges at scrape; served only when configured.
     app["metrics"] = ServiceMetrics(authority, backup_manager=lambda: app.get("backup"),
-                                    online=lambda: bool(app["state"].online))
+                                    online=lambda: bool(app["state"].online),
+                                    archiver=lambda: app.get("archiver"))
     if hasattr(authority, "set_observer"):
         authority.set_observer(app["metrics"])
     app[OPERATIONS] = {}

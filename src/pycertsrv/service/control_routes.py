@@ -90,7 +90,8 @@ async def health_v1(request: web.Request) -> web.Response:
     """Role, store state with its reason, the last full and incremental backup, the newest CRL's nextUpdate."""
     app = request.app
     body = await asyncio.to_thread(health_mod.report, app["authority"], online=app["state"].online,
-                                   backup_manager=app.get("backup"), crl=app["health_crl"])
+                                   backup_manager=app.get("backup"), crl=app["health_crl"],
+                                   archiver=app.get("archiver"))
     return json_response(body)
 
 
@@ -177,6 +178,8 @@ HEALTH_V1_SCHEMA = {
                                                            "bytes_since_backup": {"type": "integer"}}},
         "crl": {"type": ["object", "null"], "properties": {"number": {"type": "integer"},
                                                            "next_update": {"type": ["string", "null"]}}},
+        "archive": {"type": ["object", "null"], "description": "archiving (issue 13): state, lag_seconds, "
+                    "lag_bytes, lag_generations, last_shipped_at, last_error; null when off"},
         "errors": {"type": "array", "items": {"type": "string"}},
     },
 }

@@ -164,13 +164,15 @@ class CRLCache:
         return self._state
 
 
-def report(authority: Any, *, online: bool, backup_manager: Any = None, crl: CRLCache | None = None) -> dict[str, Any]:
+def report(authority: Any, *, online: bool, backup_manager: Any = None, crl: CRLCache | None = None,
+           archiver: Any = None) -> dict[str, Any]:
     """The health document of ``GET /v1/health`` (what ``certsrv status`` puts in words).
 
     :param authority: the open Authority.
     :param online: IsServerOnline's answer.
     :param backup_manager: the service's BackupManager (sessions open), if any.
     :param crl: a cache for the CRL read.
+    :param archiver: the service's archive shipper (issue 13), if archiving is on.
     """
     store = getattr(authority, "store", None)
     st = StoreState.of(store)
@@ -185,8 +187,16 @@ def report(authority: Any, *, online: bool, backup_manager: Any = None, crl: CRL
         "backup_sessions_open": 0,
         "log": None,
         "crl": None,
+        "archive": None,
         "errors": [],
     }
+    if archiver is not None:
+        a = archiver.status()
+        body["archive"] = {k: a.get(k) for k in ("state", "lag_seconds", "lag_bytes", "lag_generations",
+                                                 "last_shipped_at", "last_error")}
+        if a.get("state") in ("behind", "stopped") and st.status == "ok":
+            # as GET /health says it (issue 13): an archive far behind or stopped is said loudly
+            body["status"], body["reason"] = "degraded", f"archive {a.get('state')}"
     if backup_manager is not None and hasattr(backup_manager, "status"):
         body["backup_sessions_open"] = 1 if backup_manager.status() is not None else 0
     if store is None:

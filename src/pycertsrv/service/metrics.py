@@ -29,6 +29,8 @@ backup_sessions_open                       gauge     0 or 1 (spec §2.2: one bac
 crl_next_update_timestamp_seconds          gauge     the newest CRL's nextUpdate
 store_degraded                             gauge     state, reason: 1 while degraded or failed
 role                                       gauge     role="writer": 1 (standbys: issue 14)
+archive_lag_seconds / _bytes / _generations gauge    log not yet archived (only with [archive], issue 13)
+archive_state                              gauge     state=ok|retrying|behind|stopped: 1 for the current one
 service_online                             gauge     IsServerOnline
 =========================================  ========  ==========================================
 """
@@ -71,7 +73,7 @@ class ServiceMetrics:
     """
 
     def __init__(self, authority: Any, *, backup_manager: Callable[[], Any] = lambda: None,
-                 online: Callable[[], bool] = lambda: True) -> None:
+                 online: Callable[[], bool] = lambda: True, archiver: Callable[[], Any] = lambda: None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter("certsrv_requests", "Requests that reached a disposition (submit, issue, deny, "
                                 "resubmit), by disposition and template", ["disposition", "template"],
@@ -81,7 +83,7 @@ class ServiceMetrics:
                                   registry=self.registry)
         self.batches = Histogram("certsrv_commit_batch_size", "State changes per group commit (one redo-log "
                                  "record, one fsync)", buckets=BATCH_BUCKETS, registry=self.registry)
-        self.registry.register(_StateCollector(authority, backup_manager, online))
+        self.registry.register(_StateCollector(authority, backup_manager, online, archiver))
 
     # CAObserver: called in the worker thread that made the write durable; prometheus_client is thread-safe.
     def request_resolved(self, disposition: str, template: str, seconds: float) -> None:
@@ -102,8 +104,10 @@ class ServiceMetrics:
 class _StateCollector(Collector):
     """Gauges computed at scrape from the store and the session state (no thread keeps them fresh)."""
 
-    def __init__(self, authority: Any, backup_manager: Callable[[], Any], online: Callable[[], bool]) -> None:
+    def __init__(self, authority: Any, backup_manager: Callable[[], Any], online: Callable[[], bool],
+                 archiver: Callable[[], Any]) -> None:
         self._authority = authority
+        self._archiver = archiver
         self._backup_manager = backup_manager
         self._online = online
         self._crl = CRLCache()
@@ -123,6 +127,7 @@ class _StateCollector(Collector):
                                 "reason as labels); 0 when ok", labels=["state", "reason"])
         deg.add_metric([st.status, st.reason], 1 if st.degraded else 0)
         yield deg
+        yield from self._archive()
         if store is None:
             return
         yield from self._backups(store)
@@ -135,6 +140,26 @@ class _StateCollector(Collector):
         if crl is not None and crl.next_update is not None:
             yield GaugeMetricFamily("certsrv_crl_next_update_timestamp_seconds", "nextUpdate of the newest CRL "
                                     "(Unix time)", value=crl.next_update.timestamp())
+
+    def _archive(self) -> Iterable[Metric]:
+        shipper = self._archiver()
+        if shipper is None:
+            return  # archiving off: no series (an absent lag is not a zero lag)
+        try:
+            st = shipper.status()  # the shipper's last computed status: cheap, its thread refreshes it
+        except Exception as e:  # as for the store: the other series still tell the state
+            log.warning("metrics: cannot read the archive status: %s", e)
+            return
+        for key, help_text in (("lag_seconds", "Age of the oldest log not yet archived (seconds)"),
+                               ("lag_bytes", "Bytes of closed log generations not yet archived"),
+                               ("lag_generations", "Log generations not yet archived (the open one included "
+                                                   "when it holds unshipped changes)")):
+            if st.get(key) is not None:
+                yield GaugeMetricFamily(f"certsrv_archive_{key}", help_text, value=float(st[key]))
+        state = GaugeMetricFamily("certsrv_archive_state", "The archive's state (1 for the current one)",
+                                  labels=["state"])
+        state.add_metric([str(st.get("state", "unknown"))], 1)
+        yield state
 
     def _backups(self, store: Any) -> Iterable[Metric]:
         try:
