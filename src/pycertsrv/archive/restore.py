@@ -21,7 +21,7 @@ from ..errors import (
     NotFound,
 )
 from ..store import archivemark, logfile
-from .verify import check_chain
+from .verify import Chain, check_chain
 
 
 def set_lineage(database: Path) -> str | None:
@@ -56,6 +56,44 @@ def _lineage_dir(dest: Path, identity: str, lineage: str | None) -> Path:
     return dirs[0]
 
 
+def following(dest: Path, identity: str, database: Path, gen_high: int,
+              last_log: Path | None) -> tuple[Path, Chain | None, int | None]:
+    """The archived generations that would follow sets ending at ``gen_high`` (the restore's rule).
+
+    The lineage is the one recorded in the full set's database (or the archive's only lineage of
+    this CA); the generations are checked from ``gen_high + 1`` on (:func:`check_chain`: the
+    checked ones, then the first problem in ``chain.error``). Also used by ``certsrv catalog
+    --archive`` (issue 16), so the catalog never promises what a restore would refuse.
+
+    :param dest: the archive directory.
+    :param identity: the sets' database identity.
+    :param database: the full set's database file.
+    :param gen_high: the sets' highest generation.
+    :param last_log: the sets' last log file (its last LSN must be followed by the archive's first).
+    :returns: the lineage directory, its checked generations (None: no such directory) and the
+        sets' last LSN (None: no log).
+    """
+    ldir = _lineage_dir(dest, identity, set_lineage(database))
+    set_last = None
+    if last_log is not None:
+        res, _ = logfile.scan(last_log, bytes.fromhex(identity))
+        set_last = res.last_lsn if res.last_lsn is not None else res.header.first_lsn - 1
+    chain = check_chain(ldir, identity, ldir.name, low=gen_high + 1) if ldir.is_dir() else None
+    return ldir, chain, set_last
+
+
+def continuity_error(chain: Chain, set_last: int | None) -> CorruptData | None:
+    """Whether the archive's first generation fails to continue the sets' last LSN (another lineage, or a gap)."""
+    if not chain.generations or set_last is None:
+        return None
+    first = chain.generations[0]
+    if first.first_lsn == set_last + 1:
+        return None
+    return CorruptData(JET_ERR_MISSING_RESTORE_LOG_FILES, str(first.path),
+                       f"starts at LSN {first.first_lsn} but the sets end at LSN {set_last}: the archive does not "
+                       "continue these sets (another lineage or a missing generation)")
+
+
 def add_archive(plan: Any, dest: Path | str) -> dict[str, Any]:
     """Extend a restore plan with the archived generations after its sets; returns what was added.
 
@@ -68,14 +106,9 @@ def add_archive(plan: Any, dest: Path | str) -> dict[str, Any]:
     if plan.database_source is None or plan.identity is None:
         raise InvalidArgument(JET_ERR_MISSING_RESTORE_LOG_FILES, "--archive",
                               "the archive applies to a database restore")
-    ldir = _lineage_dir(dest, plan.identity, set_lineage(plan.database_source))
     last_src = plan.logs[-1][0] if plan.logs else None
-    set_last = None
-    if last_src is not None:
-        res, _ = logfile.scan(last_src, bytes.fromhex(plan.identity))
-        set_last = res.last_lsn if res.last_lsn is not None else res.header.first_lsn - 1
     low = plan.gen_high + 1
-    chain = check_chain(ldir, plan.identity, ldir.name, low=low) if ldir.is_dir() else None
+    ldir, chain, set_last = following(dest, plan.identity, plan.database_source, plan.gen_high, last_src)
     info: dict[str, Any] = {"dest": str(dest), "lineage": ldir.name, "directory": str(ldir), "gen_low": None,
                             "gen_high": None, "generations": 0, "last_lsn": set_last}
     if chain is None or (not chain.generations and chain.error is None):
@@ -86,11 +119,9 @@ def add_archive(plan: Any, dest: Path | str) -> dict[str, Any]:
         e = chain.error
         raise CorruptData(e.hresult, e.function, f"{e.message}; the restore refuses a damaged archive "
                           "(certsrv verify-archive names every problem)")
-    first = chain.generations[0]
-    if set_last is not None and first.first_lsn != set_last + 1:
-        raise CorruptData(JET_ERR_MISSING_RESTORE_LOG_FILES, str(first.path),
-                          f"starts at LSN {first.first_lsn} but the sets end at LSN {set_last}: the archive does not "
-                          "continue these sets (another lineage or a missing generation)")
+    mismatch = continuity_error(chain, set_last)
+    if mismatch is not None:
+        raise mismatch
     for g in chain.generations:
         plan.logs.append((g.path, plan.backup_log_path / logfile.log_name(g.generation)))
     plan.archive_range = (low, chain.generations[-1].generation)

@@ -16,8 +16,9 @@ Times come from the log records themselves (each record carries its commit time,
 A restore with ``--until T`` replays every record with a time <= T (restore.py: "stop before the
 first record later than this"), so every T inside a chain's span gives the CA's state at T.
 
-Archive coverage (``--archive``, issue 13) does not exist yet: there are no archived generations
-to add, and the catalog says so in its JSON (``"archive": null``).
+With ``--archive DEST`` (issue 13's continuous log archive), each chain reaches on through the
+archived generations that continue it (:mod:`pycertsrv.backup.catalog_archive`); without it the
+JSON says ``"archive": null``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 
 from ..errors import E_INVALIDARG, ERROR_DIRECTORY, ERROR_FILE_NOT_FOUND, CertSrvError, InvalidArgument, NotFound
 from ..store import logfile
+from .catalog_archive import DEFAULT_MAX_ARCHIVE_AGE, ArchiveReach, check_dest, extend_chain, summary
 from .manifest import DB_SUBDIR, P12_EXT, Manifest, manifest_path
 from .restore import parse_until
 from .verify import verify_backup
@@ -122,10 +124,14 @@ class Gap:
     from_us: int | None
     to_us: int | None
     spliced: bool = False  # no generation is missing, but the set names another one as the set it continues
+    archive: str | None = None  # a gap in the log archive (what is missing or damaged there), not between sets
 
     @property
     def text(self) -> str:
         """The gap in words."""
+        if self.archive is not None:
+            return (f"archive gap: {self.archive} (after {self.after}): moments after {iso(self.from_us)} are not "
+                    f"restorable from {self.full} with the archive")
         if self.spliced:
             return (f"{self.before} does not continue {self.after} (it names another set as its base: the sets "
                     f"come from different backup chains): sets from {self.before} on are not restorable from "
@@ -139,7 +145,8 @@ class Gap:
         """The gap as plain data."""
         return {"full": self.full, "after": self.after, "before": self.before, "gen_low": self.gen_low,
                 "gen_high": self.gen_high, "from": iso(self.from_us), "to": iso(self.to_us),
-                "from_us": self.from_us, "to_us": self.to_us, "spliced": self.spliced, "text": self.text}
+                "from_us": self.from_us, "to_us": self.to_us, "spliced": self.spliced,
+                "in_archive": self.archive is not None, "text": self.text}
 
 
 @dataclass
@@ -151,6 +158,13 @@ class Chain:
     cut_off: list[CatalogSet] = field(default_factory=list)
     gap: Gap | None = None
     reach_us: list[int] = field(default_factory=list)  # per set of ``sets``: the latest moment restorable
+    archive: ArchiveReach | None = None  # the archived generations that continue the sets (--archive)
+    archive_gap: Gap | None = None  # where the archive stops continuing them
+
+    @property
+    def sets_end_us(self) -> int:
+        """The last moment the sets alone restore to."""
+        return self.reach_us[-1]
 
     @property
     def sets(self) -> list[CatalogSet]:
@@ -165,8 +179,13 @@ class Chain:
 
     @property
     def end_us(self) -> int:
-        """The last moment this chain restores to."""
-        return self.reach_us[-1]
+        """The last moment this chain restores to (with the archive: its last record that continues the sets)."""
+        a = self.archive.end_us if self.archive is not None else None
+        return max(self.reach_us[-1], a) if a is not None else self.reach_us[-1]
+
+    def needs_archive(self, at_us: int) -> bool:
+        """Whether reaching ``at_us`` needs the archive (it is past the sets' last record)."""
+        return self.archive is not None and at_us > self.sets_end_us
 
     def sets_for(self, at_us: int) -> list[CatalogSet]:
         """The full set and the incrementals needed to reach ``at_us`` (inside the chain's span)."""
@@ -180,7 +199,9 @@ class Chain:
         return {"full": self.full.name, "incrementals": [s.name for s in self.incrementals],
                 "cut_off": [s.name for s in self.cut_off], "gap": self.gap.to_json() if self.gap else None,
                 "start": iso(self.start_us), "end": iso(self.end_us), "start_us": self.start_us,
-                "end_us": self.end_us,
+                "end_us": self.end_us, "sets_end_us": self.sets_end_us,
+                "archive": self.archive.to_json() if self.archive is not None else None,
+                "archive_gap": self.archive_gap.to_json() if self.archive_gap is not None else None,
                 "steps": [{"set": s.name, "directory": str(s.directory), "reach": iso(r), "reach_us": r}
                           for s, r in zip(self.sets, self.reach_us, strict=True)]}
 
@@ -202,6 +223,7 @@ class Catalog:
     max_full_age: timedelta
     max_incremental_age: timedelta
     authenticity_checked: bool = False
+    archive: dict[str, Any] | None = None  # with --archive: dest, generations covered, newest record, age
 
     def chain_for(self, at_us: int) -> Chain | None:
         """The chain that restores to ``at_us`` with the least replay: the newest full set covering it."""
@@ -226,6 +248,8 @@ class Catalog:
                 "--password-file", password_file]  # the PKCS#12's password, and the key of the sets' authenticators
         if not chain.full.has_key:
             argv.append("--database-only")
+        if chain.needs_archive(at_us) and self.archive is not None:
+            argv += ["--archive", self.archive["dest"]]  # issue 13: replay the archived generations after the sets
         # spec §3.3: a point in time is replayed to exactly this moment (records later than it are left out).
         return [*argv, "--until", iso(at_us) or ""]
 
@@ -249,11 +273,12 @@ class Catalog:
             "sets": [s.to_json() for s in self.sets], "chains": [c.to_json() for c in self.chains],
             "orphans": [s.name for s in self.orphans],
             "window": [{"from": iso(a), "to": iso(b), "from_us": a, "to_us": b} for a, b in self.window],
-            "holes": self.holes, "gaps": [c.gap.to_json() for c in self.chains if c.gap],
+            "holes": self.holes,
+            "gaps": [g.to_json() for c in self.chains for g in (c.gap, c.archive_gap) if g is not None],
             "newest_full": age(self.newest_full), "newest_incremental": age(self.newest_incremental),
             "limits": {"max_full_age_seconds": int(self.max_full_age.total_seconds()),
                        "max_incremental_age_seconds": int(self.max_incremental_age.total_seconds())},
-            "warnings": list(self.warnings), "archive": None, "authenticity_checked": self.authenticity_checked,
+            "warnings": list(self.warnings), "archive": self.archive, "authenticity_checked": self.authenticity_checked,
         }
         if at is not None:
             argv = self.restore_command(at, **cmd)
@@ -274,6 +299,12 @@ class Catalog:
                 out.append(f"  GAP: {c.gap.text}")
             for s in c.cut_off:
                 out.append(f"  not restorable: {s.name} (after the gap)")
+            if c.archive is not None and c.archive.generations:
+                ar = c.archive
+                out.append(f"  archive     {ar.directory}  generations {ar.generations[0].generation:08X}.."
+                           f"{ar.generations[-1].generation:08X}  reaches {iso(ar.end_us)}")
+            if c.archive_gap is not None:
+                out.append(f"  GAP: {c.archive_gap.text}")
         for s in self.orphans:
             out.append(f"not restorable: {s.name} (no full set to chain onto)")
         for s in self.sets:
@@ -288,6 +319,12 @@ class Catalog:
             old = self.age(newest)
             if newest is not None and old is not None:
                 out.append(f"newest {label} set: {newest.name}, {_human(old)} old")
+        if self.archive is not None:
+            ai = self.archive
+            out.append(f"archive {ai['dest']}: {ai['generations']} generation(s) continue the sets, newest record "
+                       f"{ai['newest_record'] or 'none'}"
+                       + (f", {_human(timedelta(seconds=ai['age_seconds']))} old" if ai["age_seconds"] is not None
+                          else ""))
         out.extend(f"WARNING: {w}" for w in self.warnings)
         return out
 
@@ -408,7 +445,8 @@ def _continues(prev: CatalogSet, s: CatalogSet) -> bool:
 
 def build_catalog(root: Path | str, *, now: datetime | None = None, password: bytes | None = None,
                   max_full_age: timedelta = DEFAULT_MAX_FULL_AGE,
-                  max_incremental_age: timedelta = DEFAULT_MAX_INCREMENTAL_AGE) -> Catalog:
+                  max_incremental_age: timedelta = DEFAULT_MAX_INCREMENTAL_AGE, archive: Path | str | None = None,
+                  max_archive_age: timedelta = DEFAULT_MAX_ARCHIVE_AGE) -> Catalog:
     """Read, verify and chain every set under ``root``; compute the recovery window.
 
     :param root: the backup directory (``certsrv backup --into`` writes sets under it).
@@ -416,8 +454,11 @@ def build_catalog(root: Path | str, *, now: datetime | None = None, password: by
     :param password: the sets' password: every authenticator is checked (without it, the structure only).
     :param max_full_age: warn when the newest full set is older.
     :param max_incremental_age: warn when the newest incremental set is older.
+    :param archive: the continuous log archive (issue 13): chains reach on through its generations.
+    :param max_archive_age: warn when the newest archived record that continues the sets is older.
     """
     root = Path(root).absolute()
+    dest = check_dest(archive) if archive is not None else None  # validate first
     now_us = int((now or datetime.now(UTC)).timestamp() * 1_000_000)
     sets = [read_set(p, password) for p in find_sets(root)]
     good = [s for s in sets if s.ok]
@@ -438,13 +479,24 @@ def build_catalog(root: Path | str, *, now: datetime | None = None, password: by
         else:
             orphans.append(s)
     chains = [_chain(f, by_full[f.name]) for f in fulls]
+    archive_info, archive_warnings = None, []
+    if dest is not None:
+        for c in chains:
+            later = [f.manifest.gen_low for f in fulls if f.manifest is not None and c.full.manifest is not None
+                     and f.manifest.identity == c.full.manifest.identity and f.start_us is not None
+                     and f.start_us > c.start_us]
+            w = extend_chain(c, dest, later)
+            if w is not None:
+                archive_warnings.append(w)
+        archive_info, more = summary(dest, chains, now_us, max_archive_age)
+        archive_warnings += more
     window, holes = _window(chains)
     newest_full = max(fulls, key=lambda s: s.created_us or 0, default=None)
     incs = [s for s in good if s.kind == "incremental"]
     newest_inc = max(incs, key=lambda s: s.created_us or 0, default=None)
     cat = Catalog(root, now_us, sets, chains, orphans, window, holes, newest_full, newest_inc, [],
-                  max_full_age, max_incremental_age, password is not None)
-    cat.warnings = _warnings(cat)
+                  max_full_age, max_incremental_age, password is not None, archive_info)
+    cat.warnings = _warnings(cat) + archive_warnings
     return cat
 
 
@@ -458,7 +510,7 @@ def _window(chains: list[Chain]) -> tuple[list[tuple[int, int]], list[dict[str, 
             merged.append((a, b))
     holes: list[dict[str, Any]] = []
     for (_, b), (a2, _) in itertools.pairwise(merged):
-        why = [c.gap.text for c in chains if c.gap is not None and c.end_us == b]
+        why = [g.text for c in chains for g in (c.archive_gap, c.gap) if g is not None and c.end_us == b]
         holes.append({"from": iso(b), "to": iso(a2), "from_us": b, "to_us": a2,
                       "why": "; ".join(why) or "no set covers this time (no incremental between the full sets)"})
     return merged, holes
@@ -484,8 +536,7 @@ def _warnings(cat: Catalog) -> list[str]:
             out.append(f"the newest incremental set {cat.newest_incremental.name} is {_human(a)} old "
                        f"(limit {_human(cat.max_incremental_age)}): take an incremental backup")
     for c in cat.chains:
-        if c.gap is not None:
-            out.append(c.gap.text)
+        out.extend(g.text for g in (c.gap, c.archive_gap) if g is not None)
     for s in cat.orphans:
         out.append(f"{s.name} is not restorable: no full set of its database precedes it")
     for s in cat.sets:
@@ -494,5 +545,6 @@ def _warnings(cat: Catalog) -> list[str]:
     return out
 
 
-__all__ = ["DEFAULT_MAX_FULL_AGE", "DEFAULT_MAX_INCREMENTAL_AGE", "Catalog", "CatalogSet", "Chain", "Gap",
+__all__ = ["DEFAULT_MAX_ARCHIVE_AGE", "DEFAULT_MAX_FULL_AGE", "DEFAULT_MAX_INCREMENTAL_AGE", "Catalog", "CatalogSet",
+           "Chain", "Gap",
            "build_catalog", "find_sets", "iso", "manifest_path", "parse_duration", "read_set"]

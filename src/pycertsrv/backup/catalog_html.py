@@ -28,6 +28,8 @@ h1{font-size:1.3em}
 .set.incremental{background:#5aa0e6}
 .set.cutoff{background:#bbb;outline:2px solid #d22}
 .gap{position:absolute;top:14px;height:12px;background:#d22;pointer-events:none}
+.archive{position:absolute;top:14px;height:12px;pointer-events:none;
+  background:repeating-linear-gradient(45deg,#9bd29b 0 4px,#cfe9cf 4px 8px)}
 .hole{position:absolute;top:0;bottom:0;background:rgba(221,34,34,.12);pointer-events:none}
 #cursor{position:absolute;top:0;bottom:0;width:2px;background:#000;display:none;pointer-events:none}
 .axis{display:flex;justify-content:space-between;font-size:11px;color:#555}
@@ -69,13 +71,20 @@ for (const h of D.holes)
 for (const c of D.chains) {
   const row = el('div', 'row', tl, {'data-chain': c.full});
   el('span', 'label', row).textContent = 'chain ' + c.full;
-  el('div', 'span', row, {style: `left:${pct(c.start_us)};width:calc(${pct(c.end_us)} - ${pct(c.start_us)})`});
+  el('div', 'span', row, {style: `left:${pct(c.start_us)};width:calc(${pct(c.sets_end_us)} - ${pct(c.start_us)})`});
   for (const st of c.steps) {
     const s = byName[st.set];
     const m = el('div', 'set ' + s.kind, row,
                  {'data-set': s.name, title: `${s.kind} ${s.name} reaches ${st.reach}`});
     m.style.left = pct(st.reach_us);
   }
+  if (c.archive && c.archive.end_us != null && c.archive.end_us > c.sets_end_us)  // the archive's own band
+    el('div', 'archive', row, {'data-archive': c.archive.directory,
+       title: `archive ${c.archive.first}..${c.archive.last} reaches ${c.archive.end}`,
+       style: `left:${pct(c.sets_end_us)};width:calc(${pct(c.archive.end_us)} - ${pct(c.sets_end_us)})`});
+  for (const g of [c.archive_gap].filter(Boolean))
+    el('div', 'gap', row, {'data-gap': g.after, title: g.text,
+       style: `left:${pct(g.from_us)};width:calc(${pct(t1)} - ${pct(g.from_us)})`});
   if (c.gap) {
     const to = c.gap.to_us != null ? c.gap.to_us : t1;
     el('div', 'gap', row, {'data-gap': c.gap.before, title: c.gap.text,
@@ -99,6 +108,7 @@ function commandFor(at) {
   for (const st of c.steps) { dirs.push(st.directory); if (st.reach_us >= at) break; }
   const argv = ['certsrv', 'restore', ...dirs, '--home', D.restore_home, '--password-file', D.password_file];
   if (!byName[c.full].has_key) argv.push('--database-only');
+  if (c.archive && D.archive && at > c.sets_end_us) argv.push('--archive', D.archive.dest);
   argv.push('--until', isoUs(at));
   return argv.map(quote).join(' ');
 }
@@ -152,6 +162,10 @@ def render_html(cat: Catalog, *, restore_home: str = "NEW_HOME", password_file: 
                     f"{html.escape(h['why'])}</li>" for h in cat.holes)
     warnings = "".join(f'<li class="warn">{html.escape(w)}</li>' for w in cat.warnings)
     title = f"Recovery window: {cat.root}"
+    a = cat.archive
+    archive = html.escape("no archive given (--archive DEST)" if a is None else
+                          f"{a['dest']}: {a['generations']} generation(s) continue the sets, newest record "
+                          f"{a['newest_record'] or 'none'}")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_CSS}</style></head><body>
@@ -165,7 +179,7 @@ gaps red. Click a moment on the timeline for the restore command.</p>
 <h2>Warnings</h2><ul id="warnings">{warnings or "<li>none</li>"}</ul>
 <h2>Sets</h2><table id="sets"><tr><th>set</th><th>kind</th><th>generations</th><th>created</th><th>state</th></tr>
 {_rows(cat)}</table>
-<p>Archive coverage: no archive (not available yet).</p>
+<p id="archive">Archive coverage (striped green): {archive}</p>
 <script type="application/json" id="catalog-data">{blob}</script>
 <script>{_JS}</script>
 </body></html>

@@ -13,6 +13,11 @@ Sets the catalog cannot place (unusable, or incrementals with no full set) are l
 reported. Within a chain the newest incremental goes first and the full set last, its manifest
 before its files: a prune interrupted at any point leaves a full set and a prefix of its
 incrementals, which still restore, and never a set that looks whole but is not.
+
+With ``--archive DEST`` (issue 13's log archive) it also removes the archived generations the
+oldest kept full set no longer needs: exactly ``certsrv archive prune DEST --before FULLSET``
+(:mod:`pycertsrv.archive.prune`) for that set, planned before anything is deleted and run after
+the sets (an interrupted prune leaves archived generations an older, deleted set needed: harmless).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..archive import prune as archive_prune
 from ..errors import E_INVALIDARG, InvalidArgument
 from ..fsutil import fsync_dir
 from .catalog import Catalog, CatalogSet, build_catalog, iso
@@ -68,13 +74,15 @@ class PrunePlan:
     keep: list[CatalogSet] = field(default_factory=list)
     untouched: list[CatalogSet] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    archive: archive_prune.PrunePlan | None = None  # --archive: the archived generations that go too
 
     def to_json(self, dry_run: bool) -> dict[str, Any]:
         """The plan (and, after a real run, what went) as plain data."""
         return {"directory": str(self.root), "keep_full": self.keep_full, "dry_run": dry_run,
                 "delete": [str(s.directory) for s in self.delete], "keep": [str(s.directory) for s in self.keep],
                 "untouched": [{"directory": str(s.directory), "why": _why_untouched(s)} for s in self.untouched],
-                "deleted": list(self.deleted)}
+                "deleted": list(self.deleted),
+                "archive": self.archive.to_json() if self.archive is not None else None}
 
 
 def _why_untouched(s: CatalogSet) -> str:
@@ -85,12 +93,14 @@ def _why_untouched(s: CatalogSet) -> str:
     return "no full set to chain onto"
 
 
-def plan_prune(root: Path | str, keep_full: int, catalog: Catalog | None = None) -> PrunePlan:
+def plan_prune(root: Path | str, keep_full: int, catalog: Catalog | None = None, *,
+               archive: Path | str | None = None) -> PrunePlan:
     """Work out which chains go: all but the newest ``keep_full`` (by the full set's snapshot time).
 
     :param root: the backup directory.
     :param keep_full: how many chains to keep (at least 1: the newest chain always stays).
     :param catalog: an already built catalog of ``root`` (default: build one).
+    :param archive: the log archive: also plan ``archive prune --before`` the oldest kept full set.
     """
     if keep_full < 1:
         raise InvalidArgument(E_INVALIDARG, "--keep-full", f"{keep_full} would remove the newest chain; give 1 or more")
@@ -105,6 +115,12 @@ def plan_prune(root: Path | str, keep_full: int, catalog: Catalog | None = None)
         plan.delete += [*sorted([*c.incrementals, *c.cut_off], key=_gen_low, reverse=True), c.full]
     placed = {s.directory for s in plan.keep + plan.delete}
     plan.untouched = [s for s in cat.sets if s.directory not in placed]
+    if archive is not None:
+        if not kept:
+            raise InvalidArgument(E_INVALIDARG, "--archive", f"no usable full set under {cat.root}: the archive is "
+                                  "left whole; take a full backup first")
+        # Validate first: a set without an archive lineage refuses here, before any set is deleted.
+        plan.archive = archive_prune.plan_prune(archive, kept[0].full.directory)
     return plan
 
 
@@ -121,6 +137,8 @@ def run_prune(plan: PrunePlan) -> PrunePlan:
         shutil.rmtree(s.directory)
         fsync_dir(plan.root)
         plan.deleted.append(str(s.directory))
+    if plan.archive is not None:
+        archive_prune.prune(plan.archive)
     return plan
 
 
@@ -132,6 +150,11 @@ def describe(plan: PrunePlan, dry_run: bool) -> list[str]:
     out += [f"keep {s.directory}  ({s.kind}, reaches from {iso(s.start_us) or iso(s.first_record_us)})"
             for s in plan.keep]
     out += [f"left alone {s.directory}: {_why_untouched(s)}" for s in plan.untouched]
+    if plan.archive is not None:
+        a = plan.archive
+        out += [f"{verb} archived {p}" for p in a.files]
+        out.append(f"archive {a.directory}: {len(a.files)} generation(s) before "
+                   f"{a.before:08X} {'would go' if dry_run else 'removed'}")
     return out
 
 

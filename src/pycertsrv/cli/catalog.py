@@ -28,29 +28,30 @@ from .common import echo_json, json_option, read_secret_file
 @click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The sets' password (first line): every set's authenticator is checked, and the printed "
                    "restore command names this file. Without it, the structure only (and PASSWORD_FILE).")
-@click.option("--archive", "archive", default=None, hidden=True)
+@click.option("--archive", "archive", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="DEST", help="The continuous log archive ([archive] dest): chains reach on through the "
+                                   "archived generations that continue them.")
+@click.option("--max-archive-age", default="15m", show_default=True, metavar="AGE",
+              help="With --archive: warn when the newest archived record is older.")
 @click.option("--strict", is_flag=True, help="Exit 2 when there is any warning (for monitoring).")
 @json_option
 def catalog_cmd(directory: Path, at: str | None, html_out: Path | None, max_full_age: str,
-                max_incremental_age: str, restore_home: str, password_file: Path | None, archive: str | None,
-                strict: bool, as_json: bool) -> None:
+                max_incremental_age: str, restore_home: str, password_file: Path | None, archive: Path | None,
+                max_archive_age: str, strict: bool, as_json: bool) -> None:
     """The recovery window of the backup sets under DIRECTORY: chains, gaps, ages, and the restore command
     for a moment (--at)."""
     from ..backup.catalog import build_catalog, parse_duration
     from ..backup.catalog_html import render_html
     from ..fsutil import atomic_write
 
-    if archive is not None:
-        # Issue 13 (the log archive) is not built yet: refuse rather than report a window without it.
-        raise InvalidArgument(E_INVALIDARG, "--archive", "log archiving does not exist yet (issue 13); "
-                              "run certsrv catalog without --archive")
     if as_json and html_out is not None:
         raise InvalidArgument(E_INVALIDARG, "catalog", "--json and --html exclude each other; give one")
     password = read_secret_file(password_file, "password", empty_hresult=ERROR_INVALID_PASSWORD) \
         if password_file is not None else None
     cat = build_catalog(directory, max_full_age=parse_duration(max_full_age, "--max-full-age"),
                         max_incremental_age=parse_duration(max_incremental_age, "--max-incremental-age"),
-                        password=password)
+                        password=password, archive=archive,
+                        max_archive_age=parse_duration(max_archive_age, "--max-archive-age"))
     cmd = {"restore_home": restore_home,
            "password_file": str(password_file.absolute()) if password_file is not None else "PASSWORD_FILE"}
     if html_out is not None:
@@ -74,13 +75,16 @@ def catalog_cmd(directory: Path, at: str | None, html_out: Path | None, max_full
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--keep-full", type=int, required=True, metavar="N",
               help="Keep the newest N chains (full set and its incrementals); older chains are removed whole.")
+@click.option("--archive", "archive", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="DEST", help="Also remove the archived generations the oldest kept full set no longer needs "
+                                   "(as certsrv archive prune DEST --before FULLSET).")
 @click.option("--dry-run", is_flag=True, help="List what would be deleted, delete nothing.")
 @json_option
-def prune_cmd(directory: Path, keep_full: int, dry_run: bool, as_json: bool) -> None:
+def prune_cmd(directory: Path, keep_full: int, archive: Path | None, dry_run: bool, as_json: bool) -> None:
     """Remove old backup chains under DIRECTORY, never the newest chain nor an incremental whose full set stays."""
     from ..backup.retention import describe, plan_prune, run_prune
 
-    plan = plan_prune(directory, keep_full)
+    plan = plan_prune(directory, keep_full, archive=archive)
     if not dry_run:
         run_prune(plan)
     if as_json:
