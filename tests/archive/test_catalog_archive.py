@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from archive_lib import (
     PW,
@@ -29,6 +30,7 @@ from archive_lib import (
     wait_for,
 )
 
+from pycertsrv import config as config_mod
 from pycertsrv.backup.catalog import build_catalog, iso
 from pycertsrv.home import Home
 from pycertsrv.store import logfile
@@ -49,6 +51,7 @@ class Made:
     names: list[str] = field(default_factory=list)
     serials: dict[str, str] = field(default_factory=dict)
     cut_us: int = 0
+    page: str = ""  # the service's /ui/backups once everything is archived
 
 
 def _backup(m: Made, home: Path, *extra: str) -> None:
@@ -64,6 +67,9 @@ def made() -> Iterator[Made]:
     m = Made(work, work / "sets", work / "arch", work / "pw")
     m.pw.write_text(PW + "\n")
     home = archived_home(work / "ca", dest=str(m.arch), timeout=0.3)
+    cfg = config_mod.load(home.root)
+    cfg.backup.dir = str(m.sets)  # the service's page catalogues the sets, with its own [archive] dest
+    config_mod.save(home.root, cfg)
     svc = Service(home).start()
     try:
         with svc.client() as c:
@@ -85,6 +91,11 @@ def made() -> Iterator[Made]:
         # Records get their time in LSN order: one at or after last_begin means C's record is archived.
         wait_for(lambda: m.arch.exists() and archived_files(m.arch) and last_archived_record(m.arch).ts_us
                  >= last_begin, "issuance C shipped to the archive", svc=svc)
+        transport = httpx.HTTPTransport(uds=str(home.root / "certsrv.sock"))
+        with httpx.Client(transport=transport, base_url="http://certsrv") as hc:
+            r = hc.get("/ui/backups")
+        assert r.status_code == 200, r.text
+        m.page = r.text
     finally:
         svc.stop()
     yield m
@@ -114,7 +125,9 @@ def test_window_reaches_the_last_archived_record(made: Made) -> None:
     assert stale.returncode == 2 and "WARNING: the newest archived record is" in stale.stdout
     page = made.work / "w.html"
     certsrv("catalog", str(made.sets), "--archive", str(made.arch), "--html", str(page))
-    assert 'id="archive"' in page.read_text() and str(made.arch) in page.read_text()
+    for text in (page.read_text(), made.page):  # the service's page uses its own [archive] dest
+        data = json.loads(text.split('id="catalog-data">', 1)[1].split("</script>", 1)[0])
+        assert data["archive"]["newest_record_us"] == last.ts_us and data["window"][-1]["to_us"] == last.ts_us
 
 
 def test_at_in_the_archive_only_part_restores_to_that_moment(made: Made) -> None:

@@ -18,14 +18,18 @@ from . import auth
 from .openapi import add_route
 
 
-def _page(home_root: Path, directory: str, max_full_age: str, max_incremental_age: str) -> str:
+def _page(home_root: Path, directory: str, max_full_age: str, max_incremental_age: str,
+          archive: str | None = None) -> str:
     from ..backup.catalog import build_catalog, parse_duration
     from ..backup.catalog_html import render_html
 
     d = Path(directory)
+    # issue 16: the archive's coverage too, once the CA has shipped there ([archive] dest, relative to the home).
+    a = None if archive is None else Path(archive) if Path(archive).is_absolute() else home_root / archive
     cat = build_catalog(d if d.is_absolute() else home_root / d,
                         max_full_age=parse_duration(max_full_age, "backup.max_full_age"),
-                        max_incremental_age=parse_duration(max_incremental_age, "backup.max_incremental_age"))
+                        max_incremental_age=parse_duration(max_incremental_age, "backup.max_incremental_age"),
+                        archive=a if a is not None and a.is_dir() else None)
     return render_html(cat)
 
 
@@ -35,8 +39,9 @@ async def backups_page(request: web.Request) -> web.Response:
     if not cfg.dir:
         raise NotFound(ERROR_FILE_NOT_FOUND, "/ui/backups",
                        "no backup directory is configured; set [backup] dir in certsrv.toml and restart")
+    arc = request.app["config"].archive
     text = await asyncio.to_thread(_page, request.app["home"].root, cfg.dir, cfg.max_full_age,
-                                   cfg.max_incremental_age)
+                                   cfg.max_incremental_age, arc.dest if arc is not None else None)
     # The page carries its own CSS and script and loads nothing else.
     return web.Response(text=text, content_type="text/html", charset="utf-8",
                         headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
