@@ -1,5 +1,5 @@
-"""Hostile targets for the CLI tests: tmpfs mounts made read-only or full, a second uid, the real ``certsrv``
-command run as root or as that uid, and its services.
+"""Hostile targets for the CLI tests: tmpfs mounts made read-only or full. The second uid, the real ``certsrv``
+command run as root or as that uid, and its services are in ``tests/support.py``.
 
 Needs root (mount, useradd, setpriv): the sandbox and CI run the suite as root.
 """
@@ -9,22 +9,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import pwd
 import re
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from pycertsrv.client import Client, local_socket
-from pycertsrv.errors import CertSrvError
-from pycertsrv.home import Home
-from service.helpers import Service
-
-CERTSRV = str(Path(sys.executable).with_name("certsrv"))
 # One refusal line (the standard): subject, the Win32 HRESULT in hex with its symbolic name, a message.
 ONE_LINE = re.compile(r"^certsrv: .+: 0x8007[0-9A-F]{4} [A-Z_]+: .+$")
 
@@ -81,72 +71,6 @@ def mounts() -> Iterator[Mounts]:
         yield m
     finally:
         m.unmount_all()
-
-
-@dataclass(frozen=True)
-class User:
-    """A second, unprivileged uid created for the test."""
-
-    name: str
-    uid: int
-    gid: int
-
-    def prefix(self) -> list[str]:
-        """Run a command as this uid (setpriv(1)). The interpreter may live under a 0700 home (pyenv in
-        /root): CAP_DAC_READ_SEARCH lets the uid read and traverse it; it grants no write permission, which
-        is what the tests refuse."""
-        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
-                "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
-
-    def chown(self, path: Path) -> None:
-        """Give ``path`` and everything below it to this uid."""
-        subprocess.run(["chown", "-R", f"{self.uid}:{self.gid}", str(path)], check=True)
-
-
-@contextlib.contextmanager
-def second_user() -> Iterator[User]:
-    """Create a system user for the test; removed at teardown."""
-    name = f"certsrv-t{os.getpid()}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True,
-                   capture_output=True)
-    try:
-        pw = pwd.getpwnam(name)
-        yield User(name, pw.pw_uid, pw.pw_gid)
-    finally:
-        subprocess.run(["userdel", name], capture_output=True)
-
-
-def certsrv(*args: str, user: User | None = None, stdin: bytes | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the real ``certsrv`` (as ``user`` when given); output decoded."""
-    env = {k: v for k, v in os.environ.items() if k not in ("CERTSRV_HOME", "CERTSRV_KEY_PASSPHRASE",
-                                                           "CERTSRV_TRACEBACK")}
-    cmd = [*(user.prefix() if user else []), CERTSRV, *args]
-    p = subprocess.run(cmd, capture_output=True, env=env, timeout=timeout, input=stdin)
-    return subprocess.CompletedProcess(p.args, p.returncode, p.stdout.decode(errors="replace"),
-                                       p.stderr.decode(errors="replace"))
-
-
-def start_service(home: Home, user: User | None = None, timeout: float = 60.0) -> Service:
-    """The real service on ``home`` (as ``user`` when given), once it answers IsServerOnline."""
-    svc = Service(home)
-    env = {k: v for k, v in os.environ.items() if k != "CERTSRV_HOME"}
-    log = open(svc.log_path, "ab")  # noqa: SIM115 (the child keeps it)
-    svc.proc = subprocess.Popen([*(user.prefix() if user else []), sys.executable, "-m", "pycertsrv.cli", "serve",
-                                 "--home", str(home.root)], stdout=log, stderr=log, env=env)
-    log.close()
-    deadline = time.monotonic() + timeout
-    sock = local_socket(home)
-    while True:
-        assert svc.proc.poll() is None, f"service exited {svc.proc.returncode}:\n{svc.log()}"
-        try:
-            with Client(f"unix:{sock}", timeout=5) as c:
-                if c.is_server_online():  # no role needed: the caller may not be the home's owner
-                    return svc
-        except CertSrvError:
-            pass
-        assert time.monotonic() < deadline, f"service did not come up:\n{svc.log()}"
-        time.sleep(0.05)
 
 
 def copy_tree_into(src: Path, dest: Path) -> None:

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import os
-import sqlite3
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import support
 from pycertsrv import config as config_mod
 from pycertsrv.archive.settings import ArchiveSection
 from pycertsrv.archive.verify import verify_archive
 from pycertsrv.home import Home
 from pycertsrv.store import logfile
-from service.helpers import Service, make_home
+from support import Service, db_rows_readonly, make_home, short_home
 
 PW = "archive test pw"
 
 
 def short_dir(prefix: str = "arc") -> Path:
     """A work directory with a short path (Unix socket paths are limited to 107 bytes)."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    return short_home(prefix).parent
 
 
 def archived_home(root: Path, **archive: Any) -> Home:
@@ -36,15 +33,8 @@ def archived_home(root: Path, **archive: Any) -> Home:
 
 
 def certsrv(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the real ``certsrv`` command."""
-    env = dict(os.environ)
-    env.pop("CERTSRV_SERVER", None)
-    env.pop("CERTSRV_HOME", None)
-    out = subprocess.run([sys.executable, "-m", "pycertsrv.cli", *args], capture_output=True, text=True,
-                         timeout=timeout, env=env, stdin=subprocess.DEVNULL)
-    if check:
-        assert out.returncode == 0, out.stdout + out.stderr
-    return out
+    """Run the real ``certsrv`` command (exit 0 asserted unless ``check=False``)."""
+    return support.certsrv(*args, check=check, timeout=timeout)
 
 
 def wait_for(pred: Any, what: str, timeout: float = 60.0, svc: Service | None = None) -> Any:
@@ -85,13 +75,7 @@ def last_archived_record(dest: Path) -> logfile.Record:
 
 def db_rows(home: Path, table: str) -> list[dict[str, Any]]:
     """A table's rows read from the home's database file (read-only)."""
-    db = next((home / "db").glob("*.db"))
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(f"SELECT * FROM {table}")]
-    finally:
-        conn.close()
+    return db_rows_readonly(home, [table])[table]
 
 
 def setting(home: Path, name: str) -> str | None:
@@ -100,16 +84,6 @@ def setting(home: Path, name: str) -> str | None:
         if r["name"] == name:
             return str(r["value"])
     return None
-
-
-def openssl_verify(ca_cert: Path, cert_der: bytes, work: Path) -> None:
-    """``openssl verify`` a DER certificate against the CA certificate (an independent check)."""
-    leaf, pem = work / "leaf.der", work / "leaf.pem"
-    leaf.write_bytes(cert_der)
-    subprocess.run(["openssl", "x509", "-inform", "DER", "-in", str(leaf), "-out", str(pem)], check=True,
-                   capture_output=True)
-    out = subprocess.run(["openssl", "verify", "-CAfile", str(ca_cert), str(pem)], capture_output=True, text=True)
-    assert out.returncode == 0 and ": OK" in out.stdout, out.stdout + out.stderr
 
 
 def norm_serial(s: str) -> str:

@@ -23,7 +23,6 @@ from archive_lib import (
     db_rows,
     last_archived_record,
     norm_serial,
-    openssl_verify,
     setting,
     short_dir,
     wait_for,
@@ -34,7 +33,7 @@ from pycertsrv.errors import CertSrvError
 from pycertsrv.home import Home
 from pycertsrv.store import logfile
 from pycertsrv.store.schema import DISP_REVOKED
-from service.helpers import Service, make_csr
+from support import Service, make_csr, openssl_verify
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from pycertsrv.backup.writer import run_backup
 from pycertsrv.ca import Authority
 from pycertsrv.errors import CorruptData, InvalidArgument
 from pycertsrv.store import Store, StoreOptions, archivemark, logfile
-from service.helpers import make_csr
+from support import make_csr
 
 PW = b"unit pw"
 

@@ -35,7 +35,7 @@ from pycertsrv.backup.catalog import build_catalog, iso
 from pycertsrv.home import Home
 from pycertsrv.store import logfile
 from pycertsrv.store.schema import DISP_REVOKED
-from service.helpers import Service, make_csr
+from support import Service, make_csr
 
 
 def _us() -> int:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from .live import LiveService, short_home
+from support import Service, live_service, short_home
 
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[LiveService]:
-    svc = LiveService(short_home("cbcli"), name="CLI Test CA").start()
+def live() -> Iterator[Service]:
+    svc = live_service(short_home("cbcli"), name="CLI Test CA")
     yield svc
     svc.cleanup()
 
@@ -37,7 +37,7 @@ def pwfile(tmp_path: Path) -> str:
     return str(p)
 
 
-def test_backup_verify_and_refusals(live: LiveService, tmp_path: Path) -> None:
+def test_backup_verify_and_refusals(live: Service, tmp_path: Path) -> None:
     pw = tmp_path / "pw"
     pw.write_text("correct horse\n")
     out = tmp_path / "set"
@@ -73,7 +73,7 @@ def test_backup_verify_and_refusals(live: LiveService, tmp_path: Path) -> None:
     assert certsrv("verify-backup", str(tmp_path / "inc"), "--password-file", str(pw)).returncode == 0
 
 
-def test_verify_backup_names_the_bad_file(live: LiveService, tmp_path: Path) -> None:
+def test_verify_backup_names_the_bad_file(live: Service, tmp_path: Path) -> None:
     out = tmp_path / "set"
     pw = pwfile(tmp_path)
     r = certsrv("backup", str(out), "--database-only", "--keep-log", "--quiet", "--password-file", pw,
@@ -93,7 +93,7 @@ def test_verify_backup_names_the_bad_file(live: LiveService, tmp_path: Path) -> 
     assert doc["ok"] is False and doc["problems"][0]["path"] == f"DataBase/{log.name}"
 
 
-def test_nice_paced_backup_and_bad_values(live: LiveService, tmp_path: Path) -> None:
+def test_nice_paced_backup_and_bad_values(live: Service, tmp_path: Path) -> None:
     out = tmp_path / "set"
     pw = pwfile(tmp_path)
     r = certsrv("backup", str(out), "--database-only", "--keep-log", "--quiet", "--nice", "20", "--password-file", pw,
@@ -114,7 +114,7 @@ def test_nice_paced_backup_and_bad_values(live: LiveService, tmp_path: Path) -> 
 
 
 def test_incremental_without_full_is_refused(tmp_path: Path) -> None:
-    svc = LiveService(short_home("cbinc"), name="Fresh CA").start()
+    svc = live_service(short_home("cbinc"), name="Fresh CA")
     try:
         r = certsrv("backup", str(tmp_path / "inc"), "--incremental", "--database-only", "--password-file",
                     pwfile(tmp_path), home=svc.home.root)

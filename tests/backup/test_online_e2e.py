@@ -18,14 +18,12 @@ from pycertsrv.backup.writer import run_backup
 from pycertsrv.client import Client
 from pycertsrv.errors import E_UNEXPECTED, ERROR_FILE_NOT_FOUND, CertSrvError
 from pycertsrv.store import hard_recover
-
-from .helpers import make_csr
-from .live import LiveService, short_home
+from support import Service, live_service, make_csr, short_home
 
 
 @pytest.fixture
-def live() -> Iterator[LiveService]:
-    svc = LiveService(short_home()).start()
+def live() -> Iterator[Service]:
+    svc = live_service(short_home())
     yield svc
     svc.cleanup()
 
@@ -77,7 +75,7 @@ def _table(db: Path, sql: str) -> dict[Any, list[tuple[Any, ...]]]:
         conn.close()
 
 
-def test_full_backup_during_issuance_restores_every_returned_certificate(live: LiveService, tmp_path: Path) -> None:
+def test_full_backup_during_issuance_restores_every_returned_certificate(live: Service, tmp_path: Path) -> None:
     csrs = [make_csr(f"load{i}") for i in range(400)]
     completed: list[str] = []
     lock = threading.Lock()
@@ -119,7 +117,7 @@ def test_full_backup_during_issuance_restores_every_returned_certificate(live: L
         return s
 
     out = tmp_path / "set"
-    with Client(live.socket) as client:
+    with Client(f"unix:{live.socket}") as client:
         res = run_backup(factory, out, database_only=True, home=live.home, chunk=8192, password=b"pw")
     # keep issuing a little after the backup, then stop
     with lock:
@@ -196,7 +194,7 @@ def test_idle_session_expires_and_with_block_always_ends(tmp_path: Path) -> None
     def short_timeout(cfg: Any) -> None:
         cfg.service.backup_session_timeout = 0.5
 
-    svc = LiveService(short_home("cbexp"), configure=short_timeout).start()
+    svc = live_service(short_home("cbexp"), configure=short_timeout)
     try:
         with svc.client() as c:
             # `with client.backup(kind)` ends the session even when the body fails

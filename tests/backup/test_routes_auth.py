@@ -24,8 +24,7 @@ from pycertsrv.errors import (
     JET_ERR_BACKUP_IN_PROGRESS,
     CertSrvError,
 )
-
-from .live import LiveService, short_home
+from support import Service, live_service, short_home
 
 ROLE_SETS: dict[str, list[str]] = {
     "operator": ["Operator"],
@@ -41,15 +40,15 @@ REFUSED = ["admin", "officer", "auditor", "enrollee", "nobody"]
 
 
 class TLSWorld:
-    def __init__(self, svc: LiveService, files: dict[str, tuple[Path, Path]], ca_file: Path) -> None:
+    def __init__(self, svc: Service, files: dict[str, tuple[Path, Path]], ca_file: Path) -> None:
         self.svc = svc
         self.files = files
         self.ca_file = ca_file
 
     def client(self, who: str) -> Client:
         cert, key = self.files[who]
-        assert self.svc.tcp_address is not None
-        return Client(self.svc.tcp_address, cert=cert, key=key, cafile=self.ca_file)
+        assert self.svc.tls_address is not None
+        return Client(self.svc.tls_address, cert=cert, key=key, cafile=self.ca_file)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +80,7 @@ def world() -> Iterator[TLSWorld]:
         cfg.service.client_ca = str(tls / "ca.pem")
         cfg.roles = grants
 
-    svc = LiveService(home, configure=configure, tcp=True).start()
+    svc = live_service(home, configure=configure, tcp=True)
     yield TLSWorld(svc, files, tls / "ca.pem")
     svc.cleanup()
 
@@ -128,7 +127,7 @@ def test_every_backup_endpoint_refuses_non_operators(world: TLSWorld, who: str) 
 def test_operators_can_run_a_backup(world: TLSWorld, who: str) -> None:
     with world.client(who) as c:
         with c.backup("full") as s:
-            assert s.ca_name == world.svc.name
+            assert s.ca_name == "Live Test CA"  # live_service's default name
             for lister in (s.database_names, s.backup_logs):  # database files before the log list
                 for e in lister():
                     s.open_file(e[1:])

@@ -16,13 +16,12 @@ import pytest
 from pycertsrv.backup.writer import run_backup
 from pycertsrv.client import Client
 from pycertsrv.errors import E_ACCESSDENIED, AccessDenied
-
-from .live import LiveService, short_home
+from support import Service, live_service, short_home
 
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[LiveService]:
-    svc = LiveService(short_home("cbhome"), name="Home Test CA").start()
+def live() -> Iterator[Service]:
+    svc = live_service(short_home("cbhome"), name="Home Test CA")
     yield svc
     svc.cleanup()
 
@@ -40,7 +39,7 @@ def listing(d: Path) -> dict[str, str]:
     return out
 
 
-def test_backup_into_publish_with_force_is_refused(live: LiveService, tmp_path: Path) -> None:
+def test_backup_into_publish_with_force_is_refused(live: Service, tmp_path: Path) -> None:
     pw = tmp_path / "pw"
     pw.write_text("pw\n")
     home = live.home.root
@@ -57,7 +56,7 @@ def test_backup_into_publish_with_force_is_refused(live: LiveService, tmp_path: 
     assert not any(p.suffix == ".p12" for p in home.rglob("*.p12"))
 
 
-def test_symlinked_and_nested_targets_inside_the_home_are_refused(live: LiveService, tmp_path: Path) -> None:
+def test_symlinked_and_nested_targets_inside_the_home_are_refused(live: Service, tmp_path: Path) -> None:
     pw = tmp_path / "pw"
     pw.write_text("pw\n")
     home = live.home.root
@@ -73,13 +72,13 @@ def test_symlinked_and_nested_targets_inside_the_home_are_refused(live: LiveServ
     assert not (home / "new-dir").exists()
 
 
-def test_the_writer_refuses_from_the_sessions_locations_alone(live: LiveService) -> None:
+def test_the_writer_refuses_from_the_sessions_locations_alone(live: Service) -> None:
     """No --home given to the writer (a database-only backup): the home comes from RestoreGetDatabaseLocations."""
     publish = live.home.root / "publish"
     before = listing(publish)
-    with Client(live.socket) as c, pytest.raises(AccessDenied) as ei:
+    with Client(f"unix:{live.socket}") as c, pytest.raises(AccessDenied) as ei:
         run_backup(c, publish / "sub", database_only=True, force=True, password=b"pw", home=None)
     assert ei.value.hresult == E_ACCESSDENIED
     assert listing(publish) == before
-    with Client(live.socket) as c:
+    with Client(f"unix:{live.socket}") as c:
         assert c.call("GET", "/backup/status")["session"] is None  # the session was ended

@@ -20,8 +20,9 @@ from pycertsrv.ca import Authority
 from pycertsrv.errors import E_INVALIDARG, ERROR_DIR_NOT_EMPTY, ERROR_DISK_FULL, CertSrvError
 from pycertsrv.home import Home
 from pycertsrv.store import hard_recover, list_generations
+from support import make_csr
 
-from .helpers import make_csr, rows
+from .helpers import rows
 
 
 @pytest.fixture

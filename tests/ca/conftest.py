@@ -9,12 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 
+import support
 from pycertsrv.ca import Authority
 from pycertsrv.ca.keys import generate_key
 from pycertsrv.store import TABLES
@@ -41,20 +38,9 @@ def req_keys() -> dict[str, Any]:
     return {"ec": ec.generate_private_key(ec.SECP256R1()), "rsa": rsa.generate_private_key(65537, 2048)}
 
 
-def build_csr(key: Any, cn: str | None = "www.example.com", sans: list[str] | None = None,
-              *, pem: bool = True, attrs: list[tuple[x509.ObjectIdentifier, bytes]] | None = None,
-              hash_alg: Any = None) -> bytes:
-    """A PKCS#10 request signed by ``key`` (PEM or DER)."""
-    names = [x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else []
-    b = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(names))
-    if sans is None:
-        sans = [cn] if cn else []
-    if sans:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(s) for s in sans]), critical=False)
-    for oid, value in attrs or []:
-        b = b.add_attribute(oid, value)
-    csr = b.sign(key, hash_alg if hash_alg is not None else hashes.SHA256())
-    return csr.public_bytes(Encoding.PEM if pem else Encoding.DER)
+def build_csr(key: Any, cn: str | None = "www.example.com", sans: list[str] | None = None, **kw: Any) -> bytes:
+    """:func:`support.make_csr` with the requester's key first, as the CA tests call it."""
+    return support.make_csr(cn, sans, key=key, **kw)
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ from test_ca_cli import openssl, run
 
 from pycertsrv.ca import Authority
 from pycertsrv.store import DISP_ISSUED, DISP_REVOKED
-from service.helpers import Service, make_csr, make_home
+from support import Service, make_csr, make_home
 
 
 def test_ca_verbs_use_the_running_service(tmp_path: Path) -> None:

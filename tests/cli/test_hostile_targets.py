@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from hostile_lib import ONE_LINE, Mounts, User, certsrv, copy_tree_into, leftovers, mounts, second_user, start_service
+from hostile_lib import ONE_LINE, Mounts, copy_tree_into, leftovers, mounts
 from pycertsrv.ca import Authority
 from pycertsrv.client import Client
 from pycertsrv.errors import E_ACCESSDENIED, ERROR_DISK_FULL, ERROR_WRITE_PROTECT, hresult_name
 from pycertsrv.home import Home
-from service.helpers import Service, make_csr
+from support import Service, User, certsrv, make_csr, system_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts and a second uid need root (CI runs as root)")
 
@@ -75,7 +75,7 @@ def _world(tmp: Path) -> Iterator[World]:
     password = tmp / "pw"
     password.write_text("hostile-test-password\n")
     os.chmod(password, 0o644)
-    with second_user() as user:
+    with system_user() as user:
         homes = []
         for name in ("root", "user"):
             Authority.init(tmp / name, f"Hostile {name} CA").close()
@@ -85,8 +85,8 @@ def _world(tmp: Path) -> Iterator[World]:
         user.chown(homes[1].root)
         svcs: list[Service] = []
         try:
-            svcs.append(start_service(homes[0]))
-            svcs.append(start_service(homes[1], user))
+            svcs.append(Service(homes[0]).start())
+            svcs.append(Service(homes[1], user=user).start())
             sets = []
             for h, who in ((homes[0], None), (homes[1], user)):
                 d = tmp / f"set-{h.root.name}"
@@ -201,7 +201,7 @@ def test_crl_publish_through_the_service_on_a_read_only_publish_dir(world: World
     Authority.init(home.root, "Service Publish CA").close()
     with mounts() as m:
         _hostile_publish(m, home, "read-only", world.user)
-        svc = start_service(home)
+        svc = Service(home).start()
         try:
             r = certsrv("crl", "publish", "--home", str(home.root))
             assert r.returncode == 1 and "Traceback" not in r.stderr + svc.log()

@@ -21,7 +21,7 @@ from pycertsrv.client import Client
 from pycertsrv.errors import E_INVALIDARG, RPC_S_SERVER_UNAVAILABLE, CertSrvError, InvalidArgument, Unavailable
 from pycertsrv.home import Home
 from pycertsrv.service import run_app
-from service.helpers import Service, make_csr, make_home  # tests/ is on sys.path (rootdir-relative packages)
+from support import Service, make_csr, make_home
 
 NAME = "Client Test CA"
 # The service's app keys are strings by contract (app["authority"], app["backup"]).

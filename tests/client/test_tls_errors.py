@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from service.helpers import ClientCreds, Service, TLSMaterial, make_home  # tests/ is on sys.path
+from service.helpers import ClientCreds, TLSMaterial  # tests/ is on sys.path
+from support import Service, make_home
 
 
 @dataclass

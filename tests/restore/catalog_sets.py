@@ -11,28 +11,25 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from restore_setlib import Service, db_rows_readonly, make_csr
+from restore_setlib import db_rows_readonly
 
+import support
 from pycertsrv import config as config_mod
 from pycertsrv.ca import Authority
+from support import Service, make_csr
 
 PW = "catalog password"
 
 
 def certsrv(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI."""
-    out = subprocess.run([sys.executable, "-m", "pycertsrv.cli", *args], capture_output=True, text=True,
-                         timeout=timeout)
-    if check:
-        assert out.returncode == 0, out.stdout + out.stderr
-    return out
+    """Run the real CLI (exit 0 asserted unless ``check=False``)."""
+    return support.certsrv(*args, check=check, timeout=timeout)
 
 
 def us_now() -> int:

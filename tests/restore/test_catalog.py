@@ -14,10 +14,11 @@ from typing import Any
 import httpx
 import pytest
 from catalog_sets import Built, build, certsrv
-from restore_setlib import Service, ca_rows, short_home
+from restore_setlib import ca_rows
 
 from pycertsrv.backup.catalog import build_catalog
 from pycertsrv.ca import Authority
+from support import Service, short_home
 
 
 @pytest.fixture(scope="module")
@@ -201,8 +202,9 @@ def test_page_roles_over_tls(built: Built, tmp_path: Path) -> None:
     import ssl
 
     sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: the service tests' helpers
-    from service.helpers import Service as TLSService
-    from service.helpers import TLSMaterial, make_home
+    from service.helpers import TLSMaterial
+    from support import Service as TLSService
+    from support import make_home
 
     tls = TLSMaterial(tmp_path / "tls")
     who = {"operator": ["Operator"], "auditor": ["Auditor"], "admin": ["Administrator"], "officer": ["Officer"],

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from restore_setlib import ca_rows, issue, short_home
+from restore_setlib import ca_rows
 
 from pycertsrv.backup.session import BackupManager, LocalSession
 from pycertsrv.backup.writer import run_backup
 from pycertsrv.ca import Authority
 from pycertsrv.errors import CertSrvError
+from support import issue, short_home
 
 PW = b"crash pw"
 

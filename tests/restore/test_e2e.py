@@ -16,21 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from restore_setlib import Service, ca_rows, db_rows_readonly, issue, make_csr, openssl_verify, short_home
+from catalog_sets import certsrv
+from restore_setlib import ca_rows, db_rows_readonly
 
 from pycertsrv.backup.writer import run_backup
 from pycertsrv.ca import Authority
 from pycertsrv.errors import CertSrvError
+from support import Service, issue, make_csr, openssl_verify, short_home
 
 PW = "e2e password"
-
-
-def certsrv(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([sys.executable, "-m", "pycertsrv.cli", *args], capture_output=True, text=True,
-                         timeout=timeout)
-    if check:
-        assert out.returncode == 0, out.stdout + out.stderr
-    return out
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ import shutil
 from pathlib import Path
 
 from catalog_sets import certsrv
-from restore_setlib import issue
 
 from pycertsrv.backup.retention import new_set_dir, set_name
 from pycertsrv.backup.session import BackupManager, LocalSession
 from pycertsrv.backup.writer import run_backup
 from pycertsrv.ca import Authority
+from support import issue
 
 
 def _make_chains(work: Path) -> tuple[Path, list[list[Path]]]:

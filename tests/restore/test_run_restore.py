@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from restore_setlib import ca_rows, issue, openssl_verify, tick
+from restore_setlib import ca_rows, tick
 
 from pycertsrv.backup.restore import plan_restore, run_restore
 from pycertsrv.backup.session import BackupManager, LocalSession
@@ -33,6 +33,7 @@ from pycertsrv.errors import (
     NotFound,
 )
 from pycertsrv.store import logfile
+from support import issue, openssl_verify
 
 PW = b"s3cret pw"
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .helpers import Service, make_home
+from support import Service, make_home
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,7 @@ import httpx
 import pytest
 
 from pycertsrv.home import Home
-
-from .helpers import Service, make_home
+from support import Service, make_home
 
 IDLE = 3.0  # [service] backup_idle_timeout of these tests (seconds)
 WAIT = 60.0  # bound on every wait (never asserted as a duration)

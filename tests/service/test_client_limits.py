@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from pycertsrv.service import audit
-
-from .helpers import Service, make_home
+from support import Service, make_home
 
 BODY_TIMEOUT = 1.0
 CONNECTIONS = 50

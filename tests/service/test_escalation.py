@@ -29,8 +29,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pycertsrv.ca import Authority
 from pycertsrv.client import Client
 from pycertsrv.errors import CERTSRV_E_TEMPLATE_DENIED, E_ACCESSDENIED, CertSrvError
+from support import Service, as_uid, make_home
 
-from .helpers import Service, TLSMaterial, as_uid, make_home
+from .helpers import TLSMaterial
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="needs root to make and become another uid")
 

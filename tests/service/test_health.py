@@ -12,8 +12,8 @@ import pytest
 
 from pycertsrv.client.backup import BackupSession
 from pycertsrv.errors import ERROR_IO_DEVICE, CertSrvError
+from support import Service, make_csr, make_home
 
-from .helpers import Service, make_csr, make_home
 from .test_metrics import _with_metrics, certsrv, scrape, value
 from .test_store_faults import SHIM_C
 

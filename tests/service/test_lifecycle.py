@@ -18,8 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from pycertsrv import config as config_mod
 from pycertsrv.errors import ERROR_SHARING_VIOLATION, RPC_S_SERVER_UNAVAILABLE, CertSrvError, Unavailable
-
-from .helpers import Service, make_csr, make_home
+from support import Service, make_csr, make_home
 
 
 def _hammer(svc: Service, answered: list[tuple[str, bytes]], errors: list[BaseException], stop: threading.Event,

@@ -20,8 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pycertsrv import config as config_mod
 from pycertsrv.config import MetricsSection
 from pycertsrv.store import list_generations
-
-from .helpers import Service, make_csr, make_home
+from support import Service, make_csr, make_home
 
 TEMPLATES = {"server": (3, 2, 1), "client": (2, 1, 2)}  # template: (issued, left pending, denied)
 

@@ -35,21 +35,14 @@ from pycertsrv.client import Client
 from pycertsrv.client.backup import BackupSession
 from pycertsrv.errors import E_ACCESSDENIED, CertSrvError
 from pycertsrv.home import Home
+from support import Service, User, as_user, make_csr, make_home, system_user
 
-from .helpers import Service, db_state, make_csr, make_home
+from .helpers import db_state
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true",
                                 reason="needs root to make users (CI runs as root)")
 SQLITE3 = shutil.which("sqlite3") or "/usr/bin/sqlite3"
 PW = "private home pw"
-
-
-@dataclass
-class User:
-    name: str
-    uid: int
-    gid: int
-    groups: list[int]
 
 
 @dataclass
@@ -64,57 +57,16 @@ class Users:
 def users() -> Iterator[Users]:
     """A throwaway group and two system users (removed at teardown)."""
     tag = secrets.token_hex(3)
-    group, member, outsider = f"cstg{tag}", f"cstm{tag}", f"csto{tag}"
-    made: list[str] = []
+    group = f"cstg{tag}"
+    subprocess.run(["groupadd", "--system", group], check=True)
     try:
-        subprocess.run(["groupadd", "--system", group], check=True)
-        for name, extra in ((member, ["-G", group]), (outsider, [])):
-            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group",
-                            *extra, name], check=True)
-            made.append(name)
         import grp
-        import pwd
 
-        gid = grp.getgrnam(group).gr_gid
-
-        def user(name: str, groups: list[int]) -> User:
-            pw = pwd.getpwnam(name)
-            return User(name, pw.pw_uid, pw.pw_gid, [pw.pw_gid, *groups])
-
-        yield Users(group, gid, user(member, [gid]), user(outsider, []))
+        with system_user(f"cstm{tag}", groups=[group], user_group=True) as member, \
+                system_user(f"csto{tag}", user_group=True) as outsider:
+            yield Users(group, grp.getgrnam(group).gr_gid, member, outsider)
     finally:
-        for name in made:
-            subprocess.run(["userdel", name], check=False)
         subprocess.run(["groupdel", group], check=False)
-
-
-def as_user(u: User, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``work`` in a forked child that has become ``u``; its JSON result (or its traceback)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        out: dict[str, Any] = {}
-        try:
-            os.close(r)
-            os.setgroups(u.groups)
-            os.setgid(u.gid)
-            os.setuid(u.uid)
-            out = work()
-        except BaseException:
-            import traceback
-
-            out = {"traceback": traceback.format_exc()}
-        os.write(w, json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    result: dict[str, Any] = json.loads(data)
-    assert "traceback" not in result, result["traceback"]
-    return result
 
 
 def try_read(paths: list[Path]) -> Callable[[], dict[str, Any]]:

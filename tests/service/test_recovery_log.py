@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from .helpers import Service, make_csr, make_home
+from support import Service, make_csr, make_home
 
 
 def certsrv(*args: str) -> subprocess.CompletedProcess[str]:

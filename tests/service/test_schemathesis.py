@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import ClientCreds, Service, TLSMaterial, make_csr, make_home
+from support import Service, make_csr, make_home
+
+from .helpers import ClientCreds, TLSMaterial
 
 # A schema cannot say "a valid PKCS#10 request" or "an invalidity date not in the future": schema-valid bodies
 # the CA refuses on content get 400 (E_INVALIDARG & co), which is the right answer for them.

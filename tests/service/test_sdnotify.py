@@ -13,8 +13,7 @@ import pytest
 
 from pycertsrv.client import Client
 from pycertsrv.service import sdnotify
-
-from .helpers import Service, make_home
+from support import Service, make_home
 
 
 @pytest.fixture

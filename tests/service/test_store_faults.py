@@ -26,8 +26,7 @@ from click.testing import CliRunner
 from pycertsrv.cli import cli
 from pycertsrv.client import Client
 from pycertsrv.errors import ERROR_DISK_FULL, ERROR_IO_DEVICE, CertSrvError
-
-from .helpers import Service, make_csr, make_home
+from support import Service, make_csr, make_home
 
 SHIM_C = r"""
 #define _GNU_SOURCE

@@ -18,9 +18,10 @@ from cryptography import x509
 from pycertsrv.client import Client
 from pycertsrv.errors import E_ACCESSDENIED, AccessDenied, CertSrvError
 from pycertsrv.service import audit
+from support import Service, make_csr, make_home
+from support import as_uid as _as_uid
 
-from .helpers import ClientCreds, Service, TLSMaterial, db_state, make_csr, make_home
-from .helpers import as_uid as _as_uid
+from .helpers import ClientCreds, TLSMaterial, db_state
 
 PRINCIPALS = {
     "admin": ["Administrator"],

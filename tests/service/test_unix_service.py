@@ -23,8 +23,7 @@ from pycertsrv.errors import (
     NotFound,
 )
 from pycertsrv.service import audit
-
-from .helpers import Service, make_csr
+from support import Service, make_csr
 
 
 def _raw(service: Service) -> httpx.Client:
@@ -306,8 +305,7 @@ def test_serial_with_a_first_byte_below_0x10_round_trips(tmp_path: Path, monkeyp
     from pycertsrv.client import Client
     from pycertsrv.errors import Unavailable
     from pycertsrv.service import run_app
-
-    from .helpers import make_home
+    from support import make_home
 
     pinned = 0x0A_1B2C3D4E5F60718293A4B5C6D7E8F90A1B2C3D  # 20 octets, first byte 0x0A
     monkeypatch.setattr(authority, "random_serial", lambda: pinned)
