@@ -27,11 +27,11 @@ def _sets(tmp_path: Path) -> Path:
     src.close()
     other = make_source(tmp_path / "other", "Other CA")
     add_requests(other, 2)
-    h2, _ = full_set(other, tmp_path / "other" / "sets" / "full")
+    h2, _ = full_set(other, tmp_path / "other-sets" / "full")
     add_requests(other, 1)
-    incremental_set(other, tmp_path / "other" / "sets" / "orphan", h2)  # written beside its full set ...
+    incremental_set(other, tmp_path / "other-sets" / "orphan", h2)  # beside its full set, outside the home ...
     other.close()
-    shutil.move(tmp_path / "other" / "sets" / "orphan", root / "orphan")  # ... and moved away from it
+    shutil.move(tmp_path / "other-sets" / "orphan", root / "orphan")  # ... and moved away from it
     src2 = make_source(tmp_path / "src2", "Damaged CA")
     add_requests(src2, 2)
     full_set(src2, root / "damaged")
