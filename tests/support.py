@@ -6,7 +6,9 @@
 - :func:`certsrv`: the real command in a subprocess;
 - :class:`User`, :func:`system_user`, :func:`as_user`, :func:`as_uid`: a second uid, for exec'ed commands
   (``setpriv``) and for a forked child;
-- :func:`openssl_verify`, :func:`db_rows_readonly`.
+- :func:`authority`, :func:`backup_manager`: an in-process CA and its backup manager;
+- :class:`Mounts` / :func:`mounts`, :func:`compile_shim`: tmpfs mounts (read-only, full) and LD_PRELOAD shims;
+- :func:`issue`, :func:`openssl_verify`, :func:`db_rows_readonly`.
 
 ``tests/`` is on ``sys.path`` (its ``conftest.py`` is the rootdir's, imported in prepend mode), so every test
 directory imports this as ``support``, whether pytest runs one directory or the whole suite.
@@ -16,6 +18,7 @@ The rules of the house apply: real subprocesses, real sockets, real X.509; nothi
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pwd
@@ -37,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pycertsrv import config as config_mod
+from pycertsrv.backup.session import BackupManager
 from pycertsrv.ca import Authority
 from pycertsrv.client import Client
 from pycertsrv.config import RoleGrant
@@ -114,6 +118,92 @@ def make_home(root: Path, name: str = "Service Test CA", *, pending: bool = Fals
         configure(cfg)
     config_mod.save(home.root, cfg)
     return home
+
+
+# --- CAs and their backup managers (in process) --------------------------------------------------------------
+
+@contextlib.contextmanager
+def authority(root: Path, name: str) -> Iterator[Authority]:
+    """A fresh CA at ``root`` (issuing at once), closed at the end."""
+    a = Authority.init(root, name)
+    try:
+        yield a
+    finally:
+        a.close()
+
+
+@contextlib.contextmanager
+def backup_manager(ca: Authority, timeout: float = 600.0) -> Iterator[BackupManager]:
+    """The CA's backup manager (spec §2.20 sessions, in process), closed at the end."""
+    m = BackupManager(ca, ca.home, timeout)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+# --- file systems and fault injectors ------------------------------------------------------------------------
+
+class Mounts:
+    """tmpfs mounts made by a test, all unmounted at teardown (also when the test failed)."""
+
+    def __init__(self) -> None:
+        self.points: list[Path] = []
+
+    def tmpfs(self, path: Path, size: str, mode: str = "0777") -> Path:
+        """Mount a tmpfs of ``size`` at ``path`` (created) with root directory ``mode``."""
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode={mode}", "tmpfs", str(path)], check=True)
+        self.points.append(path)
+        return path
+
+    @staticmethod
+    def read_only(path: Path) -> None:
+        """Remount ``path`` read-only."""
+        subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+
+    @staticmethod
+    def fill(path: Path) -> Path:
+        """Write a filler file into ``path`` until its file system refuses with ENOSPC."""
+        filler = path / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for size in (1 << 20, 64 << 10, 4 << 10, 1):  # down to the last byte of the last page
+                block = b"\0" * size
+                try:
+                    while True:
+                        os.write(fd, block)
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC, e
+        finally:
+            os.close(fd)
+        return filler
+
+    def unmount_all(self) -> None:
+        """Teardown: unmount in reverse order (lazily if something still holds one)."""
+        for p in reversed(self.points):
+            r = subprocess.run(["umount", str(p)], capture_output=True)
+            if r.returncode != 0:
+                subprocess.run(["umount", "-l", str(p)], capture_output=True)
+        self.points.clear()
+
+
+@contextlib.contextmanager
+def mounts() -> Iterator[Mounts]:
+    """A :class:`Mounts` that is always unmounted."""
+    m = Mounts()
+    try:
+        yield m
+    finally:
+        m.unmount_all()
+
+
+def compile_shim(d: Path, source: str) -> Path:
+    """Compile an LD_PRELOAD fault injector from C ``source`` in ``d``; returns the shared object."""
+    (d / "shim.c").write_text(source)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(d / "shim.so"), str(d / "shim.c"), "-ldl"],
+                   check=True, capture_output=True, timeout=120)
+    return d / "shim.so"
 
 
 # --- a second uid --------------------------------------------------------------------------------------------
@@ -262,6 +352,11 @@ class Service:
         return s if s.is_absolute() else self.home.root / s
 
     @property
+    def address(self) -> str:
+        """The Unix socket as a server address (``unix:PATH``), for ``Client`` and the certbcli calls."""
+        return f"unix:{self.socket}"
+
+    @property
     def pid(self) -> int:
         """The service's process id."""
         assert self.proc is not None
@@ -293,7 +388,7 @@ class Service:
             if self.proc.poll() is not None:
                 raise AssertionError(f"service exited {self.proc.returncode}:\n{self.log()}")
             try:
-                with Client(f"unix:{self.socket}", timeout=5) as c:
+                with Client(self.address, timeout=5) as c:
                     if c.is_server_online():
                         with contextlib.suppress(CertSrvError):
                             tcp = [x for x in c.status()["listeners"] if not x.startswith("unix:")]
@@ -307,7 +402,7 @@ class Service:
 
     def client(self, **kw: Any) -> Client:
         """A client over the Unix socket."""
-        return Client(f"unix:{self.socket}", **kw)
+        return Client(self.address, **kw)
 
     def tls_client(self, creds: Any, **kw: Any) -> Client:
         """A client over TLS with ``creds`` (``cert``, ``key``, ``cafile``; None: no client certificate)."""

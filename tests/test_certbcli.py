@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from backup.live import LiveService, short_home  # tests/ is on sys.path (rootdir conftest-less layout)
 from pycertsrv import certbcli as cb
 from pycertsrv.client import Client
 from pycertsrv.errors import (
@@ -23,6 +22,7 @@ from pycertsrv.errors import (
     RPC_S_SERVER_UNAVAILABLE,
     CertSrvError,
 )
+from support import Service, live_service, short_home
 
 # ---------------------------------------------------------------------------- constants and helpers
 
@@ -125,8 +125,8 @@ def test_not_a_context_and_dead_server(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- live service
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[LiveService]:
-    svc = LiveService(short_home("cbcli")).start()
+def live() -> Iterator[Service]:
+    svc = live_service(short_home("cbcli"))
     yield svc
     svc.cleanup()
 
@@ -140,9 +140,9 @@ def _drain_file(hbc: Any, name: str) -> bytes:
     return data
 
 
-def test_spec_3_1_flow_and_3_2(live: LiveService) -> None:
-    assert cb.CertSrvIsServerOnline(live.socket) is True
-    hbc = cb.CertSrvBackupPrepare(live.socket, 0, cb.CSBACKUP_TYPE_FULL)
+def test_spec_3_1_flow_and_3_2(live: Service) -> None:
+    assert cb.CertSrvIsServerOnline(live.address) is True
+    hbc = cb.CertSrvBackupPrepare(live.address, 0, cb.CSBACKUP_TYPE_FULL)
     try:
         locs = cb.CertSrvRestoreGetDatabaseLocations(hbc)
         assert [cb.split_tag(x)[0] for x in locs] == [cb.CSBFT_CERTSERVER_DATABASE, cb.CSBFT_LOG_DIR,
@@ -170,7 +170,7 @@ def test_spec_3_1_flow_and_3_2(live: LiveService) -> None:
         cb.CertSrvBackupEnd(hbc)
     assert e.value.hresult == E_UNEXPECTED and e.value.function == "CertSrvBackupEnd"
     # spec §3.2: an incremental after the full one
-    hbc = cb.CertSrvBackupPrepareW(live.socket, 0, cb.CSBACKUP_TYPE_LOGS_ONLY)
+    hbc = cb.CertSrvBackupPrepareW(live.address, 0, cb.CSBACKUP_TYPE_LOGS_ONLY)
     try:
         with pytest.raises(CertSrvError) as e:
             cb.CertSrvBackupGetDatabaseNames(hbc)
@@ -210,7 +210,7 @@ class Model:
         self.truncated = False
 
 
-LIVE: LiveService | None = None
+LIVE: Service | None = None
 
 
 class BackupStateMachine(RuleBasedStateMachine):
@@ -220,7 +220,7 @@ class BackupStateMachine(RuleBasedStateMachine):
         super().__init__()
         assert LIVE is not None
         self.svc = LIVE
-        self.client = Client(LIVE.socket)
+        self.client = Client(LIVE.address)
         self.hbc: Any = None
         self.m: Model | None = None
         self.db = str(LIVE.home.db_dir / "Live Test CA.db")
@@ -450,11 +450,11 @@ class BackupStateMachine(RuleBasedStateMachine):
         self.client.close()
 
 
-def test_state_machine_against_live_service(live: LiveService) -> None:
+def test_state_machine_against_live_service(live: Service) -> None:
     global LIVE
     LIVE = live
     # a full backup exists, so logs-only sessions are allowed (their refusal is tested in tests/backup)
-    hbc = cb.CertSrvBackupPrepare(live.socket, 0, 1)
+    hbc = cb.CertSrvBackupPrepare(live.address, 0, 1)
     try:
         _drain_file(hbc, cb.CertSrvBackupGetDatabaseNames(hbc)[0][1:])
         for x in cb.CertSrvBackupGetBackupLogs(hbc):

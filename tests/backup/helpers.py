@@ -79,3 +79,13 @@ def rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ..
     finally:
         conn.close()
 
+
+def wal_checkpoint(db: Path) -> tuple[int, int]:
+    """A passive WAL checkpoint of ``db`` on a connection of its own, from this process: (frames in the WAL,
+    frames copied to the file)."""
+    conn = sqlite3.connect(db)
+    try:
+        _, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        conn.close()
+    return int(frames), int(done)

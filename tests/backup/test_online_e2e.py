@@ -20,6 +20,8 @@ from pycertsrv.errors import E_UNEXPECTED, ERROR_FILE_NOT_FOUND, CertSrvError
 from pycertsrv.store import hard_recover
 from support import Service, live_service, make_csr, short_home
 
+from .helpers import wal_checkpoint
+
 
 @pytest.fixture
 def live() -> Iterator[Service]:
@@ -117,7 +119,7 @@ def test_full_backup_during_issuance_restores_every_returned_certificate(live: S
         return s
 
     out = tmp_path / "set"
-    with Client(f"unix:{live.socket}") as client:
+    with Client(live.address) as client:
         res = run_backup(factory, out, database_only=True, home=live.home, chunk=8192, password=b"pw")
     # keep issuing a little after the backup, then stop
     with lock:
@@ -180,16 +182,6 @@ def test_full_backup_during_issuance_restores_every_returned_certificate(live: S
         assert r.returncode == 0 and ": OK" in r.stdout, r.stdout + r.stderr
 
 
-def _checkpoint(db: Path) -> tuple[int, int]:
-    """A passive WAL checkpoint of ``db`` from this process: (frames in the WAL, frames copied to the file)."""
-    conn = sqlite3.connect(db)
-    try:
-        _, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    finally:
-        conn.close()
-    return int(frames), int(done)
-
-
 def test_idle_session_expires_and_with_block_always_ends(tmp_path: Path) -> None:
     def short_timeout(cfg: Any) -> None:
         cfg.service.backup_session_timeout = 0.5
@@ -214,7 +206,7 @@ def test_idle_session_expires_and_with_block_always_ends(tmp_path: Path) -> None
             assert c.call("GET", "/backup/status")["session"] is not None
             db = next(svc.home.db_dir.glob("*.db"))
             c.submit(make_csr("during"))
-            frames, done = _checkpoint(db)
+            frames, done = wal_checkpoint(db)
             assert frames > done  # pinned: nothing may be copied into the database file
             staging = svc.home.staging_dir
             for _ in range(600):  # the service's housekeeping runs every few seconds
@@ -226,7 +218,7 @@ def test_idle_session_expires_and_with_block_always_ends(tmp_path: Path) -> None
             # the pin went with it: the service's WAL can be checkpointed completely again
             c.submit(make_csr("after-expiry"))
             for _ in range(200):  # a service read in flight can hold one attempt back
-                frames, done = _checkpoint(db)
+                frames, done = wal_checkpoint(db)
                 if frames == done:
                     break
                 threading.Event().wait(0.02)

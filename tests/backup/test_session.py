@@ -36,7 +36,7 @@ from pycertsrv.errors import (
 from pycertsrv.home import Home
 from pycertsrv.store import Store, StoreOptions, list_generations, parse_log_name
 
-from .helpers import add_requests, full_backup, read_all, restore_copy, rows
+from .helpers import add_requests, full_backup, read_all, restore_copy, rows, wal_checkpoint
 
 
 def hr(exc: pytest.ExceptionInfo[CertSrvError]) -> int:
@@ -267,16 +267,6 @@ def test_path_tricks_are_refused_and_nothing_read(mgr: BackupManager, store: Sto
     mgr.end(h)
 
 
-def _checkpoint(db: Path) -> tuple[int, int]:
-    """A passive WAL checkpoint on a connection of its own: (frames in the WAL, frames copied to the file)."""
-    conn = sqlite3.connect(db)
-    try:
-        _, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    finally:
-        conn.close()
-    return int(frames), int(done)
-
-
 def test_expiry_releases_lock_and_pin(mgr: BackupManager, store: Store, home: Home, clock: object) -> None:
     add_requests(store, 5, tag="seed")
     h = mgr.prepare("alice", 0, 1)
@@ -284,13 +274,13 @@ def test_expiry_releases_lock_and_pin(mgr: BackupManager, store: Store, home: Ho
     mgr.open_file(h, db)
     assert not home.staging_dir.exists() or not any(home.staging_dir.iterdir())  # read in place, no copy
     add_requests(store, 5, tag="pinned")
-    frames, done = _checkpoint(store.db_path)
+    frames, done = wal_checkpoint(store.db_path)
     assert frames > done  # the session's read transaction keeps checkpoints out of the database file
     clock.now += 599  # type: ignore[attr-defined]
     assert mgr.expire_idle() == []
     clock.now += 2  # type: ignore[attr-defined]
     assert mgr.expire_idle() == [h]
-    frames, done = _checkpoint(store.db_path)
+    frames, done = wal_checkpoint(store.db_path)
     assert frames == done  # released with the session
     with pytest.raises(CertSrvError) as e:
         mgr.read(h, 10)
@@ -311,11 +301,11 @@ def test_pin_outlasts_a_range_being_sent(mgr: BackupManager, store: Store, clock
     clock.now += 601  # type: ignore[attr-defined]
     assert mgr.expire_idle() == [h]
     add_requests(store, 50, tag="b")
-    frames, done = _checkpoint(store.db_path)
+    frames, done = wal_checkpoint(store.db_path)
     assert frames > done  # still pinned: the range is being sent
     assert os.pread(rng.fd, rng.count, rng.offset) == before[rng.offset:rng.offset + rng.count] and rng.count > 0
     rng.close()
-    frames, done = _checkpoint(store.db_path)
+    frames, done = wal_checkpoint(store.db_path)
     assert frames == done  # the pin ended with the last range
     with open(store.db_path, "rb") as f:
         assert f.read(size) != before
@@ -348,7 +338,7 @@ def test_pinned_database_file_does_not_change(mgr: BackupManager, store: Store, 
     assert {r[0] for r in rows(copy, "SELECT requester FROM request")} == {"before"}
     assert int(rows(copy, "SELECT value FROM _meta WHERE key = 'applied_lsn'")[0][0]) == mgr.info(h)["snapshot_lsn"]
     mgr.backup_logs(h)
-    frames, done = _checkpoint(store.db_path)
+    frames, done = wal_checkpoint(store.db_path)
     assert frames == done  # the log list ends the pin (the database can no longer be opened)
     mgr.end(h)
 
@@ -539,7 +529,7 @@ def test_short_idle_limit_applies_once_files_are_read(store: Store, home: Home, 
         with pytest.raises(CertSrvError) as e:
             m.read(h, 10)
         assert hr(e) == E_UNEXPECTED and "idle for more than 60s" in e.value.message
-        frames, done = _checkpoint(store.db_path)
+        frames, done = wal_checkpoint(store.db_path)
         assert frames == done  # pin released
         # The idle limit never exceeds the ceiling.
         assert BackupManager(store, home, 30.0, idle_timeout=60.0).idle_timeout == 30.0
@@ -567,7 +557,7 @@ def test_session_ends_when_every_holder_connection_is_gone(mgr: BackupManager, s
     ended = mgr.end_if_gone(lambda t: id(t) in closed)
     assert ended is not None and ended["ended"] == "the client's connection closed" and ended["principal"] == "op"
     assert mgr.status() is None and not mgr.active
-    frames, done = _checkpoint(store.db_path)
+    frames, done = wal_checkpoint(store.db_path)
     assert frames == done
     with pytest.raises(CertSrvError) as e:
         mgr.close_file(h, "op")

@@ -76,9 +76,9 @@ def test_the_writer_refuses_from_the_sessions_locations_alone(live: Service) -> 
     """No --home given to the writer (a database-only backup): the home comes from RestoreGetDatabaseLocations."""
     publish = live.home.root / "publish"
     before = listing(publish)
-    with Client(f"unix:{live.socket}") as c, pytest.raises(AccessDenied) as ei:
+    with Client(live.address) as c, pytest.raises(AccessDenied) as ei:
         run_backup(c, publish / "sub", database_only=True, force=True, password=b"pw", home=None)
     assert ei.value.hresult == E_ACCESSDENIED
     assert listing(publish) == before
-    with Client(f"unix:{live.socket}") as c:
+    with Client(live.address) as c:
         assert c.call("GET", "/backup/status")["session"] is None  # the session was ended

@@ -20,35 +20,24 @@ from pycertsrv.ca import Authority
 from pycertsrv.errors import E_INVALIDARG, ERROR_DIR_NOT_EMPTY, ERROR_DISK_FULL, CertSrvError
 from pycertsrv.home import Home
 from pycertsrv.store import hard_recover, list_generations
-from support import make_csr
+from support import authority, backup_manager, issue
 
 from .helpers import rows
 
 
 @pytest.fixture
 def ca(tmp_path: Path) -> Iterator[Authority]:
-    a = Authority.init(tmp_path / "ca", "Writer Test CA")
-    yield a
-    a.close()
+    with authority(tmp_path / "ca", "Writer Test CA") as a:
+        yield a
 
 
 @pytest.fixture
 def cmgr(ca: Authority) -> Iterator[BackupManager]:
-    m = BackupManager(ca, ca.home, 600)
-    yield m
-    m.close()
+    with backup_manager(ca) as m:
+        yield m
 
 
 PW = b"s3cret"
-
-
-def issue(ca: Authority, n: int, prefix: str = "host") -> list[str]:
-    out = []
-    for i in range(n):
-        info = ca.submit(make_csr(f"{prefix}{i}"), requester="test")
-        assert info.serial
-        out.append(info.serial)
-    return out
 
 
 def factory(m: BackupManager) -> Any:

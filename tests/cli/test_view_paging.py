@@ -12,13 +12,12 @@ from typing import Any
 
 import pytest
 
-from hostile_lib import mounts
 from pycertsrv.ca import Authority
 from pycertsrv.ca.paging import PAGE_MAX
 from pycertsrv.client import Client
 from pycertsrv.errors import E_INVALIDARG, InvalidArgument
 from pycertsrv.home import Home
-from support import Service, certsrv, make_csr
+from support import Service, certsrv, make_csr, mounts
 
 N = PAGE_MAX + 50  # more than one page of the rule, and far more than the old silent cut at 100
 

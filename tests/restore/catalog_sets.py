@@ -80,6 +80,16 @@ def _cut(b: Built, label: str) -> None:
     time.sleep(0.02)
 
 
+# (step, label, argument): issue N requests, back up (incremental?), or note a cut; in this order.
+STEPS: list[tuple[str, str, int | bool | None]] = [
+    ("issue", "a0", 2), ("backup", "fullA", False), ("issue", "a1", 2), ("cut", "cut_a", None),
+    ("issue", "a2", 2), ("backup", "i1", True), ("issue", "a3", 2), ("backup", "i2", True),
+    ("issue", "a4", 2), ("backup", "i3", True),
+    ("issue", "b0", 1), ("backup", "fullB", False), ("issue", "b1", 2), ("backup", "iB1", True),
+    ("issue", "b2", 2), ("cut", "cut_b", None), ("issue", "b3", 2), ("backup", "iB2", True),
+]
+
+
 def build(work: Path) -> Built:
     """Make the two chains (see the module docstring)."""
     home = work / "ca"
@@ -92,24 +102,13 @@ def build(work: Path) -> Built:
     svc = Service(home).start()
     try:
         with svc.client() as c:
-            _issue(b, c, "a0", 2)
-            _backup(b, "fullA", False)
-            _issue(b, c, "a1", 2)
-            _cut(b, "cut_a")
-            _issue(b, c, "a2", 2)
-            _backup(b, "i1", True)
-            _issue(b, c, "a3", 2)
-            _backup(b, "i2", True)
-            _issue(b, c, "a4", 2)
-            _backup(b, "i3", True)
-            _issue(b, c, "b0", 1)
-            _backup(b, "fullB", False)
-            _issue(b, c, "b1", 2)
-            _backup(b, "iB1", True)
-            _issue(b, c, "b2", 2)
-            _cut(b, "cut_b")
-            _issue(b, c, "b3", 2)
-            _backup(b, "iB2", True)
+            for step, label, arg in STEPS:
+                if step == "issue":
+                    _issue(b, c, label, int(arg))
+                elif step == "backup":
+                    _backup(b, label, bool(arg))
+                else:
+                    _cut(b, label)
     finally:
         svc.stop()
     m = json.loads((b.sets_dir / b.names["i2"] / "DataBase" / "certbkxp.dat").read_text())

@@ -20,6 +20,8 @@ from typing import Any
 import support
 from pycertsrv.backup.session import FULL, INCREMENTAL, BackupManager, LocalSession
 from pycertsrv.backup.writer import run_backup
+from pycertsrv.ca import Authority
+from pycertsrv.errors import CertSrvError
 from pycertsrv.home import Home
 from pycertsrv.store import Store, StoreOptions, archivemark
 from pycertsrv.store.registration import SETTING_LAST_RECOVERY, SETTING_REQUIRES_FULL
@@ -128,3 +130,17 @@ def ca_rows(store: Store) -> dict[str, list[dict[str, Any]]]:
 def db_rows_readonly(home: Path) -> dict[str, list[dict[str, Any]]]:
     """:func:`ca_rows` of a running CA's database, read through a read-only SQLite connection."""
     return _ca_only(support.db_rows_readonly(home))
+
+
+def opened_state(home: Path, want: dict[str, Any]) -> str:
+    """'ok' when the CA opens with exactly the wanted rows, 'refused' on a clear CertSrvError; else fail."""
+    try:
+        a = Authority.open(home)
+    except CertSrvError as e:
+        assert e.hresult and e.message  # a clear refusal
+        return "refused"
+    try:
+        assert ca_rows(a.store) == want, "a CA started with partial data"
+        return "ok"
+    finally:
+        a.close()

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from restore_setlib import ca_rows
+from restore_setlib import ca_rows, opened_state
 
 from pycertsrv.backup.session import BackupManager, LocalSession
 from pycertsrv.backup.writer import run_backup
 from pycertsrv.ca import Authority
-from pycertsrv.errors import CertSrvError
 from support import issue, short_home
 
 PW = b"crash pw"
@@ -81,19 +80,6 @@ def sets() -> Iterator[dict[str, Any]]:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def state(home: Path, want: dict[str, Any]) -> str:
-    try:
-        a = Authority.open(home)
-    except CertSrvError as e:
-        assert e.hresult and e.message
-        return "refused"
-    try:
-        assert ca_rows(a.store) == want, "a CA started with partial data"
-        return "ok"
-    finally:
-        a.close()
-
-
 def test_kill_before_each_step_of_the_restore(sets: dict[str, Any]) -> None:
     work, want, dirs = sets["work"], sets["want"], sets["dirs"]
     total = steps(child(0, "restore", work / "count", *dirs))
@@ -102,11 +88,11 @@ def test_kill_before_each_step_of_the_restore(sets: dict[str, Any]) -> None:
         home = work / f"r{n}"
         out = child(n, "restore", home, *dirs)
         assert out.returncode == -9, out.stderr
-        first = state(home, want) if (home / "certsrv.toml").exists() else "no config yet"
+        first = opened_state(home, want) if (home / "certsrv.toml").exists() else "no config yet"
         seen.append((n, first))
         if first != "ok":
             steps(child(0, "restore", home, *dirs))  # run again (with --force)
-            assert state(home, want) == "ok", seen
+            assert opened_state(home, want) == "ok", seen
     assert any(s == "refused" for _, s in seen), seen  # the interesting middle was hit
 
 
@@ -122,5 +108,5 @@ def test_kill_before_each_step_of_the_recovery(sets: dict[str, Any]) -> None:
         shutil.copytree(pristine, home)
         out = child(n, "open", home)
         assert out.returncode == -9, out.stderr
-        assert state(home, want) == "ok", n  # the next start redoes or finishes the recovery
+        assert opened_state(home, want) == "ok", n  # the next start redoes or finishes the recovery
         assert not (home / "system" / "restore.json").exists()

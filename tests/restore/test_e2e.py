@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 from catalog_sets import certsrv
-from restore_setlib import ca_rows, db_rows_readonly
+from restore_setlib import ca_rows, db_rows_readonly, opened_state
 
 from pycertsrv.backup.writer import run_backup
 from pycertsrv.ca import Authority
-from pycertsrv.errors import CertSrvError
 from support import Service, issue, make_csr, openssl_verify, short_home
 
 PW = "e2e password"
@@ -164,20 +163,6 @@ def _kill_after(cmd: list[str], delay: float) -> int:
     return p.wait()
 
 
-def _state(home: Path, want: dict[str, Any]) -> str:
-    """'ok' when the CA opens with exactly the wanted rows, 'refused' on a clear CertSrvError; else fail."""
-    try:
-        a = Authority.open(home)
-    except CertSrvError as e:
-        assert e.hresult and e.message  # a clear refusal
-        return "refused"
-    try:
-        assert ca_rows(a.store) == want, "a CA started with partial data"
-        return "ok"
-    finally:
-        a.close()
-
-
 def test_sigkill_during_restore_and_recovery(sets: dict[str, Any]) -> None:
     work, want = sets["work"], sets["want"]
     rnd = random.Random(int.from_bytes(os.urandom(4), "big"))
@@ -187,7 +172,7 @@ def test_sigkill_during_restore_and_recovery(sets: dict[str, Any]) -> None:
     t0 = time.monotonic()
     subprocess.run(_restore_cmd(work, work / "timing", False), check=True, capture_output=True)
     span = time.monotonic() - t0
-    assert _state(work / "timing", want) == "ok"
+    assert opened_state(work / "timing", want) == "ok"
     subprocess.run(_restore_cmd(work, work / "timing2", False), check=True, capture_output=True)
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-c", CHILD_OPEN, str(work / "timing2")], check=True, capture_output=True)
@@ -197,17 +182,17 @@ def test_sigkill_during_restore_and_recovery(sets: dict[str, Any]) -> None:
         home = work / f"t{trial}"
         # Most of the span is interpreter start-up: aim at the work after it.
         _kill_after(_restore_cmd(work, home, False), startup + max(span - startup, 0.05) * rnd.uniform(-0.1, 1.1))
-        first = _state(home, want) if home.exists() else "empty"
+        first = opened_state(home, want) if home.exists() else "empty"
         # The recovery itself, killed too (a child opening the store), before the final run.
         if first == "ok":
             outcomes.append((first, "-"))
             continue
         subprocess.run(_restore_cmd(work, home, True), check=True, capture_output=True)
         _kill_after([sys.executable, "-c", CHILD_OPEN, str(home)], open_span * rnd.uniform(0.3, 1.0))
-        final = _state(home, want)
+        final = opened_state(home, want)
         if final != "ok":
             # Killed during the hard recovery: the next start finishes or redoes it.
-            final = _state(home, want)
+            final = opened_state(home, want)
         outcomes.append((first, final))
         assert final == "ok", outcomes
     print("outcomes", outcomes)

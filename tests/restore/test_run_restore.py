@@ -33,23 +33,21 @@ from pycertsrv.errors import (
     NotFound,
 )
 from pycertsrv.store import logfile
-from support import issue, openssl_verify
+from support import authority, backup_manager, issue, openssl_verify
 
 PW = b"s3cret pw"
 
 
 @pytest.fixture
 def ca(tmp_path: Path) -> Iterator[Authority]:
-    a = Authority.init(tmp_path / "ca", "Restore Test CA")
-    yield a
-    a.close()
+    with authority(tmp_path / "ca", "Restore Test CA") as a:
+        yield a
 
 
 @pytest.fixture
 def mgr(ca: Authority) -> Iterator[BackupManager]:
-    m = BackupManager(ca, ca.home, 600)
-    yield m
-    m.close()
+    with backup_manager(ca) as m:
+        yield m
 
 
 def backup(mgr: BackupManager, ca: Authority, out: Path, kind: str = "full") -> dict[str, Any]:

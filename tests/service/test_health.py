@@ -12,7 +12,7 @@ import pytest
 
 from pycertsrv.client.backup import BackupSession
 from pycertsrv.errors import ERROR_IO_DEVICE, CertSrvError
-from support import Service, make_csr, make_home
+from support import Service, compile_shim, make_csr, make_home
 
 from .test_metrics import _with_metrics, certsrv, scrape, value
 from .test_store_faults import SHIM_C
@@ -101,11 +101,7 @@ def test_status_before_any_backup_says_what_to_do(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def eio_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The storefail tests' LD_PRELOAD fault injector: the log's fdatasync fails with EIO on demand."""
-    d = tmp_path_factory.mktemp("shim")
-    (d / "shim.c").write_text(SHIM_C)
-    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(d / "shim.so"), str(d / "shim.c"), "-ldl"],
-                   check=True, capture_output=True, timeout=120)
-    return d / "shim.so"
+    return compile_shim(tmp_path_factory.mktemp("shim"), SHIM_C)
 
 
 def test_failed_store_in_health_metrics_and_status(eio_shim: Path, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from pycertsrv.cli import cli
 from pycertsrv.client import Client
 from pycertsrv.errors import ERROR_DISK_FULL, ERROR_IO_DEVICE, CertSrvError
-from support import Service, make_csr, make_home
+from support import Service, compile_shim, make_csr, make_home, mounts
 
 SHIM_C = r"""
 #define _GNU_SOURCE
@@ -76,13 +76,8 @@ def _need_root() -> None:
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs mounted for this test (unmounted at teardown)."""
     _need_root()
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with mounts() as m:
+        yield m.tmpfs(tmp_path / "mnt", "16m", "0700")
 
 
 def free_bytes(path: Path) -> int:
@@ -216,11 +211,7 @@ def test_full_disk_during_issuance_recovers_without_restart(tmpfs: Path, tmp_pat
 
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("shim")
-    (d / "shim.c").write_text(SHIM_C)
-    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(d / "shim.so"), str(d / "shim.c"), "-ldl"],
-                   check=True, capture_output=True, timeout=120)
-    return d / "shim.so"
+    return compile_shim(tmp_path_factory.mktemp("shim"), SHIM_C)
 
 
 def _submit(c: Client, cn: str) -> dict[str, Any] | CertSrvError:

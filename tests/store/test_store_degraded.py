@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from store_helpers import commit_request, dump_db
 from pycertsrv.errors import ERROR_DISK_FULL, StorageError
 from pycertsrv.store import Store, StoreOptions, list_generations, logfile
 from pycertsrv.store.health import COMMIT_NOTES, DEGRADED_DISK_FULL, OK, commit_scope
+from support import mounts
 
 OPTS = StoreOptions(log_size=1 << 20, checkpoint_records=0, retry_interval=0.05)
 BIG = bytes(range(256)) * 64  # 16 KiB: needs new pages however much room the last ones have
@@ -129,13 +129,8 @@ def small_log_mount(tmp_home: Path) -> Iterator[Path]:
     """``tmp_home/logs`` on its own 512 KiB tmpfs: the log fills while the database has room."""
     if os.geteuid() != 0 and not os.environ.get("CI"):
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    logs = tmp_home / "logs"
-    logs.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(logs)], check=True)
-    try:
-        yield logs
-    finally:
-        subprocess.run(["umount", "-l", str(logs)], check=False)
+    with mounts() as m:
+        yield m.tmpfs(tmp_home / "logs", "512k", "1777")  # (a tmpfs's own default mode)
 
 
 def test_full_log_refuses_the_write_cleanly(tmp_home: Path, small_log_mount: Path) -> None:
