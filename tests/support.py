@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -140,6 +141,26 @@ def backup_manager(ca: Authority, timeout: float = 600.0) -> Iterator[BackupMana
         yield m
     finally:
         m.close()
+
+
+def ca_fixture(name: str) -> Any:
+    """A function-scoped fixture ``ca``: a fresh CA ``name`` in the test's tmp_path (for ``ca = ca_fixture(...)``)."""
+    @pytest.fixture(name="ca")
+    def ca(tmp_path: Path) -> Iterator[Authority]:
+        with authority(tmp_path / "ca", name) as a:
+            yield a
+
+    return ca
+
+
+def backup_manager_fixture(name: str) -> Any:
+    """A function-scoped fixture ``name``: the backup manager of the ``ca`` fixture."""
+    @pytest.fixture(name=name)
+    def mgr(ca: Authority) -> Iterator[BackupManager]:
+        with backup_manager(ca) as m:
+            yield m
+
+    return mgr
 
 
 # --- file systems and fault injectors ------------------------------------------------------------------------

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support import Service, live_service, short_home
+from support import Service, certsrv, live_service, short_home
 
 
 @pytest.fixture(scope="module")
@@ -19,15 +18,6 @@ def live() -> Iterator[Service]:
     svc = live_service(short_home("cbcli"), name="CLI Test CA")
     yield svc
     svc.cleanup()
-
-
-def certsrv(*args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.pop("CERTSRV_SERVER", None)
-    cmd = [sys.executable, "-m", "pycertsrv.cli", *args]
-    if home is not None:
-        cmd += ["--home", str(home)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
 
 
 def pwfile(tmp_path: Path) -> str:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 from pycertsrv.backup.writer import run_backup
 from pycertsrv.client import Client
 from pycertsrv.errors import E_ACCESSDENIED, AccessDenied
-from support import Service, live_service, short_home
+from support import Service, certsrv, live_service, short_home
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +22,6 @@ def live() -> Iterator[Service]:
     svc = live_service(short_home("cbhome"), name="Home Test CA")
     yield svc
     svc.cleanup()
-
-
-def certsrv(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pycertsrv.cli", *args], capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL)
 
 
 def listing(d: Path) -> dict[str, str]:

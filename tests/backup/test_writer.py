@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +19,12 @@ from pycertsrv.ca import Authority
 from pycertsrv.errors import E_INVALIDARG, ERROR_DIR_NOT_EMPTY, ERROR_DISK_FULL, CertSrvError
 from pycertsrv.home import Home
 from pycertsrv.store import hard_recover, list_generations
-from support import authority, backup_manager, issue
+from support import backup_manager_fixture, ca_fixture, issue
 
 from .helpers import rows
 
-
-@pytest.fixture
-def ca(tmp_path: Path) -> Iterator[Authority]:
-    with authority(tmp_path / "ca", "Writer Test CA") as a:
-        yield a
-
-
-@pytest.fixture
-def cmgr(ca: Authority) -> Iterator[BackupManager]:
-    with backup_manager(ca) as m:
-        yield m
+ca = ca_fixture("Writer Test CA")
+cmgr = backup_manager_fixture("cmgr")
 
 
 PW = b"s3cret"

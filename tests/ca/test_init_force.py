@@ -23,13 +23,9 @@ from pycertsrv import config
 from pycertsrv import errors as E
 from pycertsrv.ca import Authority
 from pycertsrv.ca.replace import REPLACED_PREFIX, ConfirmationRequired
+from support import certsrv
 
 OLD = "Old Root CA"
-
-
-def certsrv(*args: str, stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pycertsrv.cli", *args], capture_output=True, text=True,
-                          stdin=stdin, timeout=120)
 
 
 def _old_ca(home: Path, ca_key: Callable[[str], Any], issued: int = 2) -> tuple[bytes, Any]:

@@ -144,3 +144,17 @@ def opened_state(home: Path, want: dict[str, Any]) -> str:
         return "ok"
     finally:
         a.close()
+
+
+def full_and_incremental(a: Authority, work: Path, password: bytes | str, n_full: int, n_incr: int
+                         ) -> dict[str, list[dict[str, Any]]]:
+    """With the real writer over an in-process session: issue ``n_full``, write ``work/full`` (with the key); issue
+    ``n_incr`` more, write ``work/i1`` (database only). Returns the rows a restore of both must bring back."""
+    with support.backup_manager(a, 60) as m:
+        support.issue(a, n_full)
+        run_backup(lambda k: LocalSession(m, k), work / "full", password=password, home=a.home, keep_log=True)
+        support.issue(a, n_incr, "i")
+        want = ca_rows(a.store)
+        run_backup(lambda k: LocalSession(m, k), work / "i1", kind=INCREMENTAL, database_only=True,
+                   password=password)
+    return want

@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from restore_setlib import ca_rows, opened_state
+from restore_setlib import full_and_incremental, opened_state
 
-from pycertsrv.backup.session import BackupManager, LocalSession
-from pycertsrv.backup.writer import run_backup
 from pycertsrv.ca import Authority
-from support import issue, short_home
+from support import short_home
 
 PW = b"crash pw"
 
@@ -69,13 +67,7 @@ def sets() -> Iterator[dict[str, Any]]:
     home = short_home("crc")
     work = home.parent
     with Authority.init(home, "Crash Point CA") as a:
-        m = BackupManager(a, a.home, 60)
-        issue(a, 10)
-        run_backup(lambda k: LocalSession(m, k), work / "full", password=PW, home=home, keep_log=True)
-        issue(a, 10, "i")
-        want = ca_rows(a.store)
-        run_backup(lambda k: LocalSession(m, k), work / "i1", kind="incremental", database_only=True, password=PW)
-        m.close()
+        want = full_and_incremental(a, work, PW, 10, 10)
     yield {"work": work, "want": want, "dirs": [str(work / "full"), str(work / "i1")]}
     shutil.rmtree(work, ignore_errors=True)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from catalog_sets import certsrv
-from restore_setlib import ca_rows, db_rows_readonly, opened_state
+from restore_setlib import ca_rows, db_rows_readonly, full_and_incremental, opened_state
 
 from pycertsrv.backup.writer import run_backup
 from pycertsrv.ca import Authority
@@ -132,18 +132,10 @@ Store.open(sys.argv[1]).close()
 def sets() -> Iterator[dict[str, Any]]:
     home = short_home("crk")
     work = home.parent
-    from pycertsrv.backup.session import BackupManager, LocalSession
-
     with Authority.init(home, "Kill Test CA") as a:
         # Small generations so a restore has many files and the recovery many generations to replay.
         a.store.options = type(a.store.options)(log_size=64 << 10, checkpoint_records=100)
-        m = BackupManager(a, a.home, 60)
-        issue(a, 40)
-        run_backup(lambda k: LocalSession(m, k), work / "full", password=PW, home=home, keep_log=True)
-        issue(a, 120, "i")
-        want = ca_rows(a.store)
-        run_backup(lambda k: LocalSession(m, k), work / "i1", kind="incremental", database_only=True, password=PW)
-        m.close()
+        want = full_and_incremental(a, work, PW, 40, 120)
     (work / "pw").write_text(PW + "\n")
     yield {"work": work, "want": want}
     shutil.rmtree(work, ignore_errors=True)

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +32,13 @@ from pycertsrv.errors import (
     NotFound,
 )
 from pycertsrv.store import logfile
-from support import authority, backup_manager, issue, openssl_verify
+from support import backup_manager_fixture, ca_fixture, issue, openssl_verify
 
 PW = b"s3cret pw"
 
 
-@pytest.fixture
-def ca(tmp_path: Path) -> Iterator[Authority]:
-    with authority(tmp_path / "ca", "Restore Test CA") as a:
-        yield a
-
-
-@pytest.fixture
-def mgr(ca: Authority) -> Iterator[BackupManager]:
-    with backup_manager(ca) as m:
-        yield m
+ca = ca_fixture("Restore Test CA")
+mgr = backup_manager_fixture("mgr")
 
 
 def backup(mgr: BackupManager, ca: Authority, out: Path, kind: str = "full") -> dict[str, Any]:

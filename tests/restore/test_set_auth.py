@@ -12,7 +12,6 @@ import json
 import shutil
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,15 +21,10 @@ from restore_setlib import SET_PASSWORD, add_requests, full_set, incremental_set
 
 from pycertsrv.ca import Authority
 from pycertsrv.store import Store
-from support import Service, issue, make_csr, short_home
+from support import Service, certsrv, issue, make_csr, short_home
 
 PW = "forge-proof password"
 DISP_ISSUED, DISP_REVOKED, KEY_COMPROMISE = 20, 21, 1
-
-
-def certsrv(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pycertsrv.cli", *args], capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL)
 
 
 def one_line_refusal(out: subprocess.CompletedProcess[str], *needles: str) -> str:

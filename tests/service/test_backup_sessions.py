@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+import support
 from pycertsrv.home import Home
 from support import Service, make_home
 
@@ -74,9 +75,7 @@ def _env() -> dict[str, str]:
 
 
 def certsrv(home: Home | None, *args: str) -> subprocess.CompletedProcess[str]:
-    tail = ["--home", str(home.root)] if home is not None else []
-    return subprocess.run([sys.executable, "-m", "pycertsrv.cli", *args, *tail],
-                          capture_output=True, text=True, env=_env(), timeout=120, stdin=subprocess.DEVNULL)
+    return support.certsrv(*args, home=home.root if home is not None else None)
 
 
 def status(home: Home) -> dict[str, Any] | None:

@@ -7,7 +7,6 @@ import datetime as dt
 import os
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pycertsrv import config as config_mod
 from pycertsrv.config import MetricsSection
 from pycertsrv.store import list_generations
-from support import Service, make_csr, make_home
+from support import Service, certsrv, make_csr, make_home
 
 TEMPLATES = {"server": (3, 2, 1), "client": (2, 1, 2)}  # template: (issued, left pending, denied)
 
@@ -44,14 +43,6 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
-
-
-def certsrv(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.pop("CERTSRV_SERVER", None)
-    env.pop("CERTSRV_HOME", None)
-    return subprocess.run([sys.executable, "-m", "pycertsrv.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=120, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ import pytest
 import pycertsrv.cli
 import pycertsrv.service.app
 import pycertsrv.service.server  # (imported before forking: the child may not read the stdlib's dir)
+import support
 from pycertsrv import config as config_mod
 from pycertsrv.backup.session import FULL
 from pycertsrv.client import Client
@@ -97,9 +98,7 @@ def sqlite_as(u: User, db: Path) -> subprocess.CompletedProcess[str]:
 
 
 def certsrv(*args: str) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([sys.executable, "-m", "pycertsrv.cli", *args], capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out
+    return support.certsrv(*args, check=True, timeout=180)
 
 
 def walk(root: Path) -> list[Path]:

@@ -3,22 +3,17 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 
 import pytest
 
+import support
 from support import Service, make_csr, make_home
 
 
 def certsrv(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTSRV_")}
-    r = subprocess.run([sys.executable, "-m", "pycertsrv.cli", *args], capture_output=True, text=True, env=env,
-                       timeout=120, stdin=subprocess.DEVNULL)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r
+    return support.certsrv(*args, check=True)
 
 
 def test_serve_logs_the_hard_recovery_of_a_registered_restore(tmp_path_factory: pytest.TempPathFactory) -> None:
