@@ -1,7 +1,7 @@
 """Shared test support (issue 11): one copy of what the test packages used to write again each.
 
 - :func:`make_csr`: a PKCS#10 request (any key, names, attributes, encoding);
-- :func:`make_home`, :func:`short_home`, :func:`live_home`: CA homes;
+- :func:`make_home`, :func:`short_home`: CA homes; :func:`live_service`: a fresh CA and its service, started;
 - :class:`Service`: the real ``certsrv serve`` in a subprocess (Unix socket, optional TLS, optional other uid);
 - :func:`certsrv`: the real command in a subprocess;
 - :class:`User`, :func:`system_user`, :func:`as_user`, :func:`as_uid`: a second uid, for exec'ed commands
