@@ -1,23 +1,19 @@
-"""The CA database engine (redo log, checkpoint, SQLite tables, soft and hard recovery).
+"""The CA database: the redo log and the tables it materialises, behind one engine interface.
 
-See :mod:`pycertsrv.store.engine` for the interface; nothing above this package writes SQL.
+The contract is :mod:`pycertsrv.store.interface`; the SQLite engine is :mod:`pycertsrv.store.sqlite`; the
+engine-neutral parts are here (log file format :mod:`.logfile`, schema, replay, registration, health).
+Nothing above this package writes SQL or names an engine file.
 """
 
-from .engine import (
-    Checkpoint,
-    GenerationInfo,
-    SnapshotInfo,
-    Store,
-    StoreOptions,
-    Transaction,
-    copy_database,
-    db_file_name,
-    hard_recover,
-    read_checkpoint,
-)
+from .interface import ByteStream, Commit, Engine, Generation, GenerationStream, SnapshotStream, Until
 from .logfile import list_generations, log_name, parse_log_name
+from .options import StoreOptions
 from .replay import RecoveryReport
 from .schema import DISP_DENIED, DISP_ERROR, DISP_ISSUED, DISP_PENDING, DISP_REVOKED, TABLES
+from .sqlite import Checkpoint, SnapshotInfo, Store, copy_database, db_file_name, hard_recover, read_checkpoint
+from .transaction import Transaction
+
+GenerationInfo = Generation  # the name before the engine interface
 
 __all__ = [
     "DISP_DENIED",
@@ -26,13 +22,20 @@ __all__ = [
     "DISP_PENDING",
     "DISP_REVOKED",
     "TABLES",
+    "ByteStream",
     "Checkpoint",
+    "Commit",
+    "Engine",
+    "Generation",
     "GenerationInfo",
+    "GenerationStream",
     "RecoveryReport",
     "SnapshotInfo",
+    "SnapshotStream",
     "Store",
     "StoreOptions",
     "Transaction",
+    "Until",
     "copy_database",
     "db_file_name",
     "hard_recover",

@@ -66,7 +66,7 @@ class Commit:
 class Generation:
     """One log generation.
 
-    :param number: the generation number (``edbXXXXXXXX.log`` on every engine).
+    :param generation: the generation number (``edbXXXXXXXX.log`` on every engine).
     :param first_lsn: the first LSN it holds (or will hold, for an empty open generation).
     :param last_lsn: its last LSN; ``first_lsn - 1`` when empty.
     :param created_us: when it was started (µs since the epoch, UTC).
@@ -74,7 +74,7 @@ class Generation:
     :param closed: closed generations never change again; only the newest one is open.
     """
 
-    number: int
+    generation: int
     first_lsn: int
     last_lsn: int
     created_us: int
@@ -157,7 +157,7 @@ class GenerationStream(ByteStream, Protocol):
 
     Contract: the bytes are what a restore replays (:mod:`.logfile` format: header with the database
     identity, then CRC-framed records ``first_lsn..last_lsn`` in order). A closed generation's stream is
-    its whole, final content; the open generation's stream holds the records durable when it was opened.
+    its whole, final content; the open generation's stream holds the records appended when it was opened, made durable.
     """
 
     generation: int
@@ -179,6 +179,11 @@ class Engine(Protocol):
     """The database identity (hex), stamped in every generation header; restore checks it."""
     recovery: RecoveryReport
     """What soft recovery at open did."""
+
+    @property
+    def database_name(self) -> str:
+        """The database file's name in a backup set (``<CA>.db``), the name of :meth:`open_snapshot`'s stream."""
+        ...
 
     # -- writes
     def commit(self, ops: Sequence[Op]) -> Commit:
