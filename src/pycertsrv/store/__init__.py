@@ -5,12 +5,21 @@ engine-neutral parts are here (log file format :mod:`.logfile`, schema, replay, 
 Nothing above this package writes SQL or names an engine file.
 """
 
-from .interface import ByteStream, Commit, Engine, Generation, GenerationStream, SnapshotStream, Until
+from .interface import ByteStream, Commit, Engine, Generation, GenerationStream, RecoveryTarget, SnapshotStream, Until
 from .logfile import list_generations, log_name, parse_log_name
 from .options import StoreOptions
 from .replay import RecoveryReport
 from .schema import DISP_DENIED, DISP_ERROR, DISP_ISSUED, DISP_PENDING, DISP_REVOKED, TABLES
-from .sqlite import Checkpoint, SnapshotInfo, Store, copy_database, db_file_name, hard_recover, read_checkpoint
+from .sqlite import (
+    Checkpoint,
+    SnapshotInfo,
+    Store,
+    copy_database,
+    db_file_name,
+    hard_recover,
+    read_checkpoint,
+    recovery_target,
+)
 from .transaction import Transaction
 
 GenerationInfo = Generation  # the name before the engine interface
@@ -30,6 +39,7 @@ __all__ = [
     "GenerationInfo",
     "GenerationStream",
     "RecoveryReport",
+    "RecoveryTarget",
     "SnapshotInfo",
     "SnapshotStream",
     "Store",
@@ -43,4 +53,5 @@ __all__ = [
     "log_name",
     "parse_log_name",
     "read_checkpoint",
+    "recovery_target",
 ]

@@ -94,6 +94,10 @@ class Until:
     time_us: int | None = None
 
 
+EVERYTHING = Until()
+"""No stop: replay every record given."""
+
+
 @dataclass(frozen=True)
 class FileRange:
     """An optional zero-copy view of a stream range: ``prefix`` then ``count`` bytes of ``fd`` at ``offset``.
@@ -267,7 +271,7 @@ class RecoveryTarget(Protocol):
         """Take the snapshot's bytes (a SQLite database file of the schema) as the starting state; returns its LSN."""
         ...
 
-    def replay(self, generations: Sequence[ByteStream], until: Until = Until(),
+    def replay(self, generations: Sequence[ByteStream], until: Until = EVERYTHING,
                *, identity: str | None = None) -> RecoveryReport:
         """Apply the generations' records above the snapshot's LSN, in order, stopping at ``until``.
 

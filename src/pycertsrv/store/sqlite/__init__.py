@@ -13,13 +13,14 @@
 
 from .checkpoint import Checkpoint, read_checkpoint
 from .dbfile import copy_database, db_file_name
-from .engine import Store
-from .recovery import hard_recover
+from .engine import Store, recovery_target
+from .recovery import FileRecoveryTarget, hard_recover
 from .restore import RecoveryPlan, RestoreOutcome, recover_registered
 from .snapshot import SnapshotInfo
 
 __all__ = [
     "Checkpoint",
+    "FileRecoveryTarget",
     "RecoveryPlan",
     "RestoreOutcome",
     "SnapshotInfo",
@@ -29,4 +30,5 @@ __all__ = [
     "hard_recover",
     "read_checkpoint",
     "recover_registered",
+    "recovery_target",
 ]

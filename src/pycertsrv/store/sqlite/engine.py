@@ -15,6 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ...errors import (
     E_INVALIDARG,
@@ -31,7 +32,7 @@ from ...fsutil import create_file, fsync_dir, fsync_file, make_dirs
 from ...home import Home
 from .. import archivemark, logfile, schema
 from ..health import sync_failed_error
-from ..interface import Commit
+from ..interface import Commit, Engine, RecoveryTarget
 from ..logfile import Op
 from ..options import StoreOptions
 from ..registration import refuse_unfinished
@@ -41,7 +42,7 @@ from .checkpoint import Checkpoint, Checkpointing, read_checkpoint, write_checkp
 from .commitlog import CommitLog
 from .dbfile import connect, connect_plain, database_files, db_file_name
 from .faults import FaultHandling
-from .recovery import soft_recover
+from .recovery import FileRecoveryTarget, soft_recover
 from .restore import recover_registered
 from .snapshot import SCRATCH_PREFIX, Snapshots
 from .tables import Tables
@@ -264,3 +265,13 @@ class Store(FaultHandling, CommitLog, Checkpointing, Snapshots, Tables):
     def truncate(self, below_generation: int) -> list[int]:
         """Delete generations below ``below_generation`` (see :meth:`.interface.Engine.truncate`)."""
         return self.truncate_logs(below_generation)
+
+
+if TYPE_CHECKING:
+    def _is_engine(store: Store) -> Engine:
+        return store  # mypy checks here that the SQLite store keeps the engine interface
+
+
+def recovery_target(dest: Path) -> RecoveryTarget:
+    """Where hard recovery rebuilds a database file ``dest`` (see :class:`.recovery.FileRecoveryTarget`)."""
+    return FileRecoveryTarget(dest)

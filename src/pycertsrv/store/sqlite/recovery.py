@@ -6,17 +6,21 @@ torn tail (a record the crash cut, never acknowledged) and tells the store where
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import JET_ERR_DATABASE_CORRUPTED, JET_ERR_LOG_FILE_CORRUPT, JET_ERR_MISSING_LOG_FILE, CorruptData
+from ...fsutil import create_file, fsync_dir, make_dirs
 from .. import health as health_mod
 from .. import logfile
+from ..interface import EVERYTHING, ByteStream, Until
 from ..replay import RecoveryReport, check_chain, read_meta, replay
 from .checkpoint import Checkpoint
-from .dbfile import connect_for_replay, sync_database
+from .dbfile import connect_for_replay, connect_plain, sync_database
 
 
 @dataclass(frozen=True)
@@ -140,3 +144,83 @@ def hard_recover(
     # synchronous=OFF above: make the result durable here, once.
     sync_database(db_path)
     return rep
+
+
+class FileRecoveryTarget:
+    """A :class:`~pycertsrv.store.interface.RecoveryTarget` that rebuilds one SQLite database file.
+
+    Everything is written beside ``dest`` in a private work directory (``.<name>.target``) and renamed onto
+    ``dest`` only by :meth:`finish`; :meth:`abort` (or a crash) leaves ``dest`` as it was.
+
+    :param dest: the database file to produce.
+    """
+
+    CHUNK = 4 << 20
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = Path(dest)
+        self.work = self.dest.with_name(f".{self.dest.name}.target")
+        self._db = self.work / self.dest.name
+        self._lsn: int | None = None
+
+    def _copy(self, stream: ByteStream, path: Path) -> None:
+        with open(path, "wb") as out:
+            pos = 0
+            while pos < stream.size:
+                chunk = stream.read(pos, self.CHUNK)
+                if not chunk:
+                    raise CorruptData(JET_ERR_DATABASE_CORRUPTED, stream.name,
+                                      f"{stream.name} ended at {pos} bytes, before its size {stream.size}")
+                out.write(chunk)
+                pos += len(chunk)
+
+    def load_snapshot(self, snapshot: ByteStream) -> int:
+        """Copy the snapshot's bytes into the work directory; returns its LSN."""
+        self.abort()
+        make_dirs(self.work)
+        create_file(self._db)
+        self._copy(snapshot, self._db)
+        conn = connect_plain(self._db)
+        try:
+            self._lsn = int(read_meta(conn)["applied_lsn"])
+        finally:
+            conn.close()
+        return self._lsn
+
+    def replay(self, generations: Sequence[ByteStream], until: Until = EVERYTHING,
+               *, identity: str | None = None) -> RecoveryReport:
+        """Write the generations' bytes as ``edbXXXXXXXX.log`` files and replay them (:func:`hard_recover`)."""
+        if self._lsn is None:
+            raise CorruptData(JET_ERR_DATABASE_CORRUPTED, self.dest.name, "no snapshot was loaded")
+        logs = self.work / "logs"
+        make_dirs(logs)
+        numbers: list[int] = []
+        for g in generations:
+            number = logfile.parse_log_name(g.name)
+            if number is None:
+                raise CorruptData(JET_ERR_LOG_FILE_CORRUPT, g.name, f"{g.name} is not a log generation's name")
+            self._copy(g, logs / g.name)
+            numbers.append(number)
+        if not numbers:
+            return RecoveryReport(kind="hard", from_lsn=self._lsn, to_lsn=self._lsn)
+        return hard_recover(self._db, logs, min(numbers), max(numbers), identity=identity,
+                            until_lsn=until.lsn, until_us=until.time_us)
+
+    def check_integrity(self) -> str:
+        """SQLite's integrity check of the rebuilt file."""
+        conn = connect_plain(self._db)
+        try:
+            return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+        finally:
+            conn.close()
+
+    def finish(self) -> None:
+        """fsync the rebuilt file and rename it onto ``dest``; the work directory goes."""
+        sync_database(self._db)
+        os.replace(self._db, self.dest)
+        fsync_dir(self.dest.parent)
+        self.abort()
+
+    def abort(self) -> None:
+        """Remove the work directory (idempotent)."""
+        shutil.rmtree(self.work, ignore_errors=True)
