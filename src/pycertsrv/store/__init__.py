@@ -11,6 +11,7 @@ from .options import StoreOptions
 from .replay import RecoveryReport
 from .schema import DISP_DENIED, DISP_ERROR, DISP_ISSUED, DISP_PENDING, DISP_REVOKED, TABLES
 from .sqlite import (
+    DATABASE_ERRORS,
     Checkpoint,
     SnapshotInfo,
     Store,
@@ -25,6 +26,7 @@ from .transaction import Transaction
 GenerationInfo = Generation  # the name before the engine interface
 
 __all__ = [
+    "DATABASE_ERRORS",
     "DISP_DENIED",
     "DISP_ERROR",
     "DISP_ISSUED",

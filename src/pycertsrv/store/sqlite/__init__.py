@@ -12,13 +12,14 @@
 """
 
 from .checkpoint import Checkpoint, read_checkpoint
-from .dbfile import copy_database, db_file_name
+from .dbfile import DATABASE_ERRORS, copy_database, db_file_name
 from .engine import Store, recovery_target
 from .recovery import FileRecoveryTarget, hard_recover
 from .restore import RecoveryPlan, RestoreOutcome, recover_registered
 from .snapshot import SnapshotInfo
 
 __all__ = [
+    "DATABASE_ERRORS",
     "Checkpoint",
     "FileRecoveryTarget",
     "RecoveryPlan",

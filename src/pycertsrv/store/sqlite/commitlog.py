@@ -316,6 +316,17 @@ class CommitLog(EngineState):
                 out.append(Generation(g, h.first_lsn, last, h.created_us, size, g != self._gen))
             return out
 
+    def log_space(self) -> dict[int, int]:
+        """Bytes each kept generation takes in storage now (its file, preallocated room included), by number.
+
+        Readable in every state (health and metrics report it for a failed store too).
+        """
+        out: dict[int, int] = {}
+        for g, path in logfile.list_generations(self.log_dir).items():
+            with contextlib.suppress(FileNotFoundError):  # truncated meanwhile
+                out[g] = path.stat().st_size
+        return out
+
     @property
     def current_generation(self) -> int:
         """Number of the generation being written."""

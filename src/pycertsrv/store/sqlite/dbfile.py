@@ -16,6 +16,8 @@ DB_SUFFIX = ".db"
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")  # files SQLite keeps beside a database file
 REPLAY_CACHE_KIB = 65536  # SQLite page cache while replaying (the default 2 MiB thrashes on large logs)
 MAGIC = b"SQLite format 3\x00"
+# What SQLite raises when a file is not a database, or a damaged one (callers above the store catch these).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
 
 
 def db_file_name(name: str) -> str:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -54,8 +55,8 @@ def _clean_scratch(staging: Path) -> None:
     """Remove snapshot copies a process that died while making one left behind."""
     if staging.is_dir():
         for p in staging.glob(f"{SCRATCH_PREFIX}*"):
-            with contextlib.suppress(OSError):
-                p.unlink()
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
 
 
 class Store(FaultHandling, CommitLog, Checkpointing, Snapshots, Tables):

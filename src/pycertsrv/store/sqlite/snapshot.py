@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import sqlite3
 import stat
 import threading
@@ -128,7 +129,7 @@ class SqliteGenerationStream(_FdStream):
         self.last_lsn = last_lsn
 
 
-SCRATCH_PREFIX = ".snapshot-"  # scratch copies in the staging area (unlinked once open; stale ones at open)
+SCRATCH_PREFIX = "snapshot-"  # scratch copies' directories in the staging area (stale ones go at open)
 
 
 class Snapshots(EngineState):
@@ -141,16 +142,18 @@ class Snapshots(EngineState):
             info, head, fd, pin = pinned
             return SqliteSnapshotStream(info.path.name, fd, info.size, info.lsn, info.generation,
                                         head=head, owned=False, on_end=pin)
-        staging = Home(self.home).staging_dir
-        make_dirs(staging)  # private, whatever the umask (issue 9)
-        # Unsynced scratch copy, unlinked as soon as it is open: nothing is left behind by a crash after that.
-        scratch = staging / f"{SCRATCH_PREFIX}{secrets.token_hex(8)}{self.db_path.suffix}"
-        try:
-            info = self.snapshot(scratch, durable=False)
-            fd = os.open(scratch, os.O_RDONLY | os.O_CLOEXEC)
-        finally:
-            scratch.unlink(missing_ok=True)
-        return SqliteSnapshotStream(self.db_path.name, fd, os.fstat(fd).st_size, info.lsn, info.generation)
+        # Unsynced scratch copy in a directory of its own, removed when the stream closes (and, after a crash,
+        # at the next open): the copy does not outlive the stream.
+        scratch = Home(self.home).staging_dir / f"{SCRATCH_PREFIX}{secrets.token_hex(8)}"
+        make_dirs(scratch)  # private, whatever the umask (issue 9)
+        cleanup = contextlib.ExitStack()
+        cleanup.callback(shutil.rmtree, scratch, True)
+        with cleanup:
+            info = self.snapshot(scratch / self.db_path.name, durable=False)
+            fd = os.open(info.path, os.O_RDONLY | os.O_CLOEXEC)
+            stream = SqliteSnapshotStream(self.db_path.name, fd, os.fstat(fd).st_size, info.lsn, info.generation,
+                                          on_end=cleanup.pop_all())
+        return stream
 
     def open_generation(self, number: int) -> SqliteGenerationStream:
         """Generation ``number``'s bytes: its whole file when closed, its durable records when open."""
