@@ -8,7 +8,7 @@ Nothing above this package writes SQL or names an engine file.
 from .interface import ByteStream, Commit, Engine, Generation, GenerationStream, RecoveryTarget, SnapshotStream, Until
 from .logfile import list_generations, log_name, parse_log_name
 from .options import StoreOptions
-from .replay import RecoveryReport
+from .report import RecoveryReport
 from .schema import DISP_DENIED, DISP_ERROR, DISP_ISSUED, DISP_PENDING, DISP_REVOKED, TABLES
 from .sqlite import (
     DATABASE_ERRORS,

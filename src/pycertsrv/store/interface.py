@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from .logfile import Op
-from .replay import RecoveryReport
+from .report import RecoveryReport
 
 __all__ = [
     "ByteStream",

@@ -18,9 +18,9 @@ from ...fsutil import fsync_dir
 from .. import archivemark, logfile, schema
 from ..health import FAILED_SYNC, disk_full_error, is_disk_full, sync_failed_error
 from ..interface import Generation
-from ..replay import Batcher, encode_payload, set_applied
 from ..transaction import Transaction
 from .checkpoint import Checkpoint
+from .replay import Batcher, encode_payload, set_applied
 from .state import EngineState
 
 log = logging.getLogger("pycertsrv.store")

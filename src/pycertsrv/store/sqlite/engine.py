@@ -37,13 +37,13 @@ from ..interface import Commit, Engine, RecoveryTarget
 from ..logfile import Op
 from ..options import StoreOptions
 from ..registration import refuse_unfinished
-from ..replay import read_meta
 from ..transaction import Transaction
 from .checkpoint import Checkpoint, Checkpointing, read_checkpoint, write_checkpoint
 from .commitlog import CommitLog
 from .dbfile import connect, connect_plain, database_files, db_file_name
 from .faults import FaultHandling
 from .recovery import FileRecoveryTarget, soft_recover
+from .replay import read_meta
 from .restore import recover_registered
 from .snapshot import SCRATCH_PREFIX, Snapshots
 from .tables import Tables

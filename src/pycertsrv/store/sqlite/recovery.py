@@ -18,9 +18,9 @@ from ...fsutil import create_file, fsync_dir, make_dirs
 from .. import health as health_mod
 from .. import logfile
 from ..interface import EVERYTHING, ByteStream, Until
-from ..replay import RecoveryReport, check_chain, read_meta, replay
 from .checkpoint import Checkpoint
 from .dbfile import connect_for_replay, connect_plain, sync_database
+from .replay import RecoveryReport, check_chain, read_meta, replay
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,10 @@ from ..registration import (
     stamp,
     write_registration,
 )
-from ..replay import Op, RecoveryReport, apply_ops, encode_payload, read_meta, set_applied
 from .checkpoint import Checkpoint, write_checkpoint
 from .dbfile import SIDE_SUFFIXES, connect_plain, database_files, side_file
 from .recovery import hard_recover
+from .replay import Op, RecoveryReport, apply_ops, encode_payload, read_meta, set_applied
 
 
 @dataclass(frozen=True)

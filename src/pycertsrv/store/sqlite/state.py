@@ -16,7 +16,7 @@ from ...home import Home
 from ..health import FAILED_SYNC
 from ..logfile import Op
 from ..options import StoreOptions
-from ..replay import RecoveryReport
+from ..report import RecoveryReport
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
