@@ -91,9 +91,24 @@ class Home:
         return self.root / "staging"
 
     @property
+    def checkpoint(self) -> Path:
+        """The checkpoint file ``system/edb.chk`` (SQLite engine)."""
+        return self.system_dir / "edb.chk"
+
+    @property
     def restore_registration(self) -> Path:
         """The restore registration file."""
         return self.system_dir / "restore.json"
+
+    @property
+    def last_restore(self) -> Path:
+        """The record of the last finished restore."""
+        return self.system_dir / "last-restore.json"
+
+    @property
+    def restore_dir(self) -> Path:
+        """Where ``certsrv restore`` copies a set's files before registering them (removed after recovery)."""
+        return self.root / "restore"
 
     @property
     def socket(self) -> Path:

@@ -20,6 +20,7 @@ from pycertsrv.errors import (
 from pycertsrv.fsutil import sha256_file
 from pycertsrv.store import Store, logfile
 from pycertsrv.store import registration as regmod
+from pycertsrv.store.sqlite.restore import recover_into_temp
 
 CTX = "ctx-1"
 
@@ -277,7 +278,7 @@ def test_interrupted_finish_is_completed_at_next_start(source: Store, tmp_path: 
     reg = regmod.read_registration(home)
     assert reg is not None
     # Stop right after the commit point (state "recovering" written, nothing finished yet).
-    reg.recovery = regmod._recover_into_temp(home, reg)
+    reg.recovery = recover_into_temp(home, reg).to_json()
     reg.state = regmod.STATE_RECOVERING
     regmod.write_registration(home, reg)
     with Store.open(home, OPTS) as st:

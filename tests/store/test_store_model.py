@@ -18,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from store_helpers import abandon, write_at_end
 
 from pycertsrv.store import Store, StoreOptions, list_generations, logfile
-from pycertsrv.store.replay import encode_payload
+from pycertsrv.store.logfile import encode_payload
 
 OPTS = StoreOptions(log_size=1024, checkpoint_records=0)
 IDS = st.integers(1, 6)

@@ -28,7 +28,7 @@ from pycertsrv.errors import (
     CorruptData,
 )
 from pycertsrv.store import Store, StoreOptions, list_generations, log_name, logfile, read_checkpoint
-from pycertsrv.store.replay import encode_payload
+from pycertsrv.store.logfile import encode_payload
 
 N = 24
 OPTS = StoreOptions(log_size=2048, checkpoint_records=0)

@@ -18,6 +18,8 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import (
@@ -30,9 +32,11 @@ from ..errors import (
     StorageError,
 )
 from ..fsutil import copy_file, fsync_dir, fsync_file
+from ..store import ByteStream
 
 ARCHIVE_FILE_MODE = 0o400  # archived generations are immutable and hold every request: owner read only
 ARCHIVE_DIR_MODE = 0o700
+CHUNK = 1 << 20  # bytes read from a stream at a time
 
 
 class ArchiveConflict(Conflict):
@@ -56,10 +60,48 @@ def store_file(src: Path, dest: Path) -> str:
     :raises ArchiveConflict: ``dest`` exists with other bytes.
     :raises StorageError: the destination cannot be written (retried by the shipper).
     """
+    return _store(src.name, dest, lambda d: filecmp.cmp(src, d, shallow=False),
+                  lambda tmp: copy_file(src, tmp, ARCHIVE_FILE_MODE))
+
+
+def store_stream(src: ByteStream, dest: Path) -> str:
+    """:func:`store_file` for a generation stream read from the store (issue 11: no engine file is named)."""
+    return _store(src.name, dest, lambda d: _same_bytes(src, d), lambda tmp: write_stream(src, tmp, ARCHIVE_FILE_MODE))
+
+
+def write_stream(src: ByteStream, path: Path, mode: int) -> None:
+    """Write a stream's bytes to a new file ``path`` (created with ``mode``), read in chunks."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        pos = 0
+        while pos < src.size:
+            chunk = src.read(pos, CHUNK)
+            if not chunk:
+                raise OSError(f"{src.name} ended at {pos} of {src.size} bytes")
+            os.write(fd, chunk)
+            pos += len(chunk)
+    finally:
+        os.close(fd)
+
+
+def _same_bytes(src: ByteStream, dest: Path) -> bool:
+    if dest.stat().st_size != src.size:
+        return False
+    with open(dest, "rb") as f:
+        pos = 0
+        while pos < src.size:
+            mine = src.read(pos, CHUNK)
+            if f.read(len(mine)) != mine:
+                return False
+            pos += len(mine)
+    return True
+
+
+def _store(name: str, dest: Path, same: Callable[[Path], bool], write: Callable[[Path], None]) -> str:
     what = f"archive {dest}"
     try:
         if dest.exists():
-            if filecmp.cmp(src, dest, shallow=False):
+            if same(dest):
                 return "identical"
             raise ArchiveConflict(ERROR_FILE_EXISTS, str(dest),
                                   f"{dest.name} is already archived with different bytes; archiving stopped "
@@ -71,7 +113,7 @@ def store_file(src: Path, dest: Path) -> str:
                 fsync_dir(d.parent)
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
         try:
-            copy_file(src, tmp, ARCHIVE_FILE_MODE)
+            write(tmp)
             fsync_file(tmp)
             os.replace(tmp, dest)
         finally:
@@ -80,7 +122,7 @@ def store_file(src: Path, dest: Path) -> str:
         fsync_dir(dest.parent)
         return "stored"
     except OSError as e:
-        raise StorageError(ERROR_IO_DEVICE, what, f"cannot store {src.name}: {e.strerror or e}") from None
+        raise StorageError(ERROR_IO_DEVICE, what, f"cannot store {name}: {e.strerror or e}") from None
 
 
 def _expand(command: str, path: Path, rel: str) -> str:
@@ -117,6 +159,15 @@ class Destination:
     def describe(self) -> str:
         """Where it ships to (for status)."""
         return str(self.dest) if self.dest is not None else f"command: {self.command}"
+
+    def put_stream(self, src: ByteStream, rel: str) -> str:
+        """Ship one generation read from the store; a command gets it as a private temporary file (``%p``)."""
+        if self.dest is not None:
+            return store_stream(src, self.dest / rel)
+        with tempfile.TemporaryDirectory(prefix="certsrv-archive-") as d:  # 0700
+            path = Path(d) / src.name  # %p's base name is the generation's name, as before
+            write_stream(src, path, ARCHIVE_FILE_MODE)
+            return self.put(path, rel)
 
     def put(self, src: Path, rel: str) -> str:
         """Ship one generation under its relative archive name; ``"stored"`` or ``"identical"``."""

@@ -121,7 +121,7 @@ class Shipper:
         marks = archivemark.read_marks(self.store)
         if marks.lineage is None:
             # A CA created before archiving existed: its lineage starts at the oldest generation present.
-            present = logfile.list_generations(self.store.log_dir)
+            present = [g.generation for g in self.store.generations()]
             start = min(present) if present else self.store.current_generation
             self._write(archivemark.SETTING_LINEAGE_START, str(start))
             self._write(archivemark.SETTING_LINEAGE, archivemark.new_lineage())
@@ -134,16 +134,19 @@ class Shipper:
         assert marks.lineage is not None
         self._roll_if_due()
         current = self.store.current_generation
-        present = logfile.list_generations(self.store.log_dir)
+        present = {g.generation for g in self.store.generations()}
         for g in range(marks.watermark + 1, current):
-            path = present.get(g)
-            if path is None:
+            if g not in present:
                 # Never skip one: the chain would break silently for every later restore.
                 raise CorruptData(JET_ERR_MISSING_LOG_FILE, logfile.log_name(g),
-                                  f"generation {g:08X} is not archived and no longer in {self.store.log_dir}; "
+                                  f"generation {g:08X} is not archived and no longer kept by the store; "
                                   "archiving cannot go on past it: take a full backup, then restart the service")
-            rel = archive_name(self.store.identity, marks.lineage, path.name)
-            how = self.destination.put(path, rel)
+            rel = archive_name(self.store.identity, marks.lineage, logfile.log_name(g))
+            stream = self.store.open_generation(g)
+            try:
+                how = self.destination.put_stream(stream, rel)
+            finally:
+                stream.close()
             self._write(archivemark.SETTING_WATERMARK, f"{marks.lineage}:{g}")
             self.shipped += 1
             if how == "identical":
@@ -184,14 +187,14 @@ class Shipper:
     def _compute(self) -> dict[str, Any]:
         marks = archivemark.read_marks(self.store)
         gen, first, appended = self.store.log_position
-        present = logfile.list_generations(self.store.log_dir)
+        present = {g.generation: g for g in self.store.generations()}
         pending = [g for g in present if marks.watermark < g < gen]
-        lag_bytes = sum(present[g].stat().st_size for g in pending if g in present)
+        lag_bytes = sum(present[g].size for g in pending)
         dirty = appended - first + 1 > sum(1 for n in self._own if first <= n <= appended)
         now = time.time()
         lag_s = 0.0
         if pending:
-            lag_s = max(0.0, now - logfile.read_header(present[pending[0]]).created_us / 1e6)
+            lag_s = max(0.0, now - present[pending[0]].created_us / 1e6)
         elif dirty and self._dirty_since is not None:
             lag_s = time.monotonic() - self._dirty_since
         behind = lag_bytes > self.section.max_lag_bytes

@@ -362,7 +362,7 @@ def _log_times(s: CatalogSet) -> None:
         res, recs = logfile.scan(path, ident, keep=True)
         if g == m.gen_low and m.kind == "full":
             # The header is written at the roll that followed the snapshot's record, when that record
-            # is not in this generation (store.engine.snapshot: gen_low = generation of snapshot_lsn + 1).
+            # is not in this generation (store.sqlite.snapshot: gen_low = generation of snapshot_lsn + 1).
             s.start_us = res.header.created_us
         for r in recs:
             if s.first_record_us is None:

@@ -66,9 +66,8 @@ from ..fsutil import (
     make_dirs,
 )
 from ..home import Home, check_owner
-from ..store import logfile
+from ..store import db_file_name, logfile
 from ..store import registration as reg_mod
-from ..store.engine import db_file_name
 from .manifest import CONFIG_SUBDIR, DB_SUBDIR, KEY_KIND, P12_EXT, Manifest
 from .restore_cleanup import discard_partial, empty_home, failure, has_content, registration_or_none, remove_made
 from .setcheck import check_chain, check_copy, check_digest, listed_p12, verify_set

@@ -4,16 +4,13 @@ One backup runs at a time per CA (spec §2.2 [INF]: ESE allows one external back
 instance). A session moves ``PREPARED(kind, phase)`` with ``phase`` in ``DB -> LOGS ->
 TRUNCATED``; at most one file is open at a time.
 
-- *Full* backup: at Prepare the database is fixed at one LSN S without stopping issuance. The
-  live file is pinned in place (``Store.pin_snapshot``: complete WAL checkpoint, then a read
-  transaction during which no checkpoint writes to the file; writers go on in the WAL) and
-  streamed as it is, with the header marking a rollback journal; when the WAL cannot be
-  checkpointed completely, a copy is made into ``HOME/staging/<handle>/`` instead
-  (``Store.snapshot``, unsynced: the session does not outlive the process). The pin ends when
-  the log list is requested or the session ends. The database name listed is the live
-  database path; opening it streams the snapshot. When the log list is requested the current
-  generation is rolled and generations ``gen(S+1) .. rolled`` are listed: snapshot + those
-  logs = the CA as it was at the roll.
+- *Full* backup: at Prepare the database is fixed at one LSN S without stopping issuance: the
+  store's snapshot stream (``Store.open_snapshot``, see :mod:`pycertsrv.store.interface`). It ends
+  when the log list is requested or the session ends. The database name listed is the live
+  database's path (the spec's names, §1.3/1.4); opening it streams the snapshot. Log generations
+  are read as the store's generation streams (``Store.open_generation``) under their listed names.
+  When the log list is requested the current generation is rolled and generations
+  ``gen(S+1) .. rolled`` are listed: snapshot + those logs = the CA as it was at the roll.
 - *Incremental* (logs only): the generations after the previous recorded backup's
   ``gen_high`` up to the rolled one.
 
@@ -35,7 +32,6 @@ truncated generations exist nowhere else and the next incremental must start aft
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import secrets
 import shutil
@@ -66,9 +62,8 @@ from ..errors import (
     NotFound,
     SequenceError,
 )
-from ..fsutil import make_dirs
 from ..home import Home
-from ..store import Store, log_name
+from ..store import ByteStream, SnapshotStream, Store, log_name
 from .liveness import SessionEnding
 
 # spec §1.3 / §1.4 file-type tags.
@@ -132,20 +127,25 @@ def decode_backup_type(grbit: int, flags: int) -> str:
 @dataclass
 class _OpenFile:
     name: str
-    fd: int
     size: int
+    fd: int = -1  # a dynamic file's descriptor (ours), or -1 for a store stream
+    stream: ByteStream | None = None  # the snapshot or a generation, from the store
+    owns_stream: bool = False  # a generation's stream is closed with the file; the snapshot's at _unpin
     pos: int = 0
-    head: bytes = b""  # replaces the file's first bytes (a pinned database's header)
-    owned: bool = True  # False: the store's descriptor of the live database, never closed here
 
     def close(self) -> None:
-        if self.owned:
+        """Release the descriptor or the generation's stream."""
+        if self.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
+        if self.stream is not None and self.owns_stream:
+            self.stream.close()
 
-    def prefix(self, count: int) -> bytes:
-        """The part of the next ``count`` bytes that comes from ``head`` (b"" past it)."""
-        return self.head[self.pos:self.pos + count] if self.pos < len(self.head) else b""
+    def read(self, count: int) -> bytes:
+        """The ``count`` bytes at the position (fewer at the end)."""
+        if self.stream is not None:
+            return self.stream.read(self.pos, count)
+        return os.pread(self.fd, count, self.pos) if count else b""
 
 
 @dataclass
@@ -158,20 +158,14 @@ class _Session:
     last_activity: float
     phase: str = PHASE_DB
     ready: bool = False
-    snapshot_path: Path | None = None
+    snapshot: SnapshotStream | None = None  # the store's snapshot at snapshot_lsn (closed at _unpin)
     snapshot_lsn: int | None = None
-    snapshot_size: int | None = None  # bytes of a pinned snapshot (the live file may be longer)
-    snapshot_head: bytes = b""
-    snapshot_fd: int | None = None  # the store's descriptor of the pinned live database (never closed here)
-    pin: contextlib.ExitStack | None = None  # Store.pin_snapshot's read transaction
-    pin_lock: threading.Lock = field(default_factory=threading.Lock)  # pin, sending, unpin_wanted
-    sending: int = 0  # ranges of the pinned database handed to senders and not closed yet
-    unpin_wanted: bool = False  # the pin ends when the last of them is closed
     gen_low: int | None = None
     gen_high: int | None = None
     db_names: list[str] = field(default_factory=list)
     db_listed: bool = False
     log_names: list[str] | None = None
+    log_gens: dict[str, int] = field(default_factory=dict)  # listed log name -> its generation
     dynamic_names: list[str] = field(default_factory=list)
     done: set[str] = field(default_factory=set)
     open: _OpenFile | None = None
@@ -385,19 +379,11 @@ class BackupManager(SessionEnding):
         with s.lock:
             try:
                 if kind == FULL:
-                    pinned = self.store.pin_snapshot()
-                    if pinned is not None:  # read in place: no copy of the database
-                        snap, s.snapshot_head, s.snapshot_fd, s.pin = pinned
-                        s.snapshot_size = snap.size
-                    else:
-                        make_dirs(s.staging)  # private, whatever the umask (issue 9)
-                        # Unsynced scratch copy: a crash ends the session, and the staging area is
-                        # cleaned at the next start (_clean_staging).
-                        snap = self.store.snapshot(s.staging / self.store.db_path.name, durable=False)
-                    s.snapshot_path = snap.path
+                    snap = s.snapshot = self.store.open_snapshot()
                     s.snapshot_lsn = snap.lsn
                     s.gen_low = snap.generation
-                    s.db_names = [str(self.store.db_path)]
+                    # spec §1.3/1.4: the listed name is the live database's path (the wire contract).
+                    s.db_names = [str(self.home.db_dir / snap.name)]
                 else:
                     hist = backup_history(self.store)
                     s.gen_low = hist[-1].gen_high + 1
@@ -467,14 +453,15 @@ class BackupManager(SessionEnding):
             if s.log_names is None:
                 assert s.gen_low is not None
                 rolled = self.store.roll_log()
-                gens = {g.generation: g for g in self.store.generations()}
+                gens = {g.generation for g in self.store.generations()}
                 names: list[str] = []
                 for g in range(s.gen_low, rolled + 1):
-                    info = gens.get(g)
-                    if info is None:
+                    if g not in gens:
                         raise CorruptData(JET_ERR_MISSING_FILE_TO_BACKUP, fn,
                                           f"log generation {log_name(g)} is needed by this backup but is gone")
-                    names.append(str(info.path))
+                    name = str(self.home.log_dir / log_name(g))  # spec §1.3/1.4: the listed name
+                    s.log_gens[name] = g
+                    names.append(name)
                 s.gen_high = rolled
                 s.log_names = names
                 if s.phase == PHASE_DB:
@@ -501,9 +488,9 @@ class BackupManager(SessionEnding):
         :param principal_id: when given, the session must belong to this caller.
         """
         with self._use(handle, "RestoreGetDatabaseLocations", principal_id):
-            return [CSBFT_CERTSERVER_DATABASE + str(self.store.db_path),
-                    CSBFT_LOG_DIR + str(self.store.log_dir),
-                    CSBFT_CHECKPOINT_DIR + str(self.store.system_dir)]
+            return [CSBFT_CERTSERVER_DATABASE + str(self.home.db_dir / self.store.database_name),
+                    CSBFT_LOG_DIR + str(self.home.log_dir),
+                    CSBFT_CHECKPOINT_DIR + str(self.home.system_dir)]
 
     def open_file(self, handle: str, name: str, principal_id: str | None = None) -> int:
         """BackupOpenFile: open a listed file (tag removed); returns its size in bytes.
@@ -522,26 +509,19 @@ class BackupManager(SessionEnding):
                     raise SequenceError(E_UNEXPECTED, fn,
                                         f"{Path(name).name}: database files cannot be opened after the log list "
                                         "was requested")
-                assert s.snapshot_path is not None
-                path = s.snapshot_path
-                head = s.snapshot_head
-                want_size = s.snapshot_size
-                shared = s.snapshot_fd
-            elif (s.log_names is not None and name in s.log_names) or name in s.dynamic_names:
-                path = Path(name)
-                head, want_size, shared = b"", None, None
-            else:
+                assert s.snapshot is not None
+                s.open = _OpenFile(name, s.snapshot.size, stream=s.snapshot)
+                s.reading = True
+                return int(s.snapshot.size)
+            if s.log_names is not None and name in s.log_names:
+                gen = self.store.open_generation(s.log_gens[name])
+                s.open = _OpenFile(name, gen.size, stream=gen, owns_stream=True)
+                s.reading = True
+                return int(gen.size)
+            if name not in s.dynamic_names:
                 # CSRA §3.1.4.1.22: only names this session listed; nothing else is looked at.
                 raise NotFound(ERROR_FILE_NOT_FOUND, fn, f"{name!r} is not a file listed by this backup session")
-            if shared is not None:  # the pinned live database: the store's own descriptor
-                size = os.fstat(shared).st_size
-                assert want_size is not None
-                if size < want_size:
-                    raise CorruptData(JET_ERR_MISSING_FILE_TO_BACKUP, fn,
-                                      f"{path.name} is shorter ({size}) than its pinned snapshot ({want_size})")
-                s.open = _OpenFile(name, shared, want_size, head=head, owned=False)
-                s.reading = True
-                return int(want_size)
+            path = Path(name)
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -554,7 +534,7 @@ class BackupManager(SessionEnding):
             except BaseException:
                 os.close(fd)
                 raise
-            s.open = _OpenFile(name, fd, st.st_size)
+            s.open = _OpenFile(name, st.st_size, fd=fd)
             s.reading = True
             return int(st.st_size)
 
@@ -573,10 +553,7 @@ class BackupManager(SessionEnding):
             if int(n) <= 0:
                 raise InvalidArgument(E_INVALIDARG, fn, f"buffer size {n} must be positive")
             want = min(int(n), MAX_READ, max(f.size - f.pos, 0))
-            data = os.pread(f.fd, want, f.pos) if want else b""
-            pre = f.prefix(len(data))
-            if pre:
-                data = pre + data[len(pre):]
+            data = f.read(want)
             f.pos += len(data)
             s.bytes_sent += len(data)
             return data
@@ -600,17 +577,17 @@ class BackupManager(SessionEnding):
             if int(n) <= 0:
                 raise InvalidArgument(E_INVALIDARG, fn, f"buffer size {n} must be positive")
             count = min(int(n), MAX_SEND, max(f.size - f.pos, 0))
-            pre = f.prefix(count)
-            offset = f.pos + len(pre)
+            offset = f.pos
             f.pos += count
             s.bytes_sent += count
-            if f.owned:
-                return ReadRange(pre, os.dup(f.fd), offset, count - len(pre), True)
-            # The pinned live database: the pin must outlast the send, even if the session ends meanwhile
-            # (expiry during a very slow send), or a checkpoint could change pages still to be sent.
-            with s.pin_lock:
-                s.sending += 1
-            return ReadRange(pre, f.fd, offset, count - len(pre), False, functools.partial(self._range_sent, s))
+            if f.stream is None:
+                return ReadRange(b"", os.dup(f.fd), offset, count, True)
+            # The store's range stays valid until released, even if the session ends meanwhile (expiry
+            # during a very slow send): a pinned snapshot must not change pages still to be sent.
+            rng = f.stream.file_range(offset, count)
+            if rng is None:  # an engine without a local file: the bytes themselves
+                return ReadRange(f.stream.read(offset, count), -1, 0, 0, False)
+            return ReadRange(rng.prefix, rng.fd, rng.offset, rng.count, False, rng.release)
 
     def close_file(self, handle: str, principal_id: str | None = None) -> None:
         """BackupClose: close the open file; it counts as backed up when it was read to its end.
@@ -712,30 +689,12 @@ class BackupManager(SessionEnding):
                 tx.put("setting", {"name": SETTING_LAST_INCREMENTAL_BYTES, "value": str(s.bytes_sent)})
         return bid
 
-    def _unpin(self, s: _Session) -> None:
-        """End the snapshot: close the pinning read transaction (once no range of it is being sent), or
-        delete the staging copy (a range being sent keeps its own descriptor of it)."""
-        with s.pin_lock:
-            s.unpin_wanted = True
-            pin = s.pin if not s.sending else None
-            if pin is not None:
-                s.pin = None
-        if pin is not None:
-            pin.close()
-        elif s.snapshot_path is not None and s.snapshot_path.parent == s.staging:
-            with contextlib.suppress(FileNotFoundError):
-                s.snapshot_path.unlink()
-
     @staticmethod
-    def _range_sent(s: _Session) -> None:
-        """A range of the pinned database was sent: end a pin that is only waiting for that."""
-        with s.pin_lock:
-            s.sending -= 1
-            pin = s.pin if s.unpin_wanted and not s.sending else None
-            if pin is not None:
-                s.pin = None
-        if pin is not None:
-            pin.close()
+    def _unpin(s: _Session) -> None:
+        """End the snapshot stream (a range of it still being sent keeps what it needs until released)."""
+        snap, s.snapshot = s.snapshot, None
+        if snap is not None:
+            snap.close()
 
     def _release(self, s: _Session) -> None:
         s.ended = True

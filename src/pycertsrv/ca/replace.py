@@ -10,7 +10,6 @@ beside it: same file system (a rename, even when the home is a mount point), and
 from __future__ import annotations
 
 import os
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,10 +17,11 @@ from .. import config as config_mod
 from ..errors import ERROR_FILE_EXISTS, ERROR_SHARING_VIOLATION, CertSrvError, Conflict
 from ..fsutil import HomeLock, fsync_dir, make_dirs
 from ..home import Home
-from ..store import Store
+from ..store import DATABASE_ERRORS, Store
 from ..store.schema import DISP_ISSUED, DISP_REVOKED
 
 REPLACED_PREFIX = ".replaced-"
+_OPEN_ERRORS: tuple[type[Exception], ...] = (OSError, *DATABASE_ERRORS)  # a home whose database is gone
 
 
 class ConfirmationRequired(Conflict):
@@ -49,7 +49,7 @@ def _existing_ca(h: Home) -> tuple[str, int | None]:
         if e.hresult == ERROR_SHARING_VIOLATION:
             raise
         return name, None
-    except (sqlite3.Error, OSError):  # not a database any more: it may still have been one that issued
+    except _OPEN_ERRORS:  # not a database any more: it may still have been one that issued
         return name, None
     try:
         issued = sum(store.count("request", [("disposition", "=", d)]) for d in (DISP_ISSUED, DISP_REVOKED))

@@ -15,7 +15,6 @@ Nothing here writes; every read is one indexed row (or a directory listing), so 
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +25,11 @@ from ..backup.session import (
     SETTING_LAST_INCREMENTAL_BYTES,
 )
 from ..errors import CertSrvError
-from ..store import list_generations
+from ..store import DATABASE_ERRORS
 
 ROLE_WRITER = "writer"
 _BYTES_SETTING = {FULL: SETTING_LAST_FULL_BYTES, INCREMENTAL: SETTING_LAST_INCREMENTAL_BYTES}
-_READ_ERRORS = (CertSrvError, sqlite3.Error, OSError)
+_READ_ERRORS: tuple[type[Exception], ...] = (CertSrvError, OSError, *DATABASE_ERRORS)
 
 
 def _parse_time(text: str | None) -> dt.datetime | None:
@@ -117,16 +116,9 @@ def log_on_disk(store: Any, last: dict[str, LastBackup | None]) -> tuple[int, in
     The generations above the newest set's ``gen_high`` hold every record it does not (the current
     generation included): that is what a disk loss would cost now. With no backup at all, every byte counts.
     """
-    gens = list_generations(store.log_dir)
+    gens = store.log_space()
     covered = max((b.generations[1] for b in last.values() if b is not None), default=0)
-    since = 0
-    for g, path in gens.items():
-        if g > covered:
-            try:
-                since += path.stat().st_size
-            except FileNotFoundError:  # truncated by a backup meanwhile
-                pass
-    return len(gens), since
+    return len(gens), sum(size for g, size in gens.items() if g > covered)
 
 
 @dataclass(frozen=True)

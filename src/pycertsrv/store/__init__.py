@@ -1,38 +1,53 @@
-"""The CA database engine (redo log, checkpoint, SQLite tables, soft and hard recovery).
+"""The CA database: the redo log and the tables it materialises, behind one engine interface.
 
-See :mod:`pycertsrv.store.engine` for the interface; nothing above this package writes SQL.
+The contract is :mod:`pycertsrv.store.interface`; the SQLite engine is :mod:`pycertsrv.store.sqlite`; the
+engine-neutral parts are here (log file format :mod:`.logfile`, schema, replay, registration, health).
+Nothing above this package writes SQL or names an engine file.
 """
 
-from .engine import (
+from .interface import ByteStream, Commit, Engine, Generation, GenerationStream, RecoveryTarget, SnapshotStream, Until
+from .logfile import list_generations, log_name, parse_log_name
+from .options import StoreOptions
+from .report import RecoveryReport
+from .schema import DISP_DENIED, DISP_ERROR, DISP_ISSUED, DISP_PENDING, DISP_REVOKED, TABLES
+from .sqlite import (
+    DATABASE_ERRORS,
     Checkpoint,
-    GenerationInfo,
     SnapshotInfo,
     Store,
-    StoreOptions,
-    Transaction,
     copy_database,
     db_file_name,
     hard_recover,
     read_checkpoint,
+    recovery_target,
 )
-from .logfile import list_generations, log_name, parse_log_name
-from .replay import RecoveryReport
-from .schema import DISP_DENIED, DISP_ERROR, DISP_ISSUED, DISP_PENDING, DISP_REVOKED, TABLES
+from .transaction import Transaction
+
+GenerationInfo = Generation  # the name before the engine interface
 
 __all__ = [
+    "DATABASE_ERRORS",
     "DISP_DENIED",
     "DISP_ERROR",
     "DISP_ISSUED",
     "DISP_PENDING",
     "DISP_REVOKED",
     "TABLES",
+    "ByteStream",
     "Checkpoint",
+    "Commit",
+    "Engine",
+    "Generation",
     "GenerationInfo",
+    "GenerationStream",
     "RecoveryReport",
+    "RecoveryTarget",
     "SnapshotInfo",
+    "SnapshotStream",
     "Store",
     "StoreOptions",
     "Transaction",
+    "Until",
     "copy_database",
     "db_file_name",
     "hard_recover",
@@ -40,4 +55,5 @@ __all__ = [
     "log_name",
     "parse_log_name",
     "read_checkpoint",
+    "recovery_target",
 ]

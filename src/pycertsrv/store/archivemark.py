@@ -2,7 +2,7 @@
 
 - ``archive_lineage``: a random id naming the history this database belongs to. Written at create
   (directly into the new database, so every snapshot holds it) and anew by every hard recovery
-  (in its epilogue record, see :mod:`.registration`): after a restore or a failover two histories
+  (in its epilogue record, see :mod:`.sqlite.restore`): after a restore or a failover two histories
   never share an archive directory.
 - ``archive_lineage_start``: the first generation of that lineage (1 at create, the fresh generation
   after a restore); generations below it belong to an earlier lineage.

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .engine import Store, StoreOptions
+from .options import StoreOptions
+from .sqlite import Store
 
 # The committing child: each transaction writes a request row and three attribute rows; the request id
 # goes to the ack file only AFTER the commit returned (so the parent knows what must survive).

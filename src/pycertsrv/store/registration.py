@@ -1,4 +1,4 @@
-"""The restore registration (``HOME/system/restore.json``) and the hard recovery run at start.
+"""The restore registration (``HOME/system/restore.json``): its states, registering and completing sets.
 
 A restore is *registered* by the certbcli restore functions (spec §2.14–2.16) and *performed*
 at the CA's next start (spec §3.3 "What happens at next service start"):
@@ -15,17 +15,15 @@ at the CA's next start (spec §3.3 "What happens at next service start"):
   each is idempotent, so a crash here is finished at the next start.
 
 Spec §6 item 11 leaves the persistence and the merging of repeated registrations open; we
-keep one JSON file, written atomically, whose genLow/genHigh are the min/max over the sets.
+keep one JSON file, written atomically, whose genLow/genHigh are the min/max over the sets. The hard
+recovery a completed registration triggers is the engine's (:mod:`.sqlite.restore`).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
-import shutil
-import sqlite3
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,22 +33,16 @@ from ..errors import (
     E_FAIL,
     E_INVALIDARG,
     ERROR_DIRECTORY,
-    ERROR_FILE_NOT_FOUND,
-    JET_ERR_ENDING_RESTORE_LOG_TOO_LOW,
-    JET_ERR_MISSING_RESTORE_LOG_FILES,
     JET_ERR_RESTORE_IN_PROGRESS,
     S_OK,
-    CertSrvError,
     Conflict,
     CorruptData,
     InvalidArgument,
-    NotFound,
     SequenceError,
     hresult_name,
 )
-from ..fsutil import atomic_write, copy_file, fsync_dir, fsync_file, make_dirs
-from . import archivemark, logfile, schema
-from .replay import Op, RecoveryReport, apply_ops, encode_payload, read_meta, set_applied
+from ..fsutil import atomic_write, fsync_dir, make_dirs
+from ..home import Home
 
 FORMAT = "pycertsrv-restore/1"
 REGISTRATION_FILE = "restore.json"
@@ -73,7 +65,8 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _stamp() -> str:
+def stamp() -> str:
+    """A UTC time for directory names (``superseded-<stamp>``)."""
     # No dot in the name: Store._open picks database files by suffix, and a dot would make one.
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
@@ -171,13 +164,27 @@ def refuse_unfinished(home: Path) -> None:
     the database leaves a registration, and the operator must hear about the restore, not a missing file.
     """
     reg = read_registration(Path(home))
-    if reg is not None and reg.state in (STATE_REGISTERED, STATE_FAILED):
-        recover_registered(Path(home))
+    if reg is not None:
+        refuse_if_unfinished(Path(home), reg)
+
+
+def refuse_if_unfinished(home: Path, reg: Registration) -> None:
+    """Raise when ``reg`` is uncompleted or failed: the CA does not start on it (spec §2.16)."""
+    if reg.state == STATE_REGISTERED:
+        # spec §2.16: the CA does not start on an uncompleted registration.
+        raise Conflict(JET_ERR_RESTORE_IN_PROGRESS, str(home),
+                       f"{unfinished_from(reg)} was found ({reg.summary()}, not completed); the CA will not start "
+                       f"until it is: {rerun_hint(reg, home)}")
+    if reg.state == STATE_FAILED:
+        hr = reg.hr if reg.hr != S_OK else E_FAIL
+        cls = CorruptData if (hr & 0xFFFF0000) == 0xC8000000 else Conflict
+        raise cls(hr, str(home), f"{unfinished_from(reg)} was found: it failed ({reg.message}); the CA will not "
+                                 f"start until a full set is restored again: {rerun_hint(reg, home)}")
 
 
 def registration_path(home: Path) -> Path:
     """``HOME/system/restore.json``."""
-    return Path(home) / "system" / REGISTRATION_FILE
+    return Home(Path(home)).restore_registration
 
 
 def read_registration(home: Path) -> Registration | None:
@@ -210,7 +217,7 @@ def clear_registration(home: Path) -> None:
         fsync_dir(path.parent)
 
 
-def _rebase(reg: Registration, home: Path, path: str) -> str:
+def rebase_path(reg: Registration, home: Path, path: str) -> str:
     """A registered path inside the registering home, moved along when the home was moved or copied since."""
     if reg.home is None:
         return path
@@ -220,9 +227,9 @@ def _rebase(reg: Registration, home: Path, path: str) -> str:
     return path
 
 
-def _resolve_db_target(home: Path, new_name: str) -> Path:
+def resolve_db_target(home: Path, new_name: str) -> Path:
     """Where the restore map puts the database: it must be a ``.db`` file in ``HOME/db``."""
-    db_dir = (Path(home) / "db").resolve()
+    db_dir = Home(Path(home)).db_dir.resolve()
     p = Path(new_name)
     target = (p if p.is_absolute() else db_dir / p).resolve()
     if target.parent != db_dir or target.suffix != ".db":
@@ -275,7 +282,7 @@ def register(
     for pair in restore_map or []:
         if len(pair) != 2 or not all(isinstance(x, str) and x for x in pair):
             raise InvalidArgument(E_INVALIDARG, function, f"restore map entry {pair!r} is not (old, new)")
-        _resolve_db_target(home, pair[1])
+        resolve_db_target(home, pair[1])
         rmap.append([pair[0], pair[1]])
     if len(rmap) > 1:
         raise InvalidArgument(E_INVALIDARG, function, "a CA has one database: the restore map takes one entry")
@@ -369,351 +376,10 @@ def mark_failed(home: Path, hr: int, message: str) -> None:
     write_registration(home, reg)
 
 
-# ---------------------------------------------------------------- hard recovery at start
-
-
-@dataclass
-class RestoreOutcome:
-    """What the start-time hard recovery did."""
-
-    report: RecoveryReport
-    applied_lsn: int
-    generation: int
-    superseded: list[str]
-    superseded_dir: str | None
-    database: str
-
-    def summary(self) -> str:
-        """One line for logs and the CLI."""
-        s = f"restore: {self.report.summary()}; database at LSN {self.applied_lsn}, new generation " \
-            f"{self.generation:08X}"
-        if self.superseded:
-            s += f"; {len(self.superseded)} conflicting generation(s) moved to {self.superseded_dir}"
-        return s
-
-    def to_json(self) -> dict[str, Any]:
-        """The outcome as plain data."""
-        d = asdict(self)
-        d["report"] = self.report.to_json()
-        return d
-
-
-def recover_registered(home: Path) -> RestoreOutcome | None:
-    """The hook :meth:`Store._open` runs first: act on a registered restore, if any.
-
-    Refuses (raises) on an uncompleted or failed registration; runs hard recovery on a
-    completed one; finishes an interrupted one. Returns None when nothing is registered.
-
-    :param home: the CA home (its lock is held by the caller).
-    """
-    home = Path(home)
-    reg = read_registration(home)
-    if reg is None:
-        return None
-    if reg.state == STATE_REGISTERED:
-        # spec §2.16: the CA does not start on an uncompleted registration.
-        raise Conflict(JET_ERR_RESTORE_IN_PROGRESS, str(home),
-                       f"{unfinished_from(reg)} was found ({reg.summary()}, not completed); the CA will not start "
-                       f"until it is: {rerun_hint(reg, home)}")
-    if reg.state == STATE_FAILED:
-        hr = reg.hr if reg.hr != S_OK else E_FAIL
-        cls = CorruptData if (hr & 0xFFFF0000) == 0xC8000000 else Conflict
-        raise cls(hr, str(home), f"{unfinished_from(reg)} was found: it failed ({reg.message}); the CA will not "
-                                 f"start until a full set is restored again: {rerun_hint(reg, home)}")
-    if reg.state == STATE_COMPLETE:
-        try:
-            reg.recovery = _recover_into_temp(home, reg)
-        except CertSrvError as e:
-            _discard_temp(home, reg)
-            mark_failed(home, e.hresult, str(e))
-            raise
-        except (OSError, sqlite3.Error, ValueError) as e:
-            _discard_temp(home, reg)
-            mark_failed(home, E_FAIL, f"hard recovery failed: {e}")
-            raise CertSrvError(E_FAIL, str(home), f"hard recovery failed: {e}") from e
-        reg.state = STATE_RECOVERING
-        write_registration(home, reg)
-    return _finish(home, reg)
-
-
-def _temp_name(target: Path) -> Path:
-    return target.with_name(f".{target.name}.recovering")
-
-
-def _discard_temp(home: Path, reg: Registration) -> None:
-    if not reg.restore_map:
-        return
-    with contextlib.suppress(CertSrvError, OSError):
-        tmp = _temp_name(_resolve_db_target(home, _rebase(reg, home, reg.restore_map[0][1])))
-        for p in (tmp, tmp.with_name(tmp.name + "-journal")):
-            p.unlink(missing_ok=True)
-
-
-def _collect_generations(reg: Registration, home: Path) -> list[Path]:
-    """Files of genLow..genHigh across every registered backup log path; a missing one is named."""
-    found: dict[int, Path] = {}
-    dirs: list[str] = []
-    for s in reg.sets:
-        d = s.backup_log_path or reg.backup_log_path
-        if d is None:
-            continue
-        d = _rebase(reg, home, d)
-        if d in dirs:
-            continue
-        dirs.append(d)
-        for g, p in logfile.list_generations(Path(d)).items():
-            found.setdefault(g, p)
-    files: list[Path] = []
-    for g in range(reg.gen_low, reg.gen_high + 1):
-        if g not in found:
-            raise CorruptData(JET_ERR_MISSING_RESTORE_LOG_FILES, logfile.log_name(g),
-                              f"log generation {g:08X} is missing from the backup log path "
-                              f"({', '.join(dirs)}); registered {reg.gen_low:08X}..{reg.gen_high:08X}")
-        files.append(found[g])
-    return files
-
-
-@dataclass
-class _LiveGen:
-    generation: int
-    path: Path
-    first: int
-    last: int
-    end: int
-    size: int
-    ok: bool  # identity matches and no bad frame except a torn tail
-    torn: bool
-
-
-def _scan_live(path: Path, gen: int, ident: bytes) -> _LiveGen:
-    try:
-        res, _ = logfile.scan(path, ident)
-    except CertSrvError:
-        return _LiveGen(gen, path, 0, 0, 0, 0, False, False)
-    first = res.header.first_lsn
-    last = res.last_lsn if res.last_lsn is not None else first - 1
-    bad = res.bad_offset is not None
-    return _LiveGen(gen, path, first, last, res.end, res.size, not bad or res.bad_is_tail, bad and res.bad_is_tail)
-
-
-def _epilogue_record(lsn: int, when: datetime, generation: int) -> tuple[bytes, list[Op]]:
-    """The record the recovery appends: DBLastRecovery, backup_requires_full and a new archive lineage
-    starting at ``generation`` (issue 13: the restored history never mixes with the one it branched from)."""
-    t = schema.table("setting")
-    ops: list[Op] = [
-        ("setting", "p", schema.row_to_image(t, {"name": SETTING_LAST_RECOVERY, "value": when.isoformat()})),
-        ("setting", "p", schema.row_to_image(t, {"name": SETTING_REQUIRES_FULL, "value": "1"})),
-        ("setting", "p", schema.row_to_image(t, {"name": archivemark.SETTING_LINEAGE,
-                                                 "value": archivemark.new_lineage()})),
-        ("setting", "p", schema.row_to_image(t, {"name": archivemark.SETTING_LINEAGE_START,
-                                                 "value": str(generation)})),
-    ]
-    return logfile.encode_record(lsn, int(when.timestamp() * 1_000_000), encode_payload(ops)), ops
-
-
-def _recover_into_temp(home: Path, reg: Registration) -> dict[str, Any]:
-    """Phases I and II plus the epilogue on a temp copy of the database; returns the finishing plan."""
-    from .engine import hard_recover  # engine imports this module lazily; avoid the cycle at import time
-
-    if not reg.restore_map or not reg.has_full:
-        raise SequenceError(ERROR_DIRECTORY, str(home), "no full set is registered (the restore map is empty)")
-    target = _resolve_db_target(home, _rebase(reg, home, reg.restore_map[0][1]))
-    if not target.is_file():
-        raise NotFound(ERROR_FILE_NOT_FOUND, str(target), "the restored database file is missing")
-    files = _collect_generations(reg, home)
-    tmp = _temp_name(target)
-    for p in (tmp, tmp.with_name(tmp.name + "-journal")):
-        p.unlink(missing_ok=True)
-    copy_file(target, tmp)
-    conn = sqlite3.connect(tmp, isolation_level=None)
-    try:
-        meta = read_meta(conn)
-    finally:
-        conn.close()
-    ident_hex = meta["identity"]
-    if reg.identity is not None and reg.identity != ident_hex:
-        raise CorruptData(JET_ERR_MISSING_RESTORE_LOG_FILES, target.name,
-                          f"database belongs to {ident_hex}, the registered sets to {reg.identity}")
-    ident = bytes.fromhex(ident_hex)
-    snapshot_lsn = int(meta["applied_lsn"])
-    # Phase I's end: the last LSN the backed-up generations hold.
-    last_res, _ = logfile.scan(files[-1], ident)
-    if last_res.bad_offset is not None:
-        raise logfile.corrupt_error(last_res)
-    phase1_end = last_res.last_lsn if last_res.last_lsn is not None else last_res.header.first_lsn - 1
-    if phase1_end < snapshot_lsn:
-        raise CorruptData(JET_ERR_ENDING_RESTORE_LOG_TOO_LOW, files[-1].name,
-                          f"the logs end at LSN {phase1_end}, before the database's LSN {snapshot_lsn}")
-    # Phase II: contiguous newer generations of the live log directory (spec §3.3, ESE phase II).
-    log_dir = Path(home) / "logs"
-    live = logfile.list_generations(log_dir)
-    extras: list[Path] = []
-    expected = phase1_end + 1
-    g = reg.gen_high + 1
-    while g in live:
-        info = _scan_live(live[g], g, ident)
-        if not info.ok or info.first != expected:
-            break
-        extras.append(live[g])
-        expected = info.last + 1
-        g += 1
-        if info.torn:
-            break  # only the last file may end in a torn tail
-    rep = hard_recover(tmp, files[0].parent, reg.gen_low, reg.gen_low, identity=ident_hex,
-                       until_us=reg.until_us, extra_generations=files[1:] + extras)
-    applied = rep.to_lsn
-    chain = files + extras
-    if rep.stopped_at is not None and rep.generations:
-        g_end = rep.generations[-1]
-    else:
-        g_end = logfile.read_header(chain[-1]).generation
-    # Which live generations agree with the recovered LSN sequence: a contiguous run ending exactly at
-    # `applied`. Everything else conflicts (e.g. records past --until, another CA) and is moved aside.
-    infos = {gen: _scan_live(p, gen, ident) for gen, p in live.items()}
-    consistent = {gen for gen, i in infos.items() if i.ok and i.first <= applied + 1 and i.last <= applied}
-    keep: list[int] = []
-    if consistent:
-        top = max(consistent)
-        if infos[top].last == applied:
-            keep = [top]
-            cur = top
-            while cur - 1 in consistent and infos[cur - 1].last + 1 == infos[cur].first:
-                cur -= 1
-                keep.append(cur)
-    supersede = sorted(live[gen].name for gen in live if gen not in keep)
-    torn = {live[gen].name: infos[gen].end for gen in keep if infos[gen].torn}
-    # Kept generations that were being written end in preallocated room: they are closed now, cut to size.
-    trim = {live[gen].name: infos[gen].end for gen in keep if not infos[gen].torn and infos[gen].size > infos[gen].end}
-    fresh = (max(keep) if keep else g_end) + 1
-    # The epilogue: one logged record at applied+1, in the fresh generation.
-    when = datetime.now(UTC)
-    record, ops = _epilogue_record(applied + 1, when, fresh)
-    conn = sqlite3.connect(tmp, isolation_level=None)
-    try:
-        conn.execute("BEGIN")
-        apply_ops(conn, ops)
-        set_applied(conn, applied + 1)
-        conn.commit()
-    finally:
-        conn.close()
-    fsync_file(tmp)
-    fsync_dir(tmp.parent)
-    others = sorted(p.name for p in target.parent.iterdir() if p.suffix == ".db" and p != target)
-    return {
-        "target": str(target),
-        "temp": str(tmp),
-        "identity": ident_hex,
-        "applied_lsn": applied + 1,
-        "generation": fresh,
-        "generation_created_us": int(when.timestamp() * 1_000_000),
-        "record": base64.b64encode(record).decode("ascii"),
-        "supersede": supersede,
-        "supersede_dir": f"superseded-{_stamp()}",
-        "torn": torn,
-        "trim": trim,
-        "db_supersede": others,
-        "report": rep.to_json(),
-        "recovered_at": when.isoformat(),
-        "backup_log_paths": sorted({_rebase(reg, home, s.backup_log_path) for s in reg.sets if s.backup_log_path}),
-    }
-
-
-def _move(src: Path, dest_dir: Path) -> None:
-    make_dirs(dest_dir)
-    os.replace(src, dest_dir / src.name)
-
-
-def _finish(home: Path, reg: Registration) -> RestoreOutcome:
-    """The idempotent steps after the recovered copy is durable (safe to repeat after a crash)."""
-    from .engine import Checkpoint, write_checkpoint
-
-    plan = reg.recovery
-    assert plan is not None
-    home = Path(home)
-    target = Path(plan["target"])
-    tmp = Path(plan["temp"])
-    db_dir = target.parent
-    log_dir = home / "logs"
-    make_dirs(log_dir)
-    db_aside = db_dir / plan["supersede_dir"]
-    if tmp.exists():
-        # Stale WAL/SHM/journal beside the target belong to the file being replaced; SQLite would apply
-        # a stale WAL to the new file, so they must go before the rename.
-        for suffix in ("-wal", "-shm", "-journal"):
-            side = target.with_name(target.name + suffix)
-            if side.exists():
-                _move(side, db_aside)
-        os.replace(tmp, target)
-        fsync_dir(db_dir)
-    elif not target.exists():
-        raise NotFound(ERROR_FILE_NOT_FOUND, str(target), "the recovered database file is missing")
-    for name in plan["db_supersede"]:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            p = db_dir / (name + suffix)
-            if p.exists():
-                _move(p, db_aside)
-    if db_aside.exists():
-        fsync_dir(db_dir)
-    aside = log_dir / plan["supersede_dir"]
-    for name in plan["supersede"]:
-        p = log_dir / name
-        if p.exists():
-            _move(p, aside)
-    for name, end in plan["torn"].items():
-        p = log_dir / name
-        if p.exists() and p.stat().st_size > end:
-            # The torn bytes were never committed; keep a copy anyway (nothing is deleted), then cut.
-            make_dirs(aside)
-            if not (aside / name).exists():
-                copy_file(p, aside / name)
-            os.chmod(p, 0o600)
-            fd = os.open(p, os.O_WRONLY)
-            try:
-                os.ftruncate(fd, end)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    for name, end in plan.get("trim", {}).items():
-        p = log_dir / name
-        if p.exists() and p.stat().st_size > end:
-            os.chmod(p, 0o600)
-            fd = os.open(p, os.O_WRONLY)
-            try:
-                os.ftruncate(fd, end)  # only zeroes of the preallocation go
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    if aside.exists():
-        fsync_dir(aside)
-    gen = int(plan["generation"])
-    ident = bytes.fromhex(plan["identity"])
-    applied = int(plan["applied_lsn"])
-    header = logfile.LogHeader(gen, ident, int(plan["generation_created_us"]), applied)
-    data = header.encode() + base64.b64decode(plan["record"])
-    atomic_write(log_dir / logfile.log_name(gen), data)
-    write_checkpoint(home / "system" / "edb.chk", Checkpoint(applied, gen, logfile.now_us()), plan["identity"])
-    report = RecoveryReport(**plan["report"])
-    outcome = RestoreOutcome(report=report, applied_lsn=applied, generation=gen,
-                             superseded=list(plan["supersede"]),
-                             superseded_dir=str(aside) if plan["supersede"] else None, database=str(target))
-    done = reg.to_json()
-    done["outcome"] = outcome.to_json()
-    atomic_write(home / "system" / LAST_RESTORE_FILE, json.dumps(done, indent=1, sort_keys=True).encode(),
-                 mode=0o600)
-    clear_registration(home)
-    # The backup log path copies are ours only inside HOME/restore; anything else belongs to the operator.
-    restore_root = (home / "restore").resolve()
-    for d in plan.get("backup_log_paths", []):
-        p = Path(d).resolve()
-        if p.is_dir() and (p == restore_root or restore_root in p.parents):
-            shutil.rmtree(p, ignore_errors=True)
-    return outcome
-
-
 def last_restore(home: Path) -> dict[str, Any] | None:
     """The record of the last finished restore (registration + outcome), if any."""
     try:
-        data: dict[str, Any] = json.loads((Path(home) / "system" / LAST_RESTORE_FILE).read_bytes())
+        data: dict[str, Any] = json.loads(Home(Path(home)).last_restore.read_bytes())
         return data
     except (FileNotFoundError, ValueError):
         return None

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import (
+from ...errors import (
     JET_ERR_BAD_LOG_SIGNATURE,
     JET_ERR_DATABASE_CORRUPTED,
     JET_ERR_MISSING_LOG_FILE,
@@ -18,10 +17,11 @@ from ..errors import (
     JET_ERR_STARTING_RESTORE_LOG_TOO_HIGH,
     CorruptData,
 )
-from . import logfile
-from .health import disk_full_error, is_disk_full
-from .logfile import Op, decode_payload, encode_payload
-from .schema import TABLES, delete_sql, upsert_sql
+from .. import logfile
+from ..health import disk_full_error, is_disk_full
+from ..logfile import Op, decode_payload, encode_payload
+from ..report import RecoveryReport
+from ..schema import TABLES, delete_sql, upsert_sql
 
 __all__ = ["BATCH", "Batcher", "Op", "RecoveryReport", "apply_ops", "check_chain", "decode_payload",
            "encode_payload", "read_meta", "replay", "set_applied"]
@@ -85,44 +85,6 @@ def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
     except sqlite3.DatabaseError as e:
         raise CorruptData(JET_ERR_RESTORE_OF_NON_BACKUP_DATABASE, "database",
                           f"not a pycertsrv database: {e}") from None
-
-
-@dataclass
-class RecoveryReport:
-    """What a recovery did: records replayed, LSN range, tail cut, time taken."""
-
-    kind: str = "soft"
-    replayed: int = 0
-    from_lsn: int = 0
-    to_lsn: int = 0
-    generations: list[int] = field(default_factory=list)
-    torn_tail: dict[str, Any] | None = None
-    stopped_at: str | None = None
-    seconds: float = 0.0
-    clean: bool = True
-    damaged: list[dict[str, Any]] = field(default_factory=list)  # applied records found damaged (stepped over)
-
-    def summary(self) -> str:
-        """One line for logs and the CLI."""
-        if self.replayed == 0 and self.torn_tail is None and not self.damaged:
-            return f"{self.kind} recovery: nothing to replay (applied LSN {self.to_lsn})"
-        s = (f"{self.kind} recovery: replayed {self.replayed} records (LSN {self.from_lsn}..{self.to_lsn}) "
-             f"from {len(self.generations)} generation(s) in {self.seconds:.3f}s")
-        if self.torn_tail:
-            s += (f"; cut torn tail of {self.torn_tail['file']} at offset {self.torn_tail['offset']} "
-                  f"({self.torn_tail['reason']})")
-        if self.stopped_at:
-            s += f"; stopped at {self.stopped_at}"
-        if self.damaged:
-            d = self.damaged[0]
-            s += (f"; DAMAGED log record(s) already applied, stepped over: {d['file']} LSN {d['lsns'][0]}"
-                  + (f"..{d['lsns'][1]}" if d['lsns'][1] != d['lsns'][0] else "") + f" at offset {d['offset']}"
-                  + (f" and {len(self.damaged) - 1} more" if len(self.damaged) > 1 else ""))
-        return s
-
-    def to_json(self) -> dict[str, Any]:
-        """The report as plain data."""
-        return dict(self.__dict__)
 
 
 def check_chain(gens: dict[int, Path], identity: bytes, low: int | None = None,

@@ -1,4 +1,4 @@
-"""The store's fault handling, mixed into :class:`~pycertsrv.store.engine.Store`: the degraded state after
+"""The store's fault handling, a part of :class:`~pycertsrv.store.sqlite.engine.Store`: the degraded state after
 a failed apply (disk full) and its background retry, the failed state after a failed sync, the health
 snapshot, reads of committed but unapplied rows, and the report of damaged log records. The states and
 what each means for writers, readers and operators are described in :mod:`.health`.
@@ -10,52 +10,19 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..errors import E_UNEXPECTED, CertSrvError, StorageError
-from . import health as health_mod
-from . import logfile, schema
-from .health import DEGRADED_DISK_FULL, FAILED_SYNC, Health, disk_full_error, is_disk_full
-
-if TYPE_CHECKING:
-    from pathlib import Path
-
-    from .engine import StoreOptions, Transaction
-    from .replay import Op
+from ...errors import E_UNEXPECTED, CertSrvError, StorageError
+from .. import health as health_mod
+from .. import logfile, schema
+from ..health import DEGRADED_DISK_FULL, Health, disk_full_error, is_disk_full
+from .state import EngineState
 
 log = logging.getLogger("pycertsrv.store")
 
 
-class FaultHandling:
-    """State and methods of a store's fault handling (the engine owns the attributes it shares)."""
-
-    # Shared with the engine (set in Store.__init__ / _open).
-    options: StoreOptions
-    system_dir: Path
-    _apply_cond: threading.Condition
-    _applying: bool
-    _applied_lsn: int
-    _durable_lsn: int
-    _pending: dict[int, list[Op]]
-    _closed: bool
-    _gen: int
-
-    def _init_faults(self) -> None:
-        self._failed: str | None = None  # a sync failed: writes stop until a restart (see .health)
-        self._failed_state = FAILED_SYNC
-        self._degraded: str | None = None  # durable records wait to be applied (disk full): the state name
-        self._degraded_detail = ""
-        self._state_since: str | None = None
-        self._retry_stop = threading.Event()
-        self._retry_thread: threading.Thread | None = None
-        self.log_damage: list[dict[str, Any]] = []
-
-    if TYPE_CHECKING:
-        def _apply_locked(self) -> None: ...
-        def _check_usable(self) -> None: ...
-        def transaction(self) -> Transaction: ...
-        def get(self, table: str, key: Any) -> dict[str, Any] | None: ...
-        def roll_log(self) -> int: ...
+class FaultHandling(EngineState):
+    """The store's fault handling (its attributes are set in :class:`.state.EngineState`)."""
 
     def _report_damage(self, damage: list[dict[str, Any]]) -> None:
         """Damaged records below the applied LSN: report loudly, and require the next backup to be full

@@ -1,0 +1,25 @@
+"""Engine settings (``[store]`` in ``certsrv.toml``), the same for every engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """Engine settings.
+
+    :param log_size: roll the generation when it would grow past this many bytes.
+    :param checkpoint_records: checkpoint after this many applied records (0: only on demand/close).
+    :param circular_logging: delete generations below the checkpoint by itself (no incrementals).
+    :param retry_interval: seconds between attempts to apply committed records after an apply failed
+        (disk full); see :mod:`.health`.
+    :param archiving: continuous archiving is on: truncation and circular logging keep every generation
+        above the archive watermark (issue 13).
+    """
+
+    log_size: int = 8 << 20
+    checkpoint_records: int = 20000
+    circular_logging: bool = False
+    retry_interval: float = 0.5
+    archiving: bool = False  # issue 13: never delete a generation not yet archived (see .archivemark)
