@@ -12,7 +12,7 @@ is the certbcli function name, in the manner of pywin32.
   None (the local home's socket) or an open :class:`pycertsrv.client.Client`.
 - ``HCSBC`` is a :class:`pycertsrv.client.backup.BackupSession` for backups and a
   :class:`pycertsrv.backup.restore.RestoreContext` for restores (the restore functions are
-  :mod:`pycertsrv.backup.restore`'s, re-exported).
+  :mod:`pycertsrv.backup.restore`'s, re-exported with their ``W`` aliases here).
 - :func:`CertSrvBackupRead` returns ``bytes`` (``b""`` at the end of the file) and fills up to
   ``cb`` bytes (spec §2.7 [INF]: certadm adapts the caller's buffer size).
 - :func:`CertSrvBackupFree` does nothing: returned lists are ordinary Python objects (spec §2.11).
@@ -36,75 +36,16 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from .backup import restore as _restore
-from .backup.session import MAX_READ
 from .client.backup import BackupSession
 from .client.client import Client
 from .errors import E_INVALIDARG, E_UNEXPECTED, ERROR_INVALID_HANDLE, S_OK, CertSrvError, InvalidArgument, SequenceError
+from .spec import CSBACKUP_TYPE_FULL, MAX_READ
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# ---------------------------------------------------------------------------- spec §1.3 constants
-CSBACKUP_TYPE_FULL = 0x00000001
-CSBACKUP_TYPE_LOGS_ONLY = 0x00000002
-CSBACKUP_TYPE_MASK = 0x00000003
-CSBACKUP_DISABLE_INCREMENTAL = 0xFFFFFFFF
-CSRESTORE_TYPE_FULL = 0x00000001
-CSRESTORE_TYPE_ONLINE = 0x00000002
-CSRESTORE_TYPE_CATCHUP = 0x00000004
-CSRESTORE_TYPE_MASK = 0x00000005
-
-CSBFT_DIRECTORY = 0x80
-CSBFT_DATABASE_DIRECTORY = 0x40
-CSBFT_LOG_DIRECTORY = 0x20
-CSBFT_LOG = 0x21  # '!'
-CSBFT_LOG_DIR = 0x82
-CSBFT_CHECKPOINT_DIR = 0x83
-CSBFT_CERTSERVER_DATABASE = 0x44  # 'D'
-CSBFT_PATCH_FILE = 0x25  # '%'
-CSBFT_UNKNOWN = 0x0F
-
-CSCONTROL_SHUTDOWN = 1
-CSCONTROL_SUSPEND = 2
-CSCONTROL_RESTART = 3
-
-JET_bitBackupIncremental = 0x1
-JET_bitBackupAtomic = 0x4
-JET_bitBackupSnapshot = 0x10
-
-wszDBBACKUPSUBDIR = "DataBase"
-wszDBBACKUPCERTBACKDAT = "certbkxp.dat"
-wszPFXFILENAMEEXT = ".p12"
-wszDBFILENAMEEXT = ".edb"
-wszLOGFILENAMEEXT = ".log"
-wszDATFILENAMEEXT = ".dat"
-wszPATFILENAMEEXT = ".pat"
-wszLOGPATH = "CertLog"
-szDBBASENAMEPARM = "edb"
-wszREGDBLASTFULLBACKUP = "DBLastFullBackup"
-wszREGDBLASTINCREMENTALBACKUP = "DBLastIncrementalBackup"
-wszREGDBLASTRECOVERY = "DBLastRecovery"
-wszREGKEYRESTOREINPROGRESS = "RestoreInProgress"
-wszREGBACKUPLOGDIRECTORY = "BackupLogDirectory"
-wszREGCHECKPOINTFILE = "CheckPointFile"
-wszREGLOWLOGNUMBER = "LowLogNumber"
-wszREGHIGHLOGNUMBER = "HighLogNumber"
-wszREGLOGPATH = "LogPath"
-wszREGRESTOREMAPCOUNT = "RestoreMapCount"
-wszREGRESTOREMAP = "RestoreMap"
-wszREGDATABASERECOVERED = "DatabaseRecovered"
-wszREGRESTORESTATUS = "RestoreStatus"
-wszREGDBDIRECTORY = "DBDirectory"
-wszREGDBLOGDIRECTORY = "DBLogDirectory"
-wszREGDBSYSDIRECTORY = "DBSystemDirectory"
-wszREGDBTEMPDIRECTORY = "DBTempDirectory"
-DBFLAGS_CIRCULARLOGGING = 0x4
-IF_NOREMOTEICERTADMIN = 0x10
-IF_NOREMOTEICERTADMINBACKUP = 0x40
-IF_NOLOCALICERTADMINBACKUP = 0x80
-IF_NOSNAPSHOTBACKUP = 0x100
-szBACKUPANNOTATION = "Cert Server Backup Interface"
-szRESTOREANNOTATION = "Cert Server Restore Interface"
+# spec §1.3 constants: defined once in pycertsrv.spec, re-exported here under the header's names.
+from .spec import *  # noqa: E402,F403
 
 HCSBC = BackupSession  # the backup context type (restore contexts: see pycertsrv.backup.restore)
 

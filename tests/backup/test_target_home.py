@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pycertsrv.backup.writer import run_backup
+from pycertsrv.backupset.writer import run_backup
 from pycertsrv.client import Client
 from pycertsrv.errors import E_ACCESSDENIED, AccessDenied
 

@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from pycertsrv.backup.manifest import read_manifest
-from pycertsrv.backup.session import BackupManager, LocalSession, backup_history
-from pycertsrv.backup.verify import verify_backup
-from pycertsrv.backup.writer import _Pacer, run_backup
+from pycertsrv.backup.history import backup_history
+from pycertsrv.backup.local import LocalSession
+from pycertsrv.backup.session import BackupManager
+from pycertsrv.backupset.manifest import read_manifest
+from pycertsrv.backupset.verify import verify_backup
+from pycertsrv.backupset.writer import _Pacer, run_backup
 from pycertsrv.ca import Authority
 from pycertsrv.errors import E_INVALIDARG, ERROR_DIR_NOT_EMPTY, ERROR_DISK_FULL, CertSrvError
 from pycertsrv.home import Home

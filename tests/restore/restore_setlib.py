@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pycertsrv.backup.chain import find_base
-from pycertsrv.backup.manifest import FileEntry, Manifest, write_manifest
+from pycertsrv.backupset.chain import find_base
+from pycertsrv.backupset.manifest import FileEntry, Manifest, write_manifest
 from pycertsrv.fsutil import sha256_file
 from pycertsrv.store import Store, StoreOptions, archivemark, logfile
 from pycertsrv.store.registration import SETTING_LAST_RECOVERY, SETTING_REQUIRES_FULL

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from restore_setlib import ca_rows, issue, short_home
 
-from pycertsrv.backup.session import BackupManager, LocalSession
-from pycertsrv.backup.writer import run_backup
+from pycertsrv.backup.local import LocalSession
+from pycertsrv.backup.session import BackupManager
+from pycertsrv.backupset.writer import run_backup
 from pycertsrv.ca import Authority
 from pycertsrv.errors import CertSrvError
 
@@ -38,7 +39,8 @@ def replace(a, b):
     return real_replace(a, b)
 os.fsync, os.replace = fsync, replace
 if mode == "restore":
-    from pycertsrv.backup.restore import plan_restore, run_restore
+    from pycertsrv.backupset.restore_plan import plan_restore
+    from pycertsrv.backupset.restore_run import run_restore
     plan = plan_restore(sys.argv[4:], home=home, force=True, password=b"crash pw")
     run_restore(plan, password=b"crash pw")
 else:

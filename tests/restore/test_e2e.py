@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from restore_setlib import Service, ca_rows, db_rows_readonly, issue, make_csr, openssl_verify, short_home
 
-from pycertsrv.backup.writer import run_backup
+from pycertsrv.backupset.writer import run_backup
 from pycertsrv.ca import Authority
 from pycertsrv.errors import CertSrvError
 
@@ -106,7 +106,8 @@ def test_cli_errors_are_one_line_with_hresult(workdir: Path) -> None:
     home = workdir / "ca"
     with Authority.init(home, "CLI Err CA") as a:
         issue(a, 2)
-        from pycertsrv.backup.session import BackupManager, LocalSession
+        from pycertsrv.backup.local import LocalSession
+        from pycertsrv.backup.session import BackupManager
 
         m = BackupManager(a, a.home, 60)
         run_backup(lambda k: LocalSession(m, k), workdir / "full", password=PW, home=home, keep_log=True)
@@ -139,7 +140,8 @@ Store.open(sys.argv[1]).close()
 def sets() -> Iterator[dict[str, Any]]:
     home = short_home("crk")
     work = home.parent
-    from pycertsrv.backup.session import BackupManager, LocalSession
+    from pycertsrv.backup.local import LocalSession
+    from pycertsrv.backup.session import BackupManager
 
     with Authority.init(home, "Kill Test CA") as a:
         # Small generations so a restore has many files and the recovery many generations to replay.

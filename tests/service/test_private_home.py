@@ -30,11 +30,11 @@ import pycertsrv.cli
 import pycertsrv.service.app
 import pycertsrv.service.server  # (imported before forking: the child may not read the stdlib's dir)
 from pycertsrv import config as config_mod
-from pycertsrv.backup.session import FULL
 from pycertsrv.client import Client
 from pycertsrv.client.backup import BackupSession
 from pycertsrv.errors import E_ACCESSDENIED, CertSrvError
 from pycertsrv.home import Home
+from pycertsrv.spec import FULL
 
 from .helpers import Service, db_state, make_csr, make_home
 

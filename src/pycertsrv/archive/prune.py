@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backup.manifest import read_manifest
+from ..backupset.manifest import read_manifest
 from ..errors import E_INVALIDARG, ERROR_FILE_NOT_FOUND, InvalidArgument, NotFound
 from ..fsutil import fsync_dir
 from ..store import logfile

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
-from .session import BackupManager, BackupRecord, backup_history, decode_backup_type
+from .history import BackupRecord, backup_history
+from .session import BackupManager
+from .states import decode_backup_type
 
 __all__ = ["BackupManager", "BackupRecord", "backup_history", "decode_backup_type"]

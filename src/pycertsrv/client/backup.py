@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 
-from ..backup.session import CSBACKUP_TYPE_FULL, CSBACKUP_TYPE_LOGS_ONLY, FULL, INCREMENTAL, MAX_READ, MAX_SEND
 from ..errors import (
     E_FAIL,
     E_INVALIDARG,
@@ -38,6 +37,7 @@ from ..errors import (
     Unavailable,
     error_from_json,
 )
+from ..spec import CSBACKUP_TYPE_FULL, CSBACKUP_TYPE_LOGS_ONLY, FULL, INCREMENTAL, MAX_READ, MAX_SEND
 
 if TYPE_CHECKING:
     from .client import Client

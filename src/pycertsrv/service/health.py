@@ -19,13 +19,9 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from ..backup.session import (
-    FULL,
-    INCREMENTAL,
-    SETTING_LAST_FULL_BYTES,
-    SETTING_LAST_INCREMENTAL_BYTES,
-)
+from ..backup.history import SETTING_LAST_FULL_BYTES, SETTING_LAST_INCREMENTAL_BYTES
 from ..errors import CertSrvError
+from ..spec import FULL, INCREMENTAL
 from ..store import list_generations
 
 ROLE_WRITER = "writer"

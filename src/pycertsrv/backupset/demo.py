@@ -107,7 +107,8 @@ def run_demo(echo: Callable[[str], Any] = print, workdir: Path | None = None, *,
     """
     from ..ca import Authority
     from ..client import Client
-    from .restore import plan_restore, run_restore
+    from .restore_plan import plan_restore
+    from .restore_run import run_restore
     from .writer import run_backup
 
     # Short paths: a Unix socket path is limited to 107 bytes.

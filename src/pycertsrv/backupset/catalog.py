@@ -1,7 +1,7 @@
 """The recovery window: which moments a restore can reach from the backup sets under one directory.
 
 ``certsrv catalog DIR`` reads every set directly under ``DIR`` (each ``DataBase/certbkxp.dat``),
-checks each with :func:`pycertsrv.backup.verify.verify_backup`, and chains them the way
+checks each with :func:`pycertsrv.backupset.verify.verify_backup`, and chains them the way
 ``certsrv restore`` does (:func:`pycertsrv.backup.restore.plan_restore`): one full set, then
 incrementals of the same database identity ordered by ``gen_low``, each starting at most one
 generation after the chain's highest (``gen_low <= high + 1``). A larger step is a gap: the sets
@@ -17,7 +17,7 @@ A restore with ``--until T`` replays every record with a time <= T (restore.py: 
 first record later than this"), so every T inside a chain's span gives the CA's state at T.
 
 With ``--archive DEST`` (issue 13's continuous log archive), each chain reaches on through the
-archived generations that continue it (:mod:`pycertsrv.backup.catalog_archive`); without it the
+archived generations that continue it (:mod:`pycertsrv.backupset.catalog_archive`); without it the
 JSON says ``"archive": null``.
 """
 
@@ -35,7 +35,7 @@ from ..errors import E_INVALIDARG, ERROR_DIRECTORY, ERROR_FILE_NOT_FOUND, CertSr
 from ..store import logfile
 from .catalog_archive import DEFAULT_MAX_ARCHIVE_AGE, ArchiveReach, check_dest, extend_chain, summary
 from .manifest import DB_SUBDIR, P12_EXT, Manifest, manifest_path
-from .restore import parse_until
+from .restore_plan import parse_until
 from .verify import verify_backup
 
 DEFAULT_MAX_FULL_AGE = timedelta(days=8)

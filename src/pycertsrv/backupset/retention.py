@@ -6,7 +6,7 @@ numeric suffix keeps two within one second apart. The catalog orders sets by the
 never by these names. A second set in the same second gets ``.2`` before its type
 (``2026-11-29T060012Z.2-incr``).
 
-Pruning removes whole chains (:mod:`pycertsrv.backup.catalog`): a full set together with every
+Pruning removes whole chains (:mod:`pycertsrv.backupset.catalog`): a full set together with every
 incremental that chains onto it or follows it cut off by a gap. It keeps the newest ``N``
 chains, so it never removes an incremental whose full set is kept, and never the newest chain.
 Sets the catalog cannot place (unusable, or incrementals with no full set) are left alone and

@@ -50,6 +50,7 @@ from ..errors import (
 )
 from ..fsutil import fsync_dir
 from ..home import Home
+from ..spec import FULL, INCREMENTAL
 from ..store import logfile
 from .chain import find_base, pick_base
 from .manifest import (
@@ -63,7 +64,6 @@ from .manifest import (
     Manifest,
     write_manifest,
 )
-from .session import FULL, INCREMENTAL
 from .setauth import SealingKey
 from .target import home_roots, refuse_inside_home
 
