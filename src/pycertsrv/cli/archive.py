@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from ..errors import CertSrvError, Unavailable
-from . import cli
 from .backend import ServerSpec, server_options
 from .common import echo_json, home_option, json_option
+from .root import cli
 
 
 @cli.group("archive")

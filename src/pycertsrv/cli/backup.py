@@ -19,9 +19,9 @@ from ..errors import (
     Unavailable,
     hresult_name,
 )
-from . import cli
 from .backend import ServerSpec, server_options, service_running
 from .common import echo_json, home_option, json_option, read_secret_file
+from .root import cli
 
 
 def _read_secret(path: Path, what: str) -> bytes:

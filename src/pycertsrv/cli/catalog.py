@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from ..errors import E_INVALIDARG, ERROR_INVALID_PASSWORD, InvalidArgument
-from . import cli
 from .common import echo_json, json_option, read_secret_file
+from .root import cli
 
 
 @cli.command("catalog")

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from . import cli
 from .common import echo_json
+from .root import cli
 
 
 @cli.command("demo")

@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from ..errors import E_INVALIDARG
-from . import cli
 from .common import echo_json, home_option, json_option, read_secret_file
+from .root import cli
 
 
 def _read_secret(path: Path | None, what: str) -> bytes | None:
