@@ -21,7 +21,6 @@ import os
 import queue
 import secrets
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -51,7 +50,7 @@ from ..errors import (
 from ..fsutil import fsync_dir
 from ..home import Home
 from ..spec import FULL, INCREMENTAL
-from ..store import logfile
+from ..store import logfile, setdb
 from .chain import find_base, pick_base
 from .manifest import (
     CONFIG_SUBDIR,
@@ -344,13 +343,10 @@ def _check_streamed(identity: str, db_file: Path | None, logs: list[Path],
         except CorruptData as e:
             raise CorruptData(JET_ERR_BAD_LOG_SIGNATURE, p.name, f"streamed log is not usable: {e.message}") from None
     if db_file is not None:
-        conn = sqlite3.connect(f"file:{db_file}?mode=ro&immutable=1", uri=True)
         try:
-            meta = {k: v for k, v in conn.execute("SELECT key, value FROM _meta")}
-        except sqlite3.DatabaseError as e:
+            meta = setdb.read_meta(db_file)
+        except setdb.UnreadableDatabase as e:
             raise CorruptData(ERROR_INVALID_DATA, db_file.name, f"streamed database is not readable: {e}") from None
-        finally:
-            conn.close()
         if meta.get("identity") != identity:
             raise CorruptData(JET_ERR_BAD_LOG_SIGNATURE, db_file.name,
                               f"database identity {meta.get('identity')} is not the server's {identity}")
