@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import config as config_mod
 from ..errors import ERROR_FILE_NOT_FOUND, JET_ERR_DATABASE_CORRUPTED, CorruptData, NotFound
+from ..home import Home
 from ..store import archivemark, logfile, setdb
 
 
@@ -21,16 +22,16 @@ class _Settings:
 
 def offline_status(home: Path) -> dict[str, Any]:
     """Watermark and lag from the home's files (the database read-only; the CA may be stopped)."""
-    home = Path(home)
-    cfg = config_mod.load(home)
-    dbs = sorted((home / "db").glob("*.db"))
+    h = Home(Path(home))
+    cfg = config_mod.load(h.root)
+    dbs = sorted(h.db_dir.glob("*.db"))
     if not dbs:
-        raise NotFound(ERROR_FILE_NOT_FOUND, str(home / "db"), "no CA database in this home")
+        raise NotFound(ERROR_FILE_NOT_FOUND, str(h.db_dir), "no CA database in this home")
     try:
         marks = archivemark.read_marks(_Settings(setdb.read_settings(dbs[0], immutable=False)))
     except setdb.UnreadableDatabase as e:
         raise CorruptData(JET_ERR_DATABASE_CORRUPTED, str(dbs[0]), f"the CA database is not readable: {e}") from None
-    gens = logfile.list_generations(home / "logs")
+    gens = logfile.list_generations(h.log_dir)
     current = max(gens) if gens else 0
     pending = [g for g in gens if marks.watermark < g < current]
     sec = cfg.archive

@@ -41,9 +41,6 @@ from ..store import logfile
 from .manifest import CONFIG_SUBDIR, DB_SUBDIR, KEY_KIND, P12_EXT
 from .setcheck import SetInfo, check_chain, check_digest, listed_p12, verify_set
 
-RESTORE_DIR = "restore"
-RESTORE_LOGS = "logs"
-
 ProgressCallback = Callable[[str], None]
 
 
@@ -383,7 +380,7 @@ def _order_sets(plan: RestorePlan, sets: list[SetInfo]) -> None:
     plan.database_target = h.db_dir / Path(m0.database).name
     plan.backup_db_name = next((loc[1:] for loc in m0.locations if loc[:1] == TAG_CERTSERVER_DATABASE),
                                str(plan.database_target))
-    plan.backup_log_path = h.root / RESTORE_DIR / RESTORE_LOGS
+    plan.backup_log_path = h.restore_log_dir
     by_gen: dict[int, tuple[Path, str]] = {}
     for s in plan.sets:
         assert s.manifest is not None

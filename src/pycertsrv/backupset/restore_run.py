@@ -131,7 +131,7 @@ def run_restore(
     except OSError as e:
         if fresh:
             with contextlib.suppress(OSError):
-                (root / ".lock").unlink()  # the lock file this restore just created (writing its pid failed)
+                plan.home.lock.unlink()  # the lock file this restore just created (writing its pid failed)
         remove_made(made)
         raise from_oserror(e, e.filename if e.filename is not None else root, "cannot create the CA home") from None
     try:
@@ -164,7 +164,7 @@ def run_restore(
         restore_end(ctx)
         if fresh and not has_content(root):
             with contextlib.suppress(OSError):
-                (root / ".lock").unlink()
+                plan.home.lock.unlink()
             remove_made(made)
 
 
