@@ -86,13 +86,10 @@ def _key_passphrase(plan: RestorePlan, cfg: config_mod.Config, given: bytes | No
         return given
     if not (cfg.ca.key_passphrase_file or cfg.ca.key_passphrase_env):
         return None
-    from ..ca.keys import resolve_passphrase
+    from ..ca.keys import configured_passphrase
 
-    pfile = cfg.ca.key_passphrase_file
-    if pfile is not None and not Path(pfile).is_absolute():
-        pfile = str(plan.home.root / pfile)
     try:
-        return resolve_passphrase(pfile, cfg.ca.key_passphrase_env)
+        return configured_passphrase(plan.home.root, cfg.ca.key_passphrase_file, cfg.ca.key_passphrase_env)
     except CertSrvError:
         raise InvalidArgument(ERROR_INVALID_PASSWORD, str(plan.home.config),
                               "the configuration expects an encrypted CA key but its passphrase source is not "

@@ -123,16 +123,13 @@ def _check_streamed(identity: str, db_file: Path | None, logs: list[Path],
 
 def _key_material(home: Home, cfg: Config, ca_name: str, key_passphrase: bytes | None) -> tuple[Any, list[Any]]:
     """The CA key and certificates of the local home (the backup runs on the CA machine)."""
-    from ..ca.keys import load_private_key, resolve_passphrase, same_public_key
+    from ..ca.keys import configured_passphrase, load_private_key, same_public_key
 
     if cfg.ca.name != ca_name:
         raise InvalidArgument(E_INVALIDARG, str(home.root),
                               f"this home is CA {cfg.ca.name!r} but the server is {ca_name!r}; use --home")
     if key_passphrase is None and (cfg.ca.key_passphrase_file or cfg.ca.key_passphrase_env):
-        pfile = cfg.ca.key_passphrase_file
-        if pfile is not None and not Path(pfile).is_absolute():
-            pfile = str(home.root / pfile)
-        key_passphrase = resolve_passphrase(pfile, cfg.ca.key_passphrase_env)
+        key_passphrase = configured_passphrase(home.root, cfg.ca.key_passphrase_file, cfg.ca.key_passphrase_env)
     key = load_private_key(home.root / cfg.ca.key_file, key_passphrase)
     cert_path = home.root / cfg.ca.cert_file
     try:
