@@ -1,5 +1,15 @@
-"""The file-name rule of BackupOpenFile (spec §2.6, CSRA §3.1.4.1.22): a listed file is opened only when it is
-still the file that was listed -- a regular file with one link, reached through no symbolic link."""
+"""The file-name rule of BackupOpenFile.
+
+File-name rule (spec §2.6, CSRA §3.1.4.1.22: the server MUST check that the name is one it
+listed): ``open_file`` compares the name, exactly as a string, with the names this session
+listed (tag removed). Anything else -- a relative name, ``..``, another absolute path, a name
+still carrying its tag -- fails with ERROR_FILE_NOT_FOUND (0x80070002) before anything is
+opened, so a caller learns nothing about files outside the list. A listed file is opened with
+``O_NOFOLLOW`` and must be a regular file: a listed path that was replaced by a symlink or
+something else fails with E_ACCESSDENIED (0x80070005). Dynamic files (published CA
+certificates and CRLs) may be opened once listed by GetDynamicFileList (spec §6 item 7:
+we follow the client section, CSRA §3.2.4.1.22).
+"""
 
 from __future__ import annotations
 

@@ -17,19 +17,8 @@ TRUNCATED``; at most one file is open at a time.
 - *Incremental* (logs only): the generations after the previous recorded backup's
   ``gen_high`` up to the rolled one.
 
-File-name rule (spec §2.6, CSRA §3.1.4.1.22: the server MUST check that the name is one it
-listed): ``open_file`` compares the name, exactly as a string, with the names this session
-listed (tag removed). Anything else -- a relative name, ``..``, another absolute path, a name
-still carrying its tag -- fails with ERROR_FILE_NOT_FOUND (0x80070002) before anything is
-opened, so a caller learns nothing about files outside the list. A listed file is opened with
-``O_NOFOLLOW`` and must be a regular file: a listed path that was replaced by a symlink or
-something else fails with E_ACCESSDENIED (0x80070005). Dynamic files (published CA
-certificates and CRLs) may be opened once listed by GetDynamicFileList (spec §6 item 7:
-we follow the client section, CSRA §3.2.4.1.22).
-
-A backup is recorded in the ``backup_history`` table (one store transaction) at End when it
-is complete (every required file read to its end), or whenever TruncateLogs ran, because the
-truncated generations exist nowhere else and the next incremental must start after them.
+The file-name rule of open_file (spec §2.6: only names this session listed) is in :mod:`.listed`;
+the record of finished backups in :mod:`.history`; the phases and the kind decode in :mod:`.states`.
 """
 
 from __future__ import annotations
