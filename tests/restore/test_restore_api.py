@@ -9,7 +9,8 @@ import pytest
 from restore_setlib import OPTS, add_requests, full_set, incremental_set, make_source, manifest, rows
 
 from pycertsrv import certbcli
-from pycertsrv.backup.restore import CSEDB_RSTMAP, restore_prepare
+from pycertsrv.backup.restore import restore_prepare
+from pycertsrv.certbcli import CSEDB_RSTMAP
 from pycertsrv.errors import (
     E_INVALIDARG,
     E_UNEXPECTED,

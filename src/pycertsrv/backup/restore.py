@@ -220,68 +220,6 @@ def restore_end(ctx: RestoreContext) -> None:
         ctx._lock = None
 
 
-# ---------------------------------------------------------------- certbcli names (re-exported by pycertsrv.certbcli)
-
-
-@dataclass(frozen=True)
-class CSEDB_RSTMAP:
-    """One restore-map entry: the backed-up database name and its name after the restore."""
-
-    pwszDatabaseName: str
-    pwszNewDatabaseName: str
-
-
-def _rstmap(rgrstmap: Any, crstmap: int, function: str) -> list[tuple[str, str]] | None:
-    entries = list(rgrstmap or [])
-    if crstmap != len(entries):
-        raise InvalidArgument(E_INVALIDARG, function, f"crstmap {crstmap} does not match {len(entries)} map entries")
-    out: list[tuple[str, str]] = []
-    for e in entries:
-        if isinstance(e, CSEDB_RSTMAP):
-            out.append((e.pwszDatabaseName, e.pwszNewDatabaseName))
-        else:
-            old, new = e
-            out.append((str(old), str(new)))
-    return out or None
-
-
-def CertSrvRestorePrepare(pwszServerName: str | None, dwRestoreFlags: int = CSRESTORE_TYPE_FULL) -> RestoreContext:
-    """CertSrvRestorePrepareW: returns the restore context (``phbc``)."""
-    return restore_prepare(pwszServerName, dwRestoreFlags)
-
-
-def CertSrvRestoreGetDatabaseLocations(hbc: RestoreContext) -> list[str]:
-    """CertSrvRestoreGetDatabaseLocationsW on a restore context: tagged entries ('D', 0x82, 0x83)."""
-    return restore_get_database_locations(hbc)
-
-
-def CertSrvRestoreRegister(hbc: RestoreContext, pwszCheckPointFilePath: str | None, pwszLogPath: str | None,
-                           rgrstmap: Any, crstmap: int, pwszBackupLogPath: str | None, genLow: int,
-                           genHigh: int) -> None:
-    """CertSrvRestoreRegisterW, C argument order; ``rgrstmap`` = CSEDB_RSTMAP entries or (old, new) pairs."""
-    restore_register(hbc, pwszCheckPointFilePath, pwszLogPath, _rstmap(rgrstmap, crstmap, "CertSrvRestoreRegister"),
-                     pwszBackupLogPath, genLow, genHigh)
-
-
-def CertSrvRestoreRegisterThroughFile(hbc: RestoreContext, pwszCheckPointFilePath: str | None,
-                                      pwszLogPath: str | None, rgrstmap: Any, crstmap: int,
-                                      pwszBackupLogPath: str | None, genLow: int, genHigh: int) -> None:
-    """CertSrvRestoreRegisterThroughFile, C argument order."""
-    restore_register_through_file(hbc, pwszCheckPointFilePath, pwszLogPath,
-                                  _rstmap(rgrstmap, crstmap, "CertSrvRestoreRegisterThroughFile"),
-                                  pwszBackupLogPath, genLow, genHigh)
-
-
-def CertSrvRestoreRegisterComplete(hbc: RestoreContext, hrRestoreState: int = S_OK) -> None:
-    """CertSrvRestoreRegisterComplete."""
-    restore_register_complete(hbc, hrRestoreState)
-
-
-def CertSrvRestoreEnd(hbc: RestoreContext) -> None:
-    """CertSrvRestoreEnd."""
-    restore_end(hbc)
-
-
 def restore_status(home: Path | str | Home | None = None) -> dict[str, Any]:
     """The registration of a home (or the last finished restore) as plain data."""
     h = home if isinstance(home, Home) else Home.at(home)
@@ -291,13 +229,6 @@ def restore_status(home: Path | str | Home | None = None) -> dict[str, Any]:
 
 
 __all__ = [
-    "CSEDB_RSTMAP",
-    "CertSrvRestoreEnd",
-    "CertSrvRestoreGetDatabaseLocations",
-    "CertSrvRestorePrepare",
-    "CertSrvRestoreRegister",
-    "CertSrvRestoreRegisterComplete",
-    "CertSrvRestoreRegisterThroughFile",
     "RestoreContext",
     "resolve_restore_home",
     "restore_end",
