@@ -363,20 +363,17 @@ def _warnings(cat: Catalog) -> list[str]:
     if not cat.authenticity_checked and cat.sets:
         out.append("authenticity not checked (no password given): a set changed on the backup storage would look "
                    "whole here; give --password-file")
-    if cat.newest_full is None:
-        out.append("no usable full set: nothing can be restored")
-    else:
-        a = cat.age(cat.newest_full)
-        if a is not None and a > cat.max_full_age:
-            out.append(f"the newest full set {cat.newest_full.name} is {human(a)} old "
-                       f"(limit {human(cat.max_full_age)}): take a full backup")
-    if cat.newest_incremental is None:
-        out.append("no incremental set: moments after the newest full set cannot be restored")
-    else:
-        a = cat.age(cat.newest_incremental)
-        if a is not None and a > cat.max_incremental_age:
-            out.append(f"the newest incremental set {cat.newest_incremental.name} is {human(a)} old "
-                       f"(limit {human(cat.max_incremental_age)}): take an incremental backup")
+    for kind, newest, limit, none in (
+            ("full", cat.newest_full, cat.max_full_age, "no usable full set: nothing can be restored"),
+            ("incremental", cat.newest_incremental, cat.max_incremental_age,
+             "no incremental set: moments after the newest full set cannot be restored")):
+        if newest is None:
+            out.append(none)
+            continue
+        a = cat.age(newest)
+        if a is not None and a > limit:
+            out.append(f"the newest {kind} set {newest.name} is {human(a)} old "
+                       f"(limit {human(limit)}): take {'a' if kind == 'full' else 'an'} {kind} backup")
     for c in cat.chains:
         out.extend(g.text for g in (c.gap, c.archive_gap) if g is not None)
     for s in cat.orphans:
