@@ -16,13 +16,13 @@ from ..errors import (
     JET_ERR_MISSING_FULL_BACKUP,
     Conflict,
 )
-from ..spec import FULL
+from ..spec import FULL, wszREGDBLASTFULLBACKUP, wszREGDBLASTINCREMENTALBACKUP
 from ..store import Store
 
 SETTING_REQUIRES_FULL = "backup_requires_full"
 # spec §1.3 wszREGDBLASTFULLBACKUP / wszREGDBLASTINCREMENTALBACKUP [INF]: last backup times.
-SETTING_LAST_FULL = "DBLastFullBackup"
-SETTING_LAST_INCREMENTAL = "DBLastIncrementalBackup"
+SETTING_LAST_FULL = wszREGDBLASTFULLBACKUP
+SETTING_LAST_INCREMENTAL = wszREGDBLASTINCREMENTALBACKUP
 # Bytes the last full / incremental session sent (its set's size), recorded with its time (metrics).
 SETTING_LAST_FULL_BYTES = "DBLastFullBackupBytes"
 SETTING_LAST_INCREMENTAL_BYTES = "DBLastIncrementalBackupBytes"
