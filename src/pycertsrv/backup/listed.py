@@ -1,7 +1,7 @@
-"""The file-name rule of BackupOpenFile.
+"""The file-name rule of BackupOpenFile (spec §2.6, CSRA §3.1.4.1.22: the server MUST check that the name is
+one it listed).
 
-File-name rule (spec §2.6, CSRA §3.1.4.1.22: the server MUST check that the name is one it
-listed): ``open_file`` compares the name, exactly as a string, with the names this session
+``BackupManager.open_file`` compares the name, exactly as a string, with the names this session
 listed (tag removed). Anything else -- a relative name, ``..``, another absolute path, a name
 still carrying its tag -- fails with ERROR_FILE_NOT_FOUND (0x80070002) before anything is
 opened, so a caller learns nothing about files outside the list. A listed file is opened with
