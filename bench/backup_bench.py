@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from pycertsrv.backup.writer import run_backup
+from pycertsrv.backupset.writer import run_backup
 from pycertsrv.ca import Authority
 from pycertsrv.client import Client
 from pycertsrv.errors import CertSrvError
@@ -63,7 +63,7 @@ CA_NAME = "Bench Backup CA"
 CACHE = Path(__file__).resolve().parent / "results" / "cache"
 LOOP = r"""
 import os, pathlib, shutil, sys
-from pycertsrv.backup.writer import run_backup
+from pycertsrv.backupset.writer import run_backup
 from pycertsrv.client import Client
 sock, work, stop, nice = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]), int(sys.argv[4])
 if nice:

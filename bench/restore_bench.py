@@ -25,9 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pycertsrv.backup.chain import find_base
-from pycertsrv.backup.manifest import FileEntry, Manifest, write_manifest
-from pycertsrv.backup.restore import plan_restore, run_restore
+from pycertsrv.backupset.chain import find_base
+from pycertsrv.backupset.manifest import FileEntry, Manifest, write_manifest
+from pycertsrv.backupset.restore_plan import plan_restore
+from pycertsrv.backupset.restore_run import run_restore
 from pycertsrv.fsutil import sha256_file
 from pycertsrv.store import Store, StoreOptions, logfile
 

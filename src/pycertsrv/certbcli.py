@@ -12,7 +12,7 @@ is the certbcli function name, in the manner of pywin32.
   None (the local home's socket) or an open :class:`pycertsrv.client.Client`.
 - ``HCSBC`` is a :class:`pycertsrv.client.backup.BackupSession` for backups and a
   :class:`pycertsrv.backup.restore.RestoreContext` for restores (the restore functions are
-  :mod:`pycertsrv.backup.restore`'s, re-exported).
+  :mod:`pycertsrv.backup.restore`'s, re-exported with their ``W`` aliases here).
 - :func:`CertSrvBackupRead` returns ``bytes`` (``b""`` at the end of the file) and fills up to
   ``cb`` bytes (spec §2.7 [INF]: certadm adapts the caller's buffer size).
 - :func:`CertSrvBackupFree` does nothing: returned lists are ordinary Python objects (spec §2.11).
@@ -33,78 +33,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
+from . import spec as _spec
 from .backup import restore as _restore
-from .backup.session import MAX_READ
 from .client.backup import BackupSession
 from .client.client import Client
 from .errors import E_INVALIDARG, E_UNEXPECTED, ERROR_INVALID_HANDLE, S_OK, CertSrvError, InvalidArgument, SequenceError
+from .spec import *  # noqa: F403  (spec §1.3: every constant, defined once in pycertsrv.spec, re-exported)
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-# ---------------------------------------------------------------------------- spec §1.3 constants
-CSBACKUP_TYPE_FULL = 0x00000001
-CSBACKUP_TYPE_LOGS_ONLY = 0x00000002
-CSBACKUP_TYPE_MASK = 0x00000003
-CSBACKUP_DISABLE_INCREMENTAL = 0xFFFFFFFF
-CSRESTORE_TYPE_FULL = 0x00000001
-CSRESTORE_TYPE_ONLINE = 0x00000002
-CSRESTORE_TYPE_CATCHUP = 0x00000004
-CSRESTORE_TYPE_MASK = 0x00000005
-
-CSBFT_DIRECTORY = 0x80
-CSBFT_DATABASE_DIRECTORY = 0x40
-CSBFT_LOG_DIRECTORY = 0x20
-CSBFT_LOG = 0x21  # '!'
-CSBFT_LOG_DIR = 0x82
-CSBFT_CHECKPOINT_DIR = 0x83
-CSBFT_CERTSERVER_DATABASE = 0x44  # 'D'
-CSBFT_PATCH_FILE = 0x25  # '%'
-CSBFT_UNKNOWN = 0x0F
-
-CSCONTROL_SHUTDOWN = 1
-CSCONTROL_SUSPEND = 2
-CSCONTROL_RESTART = 3
-
-JET_bitBackupIncremental = 0x1
-JET_bitBackupAtomic = 0x4
-JET_bitBackupSnapshot = 0x10
-
-wszDBBACKUPSUBDIR = "DataBase"
-wszDBBACKUPCERTBACKDAT = "certbkxp.dat"
-wszPFXFILENAMEEXT = ".p12"
-wszDBFILENAMEEXT = ".edb"
-wszLOGFILENAMEEXT = ".log"
-wszDATFILENAMEEXT = ".dat"
-wszPATFILENAMEEXT = ".pat"
-wszLOGPATH = "CertLog"
-szDBBASENAMEPARM = "edb"
-wszREGDBLASTFULLBACKUP = "DBLastFullBackup"
-wszREGDBLASTINCREMENTALBACKUP = "DBLastIncrementalBackup"
-wszREGDBLASTRECOVERY = "DBLastRecovery"
-wszREGKEYRESTOREINPROGRESS = "RestoreInProgress"
-wszREGBACKUPLOGDIRECTORY = "BackupLogDirectory"
-wszREGCHECKPOINTFILE = "CheckPointFile"
-wszREGLOWLOGNUMBER = "LowLogNumber"
-wszREGHIGHLOGNUMBER = "HighLogNumber"
-wszREGLOGPATH = "LogPath"
-wszREGRESTOREMAPCOUNT = "RestoreMapCount"
-wszREGRESTOREMAP = "RestoreMap"
-wszREGDATABASERECOVERED = "DatabaseRecovered"
-wszREGRESTORESTATUS = "RestoreStatus"
-wszREGDBDIRECTORY = "DBDirectory"
-wszREGDBLOGDIRECTORY = "DBLogDirectory"
-wszREGDBSYSDIRECTORY = "DBSystemDirectory"
-wszREGDBTEMPDIRECTORY = "DBTempDirectory"
-DBFLAGS_CIRCULARLOGGING = 0x4
-IF_NOREMOTEICERTADMIN = 0x10
-IF_NOREMOTEICERTADMINBACKUP = 0x40
-IF_NOLOCALICERTADMINBACKUP = 0x80
-IF_NOSNAPSHOTBACKUP = 0x100
-szBACKUPANNOTATION = "Cert Server Backup Interface"
-szRESTOREANNOTATION = "Cert Server Restore Interface"
 
 HCSBC = BackupSession  # the backup context type (restore contexts: see pycertsrv.backup.restore)
 
@@ -217,7 +157,7 @@ def CertSrvServerControl(pwszServerName: str | Client | None, dwControlFlags: in
 # ---------------------------------------------------------------------------- backup, spec §2.2–2.11
 @_api("CertSrvBackupPrepare")
 def CertSrvBackupPrepare(pwszServerName: str | Client | None, grbitJet: int = 0,
-                         dwBackupFlags: int = CSBACKUP_TYPE_FULL) -> BackupSession:
+                         dwBackupFlags: int = _spec.CSBACKUP_TYPE_FULL) -> BackupSession:
     """Start the backup session; returns the context ``hbc`` (pass it to CertSrvBackupEnd exactly once).
 
     :param pwszServerName: the service.
@@ -277,7 +217,7 @@ def CertSrvBackupRead(hbc: BackupSession, cb: int) -> bytes:
         raise InvalidArgument(E_INVALIDARG, "CertSrvBackupRead", f"buffer size {cb} must be positive")
     out = bytearray()
     while len(out) < cb:
-        want = min(int(cb) - len(out), MAX_READ)
+        want = min(int(cb) - len(out), _spec.MAX_READ)
         chunk = s.read(want)
         out += chunk
         if len(chunk) < want:
@@ -314,17 +254,72 @@ def CertSrvBackupFree(pv: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- restore, spec §2.12–2.17
-# The restore functions live in pycertsrv.backup.restore (the restore helper's module; the CA is
-# stopped and the calls act on the local home) and are re-exported here under the spec names.
-# CertSrvRestoreGetDatabaseLocations accepts a backup context too (spec §2.12).
-CertSrvRestorePrepare = _api("CertSrvRestorePrepare")(_restore.CertSrvRestorePrepare)
-CertSrvRestoreRegister = _api("CertSrvRestoreRegister")(_restore.CertSrvRestoreRegister)
-CertSrvRestoreRegisterThroughFile = _api("CertSrvRestoreRegisterThroughFile")(
-    _restore.CertSrvRestoreRegisterThroughFile)
-CertSrvRestoreRegisterComplete = _api("CertSrvRestoreRegisterComplete")(_restore.CertSrvRestoreRegisterComplete)
-CertSrvRestoreEnd = _api("CertSrvRestoreEnd")(_restore.CertSrvRestoreEnd)
-CSEDB_RSTMAP = _restore.CSEDB_RSTMAP
-CSEDB_RSTMAPW = _restore.CSEDB_RSTMAP
+# The restore functions act on a local, stopped home (spec §3.3 step 2) through pycertsrv.backup.restore;
+# here they keep the C names and argument order. CertSrvRestoreGetDatabaseLocations accepts a backup
+# context too (spec §2.12).
+
+
+@dataclass(frozen=True)
+class CSEDB_RSTMAP:
+    """One restore-map entry: the backed-up database name and its name after the restore."""
+
+    pwszDatabaseName: str
+    pwszNewDatabaseName: str
+
+
+def _rstmap(rgrstmap: Any, crstmap: int, function: str) -> list[tuple[str, str]] | None:
+    entries = list(rgrstmap or [])
+    if crstmap != len(entries):
+        raise InvalidArgument(E_INVALIDARG, function, f"crstmap {crstmap} does not match {len(entries)} map entries")
+    out: list[tuple[str, str]] = []
+    for e in entries:
+        if isinstance(e, CSEDB_RSTMAP):
+            out.append((e.pwszDatabaseName, e.pwszNewDatabaseName))
+        else:
+            old, new = e
+            out.append((str(old), str(new)))
+    return out or None
+
+
+@_api("CertSrvRestorePrepare")
+def CertSrvRestorePrepare(pwszServerName: str | None,
+                          dwRestoreFlags: int = _spec.CSRESTORE_TYPE_FULL) -> _restore.RestoreContext:
+    """CertSrvRestorePrepareW: returns the restore context (``phbc``)."""
+    return _restore.restore_prepare(pwszServerName, dwRestoreFlags)
+
+
+@_api("CertSrvRestoreRegister")
+def CertSrvRestoreRegister(hbc: _restore.RestoreContext, pwszCheckPointFilePath: str | None,
+                           pwszLogPath: str | None, rgrstmap: Any, crstmap: int, pwszBackupLogPath: str | None,
+                           genLow: int, genHigh: int) -> None:
+    """CertSrvRestoreRegisterW, C argument order; ``rgrstmap`` = CSEDB_RSTMAP entries or (old, new) pairs."""
+    _restore.restore_register(hbc, pwszCheckPointFilePath, pwszLogPath,
+                              _rstmap(rgrstmap, crstmap, "CertSrvRestoreRegister"), pwszBackupLogPath, genLow, genHigh)
+
+
+@_api("CertSrvRestoreRegisterThroughFile")
+def CertSrvRestoreRegisterThroughFile(hbc: _restore.RestoreContext, pwszCheckPointFilePath: str | None,
+                                      pwszLogPath: str | None, rgrstmap: Any, crstmap: int,
+                                      pwszBackupLogPath: str | None, genLow: int, genHigh: int) -> None:
+    """CertSrvRestoreRegisterThroughFile, C argument order."""
+    _restore.restore_register_through_file(hbc, pwszCheckPointFilePath, pwszLogPath,
+                                           _rstmap(rgrstmap, crstmap, "CertSrvRestoreRegisterThroughFile"),
+                                           pwszBackupLogPath, genLow, genHigh)
+
+
+@_api("CertSrvRestoreRegisterComplete")
+def CertSrvRestoreRegisterComplete(hbc: _restore.RestoreContext, hrRestoreState: int = S_OK) -> None:
+    """CertSrvRestoreRegisterComplete."""
+    _restore.restore_register_complete(hbc, hrRestoreState)
+
+
+@_api("CertSrvRestoreEnd")
+def CertSrvRestoreEnd(hbc: _restore.RestoreContext) -> None:
+    """CertSrvRestoreEnd."""
+    _restore.restore_end(hbc)
+
+
+CSEDB_RSTMAPW = CSEDB_RSTMAP
 
 
 @_api("CertSrvRestoreGetDatabaseLocations")
@@ -333,7 +328,7 @@ def CertSrvRestoreGetDatabaseLocations(hbc: BackupSession | _restore.RestoreCont
     if isinstance(hbc, BackupSession):
         return _session(hbc, "CertSrvRestoreGetDatabaseLocations").database_locations()
     if isinstance(hbc, _restore.RestoreContext):
-        return _restore.CertSrvRestoreGetDatabaseLocations(hbc)
+        return _restore.restore_get_database_locations(hbc)
     raise InvalidArgument(ERROR_INVALID_HANDLE, "CertSrvRestoreGetDatabaseLocations",
                           f"not a backup or restore context: {type(hbc).__name__}")
 

@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .archive.settings import ArchiveSection
 from .errors import E_INVALIDARG, ERROR_FILE_NOT_FOUND, InvalidArgument, NotFound
 from .fsutil import PRIVATE_FILE, atomic_write
+from .home import Layout
 
-CONFIG_FILE = "certsrv.toml"
+CONFIG_FILE = Layout.CONFIG
 KeyType = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
 ROLES = ("Administrator", "Officer", "Operator", "Auditor", "Enrollee")
 Role = Literal["Administrator", "Officer", "Operator", "Auditor", "Enrollee"]

@@ -35,7 +35,27 @@ from .errors import E_ACCESSDENIED, E_INVALIDARG, AccessDenied, InvalidArgument
 from .fsutil import PRIVATE_DIR, PRIVATE_FILE, PUBLIC_DIR, PUBLIC_FILE
 
 ENV_HOME = "CERTSRV_HOME"
-PUBLISH = "publish"
+
+
+class Layout:
+    """The home's layout, defined once: the name of each entry under the home's root (:class:`Home` joins them;
+    everything else asks :class:`Home`, or these names where it has only a root path)."""
+
+    CONFIG = "certsrv.toml"
+    DB = "db"
+    LOGS = "logs"
+    SYSTEM = "system"
+    PRIVATE = "private"
+    PUBLISH = "publish"
+    STAGING = "staging"
+    RESTORE = "restore"  # a planned restore's copies of the sets' generations: RESTORE/LOGS
+    REGISTRATION = "restore.json"  # in SYSTEM
+    SOCKET = "certsrv.sock"
+    AUDIT_LOG = "audit.log"
+    LOCK = ".lock"
+
+
+PUBLISH = Layout.PUBLISH
 log = logging.getLogger("pycertsrv.home")
 
 
@@ -58,37 +78,42 @@ class Home:
     @property
     def config(self) -> Path:
         """``certsrv.toml``."""
-        return self.root / "certsrv.toml"
+        return self.root / Layout.CONFIG
 
     @property
     def db_dir(self) -> Path:
         """Database directory."""
-        return self.root / "db"
+        return self.root / Layout.DB
 
     @property
     def log_dir(self) -> Path:
         """Log generations directory."""
-        return self.root / "logs"
+        return self.root / Layout.LOGS
 
     @property
     def system_dir(self) -> Path:
         """Checkpoint and registration directory."""
-        return self.root / "system"
+        return self.root / Layout.SYSTEM
 
     @property
     def private_dir(self) -> Path:
         """Private key directory (0700)."""
-        return self.root / "private"
+        return self.root / Layout.PRIVATE
 
     @property
     def publish_dir(self) -> Path:
         """Published (dynamic) files."""
-        return self.root / "publish"
+        return self.root / Layout.PUBLISH
 
     @property
     def staging_dir(self) -> Path:
         """Backup staging area."""
-        return self.root / "staging"
+        return self.root / Layout.STAGING
+
+    @property
+    def restore_log_dir(self) -> Path:
+        """Where a planned restore copies the sets' log generations (the registration's backup log path)."""
+        return self.root / Layout.RESTORE / Layout.LOGS
 
     @property
     def checkpoint(self) -> Path:
@@ -98,7 +123,7 @@ class Home:
     @property
     def restore_registration(self) -> Path:
         """The restore registration file."""
-        return self.system_dir / "restore.json"
+        return self.system_dir / Layout.REGISTRATION
 
     @property
     def last_restore(self) -> Path:
@@ -113,17 +138,17 @@ class Home:
     @property
     def socket(self) -> Path:
         """Default Unix socket of the service."""
-        return self.root / "certsrv.sock"
+        return self.root / Layout.SOCKET
 
     @property
     def audit_log(self) -> Path:
         """The service's audit log."""
-        return self.root / "audit.log"
+        return self.root / Layout.AUDIT_LOG
 
     @property
     def lock(self) -> Path:
         """The lock file."""
-        return self.root / ".lock"
+        return self.root / Layout.LOCK
 
 
 def user_name(uid: int) -> str:

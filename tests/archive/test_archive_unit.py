@@ -20,9 +20,11 @@ from pycertsrv.archive.destination import ArchiveConflict, store_file
 from pycertsrv.archive.settings import ArchiveSection
 from pycertsrv.archive.shipper import Shipper
 from pycertsrv.archive.verify import verify_archive
-from pycertsrv.backup.restore import plan_restore, run_restore
-from pycertsrv.backup.session import BackupManager, LocalSession
-from pycertsrv.backup.writer import run_backup
+from pycertsrv.backup.local import LocalSession
+from pycertsrv.backup.session import BackupManager
+from pycertsrv.backupset.restore_plan import plan_restore
+from pycertsrv.backupset.restore_run import run_restore
+from pycertsrv.backupset.writer import run_backup
 from pycertsrv.ca import Authority
 from pycertsrv.errors import CorruptData, InvalidArgument
 from pycertsrv.store import Store, StoreOptions, archivemark, logfile

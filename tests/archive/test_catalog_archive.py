@@ -31,7 +31,7 @@ from archive_lib import (
 )
 
 from pycertsrv import config as config_mod
-from pycertsrv.backup.catalog import build_catalog, iso
+from pycertsrv.backupset.catalog import build_catalog, iso
 from pycertsrv.home import Home
 from pycertsrv.store import logfile
 from pycertsrv.store.schema import DISP_REVOKED

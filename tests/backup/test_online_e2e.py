@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from pycertsrv.backup.manifest import read_manifest
-from pycertsrv.backup.verify import verify_backup
-from pycertsrv.backup.writer import run_backup
+from pycertsrv.backupset.manifest import read_manifest
+from pycertsrv.backupset.verify import verify_backup
+from pycertsrv.backupset.writer import run_backup
 from pycertsrv.client import Client
 from pycertsrv.errors import E_UNEXPECTED, ERROR_FILE_NOT_FOUND, CertSrvError
 from pycertsrv.store import hard_recover

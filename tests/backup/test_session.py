@@ -11,17 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pycertsrv.backup.session import (
-    CSBFT_CERTSERVER_DATABASE,
-    CSBFT_CHECKPOINT_DIR,
-    CSBFT_LOG,
-    CSBFT_LOG_DIR,
-    MAX_READ,
-    SETTING_REQUIRES_FULL,
-    BackupManager,
-    backup_history,
-    decode_backup_type,
-)
+from pycertsrv.backup.history import SETTING_REQUIRES_FULL, backup_history
+from pycertsrv.backup.session import BackupManager
+from pycertsrv.backup.states import decode_backup_type
 from pycertsrv.errors import (
     E_ACCESSDENIED,
     E_INVALIDARG,
@@ -34,6 +26,7 @@ from pycertsrv.errors import (
     CertSrvError,
 )
 from pycertsrv.home import Home
+from pycertsrv.spec import MAX_READ, TAG_CERTSERVER_DATABASE, TAG_CHECKPOINT_DIR, TAG_LOG, TAG_LOG_DIR
 from pycertsrv.store import Store, StoreOptions, list_generations, parse_log_name
 
 from .helpers import add_requests, full_backup, read_all, restore_copy, rows, wal_checkpoint
@@ -66,9 +59,9 @@ def test_full_backup_lists_tags_and_restores_to_the_roll(mgr: BackupManager, sto
         written_between.extend(add_requests(store, 30, tag="during"))
 
     res = full_backup(mgr, out, between=between, truncate=False)
-    assert [e[0] for e in res["dbs"]] == [CSBFT_CERTSERVER_DATABASE]
+    assert [e[0] for e in res["dbs"]] == [TAG_CERTSERVER_DATABASE]
     assert res["dbs"][0][1:] == str(store.db_path)
-    assert all(e[0] == CSBFT_LOG for e in res["logs"]) and res["logs"]
+    assert all(e[0] == TAG_LOG for e in res["logs"]) and res["logs"]
     add_requests(store, 10, tag="after")  # after the roll: not in the set
     gens = [parse_log_name(Path(e[1:]).name) for e in res["logs"]]
     assert gens == list(range(gens[0], gens[-1] + 1))  # type: ignore[operator]
@@ -86,8 +79,8 @@ def test_full_backup_lists_tags_and_restores_to_the_roll(mgr: BackupManager, sto
 def test_database_locations_tags(mgr: BackupManager, store: Store) -> None:
     h = mgr.prepare("op", 0, 1)
     locs = mgr.database_locations(h)
-    assert locs == [CSBFT_CERTSERVER_DATABASE + str(store.db_path), CSBFT_LOG_DIR + str(store.log_dir),
-                    CSBFT_CHECKPOINT_DIR + str(store.system_dir)]
+    assert locs == [TAG_CERTSERVER_DATABASE + str(store.db_path), TAG_LOG_DIR + str(store.log_dir),
+                    TAG_CHECKPOINT_DIR + str(store.system_dir)]
     assert [ord(e[0]) for e in locs] == [0x44, 0x82, 0x83]
     mgr.end(h)
 
@@ -242,7 +235,7 @@ def test_path_tricks_are_refused_and_nothing_read(mgr: BackupManager, store: Sto
         str(home.publish_dir / "evil.crl"),
         Path(logs[0]).name,  # relative
         str(store.log_dir / ".." / "logs" / Path(logs[0]).name),
-        CSBFT_LOG + logs[0],  # tag not removed
+        TAG_LOG + logs[0],  # tag not removed
         logs[0] + "\0",
         db + "-wal",
         "",

@@ -1,4 +1,4 @@
-"""The set authenticator itself (pycertsrv.backup.setauth): what it covers and what it refuses."""
+"""The set authenticator itself (pycertsrv.backupset.setauth): what it covers and what it refuses."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pycertsrv.backup.setauth import BadAuthenticator, WrongPassword, authenticate, seal
+from pycertsrv.backupset.setauth import BadAuthenticator, WrongPassword, authenticate, seal
 from pycertsrv.errors import ERROR_INVALID_PASSWORD, NTE_BAD_SIGNATURE, InvalidArgument
 
 DOC: dict[str, Any] = {

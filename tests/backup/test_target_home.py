@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pycertsrv.backup.writer import run_backup
+from pycertsrv.backupset.writer import run_backup
 from pycertsrv.client import Client
 from pycertsrv.errors import E_ACCESSDENIED, AccessDenied
 from support import Service, certsrv, live_service, short_home

@@ -11,10 +11,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from pycertsrv.backup.manifest import read_manifest
-from pycertsrv.backup.session import BackupManager, LocalSession, backup_history
-from pycertsrv.backup.verify import verify_backup
-from pycertsrv.backup.writer import _Pacer, run_backup
+from pycertsrv.backup.history import backup_history
+from pycertsrv.backup.local import LocalSession
+from pycertsrv.backup.session import BackupManager
+from pycertsrv.backupset.manifest import read_manifest
+from pycertsrv.backupset.stream import Pacer
+from pycertsrv.backupset.verify import verify_backup
+from pycertsrv.backupset.writer import run_backup
 from pycertsrv.ca import Authority
 from pycertsrv.errors import E_INVALIDARG, ERROR_DIR_NOT_EMPTY, ERROR_DISK_FULL, CertSrvError
 from pycertsrv.home import Home
@@ -260,7 +263,7 @@ def test_pacer_holds_the_average_rate() -> None:
         slept.append(s)
         now[0] += s
 
-    pace = _Pacer(1000.0, clock=lambda: now[0], sleep=sleep)
+    pace = Pacer(1000.0, clock=lambda: now[0], sleep=sleep)
     pace(500)
     pace(500)
     assert slept == [0.5, 0.5] and now[0] == 101.0  # 1000 bytes took one second
@@ -269,7 +272,7 @@ def test_pacer_holds_the_average_rate() -> None:
     assert slept == [0.5, 0.5]
     pace(5000)  # ... but the average is held: 8000 bytes from t=100 are due at t=108
     assert now[0] == 108.0
-    _Pacer(None, clock=lambda: now[0], sleep=sleep)(10**9)  # no limit: never sleeps
+    Pacer(None, clock=lambda: now[0], sleep=sleep)(10**9)  # no limit: never sleeps
     assert len(slept) == 3
 
 

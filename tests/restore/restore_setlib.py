@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import support
-from pycertsrv.backup.session import FULL, INCREMENTAL, BackupManager, LocalSession
-from pycertsrv.backup.writer import run_backup
+from pycertsrv.backup.local import LocalSession
+from pycertsrv.backup.session import BackupManager
+from pycertsrv.backupset.writer import run_backup
 from pycertsrv.ca import Authority
 from pycertsrv.errors import CertSrvError
 from pycertsrv.home import Home
+from pycertsrv.spec import FULL, INCREMENTAL
 from pycertsrv.store import Store, StoreOptions, archivemark
 from pycertsrv.store.registration import SETTING_LAST_RECOVERY, SETTING_REQUIRES_FULL
 from pycertsrv.store.schema import TABLES

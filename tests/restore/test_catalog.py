@@ -16,7 +16,7 @@ import pytest
 from catalog_sets import Built, build, certsrv
 from restore_setlib import ca_rows
 
-from pycertsrv.backup.catalog import build_catalog
+from pycertsrv.backupset.catalog import build_catalog
 from pycertsrv.ca import Authority
 from support import Service, short_home
 
@@ -103,7 +103,7 @@ def test_printed_command_restores_that_moment(built: Built, cut: str, chain: lis
 
 
 def _iso(us: int) -> str:
-    from pycertsrv.backup.catalog import iso
+    from pycertsrv.backupset.catalog import iso
 
     s = iso(us)
     assert s is not None
@@ -184,7 +184,7 @@ def test_page_in_a_real_browser(built: Built, tmp_path: Path) -> None:
     assert "restore" not in seen["before"]
     moment, command = seen["clicks"]["chainB"]
     chain_b = next(c for c in cat.chains if c.full.name == b.names["fullB"])
-    from pycertsrv.backup.restore import parse_until
+    from pycertsrv.backupset.restore_plan import parse_until
 
     at = parse_until(moment)
     assert chain_b.start_us <= at <= chain_b.end_us

@@ -11,8 +11,8 @@ from pathlib import Path
 from catalog_sets import certsrv
 from restore_setlib import add_requests, full_set, incremental_set, make_source, tick
 
-from pycertsrv.backup.catalog import build_catalog, iso
-from pycertsrv.backup.retention import plan_prune
+from pycertsrv.backupset.catalog import build_catalog, iso
+from pycertsrv.backupset.retention import plan_prune
 
 
 def _sets(tmp_path: Path) -> Path:
@@ -120,8 +120,8 @@ def test_with_the_password_a_forged_set_is_unusable(tmp_path: Path) -> None:
 def test_an_incremental_naming_another_base_is_cut_off() -> None:
     """Contiguous generations are not enough: an incremental that names (under its authenticator) another set as
     the one it continues is cut off, as restore refuses it (setcheck.check_chain)."""
-    from pycertsrv.backup.catalog import CatalogSet, _chain
-    from pycertsrv.backup.manifest import Manifest
+    from pycertsrv.backupset.catalog import CatalogSet, _chain
+    from pycertsrv.backupset.manifest import Manifest
 
     def mk(name: str, kind: str, gen: int, set_id: str, base: str | None, last: int) -> CatalogSet:
         m = Manifest(kind=kind, ca_name="CA", identity="00" * 16, created="2026-11-29T06:00:00+00:00",

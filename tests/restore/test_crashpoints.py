@@ -36,7 +36,8 @@ def replace(a, b):
     return real_replace(a, b)
 os.fsync, os.replace = fsync, replace
 if mode == "restore":
-    from pycertsrv.backup.restore import plan_restore, run_restore
+    from pycertsrv.backupset.restore_plan import plan_restore
+    from pycertsrv.backupset.restore_run import run_restore
     plan = plan_restore(sys.argv[4:], home=home, force=True, password=b"crash pw")
     run_restore(plan, password=b"crash pw")
 else:

@@ -1,10 +1,10 @@
-"""The restore story of `certsrv demo` (pycertsrv.backup.demo.run_demo) runs end to end and checks itself."""
+"""The restore story of `certsrv demo` (pycertsrv.backupset.demo.run_demo) runs end to end and checks itself."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pycertsrv.backup.demo import run_demo
+from pycertsrv.backupset.demo import run_demo
 
 
 def test_run_demo(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 from catalog_sets import certsrv
 from restore_setlib import ca_rows, db_rows_readonly, full_and_incremental, opened_state
 
-from pycertsrv.backup.writer import run_backup
+from pycertsrv.backupset.writer import run_backup
 from pycertsrv.ca import Authority
 from support import Service, issue, make_csr, openssl_verify, short_home
 
@@ -99,7 +99,8 @@ def test_cli_errors_are_one_line_with_hresult(workdir: Path) -> None:
     home = workdir / "ca"
     with Authority.init(home, "CLI Err CA") as a:
         issue(a, 2)
-        from pycertsrv.backup.session import BackupManager, LocalSession
+        from pycertsrv.backup.local import LocalSession
+        from pycertsrv.backup.session import BackupManager
 
         m = BackupManager(a, a.home, 60)
         run_backup(lambda k: LocalSession(m, k), workdir / "full", password=PW, home=home, keep_log=True)
@@ -132,6 +133,7 @@ Store.open(sys.argv[1]).close()
 def sets() -> Iterator[dict[str, Any]]:
     home = short_home("crk")
     work = home.parent
+
     with Authority.init(home, "Kill Test CA") as a:
         # Small generations so a restore has many files and the recovery many generations to replay.
         a.store.options = type(a.store.options)(log_size=64 << 10, checkpoint_records=100)

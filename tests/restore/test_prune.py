@@ -10,9 +10,10 @@ from pathlib import Path
 
 from catalog_sets import certsrv
 
-from pycertsrv.backup.retention import new_set_dir, set_name
-from pycertsrv.backup.session import BackupManager, LocalSession
-from pycertsrv.backup.writer import run_backup
+from pycertsrv.backup.local import LocalSession
+from pycertsrv.backup.session import BackupManager
+from pycertsrv.backupset.retention import new_set_dir, set_name
+from pycertsrv.backupset.writer import run_backup
 from pycertsrv.ca import Authority
 from support import issue
 

@@ -9,7 +9,8 @@ import pytest
 from restore_setlib import OPTS, add_requests, full_set, incremental_set, make_source, manifest, rows
 
 from pycertsrv import certbcli
-from pycertsrv.backup.restore import CSEDB_RSTMAP, CSRESTORE_TYPE_FULL, CSRESTORE_TYPE_ONLINE, restore_prepare
+from pycertsrv.backup.restore import restore_prepare
+from pycertsrv.certbcli import CSEDB_RSTMAP
 from pycertsrv.errors import (
     E_INVALIDARG,
     E_UNEXPECTED,
@@ -19,6 +20,7 @@ from pycertsrv.errors import (
     JET_ERR_RESTORE_IN_PROGRESS,
     CertSrvError,
 )
+from pycertsrv.spec import CSRESTORE_TYPE_FULL, CSRESTORE_TYPE_ONLINE
 from pycertsrv.store import Store
 from pycertsrv.store.registration import registration_path
 

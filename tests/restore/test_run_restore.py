@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 from restore_setlib import ca_rows, tick
 
-from pycertsrv.backup.restore import plan_restore, run_restore
-from pycertsrv.backup.session import BackupManager, LocalSession
-from pycertsrv.backup.writer import run_backup, write_p12
+from pycertsrv.backup.local import LocalSession
+from pycertsrv.backup.session import BackupManager
+from pycertsrv.backupset.restore_plan import plan_restore
+from pycertsrv.backupset.restore_run import run_restore
+from pycertsrv.backupset.writer import run_backup, write_p12
 from pycertsrv.ca import Authority
 from pycertsrv.ca.keys import load_private_key, same_public_key
 from pycertsrv.errors import (

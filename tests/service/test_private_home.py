@@ -31,11 +31,11 @@ import pycertsrv.service.app
 import pycertsrv.service.server  # (imported before forking: the child may not read the stdlib's dir)
 import support
 from pycertsrv import config as config_mod
-from pycertsrv.backup.session import FULL
 from pycertsrv.client import Client
 from pycertsrv.client.backup import BackupSession
 from pycertsrv.errors import E_ACCESSDENIED, CertSrvError
 from pycertsrv.home import Home
+from pycertsrv.spec import FULL
 from support import Service, User, as_user, make_csr, make_home, system_user
 
 from .helpers import db_state

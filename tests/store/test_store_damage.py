@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 from store_helpers import commit_request, patch_file, record_offsets
 
-from pycertsrv.backup.session import BackupManager, LocalSession
-from pycertsrv.backup.verify import verify_backup
-from pycertsrv.backup.writer import run_backup
+from pycertsrv.backup.local import LocalSession
+from pycertsrv.backup.session import BackupManager
+from pycertsrv.backupset.verify import verify_backup
+from pycertsrv.backupset.writer import run_backup
 from pycertsrv.errors import JET_ERR_LOG_FILE_CORRUPT, JET_ERR_MISSING_FULL_BACKUP, Conflict, CorruptData
 from pycertsrv.home import Home
 from pycertsrv.store import Store, StoreOptions, hard_recover, list_generations, logfile, read_checkpoint

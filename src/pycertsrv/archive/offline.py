@@ -2,37 +2,36 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from .. import config as config_mod
-from ..errors import ERROR_FILE_NOT_FOUND, NotFound
-from ..store import archivemark, logfile
+from ..errors import ERROR_FILE_NOT_FOUND, JET_ERR_DATABASE_CORRUPTED, CorruptData, NotFound
+from ..home import Home
+from ..store import archivemark, logfile, setdb
 
 
 class _Settings:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
 
     def get(self, table: str, key: Any) -> dict[str, Any] | None:
-        row = self.conn.execute("SELECT value FROM setting WHERE name = ?", (key,)).fetchone()
-        return None if row is None else {"name": key, "value": row[0]}
+        value = self.values.get(key)
+        return None if value is None else {"name": key, "value": value}
 
 
 def offline_status(home: Path) -> dict[str, Any]:
     """Watermark and lag from the home's files (the database read-only; the CA may be stopped)."""
-    home = Path(home)
-    cfg = config_mod.load(home)
-    dbs = sorted((home / "db").glob("*.db"))
+    h = Home(Path(home))
+    cfg = config_mod.load(h.root)
+    dbs = sorted(h.db_dir.glob("*.db"))
     if not dbs:
-        raise NotFound(ERROR_FILE_NOT_FOUND, str(home / "db"), "no CA database in this home")
-    conn = sqlite3.connect(f"file:{dbs[0]}?mode=ro", uri=True)
+        raise NotFound(ERROR_FILE_NOT_FOUND, str(h.db_dir), "no CA database in this home")
     try:
-        marks = archivemark.read_marks(_Settings(conn))
-    finally:
-        conn.close()
-    gens = logfile.list_generations(home / "logs")
+        marks = archivemark.read_marks(_Settings(setdb.read_settings(dbs[0], immutable=False)))
+    except setdb.UnreadableDatabase as e:
+        raise CorruptData(JET_ERR_DATABASE_CORRUPTED, str(dbs[0]), f"the CA database is not readable: {e}") from None
+    gens = logfile.list_generations(h.log_dir)
     current = max(gens) if gens else 0
     pending = [g for g in gens if marks.watermark < g < current]
     sec = cfg.archive

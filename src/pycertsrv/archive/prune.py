@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backup.manifest import read_manifest
-from ..errors import E_INVALIDARG, ERROR_FILE_NOT_FOUND, InvalidArgument, NotFound
+from ..errors import ERROR_FILE_NOT_FOUND, NotFound
 from ..fsutil import fsync_dir
 from ..store import logfile
-from .restore import set_lineage
 
 
 @dataclass
@@ -33,21 +31,25 @@ class PrunePlan:
                 "files": [str(p) for p in self.files], "count": len(self.files), "removed": self.done}
 
 
-def plan_prune(dest: Path | str, full_set: Path | str) -> PrunePlan:
-    """What :func:`prune` would remove (nothing is touched)."""
-    dest, full_set = Path(dest), Path(full_set)
+def archive_dir(dest: Path | str) -> Path:
+    """The archive directory ``dest``, which must exist."""
+    dest = Path(dest)
     if not dest.is_dir():
         raise NotFound(ERROR_FILE_NOT_FOUND, str(dest), "no such archive directory")
-    m = read_manifest(full_set)
-    if m.kind != "full" or m.database is None:
-        raise InvalidArgument(E_INVALIDARG, str(full_set), f"--before needs a full set, this one is {m.kind}")
-    lineage = set_lineage(full_set / m.database)
-    if lineage is None:
-        raise InvalidArgument(E_INVALIDARG, str(full_set), "the set records no archive lineage: nothing is pruned "
-                              "(take a full set with archiving on first)")
-    ldir = dest / m.identity / lineage
-    plan = PrunePlan(ldir, m.gen_low)
-    plan.files = [p for g, p in logfile.list_generations(ldir).items() if g < m.gen_low]
+    return dest
+
+
+def plan_prune(dest: Path | str, identity: str, lineage: str, before: int) -> PrunePlan:
+    """What :func:`prune` would remove (nothing is touched): the generations of one CA's lineage below ``before``.
+
+    :param dest: the archive directory.
+    :param identity: the CA database's identity.
+    :param lineage: the archive lineage (see :func:`pycertsrv.archive.restore.set_lineage`).
+    :param before: the first generation still needed (a full set's ``gen_low``).
+    """
+    ldir = archive_dir(dest) / identity / lineage
+    plan = PrunePlan(ldir, before)
+    plan.files = [p for g, p in logfile.list_generations(ldir).items() if g < before]
     return plan
 
 
@@ -61,4 +63,4 @@ def prune(plan: PrunePlan) -> PrunePlan:
     return plan
 
 
-__all__ = ["PrunePlan", "plan_prune", "prune"]
+__all__ = ["PrunePlan", "archive_dir", "plan_prune", "prune"]

@@ -9,7 +9,6 @@ archive refuses the restore, naming the first bad file.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +19,18 @@ from ..errors import (
     InvalidArgument,
     NotFound,
 )
-from ..store import archivemark, logfile
+from ..store import archivemark, logfile, setdb
 from .verify import Chain, check_chain
 
 
 def set_lineage(database: Path) -> str | None:
     """The archive lineage recorded in a backup set's database file (None: none recorded)."""
     try:
-        conn = sqlite3.connect(f"file:{database}?mode=ro&immutable=1", uri=True)
-        try:
-            row = conn.execute("SELECT value FROM setting WHERE name = ?", (archivemark.SETTING_LINEAGE,)).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
+        value = setdb.read_settings(database).get(archivemark.SETTING_LINEAGE)
+    except setdb.UnreadableDatabase:
         return None
-    if row is None:
+    if value is None:
         return None
-    value = str(row[0])
     # A path component under the archive: only the hex ids the store writes are taken.
     return value if value and all(c in "0123456789abcdef" for c in value) else None
 

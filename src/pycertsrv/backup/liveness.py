@@ -16,18 +16,90 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ..errors import E_UNEXPECTED, SequenceError
 
-if TYPE_CHECKING:
-    import contextlib
 
-    from .session import _Session
+class OpenFileView(Protocol):
+    """What the status shows of a session's open file."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def pos(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
 
 
-class SessionEnding:
+class SessionView(Protocol):
+    """The part of a backup session (``pycertsrv.backup.session._Session``) that ending it and its status use:
+    a Protocol, so that this module does not import the session module that builds on it (no cycle)."""
+
+    last_activity: float
+    holders: list[object]
+
+    @property
+    def handle(self) -> str: ...
+
+    @property
+    def principal(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def phase(self) -> str: ...
+
+    @property
+    def started(self) -> datetime: ...
+
+    @property
+    def busy(self) -> int: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def ended(self) -> bool: ...
+
+    @property
+    def reading(self) -> bool: ...
+
+    @property
+    def bytes_sent(self) -> int: ...
+
+    @property
+    def db_listed(self) -> bool: ...
+
+    @property
+    def db_names(self) -> list[str]: ...
+
+    @property
+    def log_names(self) -> list[str] | None: ...
+
+    @property
+    def dynamic_names(self) -> list[str]: ...
+
+    @property
+    def done(self) -> set[str]: ...
+
+    @property
+    def open(self) -> OpenFileView | None: ...
+
+    @property
+    def lock(self) -> AbstractContextManager[Any]: ...
+
+
+S = TypeVar("S", bound=SessionView)
+
+
+class SessionEnding(Generic[S]):
     """Mixin of BackupManager: idle limits, holder connections, abort, status."""
 
     timeout: float
@@ -36,16 +108,16 @@ class SessionEnding:
     last_ended: dict[str, Any] | None
     _ended: dict[str, str]
     _lock: threading.Lock
-    _session: _Session | None
+    _session: S | None
     _clock: Callable[[], float]
 
     if TYPE_CHECKING:
-        def _finish(self, s: _Session, *, aborted: bool) -> dict[str, Any]: ...
+        def _finish(self, s: S, *, aborted: bool) -> dict[str, Any]: ...
 
         def _use(self, handle: str, function: str,
-                 principal: str | None = None) -> contextlib.AbstractContextManager[_Session]: ...
+                 principal: str | None = None) -> AbstractContextManager[S]: ...
 
-    def _limit(self, s: _Session) -> float:
+    def _limit(self, s: S) -> float:
         """Idle seconds allowed: the short limit once files are read, else the ceiling (service config)."""
         return self.idle_timeout if s.reading else self.timeout
 
@@ -97,7 +169,7 @@ class SessionEnding:
             raise SequenceError(E_UNEXPECTED, "BackupAbort", "no backup session is in progress; nothing to abort")
         return ended
 
-    def _end_now(self, s: _Session, reason: str) -> dict[str, Any] | None:
+    def _end_now(self, s: S, reason: str) -> dict[str, Any] | None:
         """End ``s`` (aborted) for ``reason``; None when it had already ended."""
         with s.lock:
             if s.ended:
@@ -139,7 +211,7 @@ class SessionEnding:
             s = self._session
             return None if s is None else self._status(s)
 
-    def _status(self, s: _Session) -> dict[str, Any]:
+    def _status(self, s: S) -> dict[str, Any]:
         f = s.open
         listed = len(s.db_names if s.db_listed else []) + len(s.log_names or []) + len(s.dynamic_names)
         return {"principal": s.principal, "kind": s.kind, "phase": s.phase,

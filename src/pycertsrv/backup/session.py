@@ -14,19 +14,8 @@ TRUNCATED``; at most one file is open at a time.
 - *Incremental* (logs only): the generations after the previous recorded backup's
   ``gen_high`` up to the rolled one.
 
-File-name rule (spec §2.6, CSRA §3.1.4.1.22: the server MUST check that the name is one it
-listed): ``open_file`` compares the name, exactly as a string, with the names this session
-listed (tag removed). Anything else -- a relative name, ``..``, another absolute path, a name
-still carrying its tag -- fails with ERROR_FILE_NOT_FOUND (0x80070002) before anything is
-opened, so a caller learns nothing about files outside the list. A listed file is opened with
-``O_NOFOLLOW`` and must be a regular file: a listed path that was replaced by a symlink or
-something else fails with E_ACCESSDENIED (0x80070005). Dynamic files (published CA
-certificates and CRLs) may be opened once listed by GetDynamicFileList (spec §6 item 7:
-we follow the client section, CSRA §3.2.4.1.22).
-
-A backup is recorded in the ``backup_history`` table (one store transaction) at End when it
-is complete (every required file read to its end), or whenever TruncateLogs ran, because the
-truncated generations exist nowhere else and the next incremental must start after them.
+The file-name rule of open_file (spec §2.6: only names this session listed) is in :mod:`.listed`;
+the record of finished backups in :mod:`.history`; the phases and the kind decode in :mod:`.states`.
 """
 
 from __future__ import annotations
@@ -35,7 +24,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -50,12 +38,9 @@ from ..errors import (
     E_UNEXPECTED,
     ERROR_FILE_NOT_FOUND,
     JET_ERR_BACKUP_IN_PROGRESS,
-    JET_ERR_INVALID_BACKUP,
     JET_ERR_INVALID_BACKUP_SEQUENCE,
     JET_ERR_MISSING_FILE_TO_BACKUP,
-    JET_ERR_MISSING_FULL_BACKUP,
     AccessDenied,
-    CertSrvError,
     Conflict,
     CorruptData,
     InvalidArgument,
@@ -63,65 +48,28 @@ from ..errors import (
     SequenceError,
 )
 from ..home import Home
+from ..spec import (
+    CSBACKUP_TYPE_FULL,
+    FULL,
+    INCREMENTAL,
+    MAX_READ,
+    MAX_SEND,
+    TAG_CERTSERVER_DATABASE,
+    TAG_CHECKPOINT_DIR,
+    TAG_LOG,
+    TAG_LOG_DIR,
+)
 from ..store import ByteStream, SnapshotStream, Store, log_name
+from .history import backup_history, check_incremental_allowed, record_backup
+from .listed import check_listed_file
 from .liveness import SessionEnding
-
-# spec §1.3 / §1.4 file-type tags.
-CSBFT_LOG = chr(0x21)
-CSBFT_CERTSERVER_DATABASE = chr(0x44)
-CSBFT_LOG_DIR = chr(0x82)
-CSBFT_CHECKPOINT_DIR = chr(0x83)
-CSBACKUP_TYPE_FULL = 0x1
-CSBACKUP_TYPE_LOGS_ONLY = 0x2
-JET_BIT_BACKUP_INCREMENTAL = 0x1
-
-FULL = "full"
-INCREMENTAL = "incremental"
-PHASE_DB = "DB"
-PHASE_LOGS = "LOGS"
-PHASE_TRUNCATED = "TRUNCATED"
-
-# Largest chunk one Read returns as bytes: bounds the service's memory whatever the database size.
-MAX_READ = 4 << 20
-# Largest chunk one zero-copy Read (read_range: sendfile, no buffer in the service) covers: fewer
-# round trips; memory stays bounded because senders without sendfile send it in MAX_READ pieces.
-MAX_SEND = 64 << 20
-SETTING_REQUIRES_FULL = "backup_requires_full"
-# spec §1.3 wszREGDBLASTFULLBACKUP / wszREGDBLASTINCREMENTALBACKUP [INF]: last backup times.
-SETTING_LAST_FULL = "DBLastFullBackup"
-SETTING_LAST_INCREMENTAL = "DBLastIncrementalBackup"
-# Bytes the last full / incremental session sent (its set's size), recorded with its time (metrics).
-SETTING_LAST_FULL_BYTES = "DBLastFullBackupBytes"
-SETTING_LAST_INCREMENTAL_BYTES = "DBLastIncrementalBackupBytes"
-TRUE_VALUES = {"1", "true", "yes", "on"}
+from .states import PHASE_DB, PHASE_LOGS, PHASE_TRUNCATED, decode_backup_type, no_open_file
 
 
 class _HasStore(Protocol):
     store: Store
 
     def dynamic_files(self) -> list[Path]: ...
-
-
-def decode_backup_type(grbit: int, flags: int) -> str:
-    """The backup kind for BackupPrepare's ``grbitJet`` and ``dwBackupFlags`` (spec §2.2 [INF]).
-
-    grbit 0 with flags 0 or 1 is a full backup (flags 0: the MS-CSRA example); flags 2
-    (CSBACKUP_TYPE_LOGS_ONLY) or grbit 1 (JET_bitBackupIncremental) is incremental. grbit 1
-    with flags 1 asks for both kinds at once and, like every other combination, is refused
-    with E_INVALIDARG.
-
-    :param grbit: the ``grbitJet`` argument.
-    :param flags: the ``dwBackupFlags`` argument.
-    """
-    if grbit == 0 and flags in (0, CSBACKUP_TYPE_FULL):
-        return FULL
-    if (grbit == 0 and flags == CSBACKUP_TYPE_LOGS_ONLY) or (
-        grbit == JET_BIT_BACKUP_INCREMENTAL and flags in (0, CSBACKUP_TYPE_LOGS_ONLY)
-    ):
-        return INCREMENTAL
-    raise InvalidArgument(E_INVALIDARG, "BackupPrepare",
-                          f"grbitJet 0x{grbit & 0xFFFFFFFF:X} with dwBackupFlags 0x{flags & 0xFFFFFFFF:X} "
-                          "is neither a full (0/1) nor a logs-only (2, or grbit 1) backup")
 
 
 @dataclass
@@ -201,71 +149,7 @@ class ReadRange:
             self.done()
 
 
-@dataclass(frozen=True)
-class BackupRecord:
-    """A row of ``backup_history``."""
-
-    backup_id: int
-    kind: str
-    started_at: str
-    ended_at: str
-    gen_low: int
-    gen_high: int
-    snapshot_lsn: int | None
-    truncated: bool
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-def backup_history(store: Store) -> list[BackupRecord]:
-    """Every recorded backup, oldest first.
-
-    :param store: the open CA database.
-    """
-    rows = store.select("backup_history", order_by=["backup_id"])
-    return [BackupRecord(int(r["backup_id"]), str(r["kind"]), str(r["started_at"]), str(r["ended_at"]),
-                         int(r["gen_low"]), int(r["gen_high"]),
-                         None if r["snapshot_lsn"] is None else int(r["snapshot_lsn"]), bool(r["truncated"]))
-            for r in rows]
-
-
-def _no_open_file(s: _Session, fn: str) -> None:
-    """spec §2.20 / ESE-LogInfo: list and truncate calls need every file closed, else 0x8000FFFF."""
-    if s.open is not None:
-        raise SequenceError(E_UNEXPECTED, fn, f"{Path(s.open.name).name} is still open")
-
-
-def _check_listed_file(fd: int, path: Path, root: Path) -> os.stat_result:
-    """The descriptor ``fd`` (opened O_NOFOLLOW on ``path``) is the listed file itself, or AccessDenied.
-
-    Side doors out of the home (issue 9, finding 5): a hard link (``publish/ca.crl`` -> ``private/ca.key``)
-    passes O_NOFOLLOW, so a file with more than one link is refused; so is anything not a regular file, a
-    directory on the way that is a symlink (O_NOFOLLOW checks the last component only), and a path that no
-    longer names the opened file (swapped between open and check).
-    """
-    fn = "BackupOpenFile"
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise AccessDenied(E_ACCESSDENIED, fn, f"{path.name} is not a regular file")
-    if st.st_nlink != 1:
-        raise AccessDenied(E_ACCESSDENIED, fn, f"{path} has {st.st_nlink} hard links: it may be another file of "
-                           "the home under a listed name; remove the link and publish the file again")
-    try:
-        now = os.lstat(path)
-    except OSError as e:
-        raise AccessDenied(E_ACCESSDENIED, fn, f"{path.name} cannot be checked: {e.strerror}") from None
-    inside = path.parent.is_relative_to(root)
-    real_parent = os.path.join(os.path.realpath(root), path.parent.relative_to(root)) if inside else None
-    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or (
-            real_parent is not None and os.path.realpath(path.parent) != os.path.normpath(real_parent)):
-        raise AccessDenied(E_ACCESSDENIED, fn, f"{path} is not the listed file (replaced, or reached through a "
-                           "symbolic link)")
-    return st
-
-
-class BackupManager(SessionEnding):
+class BackupManager(SessionEnding[_Session]):
     """One CA's backup sessions (spec §2.20); every method is thread-safe.
 
     How a session ends without BackupEnd (idle, client gone, abort) and its status: :class:`SessionEnding`.
@@ -371,7 +255,7 @@ class BackupManager(SessionEnding):
                                f"another backup is in progress (by {cur.principal}, started "
                                f"{cur.started.isoformat(timespec='seconds')})")
             if kind == INCREMENTAL:
-                self._check_incremental_allowed(fn)
+                check_incremental_allowed(self.store, fn)
             handle = secrets.token_hex(16)
             s = _Session(handle, principal_id, kind, datetime.now(UTC),
                          self.home.staging_dir / f"backup-{handle}", self._clock())
@@ -393,22 +277,6 @@ class BackupManager(SessionEnding):
                 self._release(s)
                 raise
         return handle
-
-    def _check_incremental_allowed(self, fn: str) -> None:
-        # ESE refuses incremental backups under circular logging (spec §2.2, JET_errInvalidBackup).
-        if self.store.circular_logging:
-            raise Conflict(JET_ERR_INVALID_BACKUP, fn,
-                           "circular logging is on: log generations are not kept, so no logs-only backup")
-        hist = backup_history(self.store)
-        if not any(r.kind == FULL for r in hist):
-            raise Conflict(JET_ERR_MISSING_FULL_BACKUP, fn, "no full backup has been taken yet; take one first")
-        flag = self.store.get("setting", SETTING_REQUIRES_FULL)
-        if flag is not None and str(flag["value"]).strip().lower() in TRUE_VALUES:
-            # spec §2.17: backups from before a restore must not be mixed with later ones; the store sets the
-            # flag too, with its reason, when it finds log damage (pycertsrv.store.health).
-            why = self.store.get("setting", SETTING_REQUIRES_FULL + "_reason")
-            reason = why["value"] if why else "the database was restored since the last full backup"
-            raise Conflict(JET_ERR_MISSING_FULL_BACKUP, fn, f"{reason}; take a full backup first")
 
     def info(self, handle: str, principal_id: str | None = None) -> dict[str, Any]:
         """What a client needs to label the set: kind, CA name, database identity, handle.
@@ -434,12 +302,12 @@ class BackupManager(SessionEnding):
                 # CSRA §3.1.4.1.18: SHOULD fail with 0xC8000209 without a full BackupPrepare.
                 raise SequenceError(JET_ERR_INVALID_BACKUP_SEQUENCE, fn,
                                     "a logs-only backup has no database files")
-            _no_open_file(s, fn)
+            no_open_file(s, fn)
             if s.phase != PHASE_DB:
                 # ESE-LogInfo: once the log list was given, database files are no longer part of the backup.
                 raise SequenceError(E_UNEXPECTED, fn, "the log list was already requested")
             s.db_listed = True
-            return [CSBFT_CERTSERVER_DATABASE + n for n in s.db_names]
+            return [TAG_CERTSERVER_DATABASE + n for n in s.db_names]
 
     def backup_logs(self, handle: str, principal_id: str | None = None) -> list[str]:
         """BackupGetBackupLogs: roll the log (first call) and list the generations, tagged '!'.
@@ -449,7 +317,7 @@ class BackupManager(SessionEnding):
         """
         fn = "BackupGetBackupLogs"
         with self._use(handle, fn, principal_id) as s:
-            _no_open_file(s, fn)
+            no_open_file(s, fn)
             if s.log_names is None:
                 assert s.gen_low is not None
                 rolled = self.store.roll_log()
@@ -468,7 +336,7 @@ class BackupManager(SessionEnding):
                     s.phase = PHASE_LOGS
                 # The snapshot can no longer be opened (spec §2.4): end the pin, or free the copy's disk space.
                 self._unpin(s)
-            return [CSBFT_LOG + n for n in s.log_names]
+            return [TAG_LOG + n for n in s.log_names]
 
     def dynamic_files(self, handle: str, principal_id: str | None = None) -> list[str]:
         """BackupGetDynamicFileList: published CA certificates and CRLs, untagged (spec §2.5).
@@ -488,9 +356,9 @@ class BackupManager(SessionEnding):
         :param principal_id: when given, the session must belong to this caller.
         """
         with self._use(handle, "RestoreGetDatabaseLocations", principal_id):
-            return [CSBFT_CERTSERVER_DATABASE + str(self.home.db_dir / self.store.database_name),
-                    CSBFT_LOG_DIR + str(self.home.log_dir),
-                    CSBFT_CHECKPOINT_DIR + str(self.home.system_dir)]
+            return [TAG_CERTSERVER_DATABASE + str(self.home.db_dir / self.store.database_name),
+                    TAG_LOG_DIR + str(self.home.log_dir),
+                    TAG_CHECKPOINT_DIR + str(self.home.system_dir)]
 
     def open_file(self, handle: str, name: str, principal_id: str | None = None) -> int:
         """BackupOpenFile: open a listed file (tag removed); returns its size in bytes.
@@ -530,7 +398,7 @@ class BackupManager(SessionEnding):
                 # ELOOP: the listed path is now a symlink.
                 raise AccessDenied(E_ACCESSDENIED, fn, f"{path.name} cannot be opened safely: {e.strerror}") from None
             try:
-                st = _check_listed_file(fd, path, self.home.root)
+                st = check_listed_file(fd, path, self.home.root)
             except BaseException:
                 os.close(fd)
                 raise
@@ -613,7 +481,7 @@ class BackupManager(SessionEnding):
         """
         fn = "BackupTruncateLogs"
         with self._use(handle, fn, principal_id) as s:
-            _no_open_file(s, fn)
+            no_open_file(s, fn)
             if s.log_names is None:
                 raise SequenceError(E_UNEXPECTED, fn, "the log list was not requested, so the backup is not complete")
             missing = [n for n in self._required(s) if n not in s.done]
@@ -663,31 +531,12 @@ class BackupManager(SessionEnding):
                 s.open.close()
                 s.open = None
             if s.truncated or (not aborted and self._complete(s)):
-                result["backup_id"] = self._record(s)
+                result["backup_id"] = record_backup(self.store, s)
                 result["recorded"] = True
         finally:
             self._release(s)
         return result
 
-    def _record(self, s: _Session) -> int:
-        assert s.gen_low is not None and s.gen_high is not None
-        ended = _now_iso()
-        with self.store.transaction() as tx:
-            bid = tx.next_id("backup_history")
-            tx.put("backup_history", {
-                "backup_id": bid, "kind": s.kind, "started_at": s.started.isoformat(), "ended_at": ended,
-                "gen_low": s.gen_low, "gen_high": s.gen_high, "snapshot_lsn": s.snapshot_lsn,
-                "truncated": 1 if s.truncated else 0})
-            if s.kind == FULL:
-                tx.put("setting", {"name": SETTING_LAST_FULL, "value": ended})
-                tx.put("setting", {"name": SETTING_LAST_FULL_BYTES, "value": str(s.bytes_sent)})
-                for name in (SETTING_REQUIRES_FULL, SETTING_REQUIRES_FULL + "_reason"):
-                    if tx.get("setting", name) is not None:
-                        tx.delete("setting", name)
-            else:
-                tx.put("setting", {"name": SETTING_LAST_INCREMENTAL, "value": ended})
-                tx.put("setting", {"name": SETTING_LAST_INCREMENTAL_BYTES, "value": str(s.bytes_sent)})
-        return bid
 
     @staticmethod
     def _unpin(s: _Session) -> None:
@@ -709,90 +558,6 @@ class BackupManager(SessionEnding):
 
 
 __all__ = [
-    "CSBFT_CERTSERVER_DATABASE",
-    "CSBFT_CHECKPOINT_DIR",
-    "CSBFT_LOG",
-    "CSBFT_LOG_DIR",
-    "FULL",
-    "INCREMENTAL",
-    "MAX_READ",
-    "MAX_SEND",
     "BackupManager",
-    "BackupRecord",
-    "CertSrvError",
-    "LocalSession",
     "ReadRange",
-    "backup_history",
-    "decode_backup_type",
 ]
-
-
-class LocalSession:
-    """A backup session driven in process (same methods as the network ``BackupSession``).
-
-    :param manager: the CA's manager.
-    :param kind: ``"full"`` or ``"incremental"``.
-    :param principal: who the session belongs to.
-    """
-
-    def __init__(self, manager: BackupManager, kind: str = FULL, principal: str = "local") -> None:
-        if kind not in (FULL, INCREMENTAL):
-            raise InvalidArgument(E_INVALIDARG, "backup", f"unknown backup kind {kind!r}")
-        self.manager = manager
-        self.principal = principal
-        self.handle = manager.prepare(principal, 0, CSBACKUP_TYPE_FULL if kind == FULL else CSBACKUP_TYPE_LOGS_ONLY)
-        info = manager.info(self.handle, principal)
-        self.kind: str = info["kind"]
-        self.ca_name: str = info["ca_name"]
-        self.identity: str = info["identity"]
-        self.ended = False
-        self.end_result: dict[str, Any] | None = None
-
-    def database_locations(self) -> list[str]:
-        """RestoreGetDatabaseLocations."""
-        return self.manager.database_locations(self.handle, self.principal)
-
-    def database_names(self) -> list[str]:
-        """GetDatabaseNames."""
-        return self.manager.database_names(self.handle, self.principal)
-
-    def backup_logs(self) -> list[str]:
-        """GetBackupLogs."""
-        return self.manager.backup_logs(self.handle, self.principal)
-
-    def dynamic_files(self) -> list[str]:
-        """GetDynamicFileList."""
-        return self.manager.dynamic_files(self.handle, self.principal)
-
-    def open_file(self, name: str, hint: int = 0) -> int:
-        """OpenFile; returns the size."""
-        return self.manager.open_file(self.handle, name, self.principal)
-
-    def read(self, n: int) -> bytes:
-        """Read the next chunk (b"" at the end)."""
-        return self.manager.read(self.handle, n, self.principal)
-
-    def close_file(self) -> None:
-        """Close the open file."""
-        self.manager.close_file(self.handle, self.principal)
-
-    def truncate_logs(self) -> list[int]:
-        """TruncateLogs; returns the generations deleted."""
-        return self.manager.truncate_logs(self.handle, self.principal)
-
-    def end(self) -> dict[str, Any]:
-        """End the session (a second End fails with E_UNEXPECTED, as on the server)."""
-        self.ended = True
-        self.end_result = self.manager.end(self.handle, self.principal)
-        return self.end_result
-
-    def __enter__(self) -> LocalSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.ended:
-            try:
-                self.end()
-            except CertSrvError:
-                if exc[0] is None:
-                    raise

@@ -132,6 +132,19 @@ def resolve_passphrase(passphrase_file: str | Path | None = None, passphrase_env
     return env.encode() if env else None
 
 
+def configured_passphrase(root: Path, passphrase_file: str | None, passphrase_env: str | None) -> bytes | None:
+    """The key passphrase from a home's configured source (``[ca] key_passphrase_file``, relative to the home, or
+    ``key_passphrase_env``): :func:`resolve_passphrase` with the file resolved against ``root``.
+
+    :param root: the CA home's root.
+    :param passphrase_file: the configured file (relative: under ``root``).
+    :param passphrase_env: the configured environment variable.
+    """
+    if passphrase_file is not None and not Path(passphrase_file).is_absolute():
+        passphrase_file = str(root / passphrase_file)
+    return resolve_passphrase(passphrase_file, passphrase_env)
+
+
 def check_request_key(key: CertificatePublicKeyTypes, subject: str) -> None:
     """Refuse request keys we will not certify (weak RSA, DSA, unknown curves).
 

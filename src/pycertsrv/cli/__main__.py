@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import main
+from .root import main  # the package (imported first by python -m) has registered every verb
 
 if __name__ == "__main__":
     main()

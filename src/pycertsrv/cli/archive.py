@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from ..errors import CertSrvError, Unavailable
-from . import cli
 from .backend import ServerSpec, server_options
 from .common import echo_json, home_option, json_option
+from .root import cli
 
 
 @cli.group("archive")
@@ -66,9 +66,10 @@ def status_cmd(home: Path | None, server: ServerSpec, as_json: bool) -> None:
 @json_option
 def prune_cmd(dest: Path, full_set: Path, dry_run: bool, as_json: bool) -> None:
     """Remove archived generations older than FULLSET's first generation (its CA and lineage only)."""
-    from ..archive.prune import plan_prune, prune
+    from ..archive.prune import prune
+    from ..backupset.retention import plan_archive_prune
 
-    plan = plan_prune(dest, full_set)
+    plan = plan_archive_prune(dest, full_set)
     if not dry_run:
         prune(plan)
     if as_json:

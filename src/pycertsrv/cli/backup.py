@@ -1,5 +1,5 @@
-"""``certsrv backup`` and ``certsrv verify-backup``: thin shells over :func:`pycertsrv.backup.writer.run_backup`
-and :func:`pycertsrv.backup.verify.verify_backup` (spec §5.2 certutil -backup, §5.3 Backup-CARoleService)."""
+"""``certsrv backup`` and ``certsrv verify-backup``: thin shells over :func:`pycertsrv.backupset.writer.run_backup`
+and :func:`pycertsrv.backupset.verify.verify_backup` (spec §5.2 certutil -backup, §5.3 Backup-CARoleService)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from ..errors import (
     Unavailable,
     hresult_name,
 )
-from . import cli
 from .backend import ServerSpec, server_options, service_running
 from .common import echo_json, home_option, json_option, read_secret_file
+from .root import cli
 
 
 def _read_secret(path: Path, what: str) -> bytes:
@@ -111,8 +111,8 @@ def backup_cmd(directory: Path | None, into: Path | None, incremental: bool, kee
     """Back up the running CA into DIRECTORY: DIR/<CA>.p12 and DIR/DataBase/ (spec §5.4), plus Dynamic/ and
     Config/, or into a new set under --into DIR named by its time and type. Full backups truncate the logs
     unless --keep-log. --status / --abort: see or end the running backup session."""
-    from ..backup.retention import new_set_dir
-    from ..backup.writer import run_backup
+    from ..backupset.retention import new_set_dir
+    from ..backupset.writer import run_backup
     from ..home import Home
 
     if show_status or abort:
@@ -214,7 +214,7 @@ def verify_backup_cmd(directory: Path, password_file: Path | None, structure_onl
     """Check a backup set: its authenticator (with --password-file), manifest, sizes, SHA-256, log continuity,
     CA identity. Exit 1 naming the bad file. Without the password, "OK" is never printed: only the structure
     can be checked, and a forger can recompute hashes."""
-    from ..backup.verify import verify_backup
+    from ..backupset.verify import verify_backup
 
     if password_file is None and not structure_only:
         raise InvalidArgument(ERROR_INVALID_PASSWORD, str(directory),

@@ -15,10 +15,10 @@ from ..ca import KEY_TYPES, Authority
 from ..ca.paging import MAX_OFFSET, PAGE_MAX, collect
 from ..errors import E_INVALIDARG, InvalidArgument, from_oserror
 from ..fsutil import PUBLIC_FILE, atomic_write
-from . import cli
 from .backend import ServerSpec, ca_backend, server_options
 from .common import echo_json, home_option, json_option, open_authority, passphrase_options
 from .render import crl_line, request_line, request_table
+from .root import cli
 
 
 def _read_input(path: str) -> bytes:

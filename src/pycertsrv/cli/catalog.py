@@ -1,5 +1,5 @@
-"""``certsrv catalog`` and ``certsrv prune``: thin shells over :mod:`pycertsrv.backup.catalog` and
-:mod:`pycertsrv.backup.retention` (issue 16: the recovery window, retention)."""
+"""``certsrv catalog`` and ``certsrv prune``: thin shells over :mod:`pycertsrv.backupset.catalog` and
+:mod:`pycertsrv.backupset.retention` (issue 16: the recovery window, retention)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from ..errors import E_INVALIDARG, ERROR_INVALID_PASSWORD, InvalidArgument
-from . import cli
 from .common import echo_json, json_option, read_secret_file
+from .root import cli
 
 
 @cli.command("catalog")
@@ -40,8 +40,8 @@ def catalog_cmd(directory: Path, at: str | None, html_out: Path | None, max_full
                 max_archive_age: str, strict: bool, as_json: bool) -> None:
     """The recovery window of the backup sets under DIRECTORY: chains, gaps, ages, and the restore command
     for a moment (--at)."""
-    from ..backup.catalog import build_catalog, parse_duration
-    from ..backup.catalog_html import render_html
+    from ..backupset.catalog import build_catalog, parse_duration
+    from ..backupset.catalog_html import render_html
     from ..fsutil import atomic_write
 
     if as_json and html_out is not None:
@@ -82,7 +82,7 @@ def catalog_cmd(directory: Path, at: str | None, html_out: Path | None, max_full
 @json_option
 def prune_cmd(directory: Path, keep_full: int, archive: Path | None, dry_run: bool, as_json: bool) -> None:
     """Remove old backup chains under DIRECTORY, never the newest chain nor an incremental whose full set stays."""
-    from ..backup.retention import describe, plan_prune, run_prune
+    from ..backupset.retention import describe, plan_prune, run_prune
 
     plan = plan_prune(directory, keep_full, archive=archive)
     if not dry_run:

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from . import cli
 from .common import echo_json
+from .root import cli
 
 
 @cli.command("demo")
@@ -32,7 +32,7 @@ def demo_cmd(part: str, workdir: Path | None, as_json: bool) -> None:
         click.secho("\n== the certificate authority: issue, revoke, publish a CRL, check with openssl", bold=True)
         results["ca"] = run_ca_demo(echo=click.echo, home=workdir / "ca-demo" if workdir else None)
     if part in ("all", "backup"):
-        from ..backup.demo import run_demo
+        from ..backupset.demo import run_demo
 
         click.secho("\n== online backup while issuing, incremental, restore onto a new machine", bold=True)
         results["backup"] = run_demo(echo=click.echo, workdir=workdir / "backup-demo" if workdir else None)

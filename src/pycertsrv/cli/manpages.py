@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from .. import __version__
-from . import cli
+from .root import cli
 
 SECTION = "1"
 

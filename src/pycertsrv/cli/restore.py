@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from ..errors import E_INVALIDARG
-from . import cli
 from .common import echo_json, home_option, json_option, read_secret_file
+from .root import cli
 
 
 def _read_secret(path: Path | None, what: str) -> bytes | None:
@@ -43,7 +43,8 @@ def restore_cmd(directories: tuple[Path, ...], home: Path | None, database_only:
                 force: bool, until: str | None, restore_config: bool, archive: Path | None, dry_run: bool,
                 as_json: bool) -> None:
     """Restore DIR (the full set) and any incremental DIRs into a stopped CA home."""
-    from ..backup.restore import plan_restore, run_restore
+    from ..backupset.restore_plan import plan_restore
+    from ..backupset.restore_run import run_restore
 
     password = _read_secret(password_file, "password")
     key_passphrase = _read_secret(key_passphrase_file, "key passphrase")

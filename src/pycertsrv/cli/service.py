@@ -11,9 +11,9 @@ from typing import Any
 import click
 
 from ..errors import E_INVALIDARG, InvalidArgument
-from . import cli
 from .backend import ServerSpec, server_options
 from .common import echo_json, home_option, json_option, passphrase_options
+from .root import cli
 
 
 def _parse_tcp(value: str | None) -> tuple[str, int] | None:

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from . import cli
 from .common import echo_json, home_option, json_option
+from .root import cli
 
 
 def _names(t: dict[str, Any]) -> str:

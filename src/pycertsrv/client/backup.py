@@ -24,11 +24,10 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import httpx
 
-from ..backup.session import CSBACKUP_TYPE_FULL, CSBACKUP_TYPE_LOGS_ONLY, FULL, INCREMENTAL, MAX_READ, MAX_SEND
 from ..errors import (
     E_FAIL,
     E_INVALIDARG,
@@ -38,9 +37,24 @@ from ..errors import (
     Unavailable,
     error_from_json,
 )
+from ..spec import CSBACKUP_TYPE_FULL, CSBACKUP_TYPE_LOGS_ONLY, FULL, INCREMENTAL, MAX_READ, MAX_SEND
 
-if TYPE_CHECKING:
-    from .client import Client
+
+class Transport(Protocol):
+    """What a backup session needs of its :class:`pycertsrv.client.Client`: a Protocol, so that this module does
+    not import the client module, which offers ``client.backup()`` from it (no import cycle)."""
+
+    address: str
+    _http: httpx.Client
+
+    def call(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None,
+             headers: dict[str, str] | None = None) -> Any: ...
+
+    def close(self) -> None: ...
+
+    def _check_name(self) -> None: ...
+
+    def _transport_error(self, e: httpx.TransportError, what: str) -> CertSrvError: ...
 
 MID_ANSWER = ("the service closed the connection mid-answer (if the service is up, the session was ended: "
               "see certsrv backup --status, then run the backup again)")
@@ -166,7 +180,7 @@ class BackupSession:
     :param info: the service's answer to BackupPrepare (handle, kind, ca_name, identity).
     """
 
-    def __init__(self, client: Client, info: dict[str, Any], reader: _UnixReader | None = None) -> None:
+    def __init__(self, client: Transport, info: dict[str, Any], reader: _UnixReader | None = None) -> None:
         self.client = client
         self.handle: str = str(info["handle"])
         self.kind: str = str(info["kind"])
@@ -184,7 +198,7 @@ class BackupSession:
         self._unread: int | None = None
 
     @classmethod
-    def prepare(cls, client: Client, kind: str | None = FULL, *, grbit: int | None = None,
+    def prepare(cls, client: Transport, kind: str | None = FULL, *, grbit: int | None = None,
                 flags: int | None = None) -> BackupSession:
         """BackupPrepare: ``kind`` ("full"/"incremental"), or the raw ``grbit``/``flags`` of spec §2.2.
 
@@ -361,12 +375,12 @@ class BackupSession:
             self.end()
 
 
-def _reader_for(client: Client) -> _UnixReader | None:
+def _reader_for(client: Transport) -> _UnixReader | None:
     sock = getattr(client, "socket_path", None)
     return _UnixReader(str(sock), 300.0) if sock is not None else None
 
 
-def _json_call(client: Client, reader: _UnixReader, method: str, path: str, body: dict[str, Any] | None) -> Any:
+def _json_call(client: Transport, reader: _UnixReader, method: str, path: str, body: dict[str, Any] | None) -> Any:
     data = json.dumps(body).encode() if body is not None else b""
     try:
         status, content = reader.post(path, method, data)
@@ -381,7 +395,7 @@ def _json_call(client: Client, reader: _UnixReader, method: str, path: str, body
         raise CertSrvError(E_FAIL, f"{method} {path}", f"HTTP {status}: the answer is not JSON") from None
 
 
-def backup_status(client: Client) -> dict[str, Any] | None:
+def backup_status(client: Transport) -> dict[str, Any] | None:
     """The backup session running on the service (holder, start, kind, phase, progress), or None.
 
     :param client: the connection (Operator role).
@@ -390,7 +404,7 @@ def backup_status(client: Client) -> dict[str, Any] | None:
     return session
 
 
-def abort_backup(client: Client) -> dict[str, Any]:
+def abort_backup(client: Transport) -> dict[str, Any]:
     """End the running backup session at once, whoever holds it; returns what it was (its last status).
 
     :param client: the connection (Operator role).
@@ -399,7 +413,7 @@ def abort_backup(client: Client) -> dict[str, Any]:
     return session
 
 
-def open_backup(client: Client, kind: str = FULL) -> BackupSession:
+def open_backup(client: Transport, kind: str = FULL) -> BackupSession:
     """``client.backup(kind)``: prepare a session to use in a ``with`` block.
 
     :param client: the connection.

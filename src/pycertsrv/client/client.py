@@ -43,9 +43,9 @@ from ..errors import (
     error_from_json,
 )
 from ..home import Home
+from ..spec import CSCONTROL_SHUTDOWN
 
 DEFAULT_TLS_PORT = 8443
-CSCONTROL_SHUTDOWN = 1
 _DISPOSITIONS = {9: "pending", 20: "issued", 21: "revoked", 30: "error", 31: "denied"}
 # TLS alerts by which a server refuses our client certificate (or its absence).
 # OpenSSL X509_V_ERR_* codes of a refused server certificate -> the Windows trust HRESULT (winerror.h) and

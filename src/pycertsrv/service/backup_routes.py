@@ -42,8 +42,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..backup.session import MAX_READ, MAX_SEND, BackupManager
+from ..backup.session import BackupManager
 from ..errors import E_INVALIDARG, RPC_S_SERVER_UNAVAILABLE, InvalidArgument, Unavailable
+from ..spec import MAX_READ, MAX_SEND
 from . import auth, backup_watch
 from .middleware import json_response, read_model
 from .openapi import add_route

@@ -14,15 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
 from ..errors import E_INVALIDARG, InvalidArgument
+from ..spec import CSCONTROL_RESTART, CSCONTROL_SHUTDOWN, CSCONTROL_SUSPEND  # spec §1.3, §4.1
 from . import auth
 from . import health as health_mod
 from .middleware import json_response, read_model
 from .openapi import add_route
-
-# certbcli.h CSCONTROL_* (spec §1.3, §4.1)
-CSCONTROL_SHUTDOWN = 1
-CSCONTROL_SUSPEND = 2
-CSCONTROL_RESTART = 3
 
 
 class ControlBody(BaseModel):

@@ -18,13 +18,9 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from ..backup.session import (
-    FULL,
-    INCREMENTAL,
-    SETTING_LAST_FULL_BYTES,
-    SETTING_LAST_INCREMENTAL_BYTES,
-)
+from ..backup.history import SETTING_LAST_FULL_BYTES, SETTING_LAST_INCREMENTAL_BYTES
 from ..errors import CertSrvError
+from ..spec import FULL, INCREMENTAL
 from ..store import DATABASE_ERRORS
 
 ROLE_WRITER = "writer"

@@ -48,7 +48,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..backup.session import FULL, INCREMENTAL
+from ..spec import FULL, INCREMENTAL
 from .health import ROLE_WRITER, CRLCache, StoreState, last_backups, log_on_disk
 
 log = logging.getLogger("pycertsrv.service")

@@ -1,7 +1,7 @@
 """``GET /ui/backups``: the recovery window of the configured backup directory as one HTML page.
 
-The page is :func:`pycertsrv.backup.catalog_html.render_html` over
-:func:`pycertsrv.backup.catalog.build_catalog` of ``[backup] dir`` (issue 16), for Operators and
+The page is :func:`pycertsrv.backupset.catalog_html.render_html` over
+:func:`pycertsrv.backupset.catalog.build_catalog` of ``[backup] dir`` (issue 16), for Operators and
 Auditors (``auth.OPERATION_ROLES["ui_backups"]``). Reading and verifying the sets touches every
 file, so it runs in a worker thread.
 """
@@ -20,8 +20,8 @@ from .openapi import add_route
 
 def _page(home_root: Path, directory: str, max_full_age: str, max_incremental_age: str,
           archive: str | None = None) -> str:
-    from ..backup.catalog import build_catalog, parse_duration
-    from ..backup.catalog_html import render_html
+    from ..backupset.catalog import build_catalog, parse_duration
+    from ..backupset.catalog_html import render_html
 
     d = Path(directory)
     # issue 16: the archive's coverage too, once the CA has shipped there ([archive] dest, relative to the home).

@@ -6,7 +6,7 @@ numeric suffix keeps two within one second apart. The catalog orders sets by the
 never by these names. A second set in the same second gets ``.2`` before its type
 (``2026-11-29T060012Z.2-incr``).
 
-Pruning removes whole chains (:mod:`pycertsrv.backup.catalog`): a full set together with every
+Pruning removes whole chains (:mod:`pycertsrv.backupset.catalog`): a full set together with every
 incremental that chains onto it or follows it cut off by a gap. It keeps the newest ``N``
 chains, so it never removes an incremental whose full set is kept, and never the newest chain.
 Sets the catalog cannot place (unusable, or incrementals with no full set) are left alone and
@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from ..archive import prune as archive_prune
+from ..archive.restore import set_lineage
 from ..errors import E_INVALIDARG, InvalidArgument
 from ..fsutil import fsync_dir
 from .catalog import Catalog, CatalogSet, build_catalog, iso
-from .manifest import manifest_path
+from .manifest import manifest_path, read_manifest
 
 SUFFIX = {"full": "full", "incremental": "incr"}
 
@@ -120,7 +121,7 @@ def plan_prune(root: Path | str, keep_full: int, catalog: Catalog | None = None,
             raise InvalidArgument(E_INVALIDARG, "--archive", f"no usable full set under {cat.root}: the archive is "
                                   "left whole; take a full backup first")
         # Validate first: a set without an archive lineage refuses here, before any set is deleted.
-        plan.archive = archive_prune.plan_prune(archive, kept[0].full.directory)
+        plan.archive = plan_archive_prune(archive, kept[0].full.directory)
     return plan
 
 
@@ -158,4 +159,24 @@ def describe(plan: PrunePlan, dry_run: bool) -> list[str]:
     return out
 
 
-__all__ = ["PrunePlan", "describe", "new_set_dir", "plan_prune", "run_prune", "set_name"]
+
+def plan_archive_prune(dest: Path | str, full_set: Path | str) -> archive_prune.PrunePlan:
+    """What ``certsrv archive prune DEST --before FULLSET`` removes: the archived generations of the set's CA and
+    lineage that the full set and every later one no longer need (nothing is touched).
+
+    :param dest: the archive directory.
+    :param full_set: a full backup set (its identity, archive lineage and first generation).
+    """
+    dest = archive_prune.archive_dir(dest)
+    full_set = Path(full_set)
+    m = read_manifest(full_set)
+    if m.kind != "full" or m.database is None:
+        raise InvalidArgument(E_INVALIDARG, str(full_set), f"--before needs a full set, this one is {m.kind}")
+    lineage = set_lineage(full_set / m.database)
+    if lineage is None:
+        raise InvalidArgument(E_INVALIDARG, str(full_set), "the set records no archive lineage: nothing is pruned "
+                              "(take a full set with archiving on first)")
+    return archive_prune.plan_prune(dest, m.identity, lineage, m.gen_low)
+
+
+__all__ = ["PrunePlan", "describe", "new_set_dir", "plan_archive_prune", "plan_prune", "run_prune", "set_name"]

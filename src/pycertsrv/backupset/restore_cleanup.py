@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import CertSrvError, from_oserror
+from ..home import Layout
 from ..store import registration as reg_mod
 
 
@@ -36,7 +37,7 @@ def registration_or_none(root: Path) -> reg_mod.Registration | None:
 def has_content(root: Path) -> bool:
     """Whether ``root`` holds anything besides its lock file (unreadable: assume it does, remove nothing)."""
     try:
-        return any(p.name != ".lock" for p in root.iterdir())
+        return any(p.name != Layout.LOCK for p in root.iterdir())
     except OSError:
         return True
 
@@ -45,7 +46,7 @@ def empty_home(root: Path) -> None:
     """Remove everything a restore put into a home it found missing or empty (the lock file stays: it is held)."""
     with contextlib.suppress(OSError):
         for p in root.iterdir():
-            if p.name == ".lock":
+            if p.name == Layout.LOCK:
                 continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)

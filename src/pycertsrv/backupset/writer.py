@@ -14,21 +14,14 @@ is written last; on failure whatever was written is removed.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
-import hashlib
 import os
-import queue
 import secrets
 import shutil
-import sqlite3
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, pkcs12
@@ -50,7 +43,8 @@ from ..errors import (
 )
 from ..fsutil import fsync_dir
 from ..home import Home
-from ..store import logfile
+from ..spec import FULL, INCREMENTAL
+from ..store import logfile, setdb
 from .chain import find_base, pick_base
 from .manifest import (
     CONFIG_SUBDIR,
@@ -63,47 +57,11 @@ from .manifest import (
     Manifest,
     write_manifest,
 )
-from .session import FULL, INCREMENTAL
 from .setauth import SealingKey
+from .stream import CHUNK, Pacer, Progress, ProgressCallback, SessionLike, stream_file
 from .target import home_roots, refuse_inside_home
 
 PARTIAL_PREFIX = ".partial-"
-WRITE_SLICE = 1 << 20
-
-
-class SessionLike(Protocol):
-    """What the writer needs from a backup session (network ``BackupSession`` or in-process ``LocalSession``)."""
-
-    kind: str
-    ca_name: str
-    identity: str
-
-    def database_locations(self) -> list[str]: ...
-    def database_names(self) -> list[str]: ...
-    def backup_logs(self) -> list[str]: ...
-    def dynamic_files(self) -> list[str]: ...
-    def open_file(self, name: str, hint: int = 0) -> int: ...
-    def read(self, n: int) -> bytes: ...
-    def close_file(self) -> None: ...
-    def truncate_logs(self) -> Any: ...
-    def end(self) -> Any: ...
-    def __enter__(self) -> Any: ...
-    def __exit__(self, *exc: object) -> Any: ...
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One progress report: ``phase`` (``Database files``, ``Log files``, ``Dynamic files``, ``Truncating logs``),
-    the file, its size, bytes of it done so far and bytes added by this report."""
-
-    phase: str
-    name: str
-    size: int
-    done: int
-    delta: int
-
-
-ProgressCallback = Callable[[Progress], None]
 
 
 @dataclass
@@ -132,197 +90,6 @@ def _dir_empty(d: Path) -> bool:
     return not any(d.iterdir())
 
 
-# Receive buffers per file: one being received and written while others are hashed (memory: BUFFERS x chunk).
-BUFFERS = 4
-# 1 MiB buffers: received, written and hashed while still in the CPU caches (measured: less CPU than 4 MiB).
-CHUNK = 1 << 20
-# Writeback is started every WRITEBACK_WINDOW bytes and the window before is waited for (see _Writeback).
-WRITEBACK_WINDOW = 8 << 20
-
-
-def _libc_function(name: str, *argtypes: Any) -> Any:
-    """A libc function by name (Linux: sync_file_range, fallocate), or None where there is none."""
-    try:
-        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = list(argtypes)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SYNC_FILE_RANGE = _libc_function("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-_FALLOCATE = _libc_function("fallocate", ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4  # <linux/fs.h>
-_FALLOC_FL_KEEP_SIZE = 1  # <linux/falloc.h>
-
-
-def _reserve(fd: int, size: int) -> None:
-    """Allocate the file's blocks before streaming: a full disk fails now, not after most of the transfer,
-    and the file is laid out in one piece. KEEP_SIZE: the size still grows only with what is written.
-    Where fallocate(2) does not exist or the file system refuses it, blocks are allocated as written."""
-    if _FALLOCATE is None or size <= 0:
-        return
-    if _FALLOCATE(fd, _FALLOC_FL_KEEP_SIZE, 0, size) != 0:
-        err = ctypes.get_errno()
-        if err == errno.ENOSPC:
-            raise OSError(err, os.strerror(err))
-
-
-class _Writeback:
-    """Keep a file's dirty data bounded while it is written: every WRITEBACK_WINDOW bytes, start writing
-    the last window back and wait for the window before it (sync_file_range(2)). A backup then never holds
-    hundreds of MB of dirty pages that the CA's own fsyncs would queue behind (ext4 data=ordered), and the
-    final fsync is short. This is not a durability step: the file is still fsynced when complete.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.pos = 0
-        self.start = 0
-        self.prev: tuple[int, int] | None = None
-
-    def wrote(self, n: int) -> None:
-        """Account ``n`` more bytes written at the end of the file."""
-        self.pos += n
-        if _SYNC_FILE_RANGE is None or self.pos - self.start < WRITEBACK_WINDOW:
-            return
-        # Errors are left to the final fsync, which reports them (as it would without this).
-        _SYNC_FILE_RANGE(self.fd, self.start, self.pos - self.start, _SFR_WRITE)
-        if self.prev is not None:
-            _SYNC_FILE_RANGE(self.fd, self.prev[0], self.prev[1], _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER)
-        self.prev = (self.start, self.pos - self.start)
-        self.start = self.pos
-
-
-class _Pacer:
-    """Hold a backup to at most ``rate`` bytes per second on average (None: as fast as it goes).
-
-    A full-speed backup saturates the disk the CA's own log fsyncs need; an operator trades backup
-    time for a lighter load (as pg_basebackup --max-rate, rsync --bwlimit).
-    """
-
-    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.rate = rate
-        self.clock = clock
-        self.sleep = sleep
-        self.start = clock()
-        self.total = 0
-
-    def __call__(self, n: int) -> None:
-        """Account ``n`` bytes written; sleep until they are due."""
-        if not self.rate:
-            return
-        self.total += n
-        ahead = self.start + self.total / self.rate - self.clock()
-        if ahead > 0:
-            self.sleep(ahead)
-
-
-class _Reader(Protocol):
-    def __call__(self, buf: memoryview) -> int: ...
-
-
-def _filler(session: SessionLike, chunk: int) -> _Reader:
-    """``fill(buf)``: the next bytes of the open file into ``buf``, filled unless the file ends; 0 at its end.
-
-    A session with ``readinto`` (the network session) receives straight into ``buf``; others are read
-    ``chunk`` bytes at a time.
-    """
-    readinto = getattr(session, "readinto", None)
-
-    def one(buf: memoryview) -> int:
-        if readinto is not None:
-            return int(readinto(buf))
-        data = session.read(min(len(buf), chunk))
-        buf[:len(data)] = data
-        return len(data)
-
-    def fill(buf: memoryview) -> int:
-        got = 0
-        while got < len(buf):
-            n = one(buf[got:])
-            if not n:
-                break
-            got += n
-        return got
-
-    return fill
-
-
-def _hasher(h: Any, inq: queue.Queue[tuple[bytearray, int] | None], free: queue.Queue[bytearray]) -> None:
-    """Hash buffers in the order received, then hand them back; hashlib releases the GIL for large
-    buffers, so hashing runs beside receiving and writing."""
-    while True:
-        item = inq.get()
-        if item is None:
-            return
-        buf, n = item
-        h.update(memoryview(buf)[:n])
-        free.put(buf)
-
-
-def _stream(session: SessionLike, name: str, dest: Path, phase: str, progress: ProgressCallback | None,
-            chunk: int, pace: _Pacer) -> tuple[int, str]:
-    """Open ``name``, copy it to ``dest`` (fsynced), close; returns (size, sha256).
-
-    This thread receives each buffer and writes it; a second thread hashes the buffers written, in
-    order, and hands them back (BUFFERS buffers of ``chunk`` bytes: memory stays bounded). Only this
-    thread calls the session; the hasher is joined before the fsync, so the digest covers every
-    byte of the file.
-    """
-    size = session.open_file(name)
-    h = hashlib.sha256()
-    done = 0
-    free: queue.Queue[bytearray] = queue.Queue()
-    to_hash: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
-    hasher: threading.Thread | None = None
-    try:
-        bufsize = max(1, min(chunk, size + 1))  # one more byte: a small file ends within its first buffer
-        for _ in range(BUFFERS):
-            free.put(bytearray(bufsize))
-        fill = _filler(session, chunk)
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            _reserve(fd, size)
-            wb = _Writeback(fd)
-            hasher = threading.Thread(target=_hasher, args=(h, to_hash, free), daemon=True)
-            hasher.start()
-            if progress:
-                progress(Progress(phase, Path(name).name, size, 0, 0))
-            while True:
-                buf = free.get()
-                n = fill(memoryview(buf))
-                if not n:
-                    break
-                view = memoryview(buf)[:n]
-                while view:
-                    k = os.write(fd, view[:WRITE_SLICE])
-                    view = view[k:]
-                to_hash.put((buf, n))
-                done += n
-                wb.wrote(n)
-                pace(n)
-                if progress:
-                    progress(Progress(phase, Path(name).name, size, done, n))
-            to_hash.put(None)
-            hasher.join()
-            hasher = None
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    finally:
-        if hasher is not None:
-            to_hash.put(None)
-            hasher.join()
-        session.close_file()
-    if done != size:
-        raise CorruptData(ERROR_INVALID_DATA, Path(name).name,
-                          f"received {done} bytes but the server announced {size}")
-    return size, h.hexdigest()
-
-
 def _unique_name(base: str, used: set[str]) -> str:
     name = base
     i = 1
@@ -344,13 +111,10 @@ def _check_streamed(identity: str, db_file: Path | None, logs: list[Path],
         except CorruptData as e:
             raise CorruptData(JET_ERR_BAD_LOG_SIGNATURE, p.name, f"streamed log is not usable: {e.message}") from None
     if db_file is not None:
-        conn = sqlite3.connect(f"file:{db_file}?mode=ro&immutable=1", uri=True)
         try:
-            meta = {k: v for k, v in conn.execute("SELECT key, value FROM _meta")}
-        except sqlite3.DatabaseError as e:
+            meta = setdb.read_meta(db_file)
+        except setdb.UnreadableDatabase as e:
             raise CorruptData(ERROR_INVALID_DATA, db_file.name, f"streamed database is not readable: {e}") from None
-        finally:
-            conn.close()
         if meta.get("identity") != identity:
             raise CorruptData(JET_ERR_BAD_LOG_SIGNATURE, db_file.name,
                               f"database identity {meta.get('identity')} is not the server's {identity}")
@@ -359,16 +123,13 @@ def _check_streamed(identity: str, db_file: Path | None, logs: list[Path],
 
 def _key_material(home: Home, cfg: Config, ca_name: str, key_passphrase: bytes | None) -> tuple[Any, list[Any]]:
     """The CA key and certificates of the local home (the backup runs on the CA machine)."""
-    from ..ca.keys import load_private_key, resolve_passphrase, same_public_key
+    from ..ca.keys import configured_passphrase, load_private_key, same_public_key
 
     if cfg.ca.name != ca_name:
         raise InvalidArgument(E_INVALIDARG, str(home.root),
                               f"this home is CA {cfg.ca.name!r} but the server is {ca_name!r}; use --home")
     if key_passphrase is None and (cfg.ca.key_passphrase_file or cfg.ca.key_passphrase_env):
-        pfile = cfg.ca.key_passphrase_file
-        if pfile is not None and not Path(pfile).is_absolute():
-            pfile = str(home.root / pfile)
-        key_passphrase = resolve_passphrase(pfile, cfg.ca.key_passphrase_env)
+        key_passphrase = configured_passphrase(home.root, cfg.ca.key_passphrase_file, cfg.ca.key_passphrase_env)
     key = load_private_key(home.root / cfg.ca.key_file, key_passphrase)
     cert_path = home.root / cfg.ca.cert_file
     try:
@@ -580,7 +341,7 @@ def _backup_database(session: SessionLike, partial: Path, target: Path, result: 
                      progress: ProgressCallback | None, chunk: int, max_rate: float | None,
                      base_dir: Path | None) -> None:
     entries: list[FileEntry] = []
-    pace = _Pacer(max_rate)
+    pace = Pacer(max_rate)
     p12_tmp: Path | None = None
     if not database_only:
         assert hm is not None and cfg is not None
@@ -597,7 +358,7 @@ def _backup_database(session: SessionLike, partial: Path, target: Path, result: 
         for entry in session.database_names():
             name = entry[1:]  # spec §1.4: strip the one-character tag before OpenFile
             base = _unique_name(Path(name).name, used)
-            size, digest = _stream(session, name, dbdir / base, "Database files", progress, chunk, pace)
+            size, digest = stream_file(session, name, dbdir / base, "Database files", progress, chunk, pace)
             result.bytes_streamed += size
             entries.append(FileEntry(f"{DB_SUBDIR}/{base}", size, digest, "database"))
             if db_rel is None:
@@ -618,7 +379,7 @@ def _backup_database(session: SessionLike, partial: Path, target: Path, result: 
         if g is None:
             raise CorruptData(ERROR_INVALID_DATA, base, "the server listed a log that is not a generation file")
         base = _unique_name(base, used)
-        size, digest = _stream(session, name, dbdir / base, "Log files", progress, chunk, pace)
+        size, digest = stream_file(session, name, dbdir / base, "Log files", progress, chunk, pace)
         result.bytes_streamed += size
         entries.append(FileEntry(f"{DB_SUBDIR}/{base}", size, digest, "log"))
         log_paths.append(dbdir / base)
@@ -630,7 +391,7 @@ def _backup_database(session: SessionLike, partial: Path, target: Path, result: 
     for name in session.dynamic_files():
         dyn_dir.mkdir(exist_ok=True)
         base = _unique_name(Path(name).name, dyn_used)
-        size, digest = _stream(session, name, dyn_dir / base, "Dynamic files", progress, chunk, pace)
+        size, digest = stream_file(session, name, dyn_dir / base, "Dynamic files", progress, chunk, pace)
         result.bytes_streamed += size
         entries.append(FileEntry(f"{DYNAMIC_SUBDIR}/{base}", size, digest, "dynamic"))
     if hm is not None and hm.config.is_file():

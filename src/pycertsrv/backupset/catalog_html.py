@@ -4,7 +4,7 @@ No external asset: the CSS and the script are inline and the catalog is embedded
 page works offline and from a file. The timeline shows each chain on its own row: the full set,
 its incrementals (placed at the last moment each reaches), sets cut off by a gap and the gaps
 themselves in red. A click on a row picks that moment and shows the ``certsrv restore`` command
-for it, chosen by the same rule as :meth:`pycertsrv.backup.catalog.Catalog.restore_command`
+for it, chosen by the same rule as :meth:`pycertsrv.backupset.catalog.Catalog.restore_command`
 (the newest full set covering the moment, then the incrementals up to the first one reaching it).
 """
 

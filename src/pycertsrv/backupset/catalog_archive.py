@@ -11,47 +11,17 @@ archived generation ends the chain's archive coverage there and is named as a ga
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..archive.restore import continuity_error, following
-from ..archive.verify import ArchivedGeneration
 from ..errors import ERROR_FILE_NOT_FOUND, JET_ERR_MISSING_LOG_FILE, CertSrvError, NotFound
 from ..store import logfile
+from .catalog_model import ArchiveReach, Chain, Gap, human, iso
 from .manifest import DB_SUBDIR
 
-if TYPE_CHECKING:
-    from .catalog import Chain
-
 DEFAULT_MAX_ARCHIVE_AGE = timedelta(minutes=15)
-
-
-@dataclass
-class ArchiveReach:
-    """The archived generations that continue one chain."""
-
-    directory: Path  # DEST/<identity>/<lineage>
-    generations: list[ArchivedGeneration] = field(default_factory=list)
-
-    @property
-    def end_us(self) -> int | None:
-        """The time of the last archived record this chain reaches (None: no record)."""
-        for g in reversed(self.generations):
-            if g.last_ts_us is not None:
-                return g.last_ts_us
-        return None
-
-    def to_json(self) -> dict[str, Any]:
-        """The coverage as plain data."""
-        from .catalog import iso
-
-        gens = self.generations
-        return {"directory": str(self.directory), "lineage": self.directory.name, "generations": len(gens),
-                "first": logfile.log_name(gens[0].generation) if gens else None,
-                "last": logfile.log_name(gens[-1].generation) if gens else None,
-                "end": iso(self.end_us), "end_us": self.end_us}
 
 
 def _missing(directory: Path, after: int) -> tuple[int, int | None]:
@@ -68,8 +38,6 @@ def extend_chain(chain: Chain, dest: Path, later_full_lows: list[int]) -> str | 
     :param later_full_lows: ``gen_low`` of the later full sets of the same database: generations a later
         full set holds may have been pruned from the archive on purpose (``certsrv prune --archive``).
     """
-    from .catalog import Gap
-
     fm, last = chain.full.manifest, chain.sets[-1]
     lm = last.manifest
     assert fm is not None and lm is not None
@@ -112,8 +80,6 @@ def extend_chain(chain: Chain, dest: Path, later_full_lows: list[int]) -> str | 
 
 def summary(dest: Path, chains: list[Chain], now_us: int, max_age: timedelta) -> tuple[dict[str, Any], list[str]]:
     """The catalog's ``archive`` object and its warnings (freshness against ``max_age``)."""
-    from .catalog import _human, iso
-
     reaches = [c.archive for c in chains if c.archive is not None]
     gens = {(r.directory, g.generation) for r in reaches for g in r.generations}
     ends = [r.end_us for r in reaches if r.end_us is not None]
@@ -132,7 +98,7 @@ def summary(dest: Path, chains: list[Chain], now_us: int, max_age: timedelta) ->
         warnings.append(f"the archive {dest} holds no record after the sets: moments after the last set cannot "
                         "be restored from it; check that the CA archives there ([archive] dest)")
     elif age is not None and age > max_age:
-        warnings.append(f"the newest archived record is {_human(age)} old (limit {_human(max_age)}): is the CA "
+        warnings.append(f"the newest archived record is {human(age)} old (limit {human(max_age)}): is the CA "
                         "still shipping? (certsrv status shows the archive's lag)")
     return info, warnings
 

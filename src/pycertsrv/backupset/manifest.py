@@ -19,16 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ERROR_FILE_NOT_FOUND, ERROR_INVALID_DATA, CorruptData, NotFound
 from ..fsutil import atomic_write
+from ..spec import wszDBBACKUPCERTBACKDAT, wszDBBACKUPSUBDIR, wszPFXFILENAMEEXT
 
 if TYPE_CHECKING:
     from .setauth import SealingKey
 
 FORMAT = "pycertsrv-backup/1"
-DB_SUBDIR = "DataBase"  # spec §1.3 wszDBBACKUPSUBDIR
-MANIFEST_NAME = "certbkxp.dat"  # spec §1.3 wszDBBACKUPCERTBACKDAT
+DB_SUBDIR = wszDBBACKUPSUBDIR  # spec §1.3
+MANIFEST_NAME = wszDBBACKUPCERTBACKDAT  # spec §1.3
 DYNAMIC_SUBDIR = "Dynamic"
 CONFIG_SUBDIR = "Config"
-P12_EXT = ".p12"  # spec §1.3 wszPFXFILENAMEEXT
+P12_EXT = wszPFXFILENAMEEXT  # spec §1.3
 ROLES = ("database", "log", "dynamic", "config", "key")
 KINDS = ("full", "incremental", "key")
 KEY_KIND = "key"

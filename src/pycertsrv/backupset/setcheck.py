@@ -5,15 +5,36 @@ the bytes actually read or copied, so a file swapped on the backup storage after
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..errors import ERROR_INVALID_PASSWORD, NTE_BAD_SIGNATURE, CorruptData, InvalidArgument
 from ..fsutil import sha256_file
 from .manifest import MANIFEST_NAME, Manifest
 
-if TYPE_CHECKING:
-    from .restore import SetInfo
+
+@dataclass
+class SetInfo:
+    """One backup set given to the restore."""
+
+    directory: Path
+    manifest: Manifest | None
+    p12: Path | None
+
+    @property
+    def kind(self) -> str:
+        """``full``, ``incremental`` or ``key`` (a key-only set)."""
+        return self.manifest.kind if self.manifest else "key"
+
+    def to_json(self) -> dict[str, Any]:
+        """The set as plain data."""
+        m = self.manifest
+        return {"directory": str(self.directory), "kind": self.kind, "ca_name": m.ca_name if m else None,
+                "created": m.created if m else None, "gen_low": m.gen_low if m else None,
+                "gen_high": m.gen_high if m else None, "snapshot_lsn": m.snapshot_lsn if m else None,
+                "files": len(m.files) if m else 0, "bytes": sum(f.size for f in m.files) if m else 0,
+                "p12": str(self.p12) if self.p12 else None}
 
 
 def verify_set(d: Path, password: bytes | None, allow_unauthenticated: bool, warnings: list[str]) -> Manifest:

@@ -14,7 +14,6 @@ before authenticated sets is a problem unless ``allow_unauthenticated``.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from ..errors import (
     hresult_name,
 )
 from ..fsutil import sha256_file
-from ..store import logfile
+from ..store import logfile, setdb
 from .manifest import DB_SUBDIR, KEY_KIND, MANIFEST_NAME, Manifest, manifest_path, read_manifest, safe_relative
 from .setauth import authenticate
 
@@ -223,13 +222,9 @@ def _check_database(rep: VerifyReport, m: Manifest, good: dict[str, Path], root:
     if path is None:
         return
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
-        try:
-            meta = {k: v for k, v in conn.execute("SELECT key, value FROM _meta")}
-            check = conn.execute("PRAGMA integrity_check").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as e:
+        meta = setdb.read_meta(path)
+        check = setdb.check_integrity(path)
+    except setdb.UnreadableDatabase as e:
         rep.add(m.database, JET_ERR_DATABASE_CORRUPTED, f"not a readable pycertsrv database: {e}")
         return
     if check != "ok":

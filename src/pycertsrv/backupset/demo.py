@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from ..errors import CertSrvError
+from ..home import Home
 
 PASSWORD = "demo backup password"
 
@@ -107,7 +108,8 @@ def run_demo(echo: Callable[[str], Any] = print, workdir: Path | None = None, *,
     """
     from ..ca import Authority
     from ..client import Client
-    from .restore import plan_restore, run_restore
+    from .restore_plan import plan_restore
+    from .restore_run import run_restore
     from .writer import run_backup
 
     # Short paths: a Unix socket path is limited to 107 bytes.
@@ -181,7 +183,7 @@ def run_demo(echo: Callable[[str], Any] = print, workdir: Path | None = None, *,
         t0 = time.monotonic()
         svc.start()
         echo(f"8. the restored CA started in {time.monotonic() - t0:.2f}s (hard recovery before serving)")
-        ca_pem = new_home / "publish" / "ca.crt"
+        ca_pem = Home(new_home).publish_dir / "ca.crt"
         ok = 0
         bad: list[str] = []
         with Client(svc.socket) as c:

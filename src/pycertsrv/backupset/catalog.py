@@ -1,8 +1,8 @@
 """The recovery window: which moments a restore can reach from the backup sets under one directory.
 
 ``certsrv catalog DIR`` reads every set directly under ``DIR`` (each ``DataBase/certbkxp.dat``),
-checks each with :func:`pycertsrv.backup.verify.verify_backup`, and chains them the way
-``certsrv restore`` does (:func:`pycertsrv.backup.restore.plan_restore`): one full set, then
+checks each with :func:`pycertsrv.backupset.verify.verify_backup`, and chains them the way
+``certsrv restore`` does (:func:`pycertsrv.backupset.restore_plan.plan_restore`): one full set, then
 incrementals of the same database identity ordered by ``gen_low``, each starting at most one
 generation after the chain's highest (``gen_low <= high + 1``). A larger step is a gap: the sets
 after it cannot be restored from that full set.
@@ -17,7 +17,7 @@ A restore with ``--until T`` replays every record with a time <= T (restore.py: 
 first record later than this"), so every T inside a chain's span gives the CA's state at T.
 
 With ``--archive DEST`` (issue 13's continuous log archive), each chain reaches on through the
-archived generations that continue it (:mod:`pycertsrv.backup.catalog_archive`); without it the
+archived generations that continue it (:mod:`pycertsrv.backupset.catalog_archive`); without it the
 JSON says ``"archive": null``.
 """
 
@@ -26,16 +26,17 @@ from __future__ import annotations
 import itertools
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from ..errors import E_INVALIDARG, ERROR_DIRECTORY, ERROR_FILE_NOT_FOUND, CertSrvError, InvalidArgument, NotFound
 from ..store import logfile
-from .catalog_archive import DEFAULT_MAX_ARCHIVE_AGE, ArchiveReach, check_dest, extend_chain, summary
-from .manifest import DB_SUBDIR, P12_EXT, Manifest, manifest_path
-from .restore import parse_until
+from .catalog_archive import DEFAULT_MAX_ARCHIVE_AGE, check_dest, extend_chain, summary
+from .catalog_model import CatalogSet, Chain, Gap, human, iso
+from .manifest import DB_SUBDIR, P12_EXT, manifest_path
+from .restore_plan import parse_until
 from .verify import verify_backup
 
 DEFAULT_MAX_FULL_AGE = timedelta(days=8)
@@ -54,156 +55,6 @@ def parse_duration(text: str, subject: str) -> timedelta:
     if not m or float(m.group(1)) <= 0:
         raise InvalidArgument(E_INVALIDARG, subject, f"{text!r} is not a duration such as 8d, 26h or 90m")
     return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
-
-
-def iso(us: int | None) -> str | None:
-    """µs since the epoch as ISO 8601 UTC with microseconds (what ``--until`` reads back exactly)."""
-    return None if us is None else logfile.us_to_datetime(us).astimezone(UTC).isoformat(timespec="microseconds")
-
-
-@dataclass
-class CatalogSet:
-    """One set found under the directory, with the times its logs cover."""
-
-    directory: Path
-    manifest: Manifest | None
-    problems: list[str] = field(default_factory=list)
-    start_us: int | None = None  # full set: the first moment it restores to
-    first_record_us: int | None = None
-    last_record_us: int | None = None
-    has_key: bool = False
-    authenticated: bool = False  # its authenticator was checked with the sets' password and matched
-
-    @property
-    def name(self) -> str:
-        """The set's directory name."""
-        return self.directory.name
-
-    @property
-    def ok(self) -> bool:
-        """Whether the set passed verification."""
-        return self.manifest is not None and not self.problems
-
-    @property
-    def kind(self) -> str:
-        """``full``, ``incremental`` or ``unreadable``."""
-        return self.manifest.kind if self.manifest is not None else "unreadable"
-
-    @property
-    def created_us(self) -> int | None:
-        """The manifest's creation time (µs), None when unreadable."""
-        if self.manifest is None:
-            return None
-        try:
-            return parse_until(self.manifest.created)
-        except CertSrvError:
-            return None
-
-    def to_json(self) -> dict[str, Any]:
-        """The set as plain data."""
-        m = self.manifest
-        return {"name": self.name, "directory": str(self.directory), "kind": self.kind, "ok": self.ok,
-                "problems": list(self.problems), "ca_name": m.ca_name if m else None,
-                "identity": m.identity if m else None, "created": m.created if m else None,
-                "gen_low": m.gen_low if m else None, "gen_high": m.gen_high if m else None,
-                "snapshot_lsn": m.snapshot_lsn if m else None, "has_key": self.has_key,
-                "authenticated": self.authenticated,
-                "start": iso(self.start_us), "first_record": iso(self.first_record_us),
-                "last_record": iso(self.last_record_us)}
-
-
-@dataclass
-class Gap:
-    """Generations missing inside a chain: the sets after it are not restorable from that full set."""
-
-    full: str
-    after: str
-    before: str
-    gen_low: int
-    gen_high: int
-    from_us: int | None
-    to_us: int | None
-    spliced: bool = False  # no generation is missing, but the set names another one as the set it continues
-    archive: str | None = None  # a gap in the log archive (what is missing or damaged there), not between sets
-
-    @property
-    def text(self) -> str:
-        """The gap in words."""
-        if self.archive is not None:
-            return (f"archive gap: {self.archive} (after {self.after}): moments after {iso(self.from_us)} are not "
-                    f"restorable from {self.full} with the archive")
-        if self.spliced:
-            return (f"{self.before} does not continue {self.after} (it names another set as its base: the sets "
-                    f"come from different backup chains): sets from {self.before} on are not restorable from "
-                    f"{self.full}")
-        gens = logfile.log_name(self.gen_low) if self.gen_low == self.gen_high else \
-            f"{logfile.log_name(self.gen_low)}..{logfile.log_name(self.gen_high)}"
-        return (f"generation(s) {gens} missing between {self.after} and {self.before} (an incremental set is "
-                f"missing): sets from {self.before} on are not restorable from {self.full}")
-
-    def to_json(self) -> dict[str, Any]:
-        """The gap as plain data."""
-        return {"full": self.full, "after": self.after, "before": self.before, "gen_low": self.gen_low,
-                "gen_high": self.gen_high, "from": iso(self.from_us), "to": iso(self.to_us),
-                "from_us": self.from_us, "to_us": self.to_us, "spliced": self.spliced,
-                "in_archive": self.archive is not None, "text": self.text}
-
-
-@dataclass
-class Chain:
-    """A full set, the incrementals that chain onto it, and those cut off by a gap."""
-
-    full: CatalogSet
-    incrementals: list[CatalogSet] = field(default_factory=list)
-    cut_off: list[CatalogSet] = field(default_factory=list)
-    gap: Gap | None = None
-    reach_us: list[int] = field(default_factory=list)  # per set of ``sets``: the latest moment restorable
-    archive: ArchiveReach | None = None  # the archived generations that continue the sets (--archive)
-    archive_gap: Gap | None = None  # where the archive stops continuing them
-
-    @property
-    def sets_end_us(self) -> int:
-        """The last moment the sets alone restore to."""
-        return self.reach_us[-1]
-
-    @property
-    def sets(self) -> list[CatalogSet]:
-        """The restorable sets, full first."""
-        return [self.full, *self.incrementals]
-
-    @property
-    def start_us(self) -> int:
-        """The first moment this chain restores to."""
-        assert self.full.start_us is not None
-        return self.full.start_us
-
-    @property
-    def end_us(self) -> int:
-        """The last moment this chain restores to (with the archive: its last record that continues the sets)."""
-        a = self.archive.end_us if self.archive is not None else None
-        return max(self.reach_us[-1], a) if a is not None else self.reach_us[-1]
-
-    def needs_archive(self, at_us: int) -> bool:
-        """Whether reaching ``at_us`` needs the archive (it is past the sets' last record)."""
-        return self.archive is not None and at_us > self.sets_end_us
-
-    def sets_for(self, at_us: int) -> list[CatalogSet]:
-        """The full set and the incrementals needed to reach ``at_us`` (inside the chain's span)."""
-        for i, reach in enumerate(self.reach_us):
-            if reach >= at_us:
-                return self.sets[: i + 1]
-        return self.sets
-
-    def to_json(self) -> dict[str, Any]:
-        """The chain as plain data."""
-        return {"full": self.full.name, "incrementals": [s.name for s in self.incrementals],
-                "cut_off": [s.name for s in self.cut_off], "gap": self.gap.to_json() if self.gap else None,
-                "start": iso(self.start_us), "end": iso(self.end_us), "start_us": self.start_us,
-                "end_us": self.end_us, "sets_end_us": self.sets_end_us,
-                "archive": self.archive.to_json() if self.archive is not None else None,
-                "archive_gap": self.archive_gap.to_json() if self.archive_gap is not None else None,
-                "steps": [{"set": s.name, "directory": str(s.directory), "reach": iso(r), "reach_us": r}
-                          for s, r in zip(self.sets, self.reach_us, strict=True)]}
 
 
 @dataclass
@@ -318,12 +169,12 @@ class Catalog:
         for label, newest in (("full", self.newest_full), ("incremental", self.newest_incremental)):
             old = self.age(newest)
             if newest is not None and old is not None:
-                out.append(f"newest {label} set: {newest.name}, {_human(old)} old")
+                out.append(f"newest {label} set: {newest.name}, {human(old)} old")
         if self.archive is not None:
             ai = self.archive
             out.append(f"archive {ai['dest']}: {ai['generations']} generation(s) continue the sets, newest record "
                        f"{ai['newest_record'] or 'none'}"
-                       + (f", {_human(timedelta(seconds=ai['age_seconds']))} old" if ai["age_seconds"] is not None
+                       + (f", {human(timedelta(seconds=ai['age_seconds']))} old" if ai["age_seconds"] is not None
                           else ""))
         out.extend(f"WARNING: {w}" for w in self.warnings)
         return out
@@ -340,15 +191,6 @@ def _moment(at: str | int | datetime) -> int:
         return parse_until(at)
     except CertSrvError:
         raise InvalidArgument(E_INVALIDARG, "--at", f"{at!r} is not an ISO 8601 time") from None
-
-
-def _human(d: timedelta) -> str:
-    s = int(d.total_seconds())
-    if s >= 86400:
-        return f"{s / 86400:.1f} days"
-    if s >= 3600:
-        return f"{s / 3600:.1f} hours"
-    return f"{s} seconds"
 
 
 def _log_times(s: CatalogSet) -> None:
@@ -521,20 +363,17 @@ def _warnings(cat: Catalog) -> list[str]:
     if not cat.authenticity_checked and cat.sets:
         out.append("authenticity not checked (no password given): a set changed on the backup storage would look "
                    "whole here; give --password-file")
-    if cat.newest_full is None:
-        out.append("no usable full set: nothing can be restored")
-    else:
-        a = cat.age(cat.newest_full)
-        if a is not None and a > cat.max_full_age:
-            out.append(f"the newest full set {cat.newest_full.name} is {_human(a)} old "
-                       f"(limit {_human(cat.max_full_age)}): take a full backup")
-    if cat.newest_incremental is None:
-        out.append("no incremental set: moments after the newest full set cannot be restored")
-    else:
-        a = cat.age(cat.newest_incremental)
-        if a is not None and a > cat.max_incremental_age:
-            out.append(f"the newest incremental set {cat.newest_incremental.name} is {_human(a)} old "
-                       f"(limit {_human(cat.max_incremental_age)}): take an incremental backup")
+    for kind, newest, limit, none in (
+            ("full", cat.newest_full, cat.max_full_age, "no usable full set: nothing can be restored"),
+            ("incremental", cat.newest_incremental, cat.max_incremental_age,
+             "no incremental set: moments after the newest full set cannot be restored")):
+        if newest is None:
+            out.append(none)
+            continue
+        a = cat.age(newest)
+        if a is not None and a > limit:
+            out.append(f"the newest {kind} set {newest.name} is {human(a)} old "
+                       f"(limit {human(limit)}): take {'a' if kind == 'full' else 'an'} {kind} backup")
     for c in cat.chains:
         out.extend(g.text for g in (c.gap, c.archive_gap) if g is not None)
     for s in cat.orphans:
