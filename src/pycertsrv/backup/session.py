@@ -128,6 +128,21 @@ class _Session:
     holders: list[object] = field(default_factory=list)
 
 
+def _the_open_file(s: _Session, fn: str) -> _OpenFile:
+    """The session's open file; E_UNEXPECTED when none is (spec §2.20: BackupRead/BackupClose follow BackupOpenFile)."""
+    if s.open is None:
+        raise SequenceError(E_UNEXPECTED, fn, "no file is open")
+    return s.open
+
+
+def _reading(s: _Session, n: int) -> _OpenFile:
+    """BackupRead's checks, for both ways of sending: a file is open and the buffer size is positive."""
+    f = _the_open_file(s, "BackupRead")
+    if int(n) <= 0:
+        raise InvalidArgument(E_INVALIDARG, "BackupRead", f"buffer size {n} must be positive")
+    return f
+
+
 @dataclass(frozen=True)
 class ReadRange:
     """The next chunk of an open file for a zero-copy sender: ``prefix``, then ``count`` bytes of ``fd`` at
@@ -159,6 +174,9 @@ class BackupManager(SessionEnding[_Session]):
     :param timeout: seconds a session may stay idle before :meth:`expire_idle` ends it (the ceiling).
     :param idle_timeout: the shorter limit once the session reads files (default: ``timeout``; never above it).
     :param clock: monotonic clock (tests pass their own).
+
+    Every session call takes ``handle`` (the session handle) and ``principal_id`` (when given, the session must
+    belong to this caller).
     """
 
     def __init__(self, authority_or_store: _HasStore | Store, home: Home, timeout: float = 600.0,
@@ -281,8 +299,6 @@ class BackupManager(SessionEnding[_Session]):
     def info(self, handle: str, principal_id: str | None = None) -> dict[str, Any]:
         """What a client needs to label the set: kind, CA name, database identity, handle.
 
-        :param handle: the session handle.
-        :param principal_id: when given, the session must belong to this caller.
         """
         with self._use(handle, "BackupInfo", principal_id) as s:
             return {"handle": s.handle, "kind": s.kind, "ca_name": self.store.name,
@@ -293,8 +309,6 @@ class BackupManager(SessionEnding[_Session]):
     def database_names(self, handle: str, principal_id: str | None = None) -> list[str]:
         """BackupGetDatabaseNames: the database file, tagged 'D' (full backups only).
 
-        :param handle: the session handle.
-        :param principal_id: when given, the session must belong to this caller.
         """
         fn = "BackupGetDatabaseNames"
         with self._use(handle, fn, principal_id) as s:
@@ -312,8 +326,6 @@ class BackupManager(SessionEnding[_Session]):
     def backup_logs(self, handle: str, principal_id: str | None = None) -> list[str]:
         """BackupGetBackupLogs: roll the log (first call) and list the generations, tagged '!'.
 
-        :param handle: the session handle.
-        :param principal_id: when given, the session must belong to this caller.
         """
         fn = "BackupGetBackupLogs"
         with self._use(handle, fn, principal_id) as s:
@@ -341,8 +353,6 @@ class BackupManager(SessionEnding[_Session]):
     def dynamic_files(self, handle: str, principal_id: str | None = None) -> list[str]:
         """BackupGetDynamicFileList: published CA certificates and CRLs, untagged (spec §2.5).
 
-        :param handle: the session handle.
-        :param principal_id: when given, the session must belong to this caller.
         """
         with self._use(handle, "BackupGetDynamicFileList", principal_id) as s:
             names = [str(p) for p in self._dynamic_paths()]
@@ -352,8 +362,6 @@ class BackupManager(SessionEnding[_Session]):
     def database_locations(self, handle: str, principal_id: str | None = None) -> list[str]:
         """RestoreGetDatabaseLocations on a backup context: 'D' db file, 0x82 log dir, 0x83 system dir.
 
-        :param handle: the session handle.
-        :param principal_id: when given, the session must belong to this caller.
         """
         with self._use(handle, "RestoreGetDatabaseLocations", principal_id):
             return [TAG_CERTSERVER_DATABASE + str(self.home.db_dir / self.store.database_name),
@@ -363,9 +371,7 @@ class BackupManager(SessionEnding[_Session]):
     def open_file(self, handle: str, name: str, principal_id: str | None = None) -> int:
         """BackupOpenFile: open a listed file (tag removed); returns its size in bytes.
 
-        :param handle: the session handle.
         :param name: a name from this session's database, log or dynamic list, without its tag.
-        :param principal_id: when given, the session must belong to this caller.
         """
         fn = "BackupOpenFile"
         with self._use(handle, fn, principal_id) as s:
@@ -409,17 +415,10 @@ class BackupManager(SessionEnding[_Session]):
     def read(self, handle: str, n: int, principal_id: str | None = None) -> bytes:
         """BackupRead: the next at most ``n`` bytes (at most MAX_READ) of the open file; b"" at its end.
 
-        :param handle: the session handle.
         :param n: bytes wanted (> 0).
-        :param principal_id: when given, the session must belong to this caller.
         """
-        fn = "BackupRead"
-        with self._use(handle, fn, principal_id) as s:
-            f = s.open
-            if f is None:
-                raise SequenceError(E_UNEXPECTED, fn, "no file is open")
-            if int(n) <= 0:
-                raise InvalidArgument(E_INVALIDARG, fn, f"buffer size {n} must be positive")
+        with self._use(handle, "BackupRead", principal_id) as s:
+            f = _reading(s, n)
             want = min(int(n), MAX_READ, max(f.size - f.pos, 0))
             data = f.read(want)
             f.pos += len(data)
@@ -433,17 +432,10 @@ class BackupManager(SessionEnding[_Session]):
         ``offset``; it is empty at the end of the file. The caller closes the range once sent (End or
         expiry cannot pull the file away mid-send).
 
-        :param handle: the session handle.
         :param n: bytes wanted (> 0; at most MAX_SEND are given).
-        :param principal_id: when given, the session must belong to this caller.
         """
-        fn = "BackupRead"
-        with self._use(handle, fn, principal_id) as s:
-            f = s.open
-            if f is None:
-                raise SequenceError(E_UNEXPECTED, fn, "no file is open")
-            if int(n) <= 0:
-                raise InvalidArgument(E_INVALIDARG, fn, f"buffer size {n} must be positive")
+        with self._use(handle, "BackupRead", principal_id) as s:
+            f = _reading(s, n)
             count = min(int(n), MAX_SEND, max(f.size - f.pos, 0))
             offset = f.pos
             f.pos += count
@@ -460,14 +452,9 @@ class BackupManager(SessionEnding[_Session]):
     def close_file(self, handle: str, principal_id: str | None = None) -> None:
         """BackupClose: close the open file; it counts as backed up when it was read to its end.
 
-        :param handle: the session handle.
-        :param principal_id: when given, the session must belong to this caller.
         """
-        fn = "BackupClose"
-        with self._use(handle, fn, principal_id) as s:
-            f = s.open
-            if f is None:
-                raise SequenceError(E_UNEXPECTED, fn, "no file is open")
+        with self._use(handle, "BackupClose", principal_id) as s:
+            f = _the_open_file(s, "BackupClose")
             f.close()
             s.open = None
             if f.pos >= f.size:
@@ -476,8 +463,6 @@ class BackupManager(SessionEnding[_Session]):
     def truncate_logs(self, handle: str, principal_id: str | None = None) -> list[int]:
         """BackupTruncateLogs: delete the generations this backup made redundant; returns their numbers.
 
-        :param handle: the session handle.
-        :param principal_id: when given, the session must belong to this caller.
         """
         fn = "BackupTruncateLogs"
         with self._use(handle, fn, principal_id) as s:
@@ -504,8 +489,6 @@ class BackupManager(SessionEnding[_Session]):
     def end(self, handle: str, principal_id: str | None = None) -> dict[str, Any]:
         """BackupEnd: finish the session, record it when complete, release the lock.
 
-        :param handle: the session handle.
-        :param principal_id: when given, the session must belong to this caller.
         :returns: ``{"recorded": bool, "backup_id": int|None}``.
         """
         with self._use(handle, "BackupEnd", principal_id) as s:

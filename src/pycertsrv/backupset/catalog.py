@@ -144,16 +144,15 @@ class Catalog:
             for s, r in zip(c.sets, c.reach_us, strict=True):
                 m = s.manifest
                 assert m is not None
-                out.append(f"  {s.kind:<11} {s.name}  generations {m.gen_low:08X}..{m.gen_high:08X}  "
-                           f"reaches {iso(r)}")
+                out.append(_reach_line(s.kind, s.name, m.gen_low, m.gen_high, r))
             if c.gap is not None:
                 out.append(f"  GAP: {c.gap.text}")
             for s in c.cut_off:
                 out.append(f"  not restorable: {s.name} (after the gap)")
             if c.archive is not None and c.archive.generations:
                 ar = c.archive
-                out.append(f"  archive     {ar.directory}  generations {ar.generations[0].generation:08X}.."
-                           f"{ar.generations[-1].generation:08X}  reaches {iso(ar.end_us)}")
+                out.append(_reach_line("archive", str(ar.directory), ar.generations[0].generation,
+                                       ar.generations[-1].generation, ar.end_us))
             if c.archive_gap is not None:
                 out.append(f"  GAP: {c.archive_gap.text}")
         for s in self.orphans:
@@ -178,6 +177,11 @@ class Catalog:
                           else ""))
         out.extend(f"WARNING: {w}" for w in self.warnings)
         return out
+
+
+def _reach_line(kind: str, name: str, gen_low: int, gen_high: int, reach_us: int | None) -> str:
+    """One line of :meth:`Catalog.describe` for a set or an archive: what it holds and how far it reaches."""
+    return f"  {kind:<11} {name}  generations {gen_low:08X}..{gen_high:08X}  reaches {iso(reach_us)}"
 
 
 def _moment(at: str | int | datetime) -> int:

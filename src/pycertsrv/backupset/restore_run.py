@@ -41,6 +41,7 @@ from ..fsutil import (
     fsync_file,
     make_dirs,
 )
+from ..store import engine_files
 from ..store import registration as reg_mod
 from .restore_cleanup import discard_partial, empty_home, failure, has_content, registration_or_none, remove_made
 from .restore_plan import ProgressCallback, RestorePlan, _not_empty, load_p12, plan_config
@@ -241,12 +242,10 @@ def _place_db_file(plan: RestorePlan, res: RestoreResult) -> None:
     res.bytes += tmp.stat().st_size
     res.files += 1
     aside = h.db_dir / f"superseded-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
-    for p in sorted(h.db_dir.iterdir()):
-        # A stale -wal beside the new file would be applied to it by SQLite: it goes aside with its database.
-        if p.is_file() and (p.suffix == ".db" or ".db-" in p.name or ".recovering" in p.name):
-            make_dirs(aside)
-            os.replace(p, aside / p.name)
-            res.superseded.append(str(aside / p.name))
+    for p in engine_files(h.db_dir):  # the engine's files go aside together (its side files with its database)
+        make_dirs(aside)
+        os.replace(p, aside / p.name)
+        res.superseded.append(str(aside / p.name))
     os.replace(tmp, plan.database_target)
     fsync_dir(h.db_dir)
 

@@ -24,10 +24,9 @@ because the chain for incrementals passes through the damaged generation.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,6 @@ __all__ = [
     "commit_scope",
     "damage_key",
     "disk_full_error",
-    "is_disk_full",
     "known_damage",
     "note_unapplied",
     "record_damage",
@@ -70,16 +68,6 @@ FAILED_DB_SYNC = "failed: database sync error, restart required"  # the checkpoi
 SETTING_REQUIRES_FULL = "backup_requires_full"
 SETTING_REQUIRES_FULL_REASON = "backup_requires_full_reason"
 DAMAGE_FILE = "log-damage.json"  # system/: damage already reported, so it marks a full backup only once
-
-def is_disk_full(e: BaseException) -> bool:
-    """Whether an SQLite or OS error means no space (SQLITE_FULL, ENOSPC, EDQUOT)."""
-    if isinstance(e, OSError):
-        return e.errno in (errno.ENOSPC, errno.EDQUOT)
-    if isinstance(e, sqlite3.Error):
-        code = getattr(e, "sqlite_errorcode", None)
-        return code == sqlite3.SQLITE_FULL or "disk is full" in str(e)
-    return False
-
 
 def disk_full_error(what: str, detail: str, *, degraded: bool = False) -> StorageError:
     """The refusal of a write while there is no space (ERROR_DISK_FULL).
@@ -163,14 +151,15 @@ def record_damage(system_dir: Path, damage: list[dict[str, Any]]) -> list[dict[s
     return new
 
 
-def restore_advice(conn: sqlite3.Connection | None, home: Path) -> str:
-    """What to restore when recovery needs a damaged record: the newest recorded set, and the command."""
+def restore_advice(history: Sequence[tuple[int, str, str]] | None, home: Path) -> str:
+    """What to restore when recovery needs a damaged record: the newest recorded set, and the command.
+
+    :param history: the database's backup history as (backup_id, kind, ended_at) in id order; None when it
+        could not be read (the advice then names no set).
+    """
     newest = ""
-    if conn is not None:
-        try:
-            rows = conn.execute("SELECT backup_id, kind, ended_at FROM backup_history ORDER BY backup_id").fetchall()
-        except sqlite3.Error:
-            rows = []
+    if history is not None:
+        rows = list(history)
         fulls = [i for i, r in enumerate(rows) if r[1] == "full"]
         if fulls:
             full = rows[fulls[-1]]

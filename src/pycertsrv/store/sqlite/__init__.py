@@ -12,7 +12,7 @@
 """
 
 from .checkpoint import Checkpoint, read_checkpoint
-from .dbfile import DATABASE_ERRORS, copy_database, db_file_name
+from .dbfile import DATABASE_ERRORS, copy_database, db_file_name, engine_files
 from .engine import Store, recovery_target
 from .recovery import FileRecoveryTarget, hard_recover
 from .restore import RecoveryPlan, RestoreOutcome, recover_registered
@@ -28,6 +28,7 @@ __all__ = [
     "Store",
     "copy_database",
     "db_file_name",
+    "engine_files",
     "hard_recover",
     "read_checkpoint",
     "recover_registered",

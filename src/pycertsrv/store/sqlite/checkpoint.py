@@ -12,9 +12,9 @@ import os
 from ...errors import E_UNEXPECTED, ERROR_IO_DEVICE, CertSrvError, StorageError
 from ...fsutil import fsync_file
 from .. import logfile
-from ..health import FAILED_DB_SYNC, disk_full_error, is_disk_full, sync_failed_error
+from ..health import FAILED_DB_SYNC, disk_full_error, sync_failed_error
 from .chkfile import CHECKPOINT_FILE, Checkpoint, read_checkpoint, write_checkpoint
-from .dbfile import side_file
+from .dbfile import is_disk_full, side_file
 from .state import EngineState
 
 __all__ = ["CHECKPOINT_FILE", "Checkpoint", "Checkpointing", "read_checkpoint", "write_checkpoint"]

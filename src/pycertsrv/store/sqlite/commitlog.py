@@ -16,10 +16,11 @@ import threading
 from ...errors import E_INVALIDARG, ERROR_IO_DEVICE, CertSrvError, InvalidArgument, StorageError
 from ...fsutil import fsync_dir
 from .. import archivemark, logfile, schema
-from ..health import FAILED_SYNC, disk_full_error, is_disk_full, sync_failed_error
+from ..health import FAILED_SYNC, disk_full_error, sync_failed_error
 from ..interface import Generation
 from ..transaction import Transaction
 from .checkpoint import Checkpoint
+from .dbfile import is_disk_full
 from .replay import Batcher, encode_payload, set_applied
 from .state import EngineState
 

@@ -6,6 +6,7 @@ side files, the rollback ``-journal``, the file format's header bytes, the synch
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 from pathlib import Path
@@ -14,6 +15,7 @@ from ...fsutil import copy_file, fsync_dir, fsync_file
 
 DB_SUFFIX = ".db"
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")  # files SQLite keeps beside a database file
+RECOVERING_SUFFIX = ".recovering"  # a registered restore's temp copy while hard recovery replays onto it
 REPLAY_CACHE_KIB = 65536  # SQLite page cache while replaying (the default 2 MiB thrashes on large logs)
 MAGIC = b"SQLite format 3\x00"
 # What SQLite raises when a file is not a database, or a damaged one (callers above the store catch these).
@@ -34,6 +36,29 @@ def database_files(db_dir: Path) -> list[Path]:
 def side_file(db_path: Path, suffix: str) -> Path:
     """``db_path`` + one of :data:`SIDE_SUFFIXES`."""
     return db_path.with_name(db_path.name + suffix)
+
+
+def recovering_file(target: Path) -> Path:
+    """The temp copy hard recovery replays onto before it replaces ``target`` (hidden, beside it)."""
+    return target.with_name(f".{target.name}{RECOVERING_SUFFIX}")
+
+
+def engine_files(db_dir: Path) -> list[Path]:
+    """Every file of a database directory that belongs to the database, sorted: database files, their side
+    files and recovery temps. A restore moves all of them aside together: a stale ``-wal`` left beside a new
+    database file would be applied to it by SQLite."""
+    return sorted(p for p in db_dir.iterdir() if p.is_file() and (
+        p.suffix == DB_SUFFIX or f"{DB_SUFFIX}-" in p.name or RECOVERING_SUFFIX in p.name))
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether an SQLite or OS error means no space (SQLITE_FULL, ENOSPC, EDQUOT)."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(e, sqlite3.Error):
+        code = getattr(e, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL or "disk is full" in str(e)
+    return False
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -15,7 +15,8 @@ from typing import Any
 from ...errors import E_UNEXPECTED, CertSrvError, StorageError
 from .. import health as health_mod
 from .. import logfile, schema
-from ..health import DEGRADED_DISK_FULL, Health, disk_full_error, is_disk_full
+from ..health import DEGRADED_DISK_FULL, Health, disk_full_error
+from .dbfile import is_disk_full
 from .state import EngineState
 
 log = logging.getLogger("pycertsrv.store")

@@ -45,6 +45,15 @@ class LogTail:
     last_lsn: int
 
 
+def _backup_history(conn: sqlite3.Connection) -> list[tuple[int, str, str]]:
+    """The recorded backups (backup_id, kind, ended_at) in id order, for restore advice; empty when unreadable."""
+    try:
+        rows = conn.execute("SELECT backup_id, kind, ended_at FROM backup_history ORDER BY backup_id").fetchall()
+    except sqlite3.Error:
+        return []
+    return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+
 def soft_recover(writer: sqlite3.Connection, log_dir: Path, identity: str, applied: int, cp: Checkpoint | None,
                  home: Path, db_name: str) -> LogTail:
     """Apply every durable record above ``applied`` to the database of ``writer``; find the log's end.
@@ -87,7 +96,7 @@ def soft_recover(writer: sqlite3.Connection, log_dir: Path, identity: str, appli
             raise
         # Damage above the applied LSN: the record is needed and exists nowhere else in this home.
         raise CorruptData(e.hresult, e.function,
-                          f"{e.message}; {health_mod.restore_advice(writer, home)}") from None
+                          f"{e.message}; {health_mod.restore_advice(_backup_history(writer), home)}") from None
     res, _ = logfile.scan(gens[newest], ident, applied=report.to_lsn)
     last = res.last_lsn if res.last_lsn is not None else headers[newest].first_lsn - 1
     if last < report.to_lsn:

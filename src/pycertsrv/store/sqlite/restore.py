@@ -50,7 +50,7 @@ from ..registration import (
     write_registration,
 )
 from .checkpoint import Checkpoint, write_checkpoint
-from .dbfile import SIDE_SUFFIXES, connect_plain, database_files, side_file
+from .dbfile import SIDE_SUFFIXES, connect_plain, database_files, recovering_file, side_file
 from .recovery import hard_recover
 from .replay import Op, RecoveryReport, apply_ops, encode_payload, read_meta, set_applied
 
@@ -168,15 +168,11 @@ def recover_registered(home: Path) -> RestoreOutcome | None:
     return _finish(home, reg)
 
 
-def _temp_name(target: Path) -> Path:
-    return target.with_name(f".{target.name}.recovering")
-
-
 def _discard_temp(home: Path, reg: Registration) -> None:
     if not reg.restore_map:
         return
     with contextlib.suppress(CertSrvError, OSError):
-        tmp = _temp_name(resolve_db_target(home, rebase_path(reg, home, reg.restore_map[0][1])))
+        tmp = recovering_file(resolve_db_target(home, rebase_path(reg, home, reg.restore_map[0][1])))
         for p in (tmp, side_file(tmp, "-journal")):
             p.unlink(missing_ok=True)
 
@@ -251,7 +247,7 @@ def recover_into_temp(home: Path, reg: Registration) -> RecoveryPlan:
     if not target.is_file():
         raise NotFound(ERROR_FILE_NOT_FOUND, str(target), "the restored database file is missing")
     files = _collect_generations(reg, home)
-    tmp = _temp_name(target)
+    tmp = recovering_file(target)
     for p in (tmp, side_file(tmp, "-journal")):
         p.unlink(missing_ok=True)
     copy_file(target, tmp)
