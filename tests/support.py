@@ -8,7 +8,11 @@
   (``setpriv``) and for a forked child;
 - :func:`authority`, :func:`backup_manager`: an in-process CA and its backup manager;
 - :class:`Mounts` / :func:`mounts`, :func:`compile_shim`: tmpfs mounts (read-only, full) and LD_PRELOAD shims;
-- :func:`issue`, :func:`openssl_verify`, :func:`db_rows_readonly`.
+- :func:`issue`, :func:`openssl_verify`, :func:`db_rows_readonly`;
+- backup sets written by the real writer over a bare store (:func:`make_source`, :func:`full_set`,
+  :func:`incremental_set`), and :func:`rows` to compare a restore with its source (store, backup and backupset
+  tests);
+- :data:`ONE_LINE`, :func:`leftovers`, :func:`copy_tree_into`: what a refused write prints and leaves behind.
 
 ``tests/`` is on ``sys.path`` (its ``conftest.py`` is the rootdir's, imported in prepend mode), so every test
 directory imports this as ``support``, whether pytest runs one directory or the whole suite.
@@ -22,6 +26,7 @@ import errno
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import sqlite3
@@ -31,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +47,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pycertsrv import config as config_mod
+from pycertsrv.backup.local import LocalSession
 from pycertsrv.backup.session import BackupManager
+from pycertsrv.backupset.writer import run_backup
 from pycertsrv.ca import Authority
 from pycertsrv.client import Client
 from pycertsrv.config import RoleGrant
 from pycertsrv.errors import CertSrvError
 from pycertsrv.home import Home
-from pycertsrv.store import TABLES
+from pycertsrv.spec import FULL, INCREMENTAL
+from pycertsrv.store import TABLES, Store, StoreOptions, archivemark
+from pycertsrv.store.registration import SETTING_LAST_RECOVERY, SETTING_REQUIRES_FULL
 
 # One EC key reused by default: the CA does not care, and keygen is not under test.
 _KEY = ec.generate_private_key(ec.SECP256R1())
@@ -508,3 +518,117 @@ def db_rows_readonly(home: Path, tables: list[str] | None = None) -> dict[str, l
     finally:
         conn.close()
 
+
+
+# --- backup sets over a bare store (the real writer, in process) ---------------------------------------------
+# Sets are written by ``run_backup`` (the production writer) over an in-process ``LocalSession`` of a
+# ``BackupManager`` on the source store, so these tests do not depend on the service: the writer streams the
+# snapshot and the generations, writes and authenticates certbkxp.dat last (SET_PASSWORD), and chains an
+# incremental to the set beside it. Logs are kept (``keep_log``): a later incremental needs them. A test that
+# needs a broken set damages a set written here.
+
+OPTS = StoreOptions(log_size=64 << 10, checkpoint_records=50)
+# Written by every restore's recovery by design: its time, "next backup full", and a new archive lineage (issue 13).
+IGNORED_SETTINGS = {SETTING_LAST_RECOVERY, SETTING_REQUIRES_FULL, archivemark.SETTING_LINEAGE,
+                    archivemark.SETTING_LINEAGE_START}
+SET_PASSWORD = b"restore-setlib password"  # every set is authenticated with a key derived from it
+
+
+def make_source(home: Path, name: str = "Test CA") -> Store:
+    """A fresh store in ``home``."""
+    return Store.create(home, name, OPTS)
+
+
+def add_requests(store: Store, n: int, *, tag: str = "r") -> list[int]:
+    """Insert ``n`` issued-looking request rows (one transaction each) with an attribute and extension."""
+    ids = []
+    for _ in range(n):
+        with store.transaction() as tx:
+            rid = tx.next_id("request")
+            tx.put("request", {
+                "request_id": rid, "disposition": 20, "status_code": 0, "submitted_at": datetime.now(UTC).isoformat(),
+                "requester": tag, "raw_request": os.urandom(64), "serial": f"{rid:032x}", "raw_cert": os.urandom(200),
+                "subject": f"CN={tag}-{rid}", "not_after": "2035-01-01T00:00:00+00:00",
+            })
+            tx.put("attribute", {"request_id": rid, "name": "tag", "value": tag})
+            tx.put("extension", {"request_id": rid, "oid": "2.5.29.17", "flags": 0, "value": os.urandom(16)})
+        ids.append(rid)
+    return ids
+
+
+def revoke(store: Store, rid: int) -> None:
+    """Change an existing row (so replay must apply updates, not only inserts)."""
+    row = store.get("request", rid)
+    assert row is not None
+    row.update(disposition=21, revoked_at=datetime.now(UTC).isoformat(), revocation_reason=1)
+    with store.transaction() as tx:
+        tx.put("request", row)
+
+
+def rows(store: Store) -> dict[str, list[dict[str, Any]]]:
+    """Every table's rows, ordered by key, settings written by a restore left out."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, t in TABLES.items():
+        rs = store.select(name, order_by=list(t.key))
+        if name == "setting":
+            rs = [r for r in rs if r["name"] not in IGNORED_SETTINGS]
+        out[name] = rs
+    return out
+
+
+def _write_set(store: Store, d: Path, kind: str,
+               after: int | None = None) -> tuple[int, dict[str, list[dict[str, Any]]]]:
+    """Write a set with the real writer; returns (gen_high, the source's rows when the session began)."""
+    moment = rows(store)
+    mgr = BackupManager(store, Home.at(store.home), 600.0)
+    try:
+        res = run_backup(lambda k: LocalSession(mgr, k), d, kind=kind, password=SET_PASSWORD, database_only=True,
+                         keep_log=True)
+    finally:
+        mgr.close()
+    assert res.manifest is not None
+    if after is not None:  # the writer continues the chain from the set beside it: the caller's expectation holds
+        assert res.manifest.gen_low == after + 1, (res.manifest.gen_low, after)
+    return res.manifest.gen_high, moment
+
+
+def full_set(store: Store, d: Path) -> tuple[int, dict[str, list[dict[str, Any]]]]:
+    """Write a full set to ``d``; returns (gen_high, the source's rows at the moment of the backup)."""
+    return _write_set(store, d, FULL)
+
+
+def incremental_set(store: Store, d: Path, after: int) -> tuple[int, dict[str, list[dict[str, Any]]]]:
+    """Write an incremental set with the generations after ``after`` (the last set's gen_high); returns
+    (gen_high, rows at the backup)."""
+    return _write_set(store, d, INCREMENTAL, after)
+
+
+def manifest(d: Path) -> dict[str, Any]:
+    """A set's certbkxp.dat."""
+    data: dict[str, Any] = json.loads((d / "DataBase" / "certbkxp.dat").read_bytes())
+    return data
+
+
+def tick() -> None:
+    """Let the clock move on so record times differ (the --until tests need distinct instants)."""
+    time.sleep(0.002)
+
+
+# --- what a refused write prints and leaves --------------------------------------------------------------------
+
+# One refusal line (the standard): subject, the Win32 HRESULT in hex with its symbolic name, a message.
+ONE_LINE = re.compile(r"^certsrv: .+: 0x8007[0-9A-F]{4} [A-Z_]+: .+$")
+
+
+def copy_tree_into(src: Path, dest: Path) -> None:
+    """Copy the contents of ``src`` into the existing directory ``dest``."""
+    for p in src.iterdir():
+        if p.is_dir():
+            shutil.copytree(p, dest / p.name)
+        else:
+            shutil.copy2(p, dest / p.name)
+
+
+def leftovers(d: Path) -> list[str]:
+    """Temp files a failed write could leave in ``d`` (atomic_write's ``.X.tmp-*``, a restore's ``.X.restoring``)."""
+    return sorted(p.name for p in d.rglob("*") if ".tmp-" in p.name or p.name.endswith(".restoring"))

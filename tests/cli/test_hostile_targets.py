@@ -18,12 +18,22 @@ from pathlib import Path
 
 import pytest
 
-from hostile_lib import ONE_LINE, copy_tree_into, leftovers
 from pycertsrv.ca import Authority
 from pycertsrv.client import Client
 from pycertsrv.errors import E_ACCESSDENIED, ERROR_DISK_FULL, ERROR_WRITE_PROTECT, hresult_name
 from pycertsrv.home import Home
-from support import Mounts, Service, User, certsrv, make_csr, mounts, system_user
+from support import (
+    ONE_LINE,
+    Mounts,
+    Service,
+    User,
+    certsrv,
+    copy_tree_into,
+    leftovers,
+    make_csr,
+    mounts,
+    system_user,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts and a second uid need root (CI runs as root)")
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from hostile_lib import ONE_LINE
 from pycertsrv.ca import Authority
 from pycertsrv.client import Client
 from pycertsrv.errors import E_INVALIDARG, RPC_S_SERVER_UNAVAILABLE, InvalidArgument
 from pycertsrv.home import Home
-from support import Service, certsrv, make_csr
+from support import ONE_LINE, Service, certsrv, make_csr
 
 
 def _line(stderr: str) -> str:

@@ -1,4 +1,4 @@
-"""The catalog's edge cases on sets built the way the writer builds them (restore_setlib): sets the
+"""The catalog's edge cases on sets built the way the writer builds them (tests/support.py): sets the
 catalog cannot place, moments outside the window, bad options — each one line with its HRESULT."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from catalog_sets import certsrv
-from restore_setlib import add_requests, full_set, incremental_set, make_source, tick
 
 from pycertsrv.backupset.catalog import build_catalog, iso
 from pycertsrv.backupset.retention import plan_prune
+from support import add_requests, full_set, incremental_set, make_source, tick
 
 
 def _sets(tmp_path: Path) -> Path:
@@ -85,9 +85,8 @@ def test_moments_and_options_refused_in_one_line(tmp_path: Path) -> None:
 def test_with_the_password_a_forged_set_is_unusable(tmp_path: Path) -> None:
     """With --password-file every authenticator is checked: a set changed on the backup storage (its manifest's
     hashes recomputed) is named unusable and leaves the window; the others are authenticated."""
-    from restore_setlib import SET_PASSWORD
-
     from pycertsrv.fsutil import sha256_file
+    from support import SET_PASSWORD
 
     root = tmp_path / "sets"
     src = make_source(tmp_path / "src")

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from hostile_lib import ONE_LINE, leftovers
 from pycertsrv.ca import Authority
 from pycertsrv.errors import ERROR_DISK_FULL
 from pycertsrv.home import Home
-from support import Service, certsrv, make_csr, mounts
+from support import ONE_LINE, Service, certsrv, leftovers, make_csr, mounts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tmpfs mounts need root (CI runs as root)")
 

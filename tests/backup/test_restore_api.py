@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from restore_setlib import OPTS, add_requests, full_set, incremental_set, make_source, manifest, rows
 
 from pycertsrv import certbcli
 from pycertsrv.backup.restore import restore_prepare
@@ -23,6 +22,7 @@ from pycertsrv.errors import (
 from pycertsrv.spec import CSRESTORE_TYPE_FULL, CSRESTORE_TYPE_ONLINE
 from pycertsrv.store import Store
 from pycertsrv.store.registration import registration_path
+from support import OPTS, add_requests, full_set, incremental_set, make_source, manifest, rows
 
 
 def copy_logs(set_dir: Path, dest: Path) -> None:

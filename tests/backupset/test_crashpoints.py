@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from restore_setlib import full_and_incremental, opened_state
+from setlib import full_and_incremental, opened_state
 
 from pycertsrv.ca import Authority
 from support import short_home

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from restore_setlib import OPTS, add_requests, full_set, incremental_set, make_source, manifest, revoke, rows, tick
 
 from pycertsrv.errors import (
     ERROR_DIRECTORY,
@@ -21,6 +20,7 @@ from pycertsrv.fsutil import sha256_file
 from pycertsrv.store import Store, logfile
 from pycertsrv.store import registration as regmod
 from pycertsrv.store.sqlite.restore import recover_into_temp
+from support import OPTS, add_requests, full_set, incremental_set, make_source, manifest, revoke, rows, tick
 
 CTX = "ctx-1"
 

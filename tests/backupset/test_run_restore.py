@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from restore_setlib import ca_rows, tick
+from setlib import ca_rows
 
 from pycertsrv.backup.local import LocalSession
 from pycertsrv.backup.session import BackupManager
@@ -34,7 +34,7 @@ from pycertsrv.errors import (
     NotFound,
 )
 from pycertsrv.store import logfile
-from support import backup_manager_fixture, ca_fixture, issue, openssl_verify
+from support import backup_manager_fixture, ca_fixture, issue, openssl_verify, tick
 
 PW = b"s3cret pw"
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from catalog_sets import certsrv
-from restore_setlib import ca_rows, db_rows_readonly, full_and_incremental, opened_state
+from setlib import ca_rows, db_rows_readonly, full_and_incremental, opened_state
 
 from pycertsrv.backupset.writer import run_backup
 from pycertsrv.ca import Authority

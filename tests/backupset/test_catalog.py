@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from catalog_sets import Built, build, certsrv
-from restore_setlib import ca_rows
+from setlib import ca_rows
 
 from pycertsrv.backupset.catalog import build_catalog
 from pycertsrv.ca import Authority

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from restore_setlib import db_rows_readonly
+from setlib import db_rows_readonly
 
 import support
 from pycertsrv import config as config_mod

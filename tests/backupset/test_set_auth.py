@@ -17,11 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from restore_setlib import SET_PASSWORD, add_requests, full_set, incremental_set, make_source
 
 from pycertsrv.ca import Authority
 from pycertsrv.store import Store
-from support import Service, certsrv, issue, make_csr, short_home
+from support import (
+    SET_PASSWORD,
+    Service,
+    add_requests,
+    certsrv,
+    full_set,
+    incremental_set,
+    issue,
+    make_csr,
+    make_source,
+    short_home,
+)
 
 PW = "forge-proof password"
 DISP_ISSUED, DISP_REVOKED, KEY_COMPROMISE = 20, 21, 1
