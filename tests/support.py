@@ -8,7 +8,7 @@
   (``setpriv``) and for a forked child;
 - :func:`authority`, :func:`backup_manager`: an in-process CA and its backup manager;
 - :class:`Mounts` / :func:`mounts`, :func:`compile_shim`: tmpfs mounts (read-only, full) and LD_PRELOAD shims;
-- :func:`issue`, :func:`openssl_verify`, :func:`db_rows_readonly`;
+- :func:`issue`, :func:`openssl_verify`, :func:`db_query`, :func:`db_rows_readonly`;
 - backup sets written by the real writer over a bare store (:func:`make_source`, :func:`full_set`,
   :func:`incremental_set`), and :func:`rows` to compare a restore with its source (store, backup and backupset
   tests);
@@ -501,6 +501,15 @@ def openssl_verify(ca_cert: Path, cert_der: bytes, work: Path) -> None:
                    capture_output=True)
     out = subprocess.run(["openssl", "verify", "-CAfile", str(ca_cert), str(pem)], capture_output=True, text=True)
     assert out.returncode == 0 and ": OK" in out.stdout, out.stdout + out.stderr
+
+
+def db_query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run a query on a database file (a set's, a restored one, a stopped home's) and return the rows."""
+    conn = sqlite3.connect(db)
+    try:
+        return list(conn.execute(sql, params))
+    finally:
+        conn.close()
 
 
 def db_rows_readonly(home: Path, tables: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:

@@ -71,15 +71,6 @@ def restore_copy(db_file: Path, log_dir: Path, scratch: Path, gen_low: int, gen_
     return dest
 
 
-def rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Run a query on a database file and return the rows."""
-    conn = sqlite3.connect(db)
-    try:
-        return list(conn.execute(sql, params))
-    finally:
-        conn.close()
-
-
 def wal_checkpoint(db: Path) -> tuple[int, int]:
     """A passive WAL checkpoint of ``db`` on a connection of its own, from this process: (frames in the WAL,
     frames copied to the file)."""

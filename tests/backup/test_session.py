@@ -28,8 +28,9 @@ from pycertsrv.errors import (
 from pycertsrv.home import Home
 from pycertsrv.spec import MAX_READ, TAG_CERTSERVER_DATABASE, TAG_CHECKPOINT_DIR, TAG_LOG, TAG_LOG_DIR
 from pycertsrv.store import Store, StoreOptions, list_generations, parse_log_name
+from support import db_query
 
-from .helpers import add_requests, full_backup, read_all, restore_copy, rows, wal_checkpoint
+from .helpers import add_requests, full_backup, read_all, restore_copy, wal_checkpoint
 
 
 def hr(exc: pytest.ExceptionInfo[CertSrvError]) -> int:
@@ -66,10 +67,10 @@ def test_full_backup_lists_tags_and_restores_to_the_roll(mgr: BackupManager, sto
     gens = [parse_log_name(Path(e[1:]).name) for e in res["logs"]]
     assert gens == list(range(gens[0], gens[-1] + 1))  # type: ignore[operator]
     db = restore_copy(out / store.db_path.name, out, tmp_path / "scratch", gens[0], gens[-1])  # type: ignore[arg-type]
-    got = {r[0] for r in rows(db, "SELECT requester FROM request")}
+    got = {r[0] for r in db_query(db, "SELECT requester FROM request")}
     assert got == {"before", "during"}
-    assert rows(db, "SELECT COUNT(*) FROM request")[0][0] == 80
-    assert rows(db, "PRAGMA integrity_check")[0][0] == "ok"
+    assert db_query(db, "SELECT COUNT(*) FROM request")[0][0] == 80
+    assert db_query(db, "PRAGMA integrity_check")[0][0] == "ok"
     hist = backup_history(store)
     assert len(hist) == 1 and hist[0].kind == "full" and (hist[0].gen_low, hist[0].gen_high) == (gens[0], gens[-1])
     assert hist[0].snapshot_lsn is not None and not hist[0].truncated
@@ -326,10 +327,10 @@ def test_pinned_database_file_does_not_change(mgr: BackupManager, store: Store, 
     assert streamed[:18] + streamed[20:] == live_before[:18] + live_before[20:]
     copy = tmp_path / "copy.db"
     copy.write_bytes(streamed)
-    assert rows(copy, "PRAGMA integrity_check")[0][0] == "ok"
-    assert rows(copy, "PRAGMA journal_mode")[0][0] == "delete"
-    assert {r[0] for r in rows(copy, "SELECT requester FROM request")} == {"before"}
-    assert int(rows(copy, "SELECT value FROM _meta WHERE key = 'applied_lsn'")[0][0]) == mgr.info(h)["snapshot_lsn"]
+    assert db_query(copy, "PRAGMA integrity_check")[0][0] == "ok"
+    assert db_query(copy, "PRAGMA journal_mode")[0][0] == "delete"
+    assert {r[0] for r in db_query(copy, "SELECT requester FROM request")} == {"before"}
+    assert int(db_query(copy, "SELECT value FROM _meta WHERE key = 'applied_lsn'")[0][0]) == mgr.info(h)["snapshot_lsn"]
     mgr.backup_logs(h)
     frames, done = wal_checkpoint(store.db_path)
     assert frames == done  # the log list ends the pin (the database can no longer be opened)
@@ -414,8 +415,8 @@ def test_copy_when_the_wal_cannot_be_checkpointed(mgr: BackupManager, store: Sto
     assert (out / store.db_path.name).read_bytes()[18:20] == b"\x01\x01"
     gens = [parse_log_name(Path(e[1:]).name) for e in logs]
     db = restore_copy(out / store.db_path.name, out, tmp_path / "r", gens[0], gens[-1])  # type: ignore[arg-type]
-    assert rows(db, "SELECT COUNT(*) FROM request")[0][0] == 30
-    assert rows(db, "PRAGMA integrity_check")[0][0] == "ok"
+    assert db_query(db, "SELECT COUNT(*) FROM request")[0][0] == 30
+    assert db_query(db, "PRAGMA integrity_check")[0][0] == "ok"
 
 
 def test_stale_staging_removed_at_start(store: Store, home: Home) -> None:
@@ -472,13 +473,13 @@ def test_backup_while_writers_run(mgr: BackupManager, store: Store, tmp_path: Pa
     assert not errors
     gens = [parse_log_name(Path(e[1:]).name) for e in logs]
     db = restore_copy(out / store.db_path.name, out, tmp_path / "r", gens[0], gens[-1])  # type: ignore[arg-type]
-    got = {r[0] for r in rows(db, "SELECT request_id FROM request")}
+    got = {r[0] for r in db_query(db, "SELECT request_id FROM request")}
     assert before_roll <= got
     # no partial transaction: each request has both of its attribute rows
-    bad = rows(db, "SELECT r.request_id FROM request r LEFT JOIN attribute a ON a.request_id = r.request_id "
+    bad = db_query(db, "SELECT r.request_id FROM request r LEFT JOIN attribute a ON a.request_id = r.request_id "
                    "GROUP BY r.request_id HAVING COUNT(a.name) != 2")
     assert bad == []
-    assert rows(db, "PRAGMA integrity_check")[0][0] == "ok"
+    assert db_query(db, "PRAGMA integrity_check")[0][0] == "ok"
 
 
 def test_read_is_bounded(mgr: BackupManager, home: Home) -> None:

@@ -1,10 +1,8 @@
-"""Helpers for the backup-set tests: the rows a restore must bring back, whether a restored home opens with
-exactly them, and a query on a database file. Sets over a bare store (``full_set``, ``incremental_set``...) are
-in ``tests/support.py``."""
+"""Helpers for the backup-set tests: the rows a restore must bring back, and whether a restored home opens with
+exactly them. Sets over a bare store (``full_set``, ``incremental_set``...) are in ``tests/support.py``."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +14,6 @@ from pycertsrv.errors import CertSrvError
 from pycertsrv.spec import INCREMENTAL
 from pycertsrv.store import Store
 from support import IGNORED_SETTINGS, rows
-
-
-def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Run a query on a (set's or restored) database file and return the rows."""
-    conn = sqlite3.connect(db)
-    try:
-        return list(conn.execute(sql, params))
-    finally:
-        conn.close()
 
 
 def _ca_only(r: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:

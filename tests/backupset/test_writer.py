@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import pkcs12
-from setlib import query
 
 from pycertsrv.backup.history import backup_history
 from pycertsrv.backup.local import LocalSession
@@ -23,7 +22,7 @@ from pycertsrv.ca import Authority
 from pycertsrv.errors import E_INVALIDARG, ERROR_DIR_NOT_EMPTY, ERROR_DISK_FULL, CertSrvError
 from pycertsrv.home import Home
 from pycertsrv.store import hard_recover, list_generations
-from support import backup_manager_fixture, ca_fixture, issue
+from support import backup_manager_fixture, ca_fixture, db_query, issue
 
 ca = ca_fixture("Writer Test CA")
 cmgr = backup_manager_fixture("cmgr")
@@ -76,7 +75,7 @@ def test_full_set_layout_key_restore_and_truncation(ca: Authority, cmgr: BackupM
     hist = backup_history(ca.store)
     assert hist[-1].truncated and hist[-1].gen_high == m.gen_high
     db = restore([out], tmp_path / "scratch")
-    got = {r[0] for r in query(db, "SELECT serial FROM request WHERE serial IS NOT NULL")}
+    got = {r[0] for r in db_query(db, "SELECT serial FROM request WHERE serial IS NOT NULL")}
     assert set(serials) <= got
 
 
@@ -94,7 +93,7 @@ def test_incremental_chain_restores_everything(ca: Authority, cmgr: BackupManage
     for d in ("full", "inc1", "inc2"):
         assert verify_backup(tmp_path / d, PW).ok
     db = restore([tmp_path / "full", tmp_path / "inc1", tmp_path / "inc2"], tmp_path / "scratch")
-    got = {r[0] for r in query(db, "SELECT serial FROM request")}
+    got = {r[0] for r in db_query(db, "SELECT serial FROM request")}
     assert set(first + second + third) <= got
 
 
@@ -286,7 +285,7 @@ def test_any_buffer_size_gives_the_same_verified_set(ca: Authority, cmgr: Backup
     assert rep.ok, rep.problems  # every file's SHA-256 and size as the manifest says
     assert res.manifest is not None
     db = restore([out], tmp_path / "scratch")
-    assert set(serials) <= {r[0] for r in query(db, "SELECT serial FROM request WHERE serial IS NOT NULL")}
+    assert set(serials) <= {r[0] for r in db_query(db, "SELECT serial FROM request WHERE serial IS NOT NULL")}
 
 
 def test_bad_max_rate_is_refused_before_anything(ca: Authority, cmgr: BackupManager, tmp_path: Path) -> None:
