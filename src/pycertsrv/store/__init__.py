@@ -21,6 +21,7 @@ from .sqlite import (
     hard_recover,
     read_checkpoint,
     recovery_target,
+    setdb,
 )
 from .transaction import Transaction
 
@@ -58,4 +59,5 @@ __all__ = [
     "parse_log_name",
     "read_checkpoint",
     "recovery_target",
+    "setdb",
 ]

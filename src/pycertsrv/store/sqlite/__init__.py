@@ -8,9 +8,11 @@
 - :mod:`.faults` — degraded and failed states;
 - :mod:`.recovery` — soft recovery at open, hard recovery of a restored file;
 - :mod:`.restore` — a registered restore, acted on at open, with its typed :class:`~.restore.RecoveryPlan`;
+- :mod:`.setdb` — read-only facts of a database file no store has open (a backup set's copy);
 - :mod:`.dbfile` — file naming, connections and PRAGMAs, ``-wal``/``-shm``/``-journal``, header bytes.
 """
 
+from . import setdb
 from .checkpoint import Checkpoint, read_checkpoint
 from .dbfile import DATABASE_ERRORS, copy_database, db_file_name, engine_files
 from .engine import Store, recovery_target
@@ -33,4 +35,5 @@ __all__ = [
     "read_checkpoint",
     "recover_registered",
     "recovery_target",
+    "setdb",
 ]

@@ -3,8 +3,8 @@
 The backup set's checks (:mod:`pycertsrv.backupset`) and the archive's offline views
 (:mod:`pycertsrv.archive`) need a few facts from such a file -- its ``_meta`` (identity, CA name, the LSN it
 is at), its integrity, and ``setting`` values -- without opening a :class:`~pycertsrv.store.Store` (which would
-recover it, and write). This is the one place outside the engine that knows the file is SQLite; nothing
-here writes.
+recover it, and write). It is part of the SQLite engine, exported as ``pycertsrv.store.setdb``: callers name
+no engine; nothing here writes.
 """
 
 from __future__ import annotations
