@@ -111,13 +111,14 @@ def test_small_batches_hand_the_lead_on(ca: Authority, make_csr: Callable[..., b
 
 def test_serial_in_database_or_in_flight_is_never_reused(ca: Authority, make_csr: Callable[..., bytes],
                                                          req_keys: dict[str, Any], monkeypatch: Any) -> None:
-    from pycertsrv.ca import authority
+    from pycertsrv.ca import authority, enroll
 
     first = ca.submit(make_csr(req_keys["ec"], "one.example.com"))
     taken = int(first.serial or "", 16)
     held, fresh = (1 << 100) + 1, (1 << 100) + 2
     picks = iter([held, taken, held, fresh])  # the in-flight one, the stored one, the in-flight one again
-    monkeypatch.setattr(authority, "random_serial", lambda: next(picks))
+    monkeypatch.setattr(authority, "random_serial", lambda: next(picks))  # _reserve_serial (issue, resubmit)
+    monkeypatch.setattr(enroll, "random_serial", lambda: next(picks))  # a new request's, checked by the writer
     n, text = ca._reserve_serial()  # an issuance in flight holds `held`
     assert n == held
     try:

@@ -10,88 +10,61 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
-import hashlib
-import os
-import re
-import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from .. import config as config_mod
-from ..config import CASection, Config
+from ..config import Config
 from ..errors import CERTSRV_E_ADMIN_DENIED_REQUEST as E_DENIED
 from ..errors import (
     CERTSRV_E_BAD_REQUESTSTATUS,
     CERTSRV_E_BAD_REQUESTSUBJECT,
     CERTSRV_E_INVALID_CA_CERTIFICATE,
-    CERTSRV_E_NO_REQUEST,
-    CERTSRV_E_PROPERTY_EMPTY,
-    CRYPT_E_NO_MATCH,
-    CRYPT_E_NOT_FOUND,
-    E_INVALIDARG,
     ERROR_ALREADY_EXISTS,
-    ERROR_FILE_EXISTS,
-    ERROR_FILE_NOT_FOUND,
-    ERROR_INVALID_DATA,
-    ERROR_SHARING_VIOLATION,
-    NTE_BAD_SIGNATURE,
     Conflict,
-    CorruptData,
     InvalidArgument,
-    NotFound,
 )
-from ..fsutil import PUBLIC_DIR, HomeLock, atomic_write, make_dirs
-from ..home import Home, check_owner, secure_home
+from ..home import Home
 from ..store import Store, StoreOptions, Transaction
 from ..store.schema import DISP_DENIED, DISP_ERROR, DISP_ISSUED, DISP_PENDING, DISP_REVOKED
 from . import crl as crl_mod
 from .commit import GroupCommitter
-from .issuance import IssuedCertificate, Issuer, random_serial, self_signed_root, subordinate_request
+from .enroll import PreparedRequest, cert_columns, prepare_submission
+from .issuance import IssuedCertificate, Issuer, random_serial
 from .keys import (
     CAPrivateKey,
-    generate_key,
     key_type_of,
-    load_private_key,
-    resolve_passphrase,
-    same_public_key,
-    save_private_key,
 )
 from .models import (
     DISPOSITION_NAMES,
-    MSG_ISSUED,
-    MSG_PENDING,
     CRLInfo,
     RequestInfo,
     iso,
     normalize_serial,
-    parse_disposition,
     parse_iso,
     serial_hex,
     utcnow,
-    utcnow_iso,
 )
 from .names import NamePlan, check_names
 from .observe import CAObserver
-from .paging import check_page
-from .policy import ParsedRequest, choose_template, decide_pending, merge_attributes, parse_request
-from .replace import move_old_home_aside
+from .policy import ParsedRequest, parse_request
+from .reading import RequestReader
 from .revocation import check_invalidity_date, check_revocable, check_unrevocable, revocation_reason
-from .rights import admit, local_roles
+from .rights import local_roles
+from .setup import check_ca_certificate, create_home, load_material
 from .templates import Template, get_template, templates_of
 
 CA_REQUEST_FILE = "ca.csr"  # a subordinate CA's request to its parent, HOME/ca.csr
 _HOME_ITEMS = ("certsrv.toml", "db", "logs", "system", "private", "publish", "staging", CA_REQUEST_FILE)
 _LOCK_STRIPES = 64
 _REQUEST_LIMIT = 1 << 20  # re-parsing stored requests: they passed the size check when submitted
-_CERT_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+_SERIAL_TRIES = 8  # a taken serial is ~2^-95 likely; eight in a row means something else is wrong
 
 
 def _officer(by: str | None) -> str:
@@ -103,11 +76,7 @@ def _officer(by: str | None) -> str:
         return "officer"
 
 
-def _home_in_use(home: Home) -> bool:
-    return any((home.root / item).exists() for item in _HOME_ITEMS if item not in ("publish", "staging"))
-
-
-class Authority:
+class Authority(RequestReader):
     """An open CA home: key, certificate, configuration and database.
 
     Use :meth:`init` to make a home and :meth:`open` to open one; ``close()`` (or ``with``) releases it.
@@ -181,58 +150,12 @@ class Authority:
         :param confirm_name: with ``force``, the existing CA's name: required when its database holds issued
             certificates (:class:`~pycertsrv.ca.replace.ConfirmationRequired` otherwise).
         """
-        h = home if isinstance(home, Home) else Home.at(home)
-        if not 1 <= int(days) <= 36500:
-            raise InvalidArgument(E_INVALIDARG, "init", f"--days must be 1..36500, got {days}")
-        if key is None:
-            key = generate_key(key_type)
-        elif key_type_of(key) != key_type:
-            raise InvalidArgument(E_INVALIDARG, "init", f"given key is {key_type_of(key)}, not {key_type}")
-        try:
-            cfg = Config(ca=CASection(name=name, key_type=key_type, validity_days=days, subordinate=subordinate,
-                                      key_passphrase_file=passphrase_file, key_passphrase_env=passphrase_env))
-            if policy:
-                cfg = cfg.model_copy(update={"policy": cfg.policy.model_validate(
-                    {**cfg.policy.model_dump(), **dict(policy)})})
-        except ValueError as e:
-            raise InvalidArgument(E_INVALIDARG, "init", str(e).splitlines()[0]) from None
-        now = utcnow()
-        cert = None if subordinate else self_signed_root(key, name, days, now)
-        csr = subordinate_request(key, name) if subordinate else None
-        if h.root.exists() and not h.root.is_dir():
-            raise Conflict(ERROR_FILE_EXISTS, str(h.root), "exists and is not a directory")
-        check_owner(h.root)
-        replaced: Path | None = None
-        if h.root.exists() and _home_in_use(h):
-            if not force:
-                raise Conflict(ERROR_FILE_EXISTS, str(h.root), "a CA home exists here; use --force to replace it")
-            if HomeLock(h.root).is_held():
-                raise Conflict(ERROR_SHARING_VIOLATION, str(h.root),
-                               f"home is in use ({HomeLock(h.root).holder() or 'unknown pid'}); stop it first")
-            # Issue 9, finding 6: never destroys a CA; confirmed by name when it issued anything.
-            replaced = move_old_home_aside(h, _HOME_ITEMS, confirm_name=confirm_name)
-        make_dirs(h.root)
-        os.chmod(h.root, 0o700)  # a private home (issue 9), whatever the umask or an earlier mode
-        try:
-            make_dirs(h.private_dir)
-            save_private_key(h.root / cfg.ca.key_file, key, passphrase)
-            if cert is not None:
-                crl_mod.write_ca_certificate(h.root / cfg.ca.cert_file, cert)
-            if csr is not None:
-                atomic_write(h.root / CA_REQUEST_FILE, csr.public_bytes(Encoding.PEM))
-            make_dirs(h.publish_dir, PUBLIC_DIR)
-            config_mod.save(h.root, cfg)
-            store = Store.create(h.root, name, cls._store_options(cfg))
-        except BaseException:
-            for item in _HOME_ITEMS:  # leave no half-made home that would need --force
-                p = h.root / item
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                elif p.exists():
-                    p.unlink()
-            raise
-        a = cls(h, cfg, store, key, cert, [])
-        a.replaced = replaced
+        made = create_home(home, name, key_type=key_type, days=days, passphrase=passphrase, force=force,
+                           subordinate=subordinate, key=key, passphrase_file=passphrase_file,
+                           passphrase_env=passphrase_env, policy=policy, confirm_name=confirm_name,
+                           items=_HOME_ITEMS, request_file=CA_REQUEST_FILE, options=cls._store_options)
+        a = cls(made.home, made.config, made.store, made.key, made.certificate, [])
+        a.replaced = made.replaced
         return a
 
     @staticmethod
@@ -249,25 +172,7 @@ class Authority:
             ``CERTSRV_KEY_PASSPHRASE`` is used.
         """
         h = home if isinstance(home, Home) else Home.at(home)
-        check_owner(h.root)  # one line naming the owner, not a PermissionError traceback (issue 9)
-        cfg = config_mod.load(h.root)
-        secure_home(h.root, group_traverse=cfg.service.socket_group is not None)  # homes made before issue 9
-        if passphrase is None:
-            pfile = cfg.ca.key_passphrase_file
-            if pfile is not None and not Path(pfile).is_absolute():
-                pfile = str(h.root / pfile)
-            passphrase = resolve_passphrase(pfile, cfg.ca.key_passphrase_env)
-        key = load_private_key(h.root / cfg.ca.key_file, passphrase)
-        cert_path = h.root / cfg.ca.cert_file
-        cert: x509.Certificate | None = None
-        chain: list[x509.Certificate] = []
-        if cert_path.exists():
-            certs = _load_certificates(cert_path.read_bytes(), str(cert_path))
-            cert, chain = certs[0], certs[1:]
-            if not same_public_key(cert.public_key(), key.public_key()):
-                raise CorruptData(CRYPT_E_NO_MATCH, str(cert_path), "CA certificate does not match the CA key")
-        elif not cfg.ca.subordinate:
-            raise NotFound(ERROR_FILE_NOT_FOUND, str(cert_path), "CA certificate is missing")
+        cfg, key, cert, chain = load_material(h, passphrase)
         store = Store.open(h.root, cls._store_options(cfg))
         return cls(h, cfg, store, key, cert, chain)
 
@@ -348,20 +253,6 @@ class Authority:
         with self._locks[request_id % _LOCK_STRIPES]:
             yield
 
-    def _row(self, request_id: int) -> dict[str, Any]:
-        if isinstance(request_id, bool) or not isinstance(request_id, int) or request_id <= 0:
-            raise InvalidArgument(E_INVALIDARG, "request", f"request id must be a positive integer: {request_id!r}")
-        row = self.store.get("request", request_id)
-        if row is None:
-            raise NotFound(CERTSRV_E_NO_REQUEST, f"request {request_id}", "no such request in the database")
-        return row
-
-    def _row_by_serial(self, serial: str) -> dict[str, Any]:
-        rows = self.store.select("request", [("serial", "=", serial)], limit=1)
-        if not rows:
-            raise NotFound(CRYPT_E_NOT_FOUND, f"serial {serial}", "no certificate with this serial in the database")
-        return rows[0]
-
     def _reserve_serial(self) -> tuple[int, str]:
         """A random serial (and its database text) unused in the database and by in-flight issuances; held
         (so no other issuance can take it) until :meth:`_release_serial`, called once its row is written or
@@ -387,25 +278,11 @@ class Authority:
             self._reserved.discard(text)
 
     @staticmethod
-    def _cert_columns(issued: IssuedCertificate, serial_text: str) -> dict[str, Any]:
-        return {
-            "serial": serial_text,
-            "raw_cert": issued.der,
-            "not_before": issued.not_before_iso,
-            "not_after": issued.not_after_iso,
-            "subject": issued.subject,
-            "thumbprint": hashlib.sha256(issued.der).hexdigest(),
-            "revoked_at": None,
-            "revocation_reason": None,
-            "invalidity_date": None,
-        }
-
-    @staticmethod
-    def _put_extensions(tx: Transaction, request_id: int, issued: IssuedCertificate) -> None:
+    def _put_extensions(tx: Transaction, request_id: int, extensions: Sequence[tuple[str, int, bytes]]) -> None:
         # Extension rows, one per extension of the signed certificate (the AD CS Extension table):
         # flags 1 = critical; value = the extension's DER (extnValue contents).
         put = tx.put
-        for oid, critical, value in issued.extensions:
+        for oid, critical, value in extensions:
             put("extension", {"request_id": request_id, "oid": oid, "flags": critical, "value": value})
 
     def _sign(self, req: ParsedRequest, template: Template, serial: int, names: NamePlan,
@@ -439,46 +316,76 @@ class Authority:
             whose roles are this uid's on the home (:meth:`caller_roles`).
         """
         started = time.monotonic()
-        req = parse_request(csr, self.config.policy.max_request_bytes)
-        attrs = merge_attributes(req, attributes)
         held = self.caller_roles() if roles is None else frozenset(roles)
-        tmpl = choose_template(self.config.policy, template, attrs, self.templates)
-        names = admit(self.config, req, tmpl, held, requester or "this caller", self._cert)
-        now, now_text = utcnow_iso()
-        row: dict[str, Any] = {
-            "status_code": 0,
-            "submitted_at": now_text,
-            "requester": requester,
-            "raw_request": req.der,
-            "request_subject": req.subject,
-            "template": tmpl.name,
-        }
-        if decide_pending(self.config.policy, tmpl):
-            row.update(disposition=DISP_PENDING, disposition_message=MSG_PENDING)
-            return self._observed(self._write_new(row, attrs, None), started)
-        self._require_issuer()
-        serial, serial_text = self._reserve_serial()
+        for _ in range(_SERIAL_TRIES):
+            prepared = self.prepare(csr, requester=requester, template=template, attributes=attributes, roles=held)
+            done = self.commit_prepared([prepared], [started])[0]
+            if done is not None:
+                return done
+        raise Conflict(ERROR_ALREADY_EXISTS, "submit", f"no unused serial after {_SERIAL_TRIES} tries; retry")
+
+    def prepare(self, csr: bytes, *, requester: str = "", template: str | None = None,
+                attributes: Mapping[str, str] | None = None, roles: frozenset[str]) -> PreparedRequest:
+        """Parse, check and sign a new request without writing it (:func:`pycertsrv.ca.enroll.prepare_submission`
+        with this CA's material); :meth:`commit_prepared` writes it."""
+        return prepare_submission(self.config, self.templates, self._issuer, self._cert, csr, requester=requester,
+                                  template=template, attributes=attributes, roles=roles,
+                                  request_path=str(self.request_path))
+
+    def commit_prepared(self, items: Sequence[PreparedRequest],
+                        started: Sequence[float] | None = None) -> list[RequestInfo | None]:
+        """Write prepared requests in ONE group-committed transaction (request ids in list order) and return
+        their rows; None for an item whose serial is taken (in the database or by an issuance in flight):
+        prepare it again. Serial uniqueness is decided here, by the one writer (RFC 5280 §4.1.2.2).
+
+        :param items: prepared by :meth:`prepare` here or in a worker process of the service.
+        :param started: ``time.monotonic()`` when each request arrived (the metrics' latency).
+        """
+        claimed = self._claim_serials(items)
+        todo = [p for p, ok in zip(items, claimed) if ok]
         try:
-            issued = self._sign(req, tmpl, serial, names, now)
-            row.update(disposition=DISP_ISSUED, disposition_message=MSG_ISSUED, resolved_at=now_text,
-                       **self._cert_columns(issued, serial_text))
-            return self._observed(self._write_new(row, attrs, issued), started)
+            if todo:
+                def write(tx: Transaction) -> None:
+                    for p in todo:
+                        self._write_prepared(tx, p)
+
+                self._commit.run(write)
         finally:
-            self._release_serial(serial_text)
+            with self._serial_lock:
+                for p in todo:
+                    if p.serial is not None:
+                        self._reserved.discard(p.serial)
+        now = time.monotonic()
+        out: list[RequestInfo | None] = []
+        for k, (p, ok) in enumerate(zip(items, claimed)):
+            out.append(self._observed(RequestInfo.from_row(p.row), started[k] if started else now) if ok else None)
+        return out
 
-    def _write_new(self, row: dict[str, Any], attrs: Mapping[str, str],
-                   issued: IssuedCertificate | None) -> RequestInfo:
-        def write(tx: Transaction) -> None:
-            rid = tx.next_id("request")
-            row["request_id"] = rid
-            tx.put("request", row)
-            for name, value in attrs.items():
-                tx.put("attribute", {"request_id": rid, "name": name, "value": value})
-            if issued is not None:
-                self._put_extensions(tx, rid, issued)
+    def _claim_serials(self, items: Sequence[PreparedRequest]) -> list[bool]:
+        """Reserve each item's serial unless in flight or in the database (see :meth:`_reserve_serial`)."""
+        claimed: list[bool] = []
+        with self._serial_lock:
+            for p in items:
+                ok = p.serial is None or p.serial not in self._reserved
+                if ok and p.serial is not None:
+                    self._reserved.add(p.serial)
+                claimed.append(ok)
+        for k, p in enumerate(items):
+            # Outside the lock, as in _reserve_serial: the reservation keeps other issuances off it.
+            if claimed[k] and p.serial is not None and self.store.count("request", [("serial", "=", p.serial)]):
+                self._release_serial(p.serial)
+                claimed[k] = False
+        return claimed
 
-        self._commit.run(write)
-        return RequestInfo.from_row(row)
+    def _write_prepared(self, tx: Transaction, p: PreparedRequest) -> None:
+        rid = tx.next_id("request")
+        row = p.row
+        row["request_id"] = rid
+        tx.put("request", row)
+        for name, value in p.attributes.items():
+            tx.put("attribute", {"request_id": rid, "name": name, "value": value})
+        if p.extensions is not None:
+            self._put_extensions(tx, rid, p.extensions)
 
     def _put(self, table: str, row: dict[str, Any]) -> None:
         self._commit.run(lambda tx: tx.put(table, row))
@@ -507,11 +414,11 @@ class Authority:
             serial, serial_text = self._reserve_serial()
             try:
                 issued = self._sign(req, tmpl, serial, names)
-                new.update(disposition=DISP_ISSUED, **self._cert_columns(issued, serial_text))
+                new.update(disposition=DISP_ISSUED, **cert_columns(issued, serial_text))
 
                 def write(tx: Transaction) -> None:
                     tx.put("request", new)
-                    self._put_extensions(tx, request_id, issued)
+                    self._put_extensions(tx, request_id, issued.extensions)
 
                 self._commit.run(write)
             finally:
@@ -634,67 +541,6 @@ class Authority:
             return True
         return not all(p.exists() for p in (last.der_path, last.pem_path) if p is not None)
 
-    # ------------------------------------------------------------------ reading
-
-    def view(self, *, disposition: str | int | None = None, serial: str | int | None = None,
-             request_id: int | None = None, expired: bool | None = None, limit: int | None = 100,
-             offset: int = 0) -> list[RequestInfo]:
-        """Requests and certificates, oldest first, filtered.
-
-        :param disposition: pending, issued, revoked, error, denied (or the AD CS number).
-        :param serial: one certificate by serial.
-        :param request_id: one request.
-        :param expired: True: only expired certificates; False: only unexpired ones.
-        :param limit: at most this many rows, 1..ca.paging.PAGE_MAX (None: all, for the library's own use).
-        :param offset: skip this many rows first.
-        """
-        where: list[tuple[str, str, Any]] = []
-        if disposition is not None:
-            where.append(("disposition", "=", parse_disposition(disposition)))
-        if serial is not None:
-            where.append(("serial", "=", normalize_serial(serial)))
-        if request_id is not None:
-            where.append(("request_id", "=", int(request_id)))
-        if expired is not None:
-            where.append(("not_after", "<" if expired else ">=", iso(utcnow())))
-        if limit is not None:
-            check_page(limit, offset)  # ca.paging: the one rule, the same through the service
-        elif offset < 0:
-            raise InvalidArgument(E_INVALIDARG, "view", "offset must not be negative")
-        rows = self.store.select("request", where, order_by=["request_id"], limit=limit, offset=offset)
-        return [RequestInfo.from_row(r) for r in rows]
-
-    def get_request(self, request_id: int) -> RequestInfo:
-        """One request row, or NotFound (CERTSRV_E_NO_REQUEST)."""
-        return RequestInfo.from_row(self._row(request_id))
-
-    def request_attributes(self, request_id: int) -> dict[str, str]:
-        """The stored attributes of a request."""
-        self._row(request_id)
-        return {r["name"]: r["value"] for r in self.store.select("attribute", [("request_id", "=", request_id)])}
-
-    def certificate_extensions(self, request_id: int) -> list[dict[str, Any]]:
-        """The stored extensions of an issued certificate (oid, flags 1 = critical, DER value)."""
-        self._row(request_id)
-        return self.store.select("extension", [("request_id", "=", request_id)], order_by=["oid"])
-
-    def get_certificate(self, serial_or_request_id: str | int) -> bytes:
-        """The DER certificate of a serial (str) or of a request id (int).
-
-        :param serial_or_request_id: hex serial (any case, colons allowed) or the request id as int.
-        """
-        if isinstance(serial_or_request_id, int) and not isinstance(serial_or_request_id, bool):
-            row = self._row(serial_or_request_id)
-            what = f"request {serial_or_request_id}"
-        else:
-            serial = normalize_serial(serial_or_request_id)
-            row = self._row_by_serial(serial)
-            what = f"serial {serial}"
-        if row["raw_cert"] is None:
-            state = DISPOSITION_NAMES.get(int(row["disposition"]), str(row["disposition"]))
-            raise NotFound(CERTSRV_E_PROPERTY_EMPTY, what, f"no certificate: the request is {state}")
-        return bytes(row["raw_cert"])
-
     def dynamic_files(self) -> list[Path]:
         """The published ("dynamic") files in HOME/publish: CA certificate (PEM, DER) and the CRL (DER, PEM)."""
         names = [self.certificate_path, self.home.publish_dir / crl_mod.CA_DER,
@@ -716,54 +562,12 @@ class Authority:
             if self._cert is not None and not force:
                 raise Conflict(ERROR_ALREADY_EXISTS, "install-cert",
                                f"a CA certificate is installed already ({self.certificate_path}); use --force")
-            certs = _load_certificates(data, "install-cert")
-            mine = [c for c in certs if same_public_key(c.public_key(), self._key.public_key())]
-            if not mine:
-                raise InvalidArgument(CRYPT_E_NO_MATCH, "install-cert",
-                                      "certificate does not match this CA's key (signed for another request?)")
-            cert = mine[0]
-            chain = [c for c in certs if c is not cert]
-            try:
-                bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-                ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-                is_ca = bc.ca and ku.key_cert_sign
-            except x509.ExtensionNotFound:
-                is_ca = False
-            if not is_ca:
-                raise InvalidArgument(CERTSRV_E_INVALID_CA_CERTIFICATE, "install-cert",
-                                      f"{cert.subject.rfc4514_string()} is not a CA certificate "
-                                      "(needs basicConstraints cA and keyUsage keyCertSign)")
-            now = utcnow()
-            if not cert.not_valid_before_utc <= now + dt.timedelta(minutes=10) or cert.not_valid_after_utc <= now:
-                raise InvalidArgument(CERTSRV_E_INVALID_CA_CERTIFICATE, "install-cert",
-                                      f"certificate is not valid now ({iso(cert.not_valid_before_utc)} .. "
-                                      f"{iso(cert.not_valid_after_utc)})")
-            parents = [c for c in chain if c.subject == cert.issuer]
-            if parents:
-                try:
-                    cert.verify_directly_issued_by(parents[0])
-                except (InvalidSignature, ValueError, TypeError) as e:
-                    raise InvalidArgument(NTE_BAD_SIGNATURE, "install-cert",
-                                          f"certificate is not signed by {parents[0].subject.rfc4514_string()}: {e}"
-                                          ) from None
+            cert, chain = check_ca_certificate(data, self._key)
             crl_mod.write_ca_certificate(self.certificate_path, cert, chain)
             self._cert = cert
             self.chain = chain
             self._issuer = Issuer(self._key, cert, self.config.policy)
             return cert
-
-
-def _load_certificates(data: bytes, subject: str) -> list[x509.Certificate]:
-    """Certificates from PEM (one or more blocks) or DER."""
-    try:
-        if data.lstrip()[:1] == b"-":
-            blocks = _CERT_PEM.findall(data)
-            if not blocks:
-                raise ValueError("no CERTIFICATE block")
-            return [x509.load_pem_x509_certificate(b) for b in blocks]
-        return [x509.load_der_x509_certificate(data)]
-    except ValueError as e:
-        raise InvalidArgument(ERROR_INVALID_DATA, subject, f"not an X.509 certificate: {e}") from None
 
 
 __all__ = ["CA_REQUEST_FILE", "Authority"]
