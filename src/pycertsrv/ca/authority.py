@@ -198,6 +198,11 @@ class Authority(RequestReader):
         return self._cert
 
     @property
+    def signing_key(self) -> CAPrivateKey:
+        """The CA's private key (the service hands it to its worker processes over a private socketpair)."""
+        return self._key
+
+    @property
     def has_certificate(self) -> bool:
         """Whether the CA certificate is installed."""
         return self._cert is not None

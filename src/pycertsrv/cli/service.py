@@ -97,16 +97,19 @@ def health_lines(h: dict[str, Any], now: dt.datetime | None = None, *, store_lin
               help="Unix socket path (default: service.socket in certsrv.toml, HOME/certsrv.sock).")
 @click.option("--tcp", default=None, metavar="HOST:PORT",
               help="Also listen on TLS over TCP here (needs service.tls_cert, tls_key, client_ca); port 0 = any.")
+@click.option("--workers", type=click.IntRange(0, 256), default=None, metavar="N", envvar="CERTSRV_WORKERS",
+              help="Worker processes that parse, check and sign requests (default: the number of cores, "
+                   "at least 2; 0: all in the service's process; env CERTSRV_WORKERS).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def serve_cmd(home: Path | None, passphrase: bytes | None, socket_path: Path | None, tcp: str | None,
-              log_level: str) -> None:
+              workers: int | None, log_level: str) -> None:
     """Run the CA service in the foreground until SIGTERM, SIGINT or `certsrv shutdown`."""
     from ..service import serve
 
     logging.basicConfig(stream=sys.stderr, level=log_level.upper(),
                         format="%(asctime)s certsrv[%(process)d] %(levelname)s %(message)s")
-    serve(home, socket=socket_path, tcp=_parse_tcp(tcp), passphrase=passphrase)
+    serve(home, socket=socket_path, tcp=_parse_tcp(tcp), passphrase=passphrase, workers=workers)
 
 
 @cli.command("status")

@@ -26,6 +26,7 @@ from ..errors import E_ACCESSDENIED, E_INVALIDARG, AccessDenied, InvalidArgument
 from . import auth
 from .middleware import json_response, read_model
 from .openapi import add_route
+from .workers import submit_via_workers
 
 T = TypeVar("T")
 
@@ -124,8 +125,12 @@ async def submit(request: web.Request) -> web.Response:
     csr = _decode_csr(request, body.csr)
     a = request.app["authority"]
     principal: auth.Principal = request["principal"]
-    info = await _call(a.submit, csr, requester=principal.ident, template=body.template,
-                       attributes=body.attributes, roles=principal.roles)
+    if request.app.get("workers") is not None:  # issue 15: prepared by a worker process, written here
+        info = await submit_via_workers(request.app, csr, requester=principal.ident, template=body.template,
+                                        attributes=body.attributes, roles=principal.roles)
+    else:
+        info = await _call(a.submit, csr, requester=principal.ident, template=body.template,
+                           attributes=body.attributes, roles=principal.roles)
     request["audit"].update(request_id=info.request_id, disposition=info.disposition_name)
     return json_response(_info(info))
 

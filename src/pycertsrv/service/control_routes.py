@@ -76,6 +76,9 @@ async def status(request: web.Request) -> web.Response:
         "crl_published": state.crl_published,
         "metrics": state.metrics_listener,
     }
+    pool = app.get("workers")
+    # Issue 15: the worker processes preparing requests (none: they are prepared in this process).
+    body["workers"] = pool.status() if pool is not None else None
     h = await asyncio.to_thread(_store_health, request)
     body["store"] = h.to_json() if h is not None else None
     body["archive"] = await asyncio.to_thread(_archive_status, request)

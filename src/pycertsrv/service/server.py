@@ -42,6 +42,7 @@ from . import sdnotify
 from .app import ServiceState, create_app
 from .backup_watch import watch_sessions
 from .metrics import metrics_app
+from .workers import BatchCommitter, WorkerPool, default_workers
 
 log = logging.getLogger("pycertsrv.service")
 UNIX_PATH_MAX = 107
@@ -265,6 +266,7 @@ async def run_app(
     tcp_override: tuple[str, int] | None = None,
     shutdown_timeout: float = 30.0,
     on_ready: Callable[[web.Application], None] | None = None,
+    workers: int = 0,
 ) -> None:
     """Serve ``authority`` until stopped (signal or ServerControl); does not close the Authority.
 
@@ -274,6 +276,7 @@ async def run_app(
     :param shutdown_timeout: seconds in-flight requests get to finish when stopping.
     :param on_ready: called with the app once every listener is up (embedding, tests:
         ``app["state"].request_stop(reason)`` stops it from any thread).
+    :param workers: worker processes that prepare (parse, check, sign) new requests; 0: in this process.
     """
     app = create_app(authority)
     home: Home = app["home"]
@@ -307,6 +310,16 @@ async def run_app(
     # Issue 13: continuous archiving of closed log generations (a thread, started once serving; see
     # pycertsrv.archive.shipper). Set before the runner freezes the app.
     app["archiver"] = shipper_for(authority, cfg, home.root)
+    # Issue 15: worker processes prepare new requests; this process (the one writer) commits them in batches.
+    pool: WorkerPool | None = None
+    committer: BatchCommitter | None = None
+    if workers > 0:
+        pool = WorkerPool(authority, workers)
+        await pool.start()
+        committer = BatchCommitter(authority)
+        committer.start()
+        log.info("%d worker processes prepare requests (pids %s)", workers, ", ".join(map(str, pool.pids)))
+    app["workers"], app["committer"] = pool, committer
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout,
                            keepalive_timeout=keepalive)
     await runner.setup()
@@ -370,6 +383,10 @@ async def run_app(
                 await t
         # Closes listeners, lets in-flight requests finish (up to shutdown_timeout), runs on_cleanup.
         await runner.cleanup()
+        if committer is not None:
+            await committer.stop()
+        if pool is not None:
+            await pool.close()
         if made_socket:
             sock.unlink(missing_ok=True)
         for sig in signals:
@@ -383,6 +400,7 @@ def serve(
     tcp: tuple[str, int] | None = None,
     passphrase: bytes | None = None,
     shutdown_timeout: float = 30.0,
+    workers: int | None = None,
 ) -> None:
     """Run the service of ``home`` until SIGTERM, SIGINT or ServerControl(CSCONTROL_SHUTDOWN).
 
@@ -391,6 +409,7 @@ def serve(
     :param tcp: ``(host, port)`` TLS listener instead of ``service.tcp_host/tcp_port`` (port 0: any free port).
     :param passphrase: the CA key's passphrase (default: as the configuration says).
     :param shutdown_timeout: seconds in-flight requests get to finish when stopping.
+    :param workers: worker processes preparing requests (default: the number of cores, at least 2; 0: none).
     """
     from ..ca import Authority
 
@@ -402,7 +421,8 @@ def serve(
         recovery = getattr(authority.store, "recovery", None)
         if recovery is not None:
             log.info("%s", recovery.summary())
-        asyncio.run(run_app(authority, socket_override=socket, tcp_override=tcp, shutdown_timeout=shutdown_timeout))
+        asyncio.run(run_app(authority, socket_override=socket, tcp_override=tcp, shutdown_timeout=shutdown_timeout,
+                            workers=default_workers() if workers is None else workers))
     finally:
         # A second SIGTERM/SIGINT must not cut the checkpoint short (SIGKILL still can).
         with _signals_ignored():
