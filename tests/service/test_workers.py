@@ -102,7 +102,7 @@ def test_sigkill_of_a_worker_mid_request_leaves_no_partial_row_and_the_service_g
         with svc.client() as c:  # the service goes on
             again = c.submit(make_csr("after.example.com"))
         assert again["disposition_name"] == "issued"
-        assert "worker process %d ended" % victim in svc.log()
+        assert f"worker process {victim} ended" in svc.log()
     finally:
         assert svc.stop() == 0
     rows, exts = _rows_whole(home)
