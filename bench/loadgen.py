@@ -9,18 +9,16 @@ X.509 is parsed while timing. Processes (not threads): the client's own CPU is s
 like any real population of clients, and no GIL is shared with another client.
 
 ``run_load(target, bodies, clients)`` returns the rate, latency percentiles, the clients' CPU per request
-and any failures; :func:`rss_kib` reads a process tree's resident memory.
+and any failures.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 
@@ -182,35 +180,3 @@ def run_load(t: Target, bodies: list[bytes], clients: int, timeout: float = 600.
             "p50_ms": round(_pct(lat, 50) * 1e3, 2), "p99_ms": round(_pct(lat, 99) * 1e3, 2),
             "client_cpu_us": round(sum(r["cpu"] for r in results) / max(1, len(lat)) * 1e6, 1),
             "failures": failures[:3]}
-
-
-def rss_kib(pid: int, children: bool = True) -> int:
-    """Resident memory (KiB) of ``pid`` and, with ``children``, of its child processes (workers)."""
-    total = 0
-    pids = [pid]
-    if children:
-        try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                kids = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
-                pids += [int(k) for k in kids]
-        except OSError:
-            pass
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
-
-
-def peak_rss_kib(pid: int) -> int:
-    """Peak resident memory (VmHWM, KiB) of one process."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0

@@ -1,9 +1,17 @@
-"""Issuance through the service: throughput and latency with 1 and 8 concurrent clients over the Unix socket
-(the real ``certsrv serve`` in a subprocess, each client its own :class:`pycertsrv.client.Client` in a thread),
-against in-process ``Authority.submit`` with the same number of threads, measured in the same run on homes
-made the same way (fsync is real). Target: with 8 clients, at least 0.5x in-process.
+"""Issuance through the service against its peers, measured in the same run with ONE load generator
+(:mod:`bench.loadgen`: client processes, one keep-alive connection each, the same EC P-256 requests):
 
-Run alone: ``python -m bench.service_bench [--quick]``; the bench runner calls :func:`run`.
+- ``certsrv serve`` (default workers) with 8 and 32 clients over its Unix socket and over TLS with client
+  certificates, and ``certsrv serve --workers 0`` (everything in one process) with 8 clients as a baseline;
+- ``cfssl serve`` (Go; keeps nothing durable) with 8 and 32 clients, when installed (else it says how to
+  install it);
+- ``openssl ca``, one process per certificate.
+
+Targets (issue 15): the service at 8 clients over the Unix socket >= 1.0x cfssl, and >= 10x ``openssl ca``.
+Also reported: p50/p99 latency of each, the server's CPU per issuance, and the resident memory of every
+server process (the service's writer and each worker). The service's fsync is real.
+
+Run alone: ``python -m bench.service_bench [--quick]``; ``make bench`` calls :func:`run`.
 """
 
 from __future__ import annotations
@@ -12,13 +20,10 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +33,22 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from pycertsrv import config as config_mod
 from pycertsrv.ca import Authority
 from pycertsrv.client import Client
+from pycertsrv.config import RoleGrant
 from pycertsrv.errors import CertSrvError
 
-TARGET_RATIO = 0.5
-CLIENTS = (1, 8)
+from . import peers
+from .loadgen import Target, run_load
+
+TARGET_CFSSL = 1.0
+TARGET_OPENSSL = 10.0
+CLIENTS = (8, 32)
 
 
 def _csrs(n: int) -> list[bytes]:
-    """``n`` distinct DER requests (8 EC keys reused: key generation is not what we measure)."""
+    """``n`` distinct PEM requests (8 EC keys reused: key generation is not what we measure)."""
     keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(8)]
     out = []
     for i in range(n):
@@ -45,57 +56,43 @@ def _csrs(n: int) -> list[bytes]:
         b = x509.CertificateSigningRequestBuilder().subject_name(
             x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
         b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
-        out.append(b.sign(keys[i % 8], hashes.SHA256()).public_bytes(Encoding.DER))
+        out.append(b.sign(keys[i % 8], hashes.SHA256()).public_bytes(Encoding.PEM))
     return out
 
 
-def _pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+def _service_home(root: Path) -> tuple[Path, Path, Path, Path]:
+    """A CA home whose TLS listener requires a client certificate mapped to Enrollee; returns the home and
+    the client's (cafile, cert, key)."""
+    home = root / "home"
+    Authority.init(home, "Bench Service CA").close()
+    tls = root / "tls"
+    _, _, ca_key, ca_cert = peers.make_ca(tls, "Bench TLS CA")
+    scert, skey = peers.leaf(tls, "server", ca_key, ca_cert, "127.0.0.1", server=True)
+    ccert, ckey = peers.leaf(tls, "client", ca_key, ca_cert, "bench-client", server=False)
+    cfg = config_mod.load(home)
+    cfg = cfg.model_copy(update={
+        "service": cfg.service.model_copy(update={"tls_cert": str(scert), "tls_key": str(skey),
+                                                  "client_ca": str(tls / "ca.pem")}),
+        "roles": [RoleGrant(principal="cert-subject:CN=bench-client", roles=["Enrollee"])]})  # type: ignore[list-item]
+    config_mod.save(home, cfg)
+    return home, tls / "ca.pem", ccert, ckey
 
 
-def _measure(calls: list[Callable[[int], Any]], n: int) -> dict[str, float]:
-    """Run ``n`` calls spread over ``len(calls)`` workers (worker k uses ``calls[k]``); rate and latencies."""
-    workers = len(calls)
-    lat: list[float] = []
-
-    def worker(k: int) -> list[float]:
-        mine = []
-        for i in range(k, n, workers):
-            t = time.perf_counter()
-            calls[k](i)
-            mine.append(time.perf_counter() - t)
-        return mine
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        for part in pool.map(worker, range(workers)):
-            lat += part
-    elapsed = time.perf_counter() - t0
-    return {"rate": round(n / elapsed, 1), "p50_ms": round(_pct(lat, 50) * 1e3, 2),
-            "p99_ms": round(_pct(lat, 99) * 1e3, 2), "mean_ms": round(statistics.fmean(lat) * 1e3, 2)}
-
-
-def _in_process(home: Path, csrs: list[bytes], workers: int, offset: int, n: int) -> dict[str, float]:
-    a = Authority.open(home)
-    try:
-        return _measure([lambda i: a.submit(csrs[offset + i])] * workers, n)
-    finally:
-        a.close()
-
-
-def _start_service(home: Path, log: Path) -> subprocess.Popen[bytes]:
+def _start_service(home: Path, log: Path, workers: int | None) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    args = [sys.executable, "-m", "pycertsrv.cli", "serve", "--home", str(home), "--log-level", "warning",
+            "--tcp", "127.0.0.1:0"]
+    if workers is not None:
+        args += ["--workers", str(workers)]
     with open(log, "ab") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "pycertsrv.cli", "serve", "--home", str(home),
-                                 "--log-level", "warning"], stdout=f, stderr=f)
-    deadline = time.monotonic() + 60
+        proc = subprocess.Popen(args, stdout=f, stderr=f)
+    deadline = time.monotonic() + 120
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"service exited {proc.returncode}: {log.read_text()[-2000:]}")
         try:
             with Client(home=home, timeout=5) as c:
                 if c.is_server_online():
-                    return proc
+                    return proc, c.status()
         except CertSrvError:
             pass
         if time.monotonic() > deadline:
@@ -104,67 +101,120 @@ def _start_service(home: Path, log: Path) -> subprocess.Popen[bytes]:
         time.sleep(0.05)
 
 
-def _through_service(home: Path, csrs: list[bytes], workers: int, offset: int, n: int) -> dict[str, float]:
-    clients = [Client(home=home, timeout=120) for _ in range(workers)]
+def _measured(pids: list[int], fn: Any) -> tuple[dict[str, Any], float]:
+    """Run ``fn()``; its result and the CPU seconds ``pids`` spent meanwhile."""
+    before = sum(peers.cpu_seconds(p) for p in pids)
+    r = fn()
+    return r, sum(peers.cpu_seconds(p) for p in pids) - before
+
+
+def _finish(r: dict[str, Any], cpu: float, pids: list[int]) -> dict[str, Any]:
+    r["server_cpu_us"] = round(cpu / max(1, r["ok"]) * 1e6, 1)
+    r["rss_kib"] = [peers.rss_kib(p) for p in pids]  # writer first, then each worker
+    r["rss_total_kib"] = sum(r["rss_kib"])
+    return r
+
+
+def _service_runs(tmp: Path, bodies: list[bytes], workers: int | None, clients: tuple[int, ...],
+                  tls: bool) -> dict[str, dict[str, Any]]:
+    home, cafile, ccert, ckey = _service_home(tmp / f"svc-{workers}")
+    proc, st = _start_service(home, tmp / f"service-{workers}.log", workers)
+    out: dict[str, dict[str, Any]] = {}
+    pids = [proc.pid, *peers.children(proc.pid)]
+    host, _, port = next(x for x in st["listeners"] if not x.startswith("unix:")).rpartition(":")
+    targets = {"unix": Target(unix=str(home / "certsrv.sock"), path="/ca/requests")}
+    if tls:
+        targets["tls"] = Target(host=host, port=int(port), path="/ca/requests",
+                                tls=(str(cafile), str(ccert), str(ckey)))
     try:
-        clients[0].status()  # connections warm, the first CRL out of the way
-        return _measure([lambda i, c=c: c.submit(csrs[offset + i]) for c in clients], n)
+        for kind, target in targets.items():
+            for c in clients:
+                r, cpu = _measured(pids, lambda t=target, b=bodies, k=c: run_load(t, b, k))
+                out[f"{kind}_{c}"] = _finish(r, cpu, pids)
     finally:
-        for c in clients:
-            c.close()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(120)
+    # Every answered issuance is in the database after the clean stop.
+    a = Authority.open(home)
+    try:
+        stored = a.store.count("request")
+    finally:
+        a.close()
+    answered = sum(r["ok"] for r in out.values())
+    assert rc == 0 and stored == answered, (rc, stored, answered)
+    return out
+
+
+def _print(name: str, r: dict[str, Any]) -> None:
+    rss = r.get("rss_kib")
+    mem = (f"rss {r['rss_total_kib'] / 1024:.0f} MiB ({' + '.join(f'{x / 1024:.0f}' for x in rss)})"
+           if isinstance(rss, list) else f"rss {r.get('rss_kib', 0) / 1024:.0f} MiB per process")
+    cpu = f"cpu {r['server_cpu_us']:.0f} us/cert" if "server_cpu_us" in r else ""
+    print(f"  {name:28} {r['rate']:>7.0f}/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  {cpu:18} {mem}"
+          + (f"  FAILED {r['failed']}: {r['failures'][:1]}" if r.get("failed") else ""), flush=True)
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    """Measure and print; returns ``{"clients": {...}, "ratio_8": x, "target_ratio": 0.5, "pass": bool}``.
+    """Measure and print; returns the rows, the ratios and ``pass``.
 
-    :param quick: fewer requests per measurement (smoke runs).
+    :param quick: fewer requests (a smoke run, not a measurement).
     """
-    n = 120 if quick else 1200
+    n = 200 if quick else 2000
+    n_openssl = 20 if quick else 200
     base = Path(os.environ.get("CERTSRV_BENCH_DIR") or tempfile.gettempdir())
     tmp = Path(tempfile.mkdtemp(prefix="service-bench-", dir=base))
-    print(f"service_bench: {n} issuances per measurement (EC P-256 CA and requests), {os.cpu_count()} CPUs, "
-          f"homes under {base}")
-    csrs = _csrs(n * len(CLIENTS) * 2 + 10)
+    cpus = os.cpu_count() or 1
+    print(f"service_bench: {n} EC P-256 issuances per run, {cpus} CPUs, one load generator (client processes, "
+          f"one keep-alive connection each), homes under {base}")
+    csrs = _csrs(n)  # the same requests for every server (none of them refuses a repeated request)
+    ours_bodies = [json.dumps({"csr": p.decode()}).encode() for p in csrs]
     rows: dict[str, dict[str, Any]] = {}
     try:
-        inproc_home, svc_home = tmp / "inproc", tmp / "service"
-        for h in (inproc_home, svc_home):
-            Authority.init(h, "Bench Service CA").close()
-        offset = 0
-        inproc: dict[int, dict[str, float]] = {}
-        for w in CLIENTS:
-            inproc[w] = _in_process(inproc_home, csrs, w, offset, n)
-            offset += n
-        proc = _start_service(svc_home, tmp / "service.log")
-        service: dict[int, dict[str, float]] = {}
-        try:
-            for w in CLIENTS:
-                service[w] = _through_service(svc_home, csrs, w, offset, n)
-                offset += n
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            rc = proc.wait(60)
-        # Every answered issuance is in the database after the clean stop.
-        a = Authority.open(svc_home)
-        try:
-            stored = a.store.count("request")
-        finally:
-            a.close()
-        assert rc == 0 and stored == n * len(CLIENTS), (rc, stored)
-        for w in CLIENTS:
-            ratio = service[w]["rate"] / inproc[w]["rate"]
-            rows[str(w)] = {"in_process": inproc[w], "service": service[w], "ratio": round(ratio, 3)}
-            print(f"  {w} client(s): service {service[w]['rate']:>6.0f}/s p50 {service[w]['p50_ms']:.1f} ms "
-                  f"p99 {service[w]['p99_ms']:.1f} ms | in-process {inproc[w]['rate']:>6.0f}/s "
-                  f"p50 {inproc[w]['p50_ms']:.1f} ms p99 {inproc[w]['p99_ms']:.1f} ms | ratio {ratio:.2f}x")
+        workers = _service_runs(tmp, ours_bodies, None, CLIENTS, True)
+        for k, r in workers.items():
+            rows[f"certsrv_{k}"] = r
+            _print(f"certsrv {k.replace('_', ' ')} clients", r)
+        single = _service_runs(tmp, ours_bodies, 0, (8,), False)
+        rows["certsrv_workers0_unix_8"] = single["unix_8"]
+        _print("certsrv --workers 0 unix 8", single["unix_8"])
+        cfssl: dict[str, Any] | None = None
+        if peers.cfssl_binary() is None:
+            print(f"  cfssl serve: not installed, not measured; install it with: {peers.CFSSL_INSTALL}")
+        else:
+            proc, port = peers.start_cfssl(tmp / "cfssl")
+            try:
+                for c in CLIENTS:
+                    bodies = [json.dumps({"certificate_request": p.decode()}).encode() for p in csrs]
+                    r, cpu = _measured([proc.pid], lambda b=bodies, k=c: run_load(
+                        Target(port=port, path="/api/v1/cfssl/sign"), b, k))
+                    rows[f"cfssl_{c}"] = _finish(r, cpu, [proc.pid])
+                    _print(f"cfssl serve {c} clients", rows[f"cfssl_{c}"])
+            finally:
+                proc.terminate()
+                proc.wait(30)
+            cfssl = rows["cfssl_8"]
+        rows["openssl_ca"] = peers.run_openssl_ca(tmp / "openssl", csrs[:n_openssl])
+        _print("openssl ca (1 process/cert)", rows["openssl_ca"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    ratio8 = rows["8"]["ratio"]
-    ok = ratio8 >= TARGET_RATIO
-    print(f"  8 clients through the service: {ratio8:.2f}x in-process (target {TARGET_RATIO}x) "
-          f"{'PASS' if ok else 'MISS'}")
-    return {"benchmark": "service_issuance", "n": n, "clients": rows, "ratio_8": ratio8,
-            "target_ratio": TARGET_RATIO, "pass": ok}
+    ours = rows["certsrv_unix_8"]["rate"]
+    ratios: dict[str, float | None] = {
+        "vs_cfssl_unix_8": round(ours / cfssl["rate"], 3) if cfssl else None,
+        "vs_cfssl_tls_8": round(rows["certsrv_tls_8"]["rate"] / cfssl["rate"], 3) if cfssl else None,
+        "vs_cfssl_unix_32": round(rows["certsrv_unix_32"]["rate"] / rows["cfssl_32"]["rate"], 3) if cfssl else None,
+        "vs_openssl_ca": round(ours / rows["openssl_ca"]["rate"], 3),
+        "vs_workers0": round(ours / rows["certsrv_workers0_unix_8"]["rate"], 3),
+    }
+    ok_cfssl = ratios["vs_cfssl_unix_8"] is not None and ratios["vs_cfssl_unix_8"] >= TARGET_CFSSL
+    ok_openssl = ratios["vs_openssl_ca"] is not None and ratios["vs_openssl_ca"] >= TARGET_OPENSSL
+    print("  service (unix, 8 clients) vs cfssl serve: "
+          + (f"{ratios['vs_cfssl_unix_8']:.2f}x (target {TARGET_CFSSL}x) {'PASS' if ok_cfssl else 'MISS'}"
+             if cfssl else "cfssl not installed"))
+    print(f"  service (unix, 8 clients) vs openssl ca: {ratios['vs_openssl_ca']:.1f}x (target {TARGET_OPENSSL}x) "
+          f"{'PASS' if ok_openssl else 'MISS'}; vs --workers 0: {ratios['vs_workers0']:.2f}x")
+    return {"benchmark": "service_issuance", "n": n, "cpus": cpus, "rows": rows, "ratios": ratios,
+            "targets": {"vs_cfssl_unix_8": TARGET_CFSSL, "vs_openssl_ca": TARGET_OPENSSL},
+            "cfssl_installed": cfssl is not None, "pass": ok_cfssl and ok_openssl}
 
 
 if __name__ == "__main__":
