@@ -173,7 +173,7 @@ class _NoStorage:
         self._next_id = next_id
         self.rows = 0
 
-    def run(self, fn: Callable[[Any], Any]) -> Any:
+    def run(self, fn: Callable[[Any], Any], changes: int = 1) -> Any:
         tx = _ScratchTransaction(self._next_id)
         out = fn(tx)
         self.rows += tx.rows

@@ -354,7 +354,7 @@ class Authority(RequestReader):
                     for p in todo:
                         self._write_prepared(tx, p)
 
-                self._commit.run(write)
+                self._commit.run(write, len(todo))
         finally:
             with self._serial_lock:
                 for p in todo:

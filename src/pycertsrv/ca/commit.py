@@ -31,10 +31,11 @@ MAX_BATCH = 256  # bounds one log record's size (each issuance is ~3 KiB of row 
 
 
 class _Item(Generic[T]):
-    __slots__ = ("done", "error", "fn", "gate", "lsn", "result")
+    __slots__ = ("done", "error", "fn", "gate", "lsn", "result", "weight")
 
-    def __init__(self, fn: Callable[[Transaction], T]) -> None:
+    def __init__(self, fn: Callable[[Transaction], T], weight: int = 1) -> None:
         self.fn = fn
+        self.weight = weight  # state changes it writes (the service's batch committer hands over several)
         self.done = False
         self.result: T | None = None
         self.error: BaseException | None = None
@@ -58,12 +59,13 @@ class GroupCommitter:
         self.items = 0
         self.observer: CAObserver | None = None  # told each batch's size (the service's metrics)
 
-    def run(self, fn: Callable[[Transaction], T]) -> T:
+    def run(self, fn: Callable[[Transaction], T], changes: int = 1) -> T:
         """Run ``fn(tx)`` inside a transaction shared with concurrent callers; return its result once durable.
 
         :param fn: puts the rows of one state change (and may allocate ids with ``tx.next_id``).
+        :param changes: how many state changes ``fn`` writes (counted in the batch size the observer sees).
         """
-        item: _Item[T] = _Item(fn)
+        item: _Item[T] = _Item(fn, changes)
         with self._lock:
             self._queue.append(item)
             lead = not self._leading
@@ -111,7 +113,8 @@ class GroupCommitter:
             it.result = r
             it.lsn = None if tx.applied else tx.lsn
             it.done = True
+        changes = sum(it.weight for it in batch)
         self.batches += 1
-        self.items += len(batch)
+        self.items += changes
         if self.observer is not None:
-            self.observer.batch_committed(len(batch))
+            self.observer.batch_committed(changes)

@@ -3,6 +3,7 @@ canonical forms (serial numbers, ISO 8601 times, disposition names) used in the 
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import re
 from dataclasses import dataclass, field
@@ -221,9 +222,14 @@ class RequestInfo:
 
     @property
     def certificate_pem(self) -> str | None:
-        """The issued certificate as PEM text."""
-        cert = self.certificate
-        return None if cert is None else cert.public_bytes(Encoding.PEM).decode("ascii")
+        """The issued certificate as PEM text (RFC 7468 §2: base64 of the stored DER in 64-column lines; the
+        same text ``public_bytes(PEM)`` gives, without parsing the certificate for every answer)."""
+        der = self.certificate_der
+        if der is None:
+            return None
+        b64 = base64.b64encode(der).decode("ascii")
+        body = "\n".join(b64[i:i + 64] for i in range(0, len(b64), 64))
+        return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
 
     def is_expired(self, now: dt.datetime | None = None) -> bool:
         """Whether the certificate's notAfter has passed."""
