@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -135,19 +135,71 @@ class WorkerLost(Exception):
     """The worker holding a request died before answering (the request is prepared again elsewhere)."""
 
 
+class _Channel(asyncio.Protocol):
+    """The service's end of one worker's socketpair: frames are decoded as they arrive, in the loop's own
+    callback (no task and no await per answer)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while len(buf) >= _LEN.size:
+            n = _LEN.unpack_from(buf)[0]
+            if len(buf) < _LEN.size + n:
+                return
+            msg = pickle.loads(buf[_LEN.size:_LEN.size + n])
+            del buf[:_LEN.size + n]
+            if msg[0] == "ready":
+                if not self.ready.done():
+                    self.ready.set_result(msg)
+                continue
+            fut = self.pending.pop(msg[1], None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(WorkerLost())
+        self.pending.clear()
+        if not self.ready.done():
+            self.ready.set_exception(WorkerLost())
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def send(self, obj: Any) -> None:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        assert self.transport is not None
+        self.transport.write(_LEN.pack(len(data)) + data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
 @dataclass
 class _Worker:
     proc: subprocess.Popen[bytes]
-    sock: socket.socket
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
+    channel: _Channel
     alive: bool = True
     task: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    @property
+    def pending(self) -> dict[int, asyncio.Future[Any]]:
+        return self.channel.pending
 
 
 def _material_message(authority: Any) -> tuple[Any, ...]:
@@ -197,43 +249,25 @@ class WorkerPool:
                                     pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
-        w = _Worker(proc, ours, reader, writer)
-        msg = _material_message(self.authority)
-        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-        writer.write(_LEN.pack(len(data)) + data)
+        _, channel = await asyncio.get_running_loop().connect_accepted_socket(_Channel, ours)
+        w = _Worker(proc, channel)
+        channel.send(_material_message(self.authority))
         try:
-            ready = await asyncio.wait_for(self._read(w), 120)
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError) as e:
+            await asyncio.wait_for(asyncio.shield(channel.ready), 120)
+        except (WorkerLost, TimeoutError) as e:
             proc.kill()
-            writer.close()
-            raise Unavailable(E_UNAVAILABLE, "service", f"a worker process did not start ({e!r}); "
+            channel.close()
+            await asyncio.to_thread(proc.wait)
+            raise Unavailable(E_UNAVAILABLE, "service", f"a worker process did not start ({type(e).__name__}); "
                               "see the service log") from None
-        assert ready[0] == "ready"
-        w.task = asyncio.create_task(self._pump(w))
+        w.task = asyncio.create_task(self._watch(w))
         return w
 
-    @staticmethod
-    async def _read(w: _Worker) -> Any:
-        head = await w.reader.readexactly(_LEN.size)
-        return pickle.loads(await w.reader.readexactly(_LEN.unpack(head)[0]))
-
-    async def _pump(self, w: _Worker) -> None:
-        """Deliver a worker's answers; when it dies, fail what it held and start another."""
-        try:
-            while True:
-                msg = await self._read(w)
-                fut = w.pending.pop(msg[1], None)
-                if fut is not None and not fut.done():
-                    fut.set_result(msg)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass
+    async def _watch(self, w: _Worker) -> None:
+        """When a worker's channel closes: what it held was failed (and is prepared again); start another."""
+        await w.channel.lost
         w.alive = False
-        for fut in w.pending.values():
-            if not fut.done():
-                fut.set_exception(WorkerLost())
-        w.pending.clear()
-        w.writer.close()
+        w.channel.close()
         rc = await asyncio.to_thread(w.proc.wait)
         if self._closing:
             return
@@ -251,7 +285,7 @@ class WorkerPool:
             return
         self.restarts += 1
         if self._closing:
-            new.writer.close()
+            new.channel.close()
             return
         self.workers = [new if w is dead else w for w in self.workers]
 
@@ -261,27 +295,26 @@ class WorkerPool:
         if cert is self._cert:
             return
         self._cert = cert
-        data = pickle.dumps(_material_message(self.authority), protocol=pickle.HIGHEST_PROTOCOL)
+        msg = _material_message(self.authority)
         for w in self.workers:
-            if w.alive:  # the worker answers ("ready", 0, pid): seq 0 is no request's, so it is dropped
-                w.writer.write(_LEN.pack(len(data)) + data)
+            if w.alive:  # the worker answers ("ready", 0, pid) again: ignored
+                w.channel.send(msg)
 
     async def prepare(self, csr: bytes, *, requester: str, template: str | None,
                       attributes: Mapping[str, str] | None, roles: frozenset[str]) -> Any:
         """A :class:`~pycertsrv.ca.enroll.PreparedRequest` from the least busy worker (the refusal raised)."""
         await self._refresh()
         for _ in range(TRIES):
-            live = [w for w in self.workers if w.alive]
+            live = [w for w in self.workers if w.alive and not w.channel.lost.done()]
             if not live:
                 break
             w = min(live, key=lambda x: len(x.pending))
             seq = next(self._seq)
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             w.pending[seq] = fut
-            data = pickle.dumps(("prep", seq, csr, requester, template, dict(attributes) if attributes else None,
-                                 roles), protocol=pickle.HIGHEST_PROTOCOL)
             try:
-                w.writer.write(_LEN.pack(len(data)) + data)
+                w.channel.send(("prep", seq, csr, requester, template, dict(attributes) if attributes else None,
+                                roles))
                 msg = await fut
             except (WorkerLost, ConnectionError):
                 continue
@@ -303,7 +336,7 @@ class WorkerPool:
             with contextlib.suppress(asyncio.CancelledError, CertSrvError):
                 await t
         for w in self.workers:
-            w.writer.close()
+            w.channel.close()
         for w in self.workers:
             try:
                 await asyncio.wait_for(asyncio.to_thread(w.proc.wait), 10)
