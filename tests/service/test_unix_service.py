@@ -301,14 +301,14 @@ def test_serial_with_a_first_byte_below_0x10_round_trips(tmp_path: Path, monkeyp
     import threading
     from typing import Any
 
-    from pycertsrv.ca import Authority, authority
+    from pycertsrv.ca import Authority, enroll
     from pycertsrv.client import Client
     from pycertsrv.errors import Unavailable
     from pycertsrv.service import run_app
     from support import make_home
 
     pinned = 0x0A_1B2C3D4E5F60718293A4B5C6D7E8F90A1B2C3D  # 20 octets, first byte 0x0A
-    monkeypatch.setattr(authority, "random_serial", lambda: pinned)
+    monkeypatch.setattr(enroll, "random_serial", lambda: pinned)  # a new request's serial
     home = make_home(tmp_path / "H")
     a = Authority.open(home.root)
     sock = tmp_path / "s.sock"

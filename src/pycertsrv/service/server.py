@@ -316,7 +316,7 @@ async def run_app(
     if workers > 0:
         pool = WorkerPool(authority, workers)
         await pool.start()
-        committer = BatchCommitter(authority)
+        committer = BatchCommitter(authority, pool.in_flight)
         committer.start()
         log.info("%d worker processes prepare requests (pids %s)", workers, ", ".join(map(str, pool.pids)))
     app["workers"], app["committer"] = pool, committer

