@@ -138,6 +138,8 @@ STATUS_SCHEMA = {
                   "unapplied, unapplied_lsns, log_damage, backup_full_required, summary"},
         "archive": ARCHIVE_SCHEMA,
         "metrics": {"type": ["string", "null"], "description": "where /metrics is served ([metrics] listen)"},
+        "workers": {"type": ["object", "null"], "description": "issue 15 (null: requests are prepared in the "
+                    "service's process): pids, busy (requests each holds), restarts"},
     },
 }
 HEALTH_SCHEMA = {

@@ -18,8 +18,9 @@ one process, so every rule that depends on them is exactly what it was with one 
 - a worker that dies (SIGKILL, OOM) loses nothing but CPU: the requests it held are prepared again by
   another worker and the pool starts a new one.
 
-Frames on each socketpair: 4-byte big-endian length, then a pickle (both ends are this program: the
-socketpair is inherited, nobody else can write to it).
+A worker is ``python -m pycertsrv.ca.worker FD`` (no HTTP stack in it); frames on each socketpair are
+:data:`pycertsrv.ca.worker.FRAME`-prefixed pickles (both ends are this program: the socketpair is inherited,
+nobody else can write to it).
 """
 
 from __future__ import annotations
@@ -30,9 +31,7 @@ import itertools
 import logging
 import os
 import pickle
-import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -40,16 +39,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ..ca.worker import FRAME as _LEN
 from ..commitnote import commit_scope, note_unapplied
-from ..config import Config
 from ..errors import E_UNEXPECTED, ERROR_ALREADY_EXISTS, CertSrvError, Conflict, Unavailable
 from ..errors import RPC_S_SERVER_UNAVAILABLE as E_UNAVAILABLE
 
 log = logging.getLogger("pycertsrv.service")
-_LEN = struct.Struct(">I")
 TRIES = 3  # a request whose worker died is prepared again on another worker, this many times in all
 SERIAL_TRIES = 8  # as Authority.submit: a taken serial means preparing again
 
@@ -58,78 +55,6 @@ def default_workers() -> int:
     """The number of cores, at least two (so one worker's crash never stops issuance)."""
     return max(2, os.cpu_count() or 1)
 
-
-# ------------------------------------------------------------------------------------------- worker side
-
-def _send(sock: socket.socket, obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.sendall(_LEN.pack(len(data)) + data)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
-
-
-@dataclass
-class _Material:
-    config: Config
-    templates: dict[str, Any]
-    issuer: Any
-    cert: x509.Certificate | None
-    request_path: str
-
-
-def _material(msg: tuple[Any, ...]) -> _Material:
-    from ..ca.issuance import Issuer
-    from ..ca.templates import templates_of
-
-    _, cfg, key_der, cert_der, request_path = msg
-    key: Any = serialization.load_der_private_key(key_der, None)
-    cert = x509.load_der_x509_certificate(cert_der) if cert_der is not None else None
-    issuer = Issuer(key, cert, cfg.policy) if cert is not None else None
-    return _Material(cfg, templates_of(cfg), issuer, cert, request_path)
-
-
-def worker_main(fd: int) -> int:
-    """A worker: prepare requests read from the socketpair ``fd`` until it is closed (the service stopped)."""
-    from ..ca.enroll import prepare_submission
-
-    # Ctrl-C in a terminal signals the whole group: the service stops its workers itself, in order.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sock = socket.socket(fileno=fd)
-    mat: _Material | None = None
-    while True:
-        head = _recv_exact(sock, _LEN.size)
-        if head is None:
-            return 0
-        body = _recv_exact(sock, _LEN.unpack(head)[0])
-        if body is None:
-            return 0
-        msg = pickle.loads(body)
-        if msg[0] == "material":
-            mat = _material(msg)
-            _send(sock, ("ready", 0, os.getpid()))  # seq 0: no request's
-            continue
-        _, seq, csr, requester, template, attributes, roles = msg
-        try:
-            assert mat is not None, "no material"
-            out: tuple[Any, ...] = ("ok", seq, prepare_submission(
-                mat.config, mat.templates, mat.issuer, mat.cert, csr, requester=requester, template=template,
-                attributes=attributes, roles=roles, request_path=mat.request_path))
-        except CertSrvError as e:
-            out = ("err", seq, e)
-        except Exception as e:  # a bug: the service logs it and answers E_UNEXPECTED, the worker goes on
-            out = ("bug", seq, f"{type(e).__name__}: {e}")
-        _send(sock, out)
-
-
-# ------------------------------------------------------------------------------------------- service side
 
 class WorkerLost(Exception):
     """The worker holding a request died before answering (the request is prepared again elsewhere)."""
@@ -249,7 +174,8 @@ class WorkerPool:
     async def _spawn(self) -> _Worker:
         ours, theirs = socket.socketpair()
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "pycertsrv.service.workers", str(theirs.fileno())],
+            # pycertsrv.ca.worker imports no HTTP stack: a worker holds only what signing needs.
+            proc = subprocess.Popen([sys.executable, "-m", "pycertsrv.ca.worker", str(theirs.fileno())],
                                     pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
@@ -456,6 +382,3 @@ async def submit_via_workers(app: Any, csr: bytes, *, requester: str, template: 
             return info
     raise Conflict(ERROR_ALREADY_EXISTS, "submit", f"no unused serial after {SERIAL_TRIES} tries; retry")
 
-
-if __name__ == "__main__":
-    sys.exit(worker_main(int(sys.argv[1])))
