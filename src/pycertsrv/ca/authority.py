@@ -102,6 +102,7 @@ class Authority(RequestReader):
         self._commit = GroupCommitter(store)
         self.replaced: Path | None = None  # init --force: where the old home's items were moved
         self._observer: CAObserver | None = None
+        self._request_text = str(home.root / CA_REQUEST_FILE)  # named in a refusal; computed once, not per request
 
     def set_observer(self, observer: CAObserver | None) -> None:
         """Tell ``observer`` about resolved requests and commit batches (the service's metrics)."""
@@ -335,7 +336,7 @@ class Authority(RequestReader):
         with this CA's material); :meth:`commit_prepared` writes it."""
         return prepare_submission(self.config, self.templates, self._issuer, self._cert, csr, requester=requester,
                                   template=template, attributes=attributes, roles=roles,
-                                  request_path=str(self.request_path))
+                                  request_path=self._request_text)
 
     def commit_prepared(self, items: Sequence[PreparedRequest],
                         started: Sequence[float] | None = None) -> list[RequestInfo | None]:
