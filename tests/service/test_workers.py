@@ -21,8 +21,7 @@ from pycertsrv import config as config_mod
 from pycertsrv.ca import Authority
 from pycertsrv.ca.models import serial_hex
 from pycertsrv.errors import CertSrvError
-
-from .helpers import Service, make_csr, make_home
+from support import Service, make_csr, make_home
 
 
 def _alive(pid: int) -> bool:
