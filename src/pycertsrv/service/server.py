@@ -2,11 +2,12 @@
 
 ``serve(home)`` opens the Authority (which takes the home's lock and runs the store's soft recovery,
 logged here), starts ``workers`` worker processes that prepare new requests (issue 15, see
-:mod:`pycertsrv.service.workers`; this process stays the one writer of the store), listens on the home's
-Unix socket (owner only, or ``service.socket_group`` too) and, when ``service.tcp_port`` is set, on TLS over TCP requiring a client certificate chained to
-``service.client_ca``. SIGTERM, SIGINT or ServerControl(CSCONTROL_SHUTDOWN) stop it: listeners close,
-in-flight requests finish, the Authority is closed (checkpoint written), the socket removed, so the
-next start has nothing to replay (spec §4.1: "clean ESE shutdown so no replay is needed next time").
+:mod:`pycertsrv.service.workers`; this process stays the one writer of the store), listens on the
+home's Unix socket (owner only, or ``service.socket_group`` too) and, when ``service.tcp_port`` is set,
+on TLS over TCP requiring a client certificate chained to ``service.client_ca``. SIGTERM, SIGINT or
+ServerControl(CSCONTROL_SHUTDOWN) stop it: listeners close, in-flight requests finish, the workers
+end, the Authority is closed (checkpoint written), the socket removed, so the next start has nothing
+to replay (spec §4.1: "clean ESE shutdown so no replay is needed next time").
 """
 
 from __future__ import annotations
