@@ -1,0 +1,95 @@
+"""Connecting to PostgreSQL: URL checks and libpq failures as one line with an HRESULT (issue 12).
+
+The password comes from libpq's own sources only (PGPASSWORD, ``~/.pgpass``, ``passfile``, a service
+file): a URL that carries one is refused, because a command line or a config file is readable by
+others (``ps``, backups of the home). Every failure names the database (host and name, never a
+secret) and says what to do next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import (
+    E_ACCESSDENIED,
+    E_INVALIDARG,
+    ERROR_FILE_NOT_FOUND,
+    RPC_S_SERVER_UNAVAILABLE,
+    AccessDenied,
+    CertSrvError,
+    InvalidArgument,
+    NotFound,
+)
+
+SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(url: str | None) -> bool:
+    """Whether ``url`` names a PostgreSQL database (a libpq URI)."""
+    return bool(url) and str(url).startswith(SCHEMES)
+
+
+def describe(url: str) -> str:
+    """``postgresql://HOST[:PORT]/DB`` without user or password: the subject of error lines."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        d = conninfo_to_dict(url)
+    except Exception:  # a URL that does not parse is described by its scheme only
+        return "postgresql database"
+    host = str(d.get("host") or "localhost")
+    port = f":{d['port']}" if d.get("port") else ""
+    return f"postgresql://{host}{port}/{d.get('dbname') or ''}"
+
+
+def check_url(url: str) -> dict[str, Any]:
+    """Parse a libpq URI; refuse one that is not PostgreSQL or that carries a password."""
+    if not is_postgres_url(url):
+        raise InvalidArgument(E_INVALIDARG, "database",
+                              f"{url!r} is not a PostgreSQL URL; use postgresql://[USER@]HOST[,HOST2]/DBNAME")
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(url)
+    except ProgrammingError as e:
+        msg = str(e).splitlines()[0] if str(e) else "cannot parse"
+        raise InvalidArgument(E_INVALIDARG, "database",
+                              f"bad PostgreSQL URL: {msg}; use postgresql://[USER@]HOST[,HOST2]/DBNAME") from None
+    if params.get("password"):
+        raise InvalidArgument(E_INVALIDARG, describe(url),
+                              "the URL carries a password; remove it and give it through PGPASSWORD, "
+                              "~/.pgpass or a pg_service.conf service (libpq's own sources)")
+    if not params.get("dbname"):
+        raise InvalidArgument(E_INVALIDARG, describe(url), "the URL names no database; add /DBNAME")
+    return params
+
+
+def map_error(url: str, e: BaseException) -> CertSrvError:
+    """A psycopg connection failure as one line with its HRESULT and what to do next."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    low = text.lower()
+    subject = describe(url)
+    if "password authentication failed" in low or "no password supplied" in low or "authentication failed" in low:
+        return AccessDenied(E_ACCESSDENIED, subject,
+                            "PostgreSQL refused the login (wrong or missing password); set it in ~/.pgpass "
+                            "or PGPASSWORD for this user, or fix pg_hba.conf")
+    if "does not exist" in low and "database" in low:
+        return NotFound(ERROR_FILE_NOT_FOUND, subject,
+                        f"{text}; create it first (createdb) or fix the database name in the URL")
+    if "role" in low and "does not exist" in low:
+        return AccessDenied(E_ACCESSDENIED, subject, f"{text}; create the role or fix the user in the URL")
+    return CertSrvError(RPC_S_SERVER_UNAVAILABLE, subject,
+                        f"cannot reach the PostgreSQL server: {text}; start it or fix host/port in the URL")
+
+
+def connect(url: str, *, autocommit: bool = True, connect_timeout: int = 10) -> Any:
+    """A psycopg connection to ``url`` (checked first); failures as :class:`CertSrvError`."""
+    check_url(url)
+    import psycopg
+
+    try:
+        return psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout,
+                               application_name="certsrv")
+    except psycopg.Error as e:
+        raise map_error(url, e) from None

@@ -1,0 +1,85 @@
+"""The PostgreSQL schema of a CA database and its versioned migrations (issue 12).
+
+The materialised tables are the SQLite engine's (:data:`..schema.TABLES`) with PostgreSQL types
+(INTEGER → bigint, TEXT → text, BLOB → bytea), so a row read from either engine is the same Python
+value. Beside them:
+
+- ``_meta``: the SQLite engine's key/value table, with the same keys (identity, name, applied_lsn,
+  circular_logging, schema_version), so that a full backup copies it as it is into the set's SQLite file.
+- ``log_record``: the redo log, one row per record; ``payload`` is byte for byte the payload of the same
+  record in an ``edbXXXXXXXX.log`` file and ``crc`` the frame's CRC32 (:func:`..logfile.encode_record`).
+- ``log_generation``: generations (number, first LSN, created, closed); an incremental backup exports each
+  as an ``edb`` file.
+- ``writer_lease``: one row, the fencing epoch of the writer (every commit transaction checks it).
+- ``pg_schema_version``: the migrations applied. Migrations run from ``certsrv init`` and
+  ``certsrv db upgrade`` only, never when the service starts (a node on a read-only standby must still
+  serve reads; step-ca#1892).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..schema import TABLES, Table
+
+PG_TYPES = {"INTEGER": "bigint", "TEXT": "text", "BLOB": "bytea", "REAL": "double precision"}
+
+
+def table_ddl(t: Table) -> list[str]:
+    """CREATE statements of a materialised table and its indexes, in PostgreSQL types."""
+    cols = ", ".join(f"{c.name} {PG_TYPES[c.type]}" for c in t.columns)
+    out = [f"CREATE TABLE {t.name} ({cols}, PRIMARY KEY ({', '.join(t.key)}))"]
+    for idx in t.indexes:
+        out.append(f"CREATE INDEX ix_{t.name}_{'_'.join(idx)} ON {t.name} ({', '.join(idx)})")
+    return out
+
+
+def _v1() -> list[str]:
+    out: list[str] = ["CREATE TABLE _meta (key text PRIMARY KEY, value text NOT NULL)"]
+    for t in TABLES.values():
+        out += table_ddl(t)
+    # Serials are random (159 bits); several nodes may issue over time, so the database refuses a duplicate.
+    out.append("CREATE UNIQUE INDEX ux_request_serial ON request (serial) WHERE serial IS NOT NULL")
+    out += [
+        "CREATE TABLE log_generation (gen integer PRIMARY KEY, first_lsn bigint NOT NULL,"
+        " created_us bigint NOT NULL, closed_us bigint)",
+        # Gapless, commit-ordered LSNs come from the one writer (never a sequence: issue 12, measured).
+        "CREATE TABLE log_record (lsn bigint PRIMARY KEY, gen integer NOT NULL REFERENCES log_generation,"
+        " ts_us bigint NOT NULL, crc bigint NOT NULL, payload bytea NOT NULL)",
+        "CREATE INDEX ix_log_record_gen ON log_record (gen, lsn)",
+        "CREATE TABLE writer_lease (id integer PRIMARY KEY CHECK (id = 1), epoch bigint NOT NULL,"
+        " holder text NOT NULL, acquired_us bigint NOT NULL, renewed_us bigint NOT NULL)",
+        "INSERT INTO writer_lease VALUES (1, 0, '', 0, 0)",
+    ]
+    return out
+
+
+# MIGRATIONS[v] takes the schema from version v-1 to v (v=1 creates it). Append; never edit a released one.
+MIGRATIONS: dict[int, list[str]] = {1: _v1()}
+PG_SCHEMA_VERSION = max(MIGRATIONS)
+VERSION_DDL = ("CREATE TABLE IF NOT EXISTS pg_schema_version (version integer PRIMARY KEY,"
+               " applied_us bigint NOT NULL)")
+
+
+def current_version(conn: Any) -> int:
+    """The schema version of the database (0: none yet)."""
+    row = conn.execute("SELECT to_regclass('pg_schema_version') IS NOT NULL").fetchone()
+    if not row[0]:
+        return 0
+    v = conn.execute("SELECT max(version) FROM pg_schema_version").fetchone()[0]
+    return int(v or 0)
+
+
+def upgrade(conn: Any, now_us: int) -> tuple[int, int]:
+    """Run the missing migrations in the caller's transaction; returns (version found, version now).
+
+    An advisory transaction lock serialises two upgraders of one database.
+    """
+    conn.execute("SELECT pg_advisory_xact_lock(7212026)")
+    conn.execute(VERSION_DDL)
+    found = current_version(conn)
+    for v in range(found + 1, PG_SCHEMA_VERSION + 1):
+        for stmt in MIGRATIONS[v]:
+            conn.execute(stmt)
+        conn.execute("INSERT INTO pg_schema_version (version, applied_us) VALUES (%s, %s)", (v, now_us))
+    return found, PG_SCHEMA_VERSION

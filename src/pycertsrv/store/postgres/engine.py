@@ -1,0 +1,573 @@
+"""The CA database on PostgreSQL (issue 12): the redo log as rows, one fenced writer, group commit.
+
+- ``PgStore.create(url, name)`` / ``PgStore.open(url)``: the schema must exist at this release's version
+  (``certsrv init`` / ``certsrv db upgrade`` create it; opening never runs DDL).
+- One writer per CA: opening takes the lease (:mod:`.lease`) and computes every counter from the database
+  (next LSN, generation, request id, CRL number): never from a process-local value alone.
+- ``transaction()``: row images collected under the write lock, which assigns the next LSN (gapless, in
+  commit order: issue 12 measured that sequences give neither). Committers then share PostgreSQL
+  transactions (group commit): one of them commits every queued record in ONE transaction that checks
+  the lease epoch, inserts the log rows and applies the row images. If that transaction fails, the LSNs
+  handed out are not committed and the store refuses writes until it is reopened (which recomputes
+  them from the database): never a gap, never a duplicate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...errors import (
+    E_INVALIDARG,
+    E_UNEXPECTED,
+    ERROR_FILE_EXISTS,
+    ERROR_INVALID_STATE,
+    CertSrvError,
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    StorageError,
+)
+from .. import archivemark, logfile, schema
+from ..engine import GenerationInfo, SnapshotInfo, StoreOptions
+from ..logfile import Op, encode_payload
+from . import ddl, lease, sql
+from .connect import connect, describe, map_error
+
+log = logging.getLogger("pycertsrv.store.postgres")
+
+
+@dataclass
+class _Item:
+    """A queued write: a record (``ops`` set) or the start of a generation (``ops`` None)."""
+
+    seq: int
+    lsn: int
+    gen: int
+    ts_us: int
+    crc: int = 0
+    payload: bytes = b""
+    ops: list[Op] | None = None
+
+
+class PgTransaction:
+    """``with store.transaction() as tx``: row images, written when the block exits without error."""
+
+    def __init__(self, store: PgStore) -> None:
+        self._store = store
+        self.ops: list[Op] = []
+        self._overlay: dict[tuple[str, tuple[Any, ...]], list[Any] | None] = {}
+        self.lsn: int | None = None
+        self.applied = True
+
+    def __enter__(self) -> PgTransaction:
+        self._store._write_lock.acquire()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        store = self._store
+        try:
+            if exc_type is not None or not self.ops:
+                return
+            seq = store._queue_record(self)
+        finally:
+            store._write_lock.release()
+        store._commit_wait(seq)
+
+    def put(self, table: str, row: dict[str, Any]) -> None:
+        """Store the whole resulting row (missing columns are NULL)."""
+        t = schema.table(table)
+        image = schema.row_to_image(t, row)
+        self.ops.append((table, "p", image))
+        self._overlay[(table, tuple([image[i] for i in t.key_positions]))] = image
+
+    def delete(self, table: str, key: Any) -> None:
+        """Delete a row by primary key (a scalar or a tuple)."""
+        t = schema.table(table)
+        k = key if isinstance(key, tuple) else (key,)
+        if len(k) != len(t.key):
+            raise InvalidArgument(None, "store", f"key for {table} needs {len(t.key)} values")
+        self.ops.append((table, "d", list(k)))
+        self._overlay[(table, k)] = None
+
+    def get(self, table: str, key: Any) -> dict[str, Any] | None:
+        """A row as this transaction sees it (its own writes, then committed state)."""
+        k = key if isinstance(key, tuple) else (key,)
+        if (table, k) in self._overlay:
+            image = self._overlay[(table, k)]
+            return dict(zip(schema.table(table).column_names, image)) if image is not None else None
+        self._store._wait_committed_all()
+        return self._store.get(table, k)
+
+    def select(self, table: str, where: Sequence[tuple[str, str, Any]] = (), **kw: Any) -> list[dict[str, Any]]:
+        """``PgStore.select`` after every earlier commit."""
+        self._store._wait_committed_all()
+        return self._store.select(table, where, **kw)
+
+    def next_id(self, table: str) -> int:
+        """The next integer key of a single-key table (counted from the database at lease time)."""
+        return self._store._next_id(table)
+
+
+class PgStore:
+    """An open CA database on PostgreSQL, held by this process as its writer."""
+
+    engine = "postgresql"
+
+    def __init__(self, url: str, options: StoreOptions, home: Path | None = None) -> None:
+        self.url = url
+        self.subject = describe(url)
+        self.options = options
+        self.home = Path(home).resolve() if home is not None else None
+        self.name = ""
+        self.identity = ""
+        self.lease: lease.Lease | None = None
+        self._write_lock = threading.RLock()
+        self._cond = threading.Condition()
+        self._local = threading.local()
+        self._conns: list[Any] = []
+        self._conns_lock = threading.Lock()
+        self._writer: Any = None
+        self._queue: list[_Item] = []
+        self._seq = 0
+        self._committed_seq = 0
+        self._flushing = False
+        self._failed: CertSrvError | None = None
+        self._next_lsn = 1
+        self._appended_lsn = 0
+        self._committed_lsn = 0
+        self._gen = 1
+        self._gen_first = 1
+        self._gen_size = logfile.HEADER_SIZE
+        self._ids: dict[str, int] = {}
+        self._closed = True
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def create(cls, url: str, name: str, options: StoreOptions | None = None, *, home: Path | None = None,
+               identity: str | None = None, lineage: str | None = None) -> PgStore:
+        """Create the schema (migrations) and an empty CA database in ``url``, then open it.
+
+        :param identity: the database identity (hex); a new random one when None.
+        :param lineage: the archive lineage (issue 13); a new one when None.
+        """
+        import secrets
+
+        ident = identity or secrets.token_bytes(16).hex()
+        conn = connect(url)
+        try:
+            with conn.transaction():
+                ddl.upgrade(conn, logfile.now_us())
+                row = conn.execute("SELECT value FROM _meta WHERE key = 'identity'").fetchone()
+                if row is not None:
+                    raise Conflict(ERROR_FILE_EXISTS, describe(url),
+                                   f"this database holds a CA already (identity {row[0]}); use another "
+                                   "database or drop it first")
+                meta = {"schema_version": str(schema.SCHEMA_VERSION), "identity": ident, "name": name,
+                        "applied_lsn": "0",
+                        "circular_logging": "1" if (options and options.circular_logging) else "0"}
+                conn.cursor().executemany("INSERT INTO _meta (key, value) VALUES (%s, %s)", list(meta.items()))
+                conn.cursor().executemany(
+                    "INSERT INTO setting (name, value) VALUES (%s, %s)",
+                    [(archivemark.SETTING_LINEAGE, lineage or archivemark.new_lineage()),
+                     (archivemark.SETTING_LINEAGE_START, "1")])
+                conn.execute("INSERT INTO log_generation (gen, first_lsn, created_us) VALUES (1, 1, %s)",
+                             (logfile.now_us(),))
+        except Exception as e:
+            raise _as_certsrv(url, e) from None
+        finally:
+            conn.close()
+        return cls.open(url, options, home=home)
+
+    @classmethod
+    def open(cls, url: str, options: StoreOptions | None = None, *, home: Path | None = None,
+             takeover: bool = False) -> PgStore:
+        """Open ``url``'s CA database as its writer (takes the lease; see :mod:`.lease`)."""
+        store = cls(url, options or StoreOptions(), home)
+        try:
+            store._open(takeover)
+        except BaseException:
+            store._close_handles()
+            raise
+        return store
+
+    def _open(self, takeover: bool) -> None:
+        self._writer = connect(self.url)
+        w = self._writer
+        try:
+            version = ddl.current_version(w)
+            if version != ddl.PG_SCHEMA_VERSION:
+                what = ("holds no pycertsrv schema; run certsrv init --database URL" if version == 0 else
+                        f"has schema version {version}, this release needs {ddl.PG_SCHEMA_VERSION}; " +
+                        ("run certsrv db upgrade" if version < ddl.PG_SCHEMA_VERSION
+                         else "use the release that created it"))
+                raise CertSrvError(ERROR_INVALID_STATE, self.subject, f"the database {what}; nothing was written")
+            meta = dict(w.execute("SELECT key, value FROM _meta").fetchall())
+            if "identity" not in meta:
+                raise NotFound(None, self.subject, "no CA in this database; run certsrv init --database URL")
+            self.identity, self.name = meta["identity"], meta.get("name", "")
+            with w.transaction():
+                cur = w.cursor()
+                self.lease = lease.take(cur, self.subject, logfile.now_us(), LEASE_TTL, takeover=takeover)
+                # issue 12: every counter comes from the database once the lease is ours.
+                last = cur.execute("SELECT coalesce(max(lsn), 0) FROM log_record").fetchone()[0]
+                gen, first = cur.execute(
+                    "SELECT gen, first_lsn FROM log_generation ORDER BY gen DESC LIMIT 1").fetchone()
+                size = cur.execute("SELECT coalesce(sum(length(payload)), 0), count(*) FROM log_record "
+                                   "WHERE gen = %s", (gen,)).fetchone()
+                for t in ("request", "crl"):
+                    k = schema.table(t).key[0]
+                    self._ids[t] = int(cur.execute(f"SELECT coalesce(max({k}), 0) FROM {t}").fetchone()[0])
+                if meta.get("circular_logging") != ("1" if self.options.circular_logging else "0"):
+                    cur.execute("UPDATE _meta SET value = %s WHERE key = 'circular_logging'",
+                                ("1" if self.options.circular_logging else "0",))
+        except Exception as e:
+            raise _as_certsrv(self.url, e) from None
+        self._next_lsn = int(last) + 1
+        self._appended_lsn = self._committed_lsn = int(last)
+        self._gen, self._gen_first = int(gen), int(first)
+        self._gen_size = logfile.HEADER_SIZE + int(size[0]) + int(size[1]) * logfile.REC_SIZE
+        self._closed = False
+
+    def close(self) -> None:
+        """Release the lease and every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            if self._failed is None and self.lease is not None and self._writer is not None:
+                with self._write_lock, self._writer.transaction():
+                    lease.release(self._writer.cursor(), self.lease)
+        self._close_handles()
+
+    def _close_handles(self) -> None:
+        with self._conns_lock:
+            for c in self._conns:
+                with contextlib.suppress(Exception):
+                    c.close()
+            self._conns.clear()
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> PgStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CertSrvError(E_UNEXPECTED, "store", "the database is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._failed is not None:
+            raise self._failed
+
+    # ---------------------------------------------------------------- writes
+
+    def transaction(self) -> PgTransaction:
+        """Collect row images; on exit the record is committed in PostgreSQL (group commit)."""
+        self._check_writable()
+        return PgTransaction(self)
+
+    def _queue_record(self, tx: PgTransaction) -> int:
+        """Assign the next LSN to ``tx`` and queue it (the write lock is held); returns its queue number."""
+        self._check_writable()
+        lsn = self._next_lsn
+        try:
+            payload = encode_payload(tx.ops)
+        except (ValueError, TypeError) as e:
+            raise InvalidArgument(E_INVALIDARG, "store", f"cannot log the transaction: {e}") from None
+        rec = logfile.encode_record(lsn, logfile.now_us(), payload)
+        size = len(rec)
+        if self._gen_size + size > self.options.log_size and self._gen_size > logfile.HEADER_SIZE:
+            self._queue_roll()
+        crc, _, _, ts = logfile.REC.unpack_from(rec)
+        with self._cond:
+            self._seq += 1
+            self._queue.append(_Item(self._seq, lsn, self._gen, ts, crc, payload, tx.ops))
+            seq = self._seq
+        self._gen_size += size
+        self._next_lsn = lsn + 1
+        self._appended_lsn = lsn
+        tx.lsn = lsn
+        return seq
+
+    def _queue_roll(self) -> int:
+        """Queue the start of the next generation at the next LSN (write lock held)."""
+        with self._cond:
+            self._seq += 1
+            self._queue.append(_Item(self._seq, self._next_lsn, self._gen + 1, logfile.now_us()))
+            seq = self._seq
+        self._gen += 1
+        self._gen_first = self._next_lsn
+        self._gen_size = logfile.HEADER_SIZE
+        return seq
+
+    def _commit_wait(self, seq: int) -> None:
+        """Return once queue item ``seq`` is committed; one waiter at a time commits everything queued."""
+        with self._cond:
+            while self._committed_seq < seq:
+                if self._failed is not None:
+                    raise self._failed
+                if not self._flushing:
+                    self._flush_locked()
+                    continue
+                self._cond.wait()
+
+    def _flush_locked(self) -> None:
+        """Commit every queued item in ONE PostgreSQL transaction (called with ``_cond`` held)."""
+        batch, self._queue = self._queue, []
+        self._flushing = True
+        error: CertSrvError | None = None
+        self._cond.release()
+        try:
+            self._commit_batch(batch)
+        except CertSrvError as e:
+            error = e
+        except Exception as e:  # psycopg errors, a lost connection
+            error = _as_certsrv(self.url, e)
+        finally:
+            self._cond.acquire()
+            self._flushing = False
+            if error is None:
+                self._committed_seq = batch[-1].seq
+                recs = [i.lsn for i in batch if i.ops is not None]
+                if recs:
+                    self._committed_lsn = recs[-1]
+            else:
+                # The LSNs handed out were not committed: no later record may take the next one in this
+                # process (a gap); writes stop until a reopen recomputes the counters from the database.
+                self._failed = StorageError(error.hresult, error.function,
+                                            f"{error.message}; this write was NOT committed")
+                log.error("postgresql commit failed; writes stop until the store is reopened: %s", error)
+            self._cond.notify_all()
+
+    def _commit_batch(self, batch: list[_Item]) -> None:
+        assert self.lease is not None
+        w = self._writer
+        with w.transaction():
+            cur = w.cursor()
+            lease.check(cur, self.subject, self.lease, logfile.now_us())
+            recs: list[tuple[int, int, int, int, bytes]] = []
+            ops: list[list[Op]] = []
+            for it in batch:
+                if it.ops is None:
+                    if recs:  # rows of the closing generation go in before it closes
+                        cur.executemany(_INSERT_LOG, recs)
+                        recs = []
+                    cur.execute("UPDATE log_generation SET closed_us = %s WHERE gen = %s", (it.ts_us, it.gen - 1))
+                    cur.execute("INSERT INTO log_generation (gen, first_lsn, created_us) VALUES (%s, %s, %s)",
+                                (it.gen, it.lsn, it.ts_us))
+                else:
+                    recs.append((it.lsn, it.gen, it.ts_us, it.crc, it.payload))
+                    ops.append(it.ops)
+            if recs:
+                cur.executemany(_INSERT_LOG, recs)
+            if ops:
+                sql.apply_batch(cur, ops)
+                last = max(i.lsn for i in batch if i.ops is not None)
+                cur.execute("UPDATE _meta SET value = %s WHERE key = 'applied_lsn'", (str(last),))
+
+    def _wait_committed_all(self) -> None:
+        target = self._appended_lsn
+        with self._cond:
+            while self._committed_lsn < target and self._failed is None:
+                self._cond.wait()
+
+    def _next_id(self, table: str) -> int:
+        t = schema.table(table)
+        if len(t.key) != 1:
+            raise InvalidArgument(None, "store", f"{table} has no single integer key")
+        with self._write_lock:
+            if table not in self._ids:
+                self._wait_committed_all()
+                self._ids[table] = int(self.max_value(table, t.key[0]) or 0)
+            self._ids[table] += 1
+            return self._ids[table]
+
+    # ---------------------------------------------------------------- log management
+
+    def roll_log(self) -> int:
+        """Close the current generation and start the next; returns the closed number."""
+        self._check_writable()
+        with self._write_lock:
+            closed = self._gen
+            seq = self._queue_roll()
+        self._commit_wait(seq)
+        return closed
+
+    def generations(self) -> list[GenerationInfo]:
+        """Every generation still in the database, with LSN range and size, oldest first."""
+        self._check_open()
+        rows = self._reader().execute(
+            "SELECT g.gen, g.first_lsn, g.created_us, g.closed_us, count(r.lsn), coalesce(sum(length(r.payload)), 0)"
+            " FROM log_generation g LEFT JOIN log_record r ON r.gen = g.gen GROUP BY g.gen ORDER BY g.gen").fetchall()
+        out = []
+        for gen, first, created, closed, n, nbytes in rows:
+            size = logfile.HEADER_SIZE + int(nbytes) + int(n) * logfile.REC_SIZE
+            out.append(GenerationInfo(int(gen), Path(logfile.log_name(int(gen))), int(first), int(first) + int(n) - 1,
+                                      int(created), size, closed is not None))
+        return out
+
+    @property
+    def current_generation(self) -> int:
+        """Number of the generation being written."""
+        return self._gen
+
+    @property
+    def log_position(self) -> tuple[int, int, int]:
+        """``(generation being written, its first LSN, last LSN appended)``."""
+        with self._write_lock:
+            return self._gen, self._gen_first, self._appended_lsn
+
+    @property
+    def applied_lsn(self) -> int:
+        """Highest LSN committed (log rows and row images commit together)."""
+        return self._committed_lsn
+
+    @property
+    def circular_logging(self) -> bool:
+        """Whether old generations are deleted automatically (no incrementals)."""
+        return self.options.circular_logging
+
+    def checkpoint(self) -> None:
+        """Nothing to do: row images are applied in the commit transaction of their records."""
+
+    def truncate_logs(self, below: int) -> list[int]:
+        """Delete the log rows of generations below ``below`` (never the current one)."""
+        self._check_writable()
+        if below > self._gen:
+            raise InvalidArgument(E_INVALIDARG, "truncate",
+                                  f"generation {below:08X} is past the current one ({self._gen:08X})")
+        if self.options.archiving:
+            present = [g.generation for g in self.generations()]
+            if present:  # issue 13: never delete a generation not yet archived
+                below = min(below, archivemark.keep_floor(self, min(present)))
+        assert self.lease is not None
+        with self._write_lock, self._cond:
+            w = self._writer
+            try:
+                with w.transaction():
+                    cur = w.cursor()
+                    lease.check(cur, self.subject, self.lease, logfile.now_us())
+                    gens = [int(r[0]) for r in cur.execute(
+                        "SELECT gen FROM log_generation WHERE gen < %s AND gen <> %s ORDER BY gen",
+                        (below, self._gen)).fetchall()]
+                    cur.execute("DELETE FROM log_record WHERE gen = ANY(%s)", (gens,))
+                    cur.execute("DELETE FROM log_generation WHERE gen = ANY(%s)", (gens,))
+            except CertSrvError:
+                raise
+            except Exception as e:
+                raise _as_certsrv(self.url, e) from None
+        return gens
+
+    # ---------------------------------------------------------------- reads
+
+    def _reader(self) -> Any:
+        self._check_open()
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = connect(self.url)
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def _rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return list(self._reader().execute(query, params).fetchall())
+        except CertSrvError:
+            raise
+        except Exception as e:
+            with contextlib.suppress(Exception):
+                self._local.conn.close()  # a broken connection is replaced at the next read
+            raise _as_certsrv(self.url, e) from None
+
+    def get(self, table: str, key: Any) -> dict[str, Any] | None:
+        """The row with primary key ``key`` (scalar or tuple), or None."""
+        t = schema.table(table)
+        k = key if isinstance(key, tuple) else (key,)
+        rows = self.select(table, [(c, "=", v) for c, v in zip(t.key, k)], limit=1)
+        return rows[0] if rows else None
+
+    def select(self, table: str, where: Sequence[tuple[str, str, Any]] = (), *, order_by: Sequence[str] = (),
+               limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+        """Rows matching every ``(column, op, value)`` filter (the SQLite engine's semantics)."""
+        t = schema.table(table)
+        clause, params = sql.where(t, where)
+        q = f"SELECT {', '.join(t.column_names)} FROM {table}{clause}{sql.order(t, order_by)}"
+        if limit is not None:
+            q += " LIMIT %s OFFSET %s"
+            params += [int(limit), int(offset)]
+        return [dict(zip(t.column_names, r)) for r in self._rows(q, params)]
+
+    def count(self, table: str, where: Sequence[tuple[str, str, Any]] = ()) -> int:
+        """Number of rows matching the filters."""
+        clause, params = sql.where(schema.table(table), where)
+        return int(self._rows(f"SELECT count(*) FROM {table}{clause}", params)[0][0])
+
+    def max_value(self, table: str, column: str) -> Any:
+        """Largest value of a column (None for an empty table)."""
+        if column not in schema.table(table).column_names:
+            raise InvalidArgument(None, "store", f"{table} has no column {column}")
+        return self._rows(f"SELECT max({column}) FROM {table}")[0][0]
+
+    def integrity_check(self) -> str:
+        """``"ok"`` when the log is gapless, every CRC matches and the tables are at its last LSN."""
+        from .exports import check_log
+
+        return check_log(self._reader())
+
+    def log_records(self, gen: int) -> Iterator[logfile.Record]:
+        """The records of generation ``gen`` in LSN order (``offset`` is the position in its edb file)."""
+        pos = logfile.HEADER_SIZE
+        for lsn, ts, payload in self._rows(
+                "SELECT lsn, ts_us, payload FROM log_record WHERE gen = %s ORDER BY lsn", (gen,)):
+            yield logfile.Record(int(lsn), int(ts), bytes(payload), pos)
+            pos += logfile.REC_SIZE + len(payload)
+
+    def snapshot(self, dest: Path, *, durable: bool = True) -> SnapshotInfo:
+        """A consistent copy of the database as a SQLite file (the SQLite engine's format)."""
+        from .exports import snapshot_to_sqlite
+
+        self._check_open()
+        conn = connect(self.url)
+        try:
+            return snapshot_to_sqlite(conn, Path(dest), durable=durable)
+        finally:
+            conn.close()
+
+    def export_generation(self, gen: int, dest_dir: Path) -> Path:
+        """Write generation ``gen`` as an ``edbXXXXXXXX.log`` file byte-compatible with the SQLite engine's."""
+        from .exports import export_generation
+
+        self._check_open()
+        return export_generation(self._reader(), self.identity, gen, Path(dest_dir))
+
+
+LEASE_TTL = lease.LEASE_TTL
+_INSERT_LOG = "INSERT INTO log_record (lsn, gen, ts_us, crc, payload) VALUES (%s, %s, %s, %s, %s)"
+
+
+def _as_certsrv(url: str, e: BaseException) -> CertSrvError:
+    """A psycopg failure (or ours) as a CertSrvError."""
+    if isinstance(e, CertSrvError):
+        return e
+    import psycopg
+
+    if isinstance(e, psycopg.OperationalError):
+        return map_error(url, e)
+    if isinstance(e, psycopg.errors.UniqueViolation):
+        return Conflict(ERROR_INVALID_STATE, describe(url),
+                        f"the database refused a duplicate ({' '.join(str(e).split())}); nothing was written")
+    return StorageError(ERROR_INVALID_STATE, describe(url), f"PostgreSQL error: {' '.join(str(e).split())}")

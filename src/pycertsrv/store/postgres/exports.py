@@ -1,0 +1,136 @@
+"""What leaves PostgreSQL for a backup set (issue 12), in the SQLite engine's formats exactly.
+
+- :func:`snapshot_to_sqlite`: ONE ``REPEATABLE READ READ ONLY`` transaction reads ``max(lsn)`` and copies
+  ``_meta`` and every materialised table into a new SQLite file created by the SQLite engine's own
+  :func:`..schema.create_schema`, so a set taken from PostgreSQL holds the same kind of database file
+  as one taken from SQLite (rollback journal, the same tables and ``_meta`` keys).
+- :func:`export_generation`: the log rows of one generation as an ``edbXXXXXXXX.log`` file: the same
+  64-byte header and frames (:func:`..logfile.encode_record`), each row's CRC checked on the way out.
+- :func:`check_log`: the integrity check run before a restored PostgreSQL CA serves.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import zlib
+from pathlib import Path
+from typing import Any
+
+from ...errors import JET_ERR_DATABASE_CORRUPTED, JET_ERR_LOG_FILE_CORRUPT, CorruptData
+from ...fsutil import PRIVATE_FILE, create_file, fsync_dir, fsync_file
+from .. import logfile, schema
+from ..engine import SnapshotInfo
+
+COPY_BATCH = 2000
+
+
+def snapshot_to_sqlite(conn: Any, dest: Path, *, durable: bool = True) -> SnapshotInfo:
+    """Copy the database at one LSN into a SQLite file ``dest`` (replaced atomically when ``durable``)."""
+    tmp = dest.with_name(dest.name + ".tmp") if durable else dest
+    tmp.unlink(missing_ok=True)
+    create_file(tmp)  # private before SQLite fills it (a snapshot holds every request)
+    dst = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        # A new file used only once complete: no journal, no syncs while filling it (as the SQLite engine).
+        dst.execute("PRAGMA journal_mode=OFF")
+        dst.execute("PRAGMA synchronous=OFF")
+        dst.execute("BEGIN")
+        schema.create_schema(dst)
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            lsn = int(conn.execute("SELECT coalesce(max(lsn), 0) FROM log_record").fetchone()[0])
+            meta = conn.execute("SELECT key, value FROM _meta").fetchall()
+            dst.executemany("INSERT OR REPLACE INTO _meta (key, value) VALUES (?, ?)", meta)
+            for t in schema.TABLES.values():
+                cur = conn.cursor(name=f"snap_{t.name}")  # server-side: the table is streamed, not loaded
+                cur.itersize = COPY_BATCH
+                cur.execute(f"SELECT {', '.join(t.column_names)} FROM {t.name} ORDER BY {', '.join(t.key)}")
+                ins = schema.upsert_sql(t)
+                while rows := cur.fetchmany(COPY_BATCH):
+                    dst.executemany(ins, rows)
+                cur.close()
+            gen = conn.execute("SELECT max(gen) FROM log_generation WHERE first_lsn <= %s", (lsn + 1,)).fetchone()[0]
+        applied = dst.execute("SELECT value FROM _meta WHERE key = 'applied_lsn'").fetchone()
+        if applied is None or int(applied[0]) != lsn:
+            raise CorruptData(JET_ERR_DATABASE_CORRUPTED, "snapshot",
+                              f"_meta.applied_lsn {applied[0] if applied else None} is not the log's last LSN {lsn}")
+        dst.execute("COMMIT")
+        dst.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        dst.close()
+    if durable:
+        fsync_file(tmp)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    return SnapshotInfo(dest, lsn, int(gen or 1), dest.stat().st_size)
+
+
+def export_generation(conn: Any, identity: str, gen: int, dest_dir: Path) -> Path:
+    """Write generation ``gen`` as ``dest_dir/edbXXXXXXXX.log`` (temp, fsync, rename); returns the file."""
+    with conn.transaction():  # one view of the generation; its server-side cursor needs a transaction
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return _export(conn, identity, gen, dest_dir)
+
+
+def _export(conn: Any, identity: str, gen: int, dest_dir: Path) -> Path:
+    row = conn.execute("SELECT first_lsn, created_us FROM log_generation WHERE gen = %s", (gen,)).fetchone()
+    if row is None:
+        raise CorruptData(JET_ERR_LOG_FILE_CORRUPT, logfile.log_name(gen), "no such generation in the database")
+    header = logfile.LogHeader(gen, bytes.fromhex(identity), int(row[1]), int(row[0]), 0)
+    final = dest_dir / logfile.log_name(gen)
+    tmp = dest_dir / (final.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        out = [header.encode()]
+        expect = int(row[0])
+        cur = conn.cursor(name=f"export_{gen}")
+        cur.itersize = COPY_BATCH
+        cur.execute("SELECT lsn, ts_us, crc, payload FROM log_record WHERE gen = %s ORDER BY lsn", (gen,))
+        for lsn, ts, crc, payload in cur:
+            if lsn != expect:
+                raise CorruptData(JET_ERR_LOG_FILE_CORRUPT, final.name, f"LSN {expect} is missing (next is {lsn})")
+            rec = logfile.encode_record(int(lsn), int(ts), bytes(payload))
+            if zlib.crc32(memoryview(rec)[4:]) != int(crc):
+                raise CorruptData(JET_ERR_LOG_FILE_CORRUPT, final.name, f"checksum mismatch in record LSN {lsn}")
+            out.append(rec)
+            expect += 1
+            if len(out) >= COPY_BATCH:
+                os.write(fd, b"".join(out))
+                out = []
+        cur.close()
+        os.write(fd, b"".join(out))
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)  # a failed export leaves nothing behind
+        raise
+    os.close(fd)
+    os.replace(tmp, final)
+    fsync_dir(dest_dir)
+    return final
+
+
+def check_log(conn: Any) -> str:
+    """``"ok"``, or what is wrong: LSN gaps, CRC mismatches, tables not at the log's last LSN."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        lo, hi, n = conn.execute("SELECT min(lsn), max(lsn), count(*) FROM log_record").fetchone()
+        if n and int(hi) - int(lo) + 1 != int(n):
+            return f"log has gaps: {n} records between LSN {lo} and {hi}"
+        bad = conn.execute("SELECT r.lsn FROM log_record r JOIN log_generation g ON g.gen = r.gen "
+                           "WHERE r.lsn < g.first_lsn OR EXISTS (SELECT 1 FROM log_generation g2 "
+                           "WHERE g2.gen > g.gen AND g2.first_lsn <= r.lsn) LIMIT 1").fetchone()
+        if bad:
+            return f"record LSN {bad[0]} is outside its generation's range"
+        cur = conn.cursor(name="check_crc")
+        cur.itersize = COPY_BATCH
+        cur.execute("SELECT lsn, ts_us, crc, payload FROM log_record ORDER BY lsn")
+        for lsn, ts, crc, payload in cur:
+            if zlib.crc32(logfile.encode_record(int(lsn), int(ts), bytes(payload))[4:]) != int(crc):
+                return f"checksum mismatch in record LSN {lsn}"
+        cur.close()
+        applied = conn.execute("SELECT value FROM _meta WHERE key = 'applied_lsn'").fetchone()
+        if n and (applied is None or int(applied[0]) != int(hi)):
+            return f"tables are at LSN {applied[0] if applied else None}, the log ends at {hi}"
+    return "ok"

@@ -1,0 +1,71 @@
+"""The writer lease with a fencing epoch (issue 12: one writer per CA, the database refuses split brain).
+
+``writer_lease`` has one row: ``epoch``, ``holder``, ``renewed_us``. Taking the lease raises the epoch;
+every commit transaction of the writer runs ``UPDATE writer_lease ... WHERE epoch = <mine>`` first and
+rolls back when no row matched. A writer whose lease was taken over therefore cannot commit, whatever
+its clock says: the row lock of that UPDATE orders it against the takeover's own UPDATE, which waits
+for an in-flight commit and then raises the epoch, after which the old writer's next commit finds no
+row. A lease not renewed within ``ttl`` seconds may be taken by another node; a live one is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from ...errors import ERROR_BUSY, ERROR_INVALID_STATE, Conflict, StorageError
+
+LEASE_TTL = 30.0
+
+
+def holder_name() -> str:
+    """``host:pid``: who holds a lease, for error lines and status."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease taken: the epoch to check at every commit, and who holds it."""
+
+    epoch: int
+    holder: str
+
+
+def take(cur: Any, subject: str, now_us: int, ttl: float, *, takeover: bool = False) -> Lease:
+    """Take the lease in the caller's transaction; refuse a live lease of another holder.
+
+    :param takeover: take it even when live (an operator's failover; the old writer is fenced).
+    """
+    row = cur.execute("SELECT epoch, holder, renewed_us FROM writer_lease WHERE id = 1 FOR UPDATE").fetchone()
+    epoch, holder, renewed = int(row[0]), str(row[1]), int(row[2])
+    age = (now_us - renewed) / 1e6
+    if holder and age < ttl and not takeover:
+        raise Conflict(ERROR_BUSY, subject,
+                       f"another writer holds this CA's database (lease epoch {epoch}, {holder}, renewed "
+                       f"{max(age, 0):.1f}s ago); stop it, or wait {ttl:.0f}s after it stops renewing")
+    me = holder_name()
+    cur.execute("UPDATE writer_lease SET epoch = %s, holder = %s, acquired_us = %s, renewed_us = %s WHERE id = 1",
+                (epoch + 1, me, now_us, now_us))
+    return Lease(epoch + 1, me)
+
+
+def check(cur: Any, subject: str, lease: Lease, now_us: int) -> None:
+    """The fencing check, first statement of every commit transaction (renews the lease too)."""
+    cur.execute("UPDATE writer_lease SET renewed_us = %s WHERE id = 1 AND epoch = %s", (now_us, lease.epoch))
+    if cur.rowcount != 1:
+        row = cur.execute("SELECT epoch, holder FROM writer_lease WHERE id = 1").fetchone()
+        raise fenced_error(subject, lease, int(row[0]) if row else -1, str(row[1]) if row else "?")
+
+
+def fenced_error(subject: str, lease: Lease, epoch: int, holder: str) -> StorageError:
+    """The refusal of a commit by a writer whose lease was taken over."""
+    return StorageError(ERROR_INVALID_STATE, subject,
+                        f"this writer was fenced: its lease epoch {lease.epoch} was superseded by epoch {epoch} "
+                        f"({holder}); nothing was written; this node must reopen the database to write again")
+
+
+def release(cur: Any, lease: Lease) -> None:
+    """Give the lease up (the epoch stays, so the next writer takes epoch+1)."""
+    cur.execute("UPDATE writer_lease SET holder = '', renewed_us = 0 WHERE id = 1 AND epoch = %s", (lease.epoch,))

@@ -1,0 +1,85 @@
+"""SQL for the materialised tables on PostgreSQL, built once per table (the engine's apply path)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ...errors import InvalidArgument
+from ..logfile import Op
+from ..schema import TABLES, Table
+
+OPS = {"=", "!=", "<", "<=", ">", ">=", "is null", "is not null", "like"}
+
+
+def upsert_sql(t: Table) -> str:
+    """INSERT ... ON CONFLICT DO UPDATE of a whole row image (SQLite's INSERT OR REPLACE)."""
+    names = ", ".join(t.column_names)
+    marks = ", ".join("%s" for _ in t.columns)
+    rest = [c for c in t.column_names if c not in t.key]
+    action = ("DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in rest)) if rest else "DO NOTHING"
+    return f"INSERT INTO {t.name} ({names}) VALUES ({marks}) ON CONFLICT ({', '.join(t.key)}) {action}"
+
+
+def delete_sql(t: Table) -> str:
+    """DELETE of one row by primary key."""
+    return f"DELETE FROM {t.name} WHERE " + " AND ".join(f"{k} = %s" for k in t.key)
+
+
+SQL: dict[tuple[str, str], str] = {}
+for _t in TABLES.values():
+    SQL[(_t.name, "p")] = upsert_sql(_t)
+    SQL[(_t.name, "d")] = delete_sql(_t)
+
+
+def apply_batch(cur: Any, batch: Sequence[list[Op]]) -> None:
+    """Apply records' operations in order, as few ``executemany`` calls as the order allows.
+
+    Tables are independent (no triggers or foreign keys), so only the order within a table matters
+    (the same rule as the SQLite engine's ``Batcher``). Within one ``executemany`` of upserts a key must
+    not repeat (PostgreSQL refuses to touch a row twice in one INSERT ... ON CONFLICT only within one
+    statement; executemany runs one statement per row, so repeats are fine).
+    """
+    queues: dict[str, tuple[str, list[list[Any]]]] = {}
+    for ops in batch:
+        for tname, kind, values in ops:
+            q = queues.get(tname)
+            if q is None or q[0] != kind:
+                if q is not None:
+                    cur.executemany(SQL[(tname, q[0])], q[1])
+                q = queues[tname] = (kind, [])
+            q[1].append(values)
+    for tname, (kind, params) in queues.items():
+        cur.executemany(SQL[(tname, kind)], params)
+
+
+def where(t: Table, filters: Sequence[tuple[str, str, Any]]) -> tuple[str, list[Any]]:
+    """A WHERE clause with SQLite's semantics (LIKE is case-insensitive there: ILIKE here)."""
+    parts: list[str] = []
+    params: list[Any] = []
+    for col, op, val in filters:
+        if col not in t.column_names or op not in OPS:
+            raise InvalidArgument(None, "store", f"bad filter {col} {op}")
+        if op in ("is null", "is not null"):
+            parts.append(f"{col} {op.upper()}")
+        elif op == "like":
+            parts.append(f"{col} ILIKE %s")
+            params.append(val)
+        else:
+            parts.append(f"{col} {'<>' if op == '!=' else op} %s")
+            params.append(val)
+    return (" WHERE " + " AND ".join(parts)) if parts else "", params
+
+
+def order(t: Table, order_by: Sequence[str]) -> str:
+    """ORDER BY with SQLite's results: bytewise text order, NULLs lowest."""
+    out = []
+    for o in order_by:
+        desc = o.startswith("-")
+        col = o.lstrip("-")
+        if col not in t.column_names:
+            raise InvalidArgument(None, "store", f"cannot order by {col}")
+        text = next(c.type for c in t.columns if c.name == col) == "TEXT"
+        coll = ' COLLATE "C"' if text else ""
+        out.append(f"{col}{coll} {'DESC NULLS LAST' if desc else 'ASC NULLS FIRST'}")
+    return (" ORDER BY " + ", ".join(out)) if out else ""

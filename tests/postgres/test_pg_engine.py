@@ -1,0 +1,146 @@
+"""The PostgreSQL engine on a real server: group commit, gapless LSNs, fencing, exports (issue 12)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pycertsrv.errors import CertSrvError, Conflict, StorageError
+from pycertsrv.store import Store, logfile
+from pycertsrv.store.engine import StoreOptions
+from pycertsrv.store.postgres import PgStore
+
+from .pg_dumps import pg_dump, pg_payloads, sqlite_dump, sqlite_payloads
+
+
+def _ops(i: int) -> list[tuple[str, dict[str, object]]]:
+    return [("request", {"request_id": i, "disposition": 20, "serial": f"{i:040X}", "raw_cert": bytes([i % 256]) * 50,
+                         "subject": f"CN=host{i}", "submitted_at": "2026-11-29T10:00:00Z"}),
+            ("attribute", {"request_id": i, "name": "ccm", "value": f"host{i}.example"})]
+
+
+def test_commits_are_gapless_and_applied_in_one_transaction(pg_url: str) -> None:
+    store = PgStore.create(pg_url, "Test CA", StoreOptions(log_size=4096))
+    try:
+        errors: list[BaseException] = []
+
+        def worker(base: int) -> None:
+            try:
+                for i in range(base, base + 40):
+                    with store.transaction() as tx:
+                        for table, row in _ops(i):
+                            tx.put(table, row)
+            except BaseException as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(1 + 40 * k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        store.roll_log()
+        gens = store.generations()
+    finally:
+        store.close()
+    with psycopg.connect(pg_url) as c:
+        lsns = [r[0] for r in c.execute("SELECT lsn FROM log_record ORDER BY lsn")]
+        assert lsns == list(range(1, 241))  # gapless, no duplicate
+        assert c.execute("SELECT count(*) FROM request").fetchone()[0] == 240
+        assert c.execute("SELECT value FROM _meta WHERE key='applied_lsn'").fetchone()[0] == "240"
+    assert len(gens) > 2 and all(g.closed for g in gens[:-1]) and not gens[-1].closed  # rolled on size
+    for a, b in zip(gens, gens[1:]):
+        assert b.first_lsn == a.last_lsn + 1
+    # Reopened: counters come from the database.
+    with PgStore.open(pg_url) as again:
+        assert again.log_position[2] == 240
+        with again.transaction() as tx:
+            rid = tx.next_id("request")
+            tx.put("request", {"request_id": rid, "disposition": 9})
+        assert rid == 241 and tx.lsn == 241
+
+
+def test_second_writer_is_refused_and_a_takeover_fences_the_first(pg_url: str) -> None:
+    first = PgStore.create(pg_url, "Test CA")
+    try:
+        with pytest.raises(Conflict) as refused:
+            PgStore.open(pg_url)
+        assert "another writer holds" in refused.value.message
+        with first.transaction() as tx:
+            tx.put("setting", {"name": "a", "value": "1"})
+        second = PgStore.open(pg_url, takeover=True)
+        try:
+            with pytest.raises(StorageError) as fenced:
+                with first.transaction() as tx:
+                    tx.put("setting", {"name": "b", "value": "from the old writer"})
+            assert "fenced" in fenced.value.message
+            with pytest.raises(StorageError):  # and it stays refused
+                first.transaction()
+            with second.transaction() as tx:
+                tx.put("setting", {"name": "c", "value": "2"})
+            assert tx.lsn == 2  # the fenced record's LSN was never committed: no gap
+        finally:
+            second.close()
+    finally:
+        first.close()
+    with psycopg.connect(pg_url) as c:
+        assert [r[0] for r in c.execute("SELECT lsn FROM log_record ORDER BY lsn")] == [1, 2]
+        assert c.execute("SELECT count(*) FROM setting WHERE name = 'b'").fetchone()[0] == 0
+
+
+def test_the_database_refuses_a_commit_with_a_superseded_epoch(pg_url: str) -> None:
+    """Fencing is the database's check, not the process's: raise the epoch behind the writer's back."""
+    store = PgStore.create(pg_url, "Test CA")
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            c.execute("UPDATE writer_lease SET epoch = epoch + 1, holder = 'elsewhere:1'")
+        with pytest.raises(StorageError) as e:
+            with store.transaction() as tx:
+                tx.put("setting", {"name": "x", "value": "y"})
+        assert "superseded by epoch" in e.value.message
+    finally:
+        store.close()
+    with psycopg.connect(pg_url) as c:
+        assert c.execute("SELECT count(*) FROM log_record").fetchone()[0] == 0
+
+
+def test_same_transactions_give_identical_payloads_snapshot_and_generations(pg_url: str, tmp_path: Path) -> None:
+    """Engine-level equivalence: the same row images through both engines."""
+    lite = Store.create(tmp_path / "home", "Test CA")
+    pg = PgStore.create(pg_url, "Test CA", identity=lite.identity, lineage=lite.get("setting", "archive_lineage")["value"])  # type: ignore[index]
+    try:
+        for s in (lite, pg):
+            for i in range(1, 30):
+                with s.transaction() as tx:
+                    for table, row in _ops(i):
+                        tx.put(table, row)
+                if i % 10 == 0:
+                    s.roll_log()
+            with s.transaction() as tx:
+                tx.delete("attribute", (3, "ccm"))
+        assert pg_payloads(pg_url) == sqlite_payloads(lite.log_dir)
+        snap = pg.snapshot(tmp_path / "pg.db")
+        lite_snap = lite.snapshot(tmp_path / "lite.db")
+        assert snap.lsn == lite_snap.lsn == 30
+        assert sqlite_dump(snap.path) == sqlite_dump(lite_snap.path) == pg_dump(pg_url)
+        out = tmp_path / "exported"
+        out.mkdir()
+        for g in pg.generations():
+            if g.closed:
+                p = pg.export_generation(g.generation, out)
+                lite_records = logfile.scan(lite.log_dir / p.name, None, keep=True)[1]
+                pg_records = logfile.scan(p, bytes.fromhex(lite.identity), keep=True)[1]
+                assert [(r.lsn, r.payload) for r in pg_records] == [(r.lsn, r.payload) for r in lite_records]
+        assert pg.integrity_check() == "ok"
+    finally:
+        lite.close()
+        pg.close()
+
+
+def test_open_refuses_a_database_without_the_schema(pg_url: str) -> None:
+    with pytest.raises(CertSrvError) as e:
+        PgStore.open(pg_url)
+    assert e.value.hresult == 0x8007139F and "certsrv init" in e.value.message
