@@ -14,11 +14,14 @@ from ...errors import (
     E_ACCESSDENIED,
     E_INVALIDARG,
     ERROR_FILE_NOT_FOUND,
+    ERROR_INVALID_STATE,
     RPC_S_SERVER_UNAVAILABLE,
     AccessDenied,
     CertSrvError,
+    Conflict,
     InvalidArgument,
     NotFound,
+    StorageError,
 )
 
 SCHEMES = ("postgresql://", "postgres://")
@@ -93,3 +96,17 @@ def connect(url: str, *, autocommit: bool = True, connect_timeout: int = 10) -> 
                                application_name="certsrv")
     except psycopg.Error as e:
         raise map_error(url, e) from None
+
+
+def as_certsrv(url: str, e: BaseException) -> CertSrvError:
+    """A psycopg failure (or ours) as a CertSrvError."""
+    if isinstance(e, CertSrvError):
+        return e
+    import psycopg
+
+    if isinstance(e, psycopg.OperationalError):
+        return map_error(url, e)
+    if isinstance(e, psycopg.errors.UniqueViolation):
+        return Conflict(ERROR_INVALID_STATE, describe(url),
+                        f"the database refused a duplicate ({' '.join(str(e).split())}); nothing was written")
+    return StorageError(ERROR_INVALID_STATE, describe(url), f"PostgreSQL error: {' '.join(str(e).split())}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,16 @@ from ...errors import (
     StorageError,
 )
 from .. import archivemark, logfile, schema
-from ..engine import GenerationInfo, SnapshotInfo, StoreOptions
+from ..interface import Commit, Generation
 from ..logfile import Op, encode_payload
+from ..options import StoreOptions
+from ..replay import RecoveryReport
 from . import ddl, lease, sql
-from .connect import connect, describe, map_error
+from .connect import as_certsrv as _as_certsrv
+from .connect import connect, describe
+from .exports import PgSnapshot
+from .reads import PgReads
+from .streams import PgGenerationStream, PgSnapshotStream, scratch_dir
 
 log = logging.getLogger("pycertsrv.store.postgres")
 
@@ -74,10 +80,10 @@ class PgTransaction:
         try:
             if exc_type is not None or not self.ops:
                 return
-            seq = store._queue_record(self)
+            lsn = store._log_locked(self)
         finally:
             store._write_lock.release()
-        store._commit_wait(seq)
+        store._commit_wait(lsn)
 
     def put(self, table: str, row: dict[str, Any]) -> None:
         """Store the whole resulting row (missing columns are NULL)."""
@@ -101,12 +107,12 @@ class PgTransaction:
         if (table, k) in self._overlay:
             image = self._overlay[(table, k)]
             return dict(zip(schema.table(table).column_names, image)) if image is not None else None
-        self._store._wait_committed_all()
+        self._store._wait_applied_all()
         return self._store.get(table, k)
 
     def select(self, table: str, where: Sequence[tuple[str, str, Any]] = (), **kw: Any) -> list[dict[str, Any]]:
         """``PgStore.select`` after every earlier commit."""
-        self._store._wait_committed_all()
+        self._store._wait_applied_all()
         return self._store.select(table, where, **kw)
 
     def next_id(self, table: str) -> int:
@@ -114,7 +120,7 @@ class PgTransaction:
         return self._store._next_id(table)
 
 
-class PgStore:
+class PgStore(PgReads):
     """An open CA database on PostgreSQL, held by this process as its writer."""
 
     engine = "postgresql"
@@ -126,6 +132,7 @@ class PgStore:
         self.home = Path(home).resolve() if home is not None else None
         self.name = ""
         self.identity = ""
+        self.recovery = RecoveryReport()  # nothing to recover at open: records commit with their row images
         self.lease: lease.Lease | None = None
         self._write_lock = threading.RLock()
         self._cond = threading.Condition()
@@ -279,8 +286,17 @@ class PgStore:
         self._check_writable()
         return PgTransaction(self)
 
-    def _queue_record(self, tx: PgTransaction) -> int:
-        """Assign the next LSN to ``tx`` and queue it (the write lock is held); returns its queue number."""
+    def commit(self, ops: Sequence[Op]) -> Commit:
+        """Append one record holding ``ops`` and commit it with its row images (the Engine call)."""
+        tx = PgTransaction(self)
+        tx.ops = list(ops)
+        with tx:
+            pass
+        assert tx.lsn is not None
+        return Commit(tx.lsn, True)
+
+    def _log_locked(self, tx: PgTransaction) -> int:
+        """Assign the next LSN to ``tx`` and queue it (the write lock is held); returns the LSN."""
         self._check_writable()
         lsn = self._next_lsn
         try:
@@ -295,12 +311,11 @@ class PgStore:
         with self._cond:
             self._seq += 1
             self._queue.append(_Item(self._seq, lsn, self._gen, ts, crc, payload, tx.ops))
-            seq = self._seq
         self._gen_size += size
         self._next_lsn = lsn + 1
         self._appended_lsn = lsn
         tx.lsn = lsn
-        return seq
+        return lsn
 
     def _queue_roll(self) -> int:
         """Queue the start of the next generation at the next LSN (write lock held)."""
@@ -313,13 +328,22 @@ class PgStore:
         self._gen_size = logfile.HEADER_SIZE
         return seq
 
-    def _commit_wait(self, seq: int) -> None:
-        """Return once queue item ``seq`` is committed; one waiter at a time commits everything queued."""
+    def _commit_wait(self, lsn: int) -> bool:
+        """Return once record ``lsn`` is committed (its row images with it: always True)."""
+        self._wait(lambda: self._committed_lsn >= lsn)
+        return True
+
+    def _wait_seq(self, seq: int) -> None:
+        """Return once queue item ``seq`` (a record or a roll) is committed."""
+        self._wait(lambda: self._committed_seq >= seq)
+
+    def _wait(self, done: Callable[[], bool]) -> None:
+        """Wait for ``done``; the first waiter finding no commit running commits everything queued."""
         with self._cond:
-            while self._committed_seq < seq:
+            while not done():
                 if self._failed is not None:
                     raise self._failed
-                if not self._flushing:
+                if not self._flushing and self._queue:
                     self._flush_locked()
                     continue
                 self._cond.wait()
@@ -378,7 +402,7 @@ class PgStore:
                 last = max(i.lsn for i in batch if i.ops is not None)
                 cur.execute("UPDATE _meta SET value = %s WHERE key = 'applied_lsn'", (str(last),))
 
-    def _wait_committed_all(self) -> None:
+    def _wait_applied_all(self) -> None:
         target = self._appended_lsn
         with self._cond:
             while self._committed_lsn < target and self._failed is None:
@@ -390,23 +414,25 @@ class PgStore:
             raise InvalidArgument(None, "store", f"{table} has no single integer key")
         with self._write_lock:
             if table not in self._ids:
-                self._wait_committed_all()
+                self._wait_applied_all()
                 self._ids[table] = int(self.max_value(table, t.key[0]) or 0)
             self._ids[table] += 1
             return self._ids[table]
 
     # ---------------------------------------------------------------- log management
 
-    def roll_log(self) -> int:
+    def roll(self) -> int:
         """Close the current generation and start the next; returns the closed number."""
         self._check_writable()
         with self._write_lock:
             closed = self._gen
             seq = self._queue_roll()
-        self._commit_wait(seq)
+        self._wait_seq(seq)
         return closed
 
-    def generations(self) -> list[GenerationInfo]:
+    roll_log = roll
+
+    def generations(self) -> list[Generation]:
         """Every generation still in the database, with LSN range and size, oldest first."""
         self._check_open()
         rows = self._reader().execute(
@@ -415,8 +441,8 @@ class PgStore:
         out = []
         for gen, first, created, closed, n, nbytes in rows:
             size = logfile.HEADER_SIZE + int(nbytes) + int(n) * logfile.REC_SIZE
-            out.append(GenerationInfo(int(gen), Path(logfile.log_name(int(gen))), int(first), int(first) + int(n) - 1,
-                                      int(created), size, closed is not None))
+            out.append(Generation(int(gen), int(first), int(first) + int(n) - 1, int(created), size,
+                                  closed is not None))
         return out
 
     @property
@@ -443,7 +469,7 @@ class PgStore:
     def checkpoint(self) -> None:
         """Nothing to do: row images are applied in the commit transaction of their records."""
 
-    def truncate_logs(self, below: int) -> list[int]:
+    def truncate(self, below: int) -> list[int]:
         """Delete the log rows of generations below ``below`` (never the current one)."""
         self._check_writable()
         if below > self._gen:
@@ -471,56 +497,9 @@ class PgStore:
                 raise _as_certsrv(self.url, e) from None
         return gens
 
+    truncate_logs = truncate
+
     # ---------------------------------------------------------------- reads
-
-    def _reader(self) -> Any:
-        self._check_open()
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = connect(self.url)
-            self._local.conn = conn
-            with self._conns_lock:
-                self._conns.append(conn)
-        return conn
-
-    def _rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        try:
-            return list(self._reader().execute(query, params).fetchall())
-        except CertSrvError:
-            raise
-        except Exception as e:
-            with contextlib.suppress(Exception):
-                self._local.conn.close()  # a broken connection is replaced at the next read
-            raise _as_certsrv(self.url, e) from None
-
-    def get(self, table: str, key: Any) -> dict[str, Any] | None:
-        """The row with primary key ``key`` (scalar or tuple), or None."""
-        t = schema.table(table)
-        k = key if isinstance(key, tuple) else (key,)
-        rows = self.select(table, [(c, "=", v) for c, v in zip(t.key, k)], limit=1)
-        return rows[0] if rows else None
-
-    def select(self, table: str, where: Sequence[tuple[str, str, Any]] = (), *, order_by: Sequence[str] = (),
-               limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
-        """Rows matching every ``(column, op, value)`` filter (the SQLite engine's semantics)."""
-        t = schema.table(table)
-        clause, params = sql.where(t, where)
-        q = f"SELECT {', '.join(t.column_names)} FROM {table}{clause}{sql.order(t, order_by)}"
-        if limit is not None:
-            q += " LIMIT %s OFFSET %s"
-            params += [int(limit), int(offset)]
-        return [dict(zip(t.column_names, r)) for r in self._rows(q, params)]
-
-    def count(self, table: str, where: Sequence[tuple[str, str, Any]] = ()) -> int:
-        """Number of rows matching the filters."""
-        clause, params = sql.where(schema.table(table), where)
-        return int(self._rows(f"SELECT count(*) FROM {table}{clause}", params)[0][0])
-
-    def max_value(self, table: str, column: str) -> Any:
-        """Largest value of a column (None for an empty table)."""
-        if column not in schema.table(table).column_names:
-            raise InvalidArgument(None, "store", f"{table} has no column {column}")
-        return self._rows(f"SELECT max({column}) FROM {table}")[0][0]
 
     def integrity_check(self) -> str:
         """``"ok"`` when the log is gapless, every CRC matches and the tables are at its last LSN."""
@@ -536,7 +515,14 @@ class PgStore:
             yield logfile.Record(int(lsn), int(ts), bytes(payload), pos)
             pos += logfile.REC_SIZE + len(payload)
 
-    def snapshot(self, dest: Path, *, durable: bool = True) -> SnapshotInfo:
+    @property
+    def database_name(self) -> str:
+        """The database file's name in a backup set (``<CA>.db``, as the SQLite engine names it)."""
+        from ..engine import db_file_name  # moves to ..sqlite with issue 11
+
+        return str(db_file_name(self.name))
+
+    def snapshot(self, dest: Path, *, durable: bool = True) -> PgSnapshot:
         """A consistent copy of the database as a SQLite file (the SQLite engine's format)."""
         from .exports import snapshot_to_sqlite
 
@@ -547,27 +533,46 @@ class PgStore:
         finally:
             conn.close()
 
+    def open_snapshot(self) -> PgSnapshotStream:
+        """The tables at one LSN as a SQLite file's bytes (one REPEATABLE READ transaction)."""
+        import shutil
+
+        d = scratch_dir(self.home)
+        try:
+            info = self.snapshot(d / self.database_name, durable=False)
+            return PgSnapshotStream(self.database_name, info.path, info.lsn, info.generation)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
     def export_generation(self, gen: int, dest_dir: Path) -> Path:
         """Write generation ``gen`` as an ``edbXXXXXXXX.log`` file byte-compatible with the SQLite engine's."""
         from .exports import export_generation
 
         self._check_open()
-        return export_generation(self._reader(), self.identity, gen, Path(dest_dir))
+        try:
+            return export_generation(self._reader(), self.identity, gen, Path(dest_dir))
+        except CertSrvError:
+            raise
+        except Exception as e:
+            raise _as_certsrv(self.url, e) from None
+
+    def open_generation(self, number: int) -> PgGenerationStream:
+        """Generation ``number`` as its ``edb`` file's bytes; NotFound when no longer kept."""
+        import shutil
+
+        gens = {g.generation: g for g in self.generations()}
+        if number not in gens:
+            raise NotFound(None, logfile.log_name(number), "this log generation is no longer kept")
+        d = scratch_dir(self.home)
+        try:
+            path = self.export_generation(number, d)
+            h = logfile.read_header(path)
+            res, _ = logfile.scan(path, bytes.fromhex(self.identity))
+            last = res.last_lsn if res.last_lsn is not None else h.first_lsn - 1
+            return PgGenerationStream(path.name, path, number, h.first_lsn, last)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 LEASE_TTL = lease.LEASE_TTL
 _INSERT_LOG = "INSERT INTO log_record (lsn, gen, ts_us, crc, payload) VALUES (%s, %s, %s, %s, %s)"
-
-
-def _as_certsrv(url: str, e: BaseException) -> CertSrvError:
-    """A psycopg failure (or ours) as a CertSrvError."""
-    if isinstance(e, CertSrvError):
-        return e
-    import psycopg
-
-    if isinstance(e, psycopg.OperationalError):
-        return map_error(url, e)
-    if isinstance(e, psycopg.errors.UniqueViolation):
-        return Conflict(ERROR_INVALID_STATE, describe(url),
-                        f"the database refused a duplicate ({' '.join(str(e).split())}); nothing was written")
-    return StorageError(ERROR_INVALID_STATE, describe(url), f"PostgreSQL error: {' '.join(str(e).split())}")

@@ -14,18 +14,28 @@ from __future__ import annotations
 import os
 import sqlite3
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ...errors import JET_ERR_DATABASE_CORRUPTED, JET_ERR_LOG_FILE_CORRUPT, CorruptData
 from ...fsutil import PRIVATE_FILE, create_file, fsync_dir, fsync_file
 from .. import logfile, schema
-from ..engine import SnapshotInfo
 
 COPY_BATCH = 2000
 
 
-def snapshot_to_sqlite(conn: Any, dest: Path, *, durable: bool = True) -> SnapshotInfo:
+@dataclass(frozen=True)
+class PgSnapshot:
+    """A snapshot written to a SQLite file: the LSN it holds and the generation holding the next record."""
+
+    path: Path
+    lsn: int
+    generation: int
+    size: int
+
+
+def snapshot_to_sqlite(conn: Any, dest: Path, *, durable: bool = True) -> PgSnapshot:
     """Copy the database at one LSN into a SQLite file ``dest`` (replaced atomically when ``durable``)."""
     tmp = dest.with_name(dest.name + ".tmp") if durable else dest
     tmp.unlink(missing_ok=True)
@@ -63,7 +73,7 @@ def snapshot_to_sqlite(conn: Any, dest: Path, *, durable: bool = True) -> Snapsh
         fsync_file(tmp)
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
-    return SnapshotInfo(dest, lsn, int(gen or 1), dest.stat().st_size)
+    return PgSnapshot(dest, lsn, int(gen or 1), dest.stat().st_size)
 
 
 def export_generation(conn: Any, identity: str, gen: int, dest_dir: Path) -> Path:

@@ -19,8 +19,8 @@ from ...errors import ERROR_FILE_EXISTS, JET_ERR_DATABASE_CORRUPTED, Conflict, C
 from .. import logfile, schema
 from ..replay import RecoveryReport, check_chain, decode_payload, read_meta
 from . import ddl, sql
+from .connect import as_certsrv as _as_certsrv
 from .connect import connect, describe
-from .engine import _as_certsrv
 from .exports import COPY_BATCH, check_log
 
 

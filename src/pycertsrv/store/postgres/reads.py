@@ -1,0 +1,79 @@
+"""Reads of the applied tables on PostgreSQL, with the SQLite engine's results (a part of ``PgStore``).
+
+Each thread reads on a connection of its own (autocommit: every statement sees the latest commit, and a
+record's row images commit together, so a read never sees half a record).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ...errors import CertSrvError, InvalidArgument
+from .. import schema
+from . import sql
+from .connect import as_certsrv, connect
+
+
+class PgReads:
+    """Reads (mixed into :class:`.engine.PgStore`)."""
+
+    url: str
+    _local: threading.local
+    _conns: list[Any]
+    _conns_lock: threading.Lock
+
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+    def _reader(self) -> Any:
+        self._check_open()
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = connect(self.url)
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def _rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return list(self._reader().execute(query, params).fetchall())
+        except CertSrvError:
+            raise
+        except Exception as e:
+            with contextlib.suppress(Exception):
+                self._local.conn.close()  # a broken connection is replaced at the next read
+            raise as_certsrv(self.url, e) from None
+
+    def get(self, table: str, key: Any) -> dict[str, Any] | None:
+        """The row with primary key ``key`` (scalar or tuple), or None."""
+        t = schema.table(table)
+        k = key if isinstance(key, tuple) else (key,)
+        rows = self.select(table, [(c, "=", v) for c, v in zip(t.key, k)], limit=1)
+        return rows[0] if rows else None
+
+    def select(self, table: str, where: Sequence[tuple[str, str, Any]] = (), *, order_by: Sequence[str] = (),
+               limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+        """Rows matching every ``(column, op, value)`` filter (the SQLite engine's semantics)."""
+        t = schema.table(table)
+        clause, params = sql.where(t, where)
+        q = f"SELECT {', '.join(t.column_names)} FROM {table}{clause}{sql.order(t, order_by)}"
+        if limit is not None:
+            q += " LIMIT %s OFFSET %s"
+            params += [int(limit), int(offset)]
+        return [dict(zip(t.column_names, r)) for r in self._rows(q, params)]
+
+    def count(self, table: str, where: Sequence[tuple[str, str, Any]] = ()) -> int:
+        """Number of rows matching the filters."""
+        clause, params = sql.where(schema.table(table), where)
+        return int(self._rows(f"SELECT count(*) FROM {table}{clause}", params)[0][0])
+
+    def max_value(self, table: str, column: str) -> Any:
+        """Largest value of a column (None for an empty table)."""
+        if column not in schema.table(table).column_names:
+            raise InvalidArgument(None, "store", f"{table} has no column {column}")
+        return self._rows(f"SELECT max({column}) FROM {table}")[0][0]
+
