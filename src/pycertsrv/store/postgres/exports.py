@@ -121,26 +121,36 @@ def _export(conn: Any, identity: str, gen: int, dest_dir: Path) -> Path:
     return final
 
 
-def check_log(conn: Any) -> str:
-    """``"ok"``, or what is wrong: LSN gaps, CRC mismatches, tables not at the log's last LSN."""
+def check_log(conn: Any, *, own_transaction: bool = True) -> str:
+    """``"ok"``, or what is wrong: LSN gaps, CRC mismatches, tables not at the log's last LSN.
+
+    :param own_transaction: run in a read-only transaction of its own; False: in the caller's open
+        transaction (a restore checks what it wrote before committing it).
+    """
+    if not own_transaction:
+        return _check_log(conn)
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        lo, hi, n = conn.execute("SELECT min(lsn), max(lsn), count(*) FROM log_record").fetchone()
-        if n and int(hi) - int(lo) + 1 != int(n):
-            return f"log has gaps: {n} records between LSN {lo} and {hi}"
-        bad = conn.execute("SELECT r.lsn FROM log_record r JOIN log_generation g ON g.gen = r.gen "
-                           "WHERE r.lsn < g.first_lsn OR EXISTS (SELECT 1 FROM log_generation g2 "
-                           "WHERE g2.gen > g.gen AND g2.first_lsn <= r.lsn) LIMIT 1").fetchone()
-        if bad:
-            return f"record LSN {bad[0]} is outside its generation's range"
-        cur = conn.cursor(name="check_crc")
-        cur.itersize = COPY_BATCH
-        cur.execute("SELECT lsn, ts_us, crc, payload FROM log_record ORDER BY lsn")
-        for lsn, ts, crc, payload in cur:
-            if zlib.crc32(logfile.encode_record(int(lsn), int(ts), bytes(payload))[4:]) != int(crc):
-                return f"checksum mismatch in record LSN {lsn}"
-        cur.close()
-        applied = conn.execute("SELECT value FROM _meta WHERE key = 'applied_lsn'").fetchone()
-        if n and (applied is None or int(applied[0]) != int(hi)):
-            return f"tables are at LSN {applied[0] if applied else None}, the log ends at {hi}"
+        return _check_log(conn)
+
+
+def _check_log(conn: Any) -> str:
+    lo, hi, n = conn.execute("SELECT min(lsn), max(lsn), count(*) FROM log_record").fetchone()
+    if n and int(hi) - int(lo) + 1 != int(n):
+        return f"log has gaps: {n} records between LSN {lo} and {hi}"
+    bad = conn.execute("WITH g AS (SELECT gen, first_lsn, lead(first_lsn) OVER (ORDER BY gen) AS next "
+                       "FROM log_generation) SELECT r.lsn FROM log_record r JOIN g USING (gen) "
+                       "WHERE r.lsn < g.first_lsn OR r.lsn >= g.next LIMIT 1").fetchone()
+    if bad:
+        return f"record LSN {bad[0]} is outside its generation's range"
+    cur = conn.cursor(name="check_crc")
+    cur.itersize = COPY_BATCH
+    cur.execute("SELECT lsn, ts_us, crc, payload FROM log_record ORDER BY lsn")
+    for lsn, ts, crc, payload in cur:
+        if zlib.crc32(logfile.encode_record(int(lsn), int(ts), bytes(payload))[4:]) != int(crc):
+            return f"checksum mismatch in record LSN {lsn}"
+    cur.close()
+    applied = conn.execute("SELECT value FROM _meta WHERE key = 'applied_lsn'").fetchone()
+    if n and (applied is None or int(applied[0]) != int(hi)):
+        return f"tables are at LSN {applied[0] if applied else None}, the log ends at {hi}"
     return "ok"
