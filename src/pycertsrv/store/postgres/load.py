@@ -97,8 +97,8 @@ class PgRecoveryTarget:
                 check_chain(gens, bytes.fromhex(ident), min(gens), max(gens), restore=True)
             applied = int(self._meta["applied_lsn"])
             scans = [logfile.scan(p, bytes.fromhex(ident), applied=applied)[0] for p in gens.values()]
-            for s in scans[:-1]:  # every CRC checked before anything is replayed; a torn tail only at the end
-                if s.bad_offset is not None:
+            for s in scans:  # every CRC checked before anything is replayed; a torn tail only at the end
+                if s.bad_offset is not None and not (s.bad_is_tail and s is scans[-1]):
                     raise logfile.corrupt_error(s)
             rep = _replay(self._conn.cursor(), scans, applied, until)
         except BaseException as e:
