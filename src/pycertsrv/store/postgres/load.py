@@ -19,7 +19,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ...errors import E_UNEXPECTED, ERROR_FILE_EXISTS, JET_ERR_DATABASE_CORRUPTED, CertSrvError, Conflict, CorruptData
+from ...errors import (
+    E_UNEXPECTED,
+    ERROR_FILE_EXISTS,
+    JET_ERR_DATABASE_CORRUPTED,
+    JET_ERR_LOG_FILE_CORRUPT,
+    CertSrvError,
+    Conflict,
+    CorruptData,
+)
 from ...fsutil import create_file
 from .. import logfile, schema
 from ..interface import ByteStream, Until
@@ -100,6 +108,11 @@ class PgRecoveryTarget:
             for s in scans:  # every CRC checked before anything is replayed; a torn tail only at the end
                 if s.bad_offset is not None and not (s.bad_is_tail and s is scans[-1]):
                     raise logfile.corrupt_error(s)
+                if s.damaged:  # the SQLite engine steps over these; a log kept as rows cannot hold a gap
+                    d = s.damaged[0]
+                    raise CorruptData(JET_ERR_LOG_FILE_CORRUPT, s.path.name,
+                                      f"damaged record(s) LSN {d['lsns'][0]}..{d['lsns'][1]} at offset {d['offset']} "
+                                      "(already in the snapshot); restore this set onto SQLite, or use a newer full set")
             rep = _replay(self._conn.cursor(), scans, applied, until)
         except BaseException as e:
             raise self._fail(e) from None
