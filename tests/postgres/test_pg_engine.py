@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def test_commits_are_gapless_and_applied_in_one_transaction(pg_url: str) -> None
         assert c.execute("SELECT count(*) FROM request").fetchone()[0] == 240
         assert c.execute("SELECT value FROM _meta WHERE key='applied_lsn'").fetchone()[0] == "240"
     assert len(gens) > 2 and all(g.closed for g in gens[:-1]) and not gens[-1].closed  # rolled on size
-    for a, b in zip(gens, gens[1:]):
+    for a, b in itertools.pairwise(gens):
         assert b.first_lsn == a.last_lsn + 1
     # Reopened: counters come from the database.
     with PgStore.open(pg_url) as again:
@@ -110,7 +111,9 @@ def test_the_database_refuses_a_commit_with_a_superseded_epoch(pg_url: str) -> N
 def test_same_transactions_give_identical_payloads_snapshot_and_generations(pg_url: str, tmp_path: Path) -> None:
     """Engine-level equivalence: the same row images through both engines."""
     lite = Store.create(tmp_path / "home", "Test CA")
-    pg = PgStore.create(pg_url, "Test CA", identity=lite.identity, lineage=lite.get("setting", "archive_lineage")["value"])  # type: ignore[index]
+    lineage = lite.get("setting", "archive_lineage")
+    assert lineage is not None
+    pg = PgStore.create(pg_url, "Test CA", identity=lite.identity, lineage=lineage["value"])
     try:
         for s in (lite, pg):
             for i in range(1, 30):

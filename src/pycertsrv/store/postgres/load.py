@@ -112,7 +112,7 @@ class PgRecoveryTarget:
                     d = s.damaged[0]
                     raise CorruptData(JET_ERR_LOG_FILE_CORRUPT, s.path.name,
                                       f"damaged record(s) LSN {d['lsns'][0]}..{d['lsns'][1]} at offset {d['offset']} "
-                                      "(already in the snapshot); restore this set onto SQLite, or use a newer full set")
+                                      "(already in the snapshot); restore it onto SQLite, or use a newer full set")
             rep = _replay(self._conn.cursor(), scans, applied, until)
         except BaseException as e:
             raise self._fail(e) from None
