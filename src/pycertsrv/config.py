@@ -63,6 +63,21 @@ class StoreSection(_Section):
     log_size: int = Field(8 << 20, ge=64 << 10)
     checkpoint_records: int = Field(20000, ge=0)
     circular_logging: bool = False
+    # Issue 12: a libpq URI (several hosts allowed) puts the database on PostgreSQL; absent: SQLite in HOME/db/.
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("store.url must be a PostgreSQL URL: postgresql://[USER@]HOST[,HOST2]/DBNAME")
+        netloc = v.split("://", 1)[1].split("/", 1)[0]
+        if ("@" in netloc and ":" in netloc.split("@", 1)[0]) or "password=" in v:
+            # Issue 12: the password comes from libpq's own sources, never from a file others may read.
+            raise ValueError("store.url must not carry a password: use PGPASSWORD, ~/.pgpass or a pg_service.conf")
+        return v
 
 
 class ServiceSection(_Section):
