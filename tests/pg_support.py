@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+PASSWORD_ROLE = "certsrv_pw"  # the role that must give PASSWORD (all others: trust)
+PASSWORD = "right-password"
 PG_BINDIRS = ("/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin")
 
 
@@ -180,10 +182,17 @@ def start_cluster(base: Path) -> PgCluster:
     subprocess.run([str(bindir / "initdb"), "--no-sync", "-A", "trust", "-U", user, "-E", "UTF8",
                     "--locale=C", "-D", str(datadir)], check=True, capture_output=True,
                    preexec_fn=_demote(ids), cwd=str(datadir))
+    # One role logs in with a password (scram), for the wrong-password tests; everyone else is trusted.
+    hba = datadir / "pg_hba.conf"
+    hba.write_text(f"local all {PASSWORD_ROLE} scram-sha-256\n" + hba.read_text())
     port = _free_port()
     cluster = PgCluster(bindir, datadir, port, _spawn(bindir, datadir, port), user)
     try:
         _wait_ready(cluster)
+        import psycopg
+
+        with psycopg.connect(cluster.url(), autocommit=True) as c:
+            c.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD '{PASSWORD}'")
     except BaseException:
         cluster.stop()
         raise

@@ -78,6 +78,12 @@ def upgrade(conn: Any, now_us: int) -> tuple[int, int]:
     conn.execute("SELECT pg_advisory_xact_lock(7212026)")
     conn.execute(VERSION_DDL)
     found = current_version(conn)
+    if found > PG_SCHEMA_VERSION:
+        from ...errors import ERROR_INVALID_STATE, CertSrvError
+
+        raise CertSrvError(ERROR_INVALID_STATE, "database",
+                           f"the database has schema version {found}, newer than this release's "
+                           f"{PG_SCHEMA_VERSION}; use the release that created it; nothing was written")
     for v in range(found + 1, PG_SCHEMA_VERSION + 1):
         for stmt in MIGRATIONS[v]:
             conn.execute(stmt)
