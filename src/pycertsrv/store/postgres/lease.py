@@ -51,12 +51,22 @@ def take(cur: Any, subject: str, now_us: int, ttl: float, *, takeover: bool = Fa
     return Lease(epoch + 1, me)
 
 
-def check(cur: Any, subject: str, lease: Lease, now_us: int) -> None:
-    """The fencing check, first statement of every commit transaction (renews the lease too)."""
+def renew(cur: Any, lease: Lease, now_us: int) -> None:
+    """The fencing statement, first of every commit transaction: renew the lease if the epoch is still ours."""
     cur.execute("UPDATE writer_lease SET renewed_us = %s WHERE id = 1 AND epoch = %s", (now_us, lease.epoch))
+
+
+def verify(cur: Any, subject: str, lease: Lease) -> None:
+    """Refuse (the caller then rolls back) when :func:`renew` matched no row: the epoch was superseded."""
     if cur.rowcount != 1:
         row = cur.execute("SELECT epoch, holder FROM writer_lease WHERE id = 1").fetchone()
         raise fenced_error(subject, lease, int(row[0]) if row else -1, str(row[1]) if row else "?")
+
+
+def check(cur: Any, subject: str, lease: Lease, now_us: int) -> None:
+    """:func:`renew` then :func:`verify` (outside pipeline mode)."""
+    renew(cur, lease, now_us)
+    verify(cur, subject, lease)
 
 
 def fenced_error(subject: str, lease: Lease, epoch: int, holder: str) -> StorageError:
