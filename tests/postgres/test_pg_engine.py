@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -147,3 +150,52 @@ def test_open_refuses_a_database_without_the_schema(pg_url: str) -> None:
     with pytest.raises(CertSrvError) as e:
         PgStore.open(pg_url)
     assert e.value.hresult == 0x8007139F and "certsrv init" in e.value.message
+
+
+def test_an_idle_writer_keeps_its_lease_and_learns_it_was_fenced(pg_url: str) -> None:
+    store = PgStore.create(pg_url, "Test CA", lease_ttl=0.6)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the heartbeat keeps a writer with nothing to commit alive
+            time.sleep(0.2)
+        with pytest.raises(Conflict):
+            PgStore.open(pg_url, lease_ttl=0.6)
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            c.execute("UPDATE writer_lease SET epoch = epoch + 1, holder = 'elsewhere:1'")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                store.transaction()
+            except StorageError as e:
+                assert "fenced" in e.message
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the heartbeat never noticed the superseded epoch")
+    finally:
+        store.close()
+
+
+def test_a_killed_writer_s_lease_expires_and_a_new_writer_takes_over(pg_url: str) -> None:
+    PgStore.create(pg_url, "Test CA").close()
+    code = ("import sys, os, signal; from pycertsrv.store.postgres import PgStore\n"
+            f"s = PgStore.open({pg_url!r}, lease_ttl=1.0)\n"
+            "with s.transaction() as tx: tx.put('setting', {'name': 'k', 'value': 'v'})\n"
+            "print('ready', flush=True); os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9 and "ready" in proc.stdout, proc.stderr
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            store = PgStore.open(pg_url, lease_ttl=1.0)
+            break
+        except Conflict:
+            assert time.monotonic() < deadline, "the dead writer's lease never expired"
+            time.sleep(0.2)
+    try:
+        assert store.lease is not None and store.lease.epoch == 3  # create, the killed writer, us
+        with store.transaction() as tx:
+            tx.put("setting", {"name": "k2", "value": "v2"})
+        assert tx.lsn == 2
+    finally:
+        store.close()

@@ -125,8 +125,10 @@ class PgStore(PgReads):
 
     engine = "postgresql"
 
-    def __init__(self, url: str, options: StoreOptions, home: Path | None = None) -> None:
+    def __init__(self, url: str, options: StoreOptions, home: Path | None = None,
+                 lease_ttl: float = lease.LEASE_TTL) -> None:
         self.url = url
+        self.lease_ttl = lease_ttl
         self.subject = describe(url)
         self.options = options
         self.home = Path(home).resolve() if home is not None else None
@@ -158,7 +160,8 @@ class PgStore(PgReads):
 
     @classmethod
     def create(cls, url: str, name: str, options: StoreOptions | None = None, *, home: Path | None = None,
-               identity: str | None = None, lineage: str | None = None) -> PgStore:
+               identity: str | None = None, lineage: str | None = None,
+               lease_ttl: float = lease.LEASE_TTL) -> PgStore:
         """Create the schema (migrations) and an empty CA database in ``url``, then open it.
 
         :param identity: the database identity (hex); a new random one when None.
@@ -190,13 +193,18 @@ class PgStore(PgReads):
             raise _as_certsrv(url, e) from None
         finally:
             conn.close()
-        return cls.open(url, options, home=home)
+        return cls.open(url, options, home=home, lease_ttl=lease_ttl)
 
     @classmethod
     def open(cls, url: str, options: StoreOptions | None = None, *, home: Path | None = None,
-             takeover: bool = False) -> PgStore:
-        """Open ``url``'s CA database as its writer (takes the lease; see :mod:`.lease`)."""
-        store = cls(url, options or StoreOptions(), home)
+             takeover: bool = False, lease_ttl: float = lease.LEASE_TTL) -> PgStore:
+        """Open ``url``'s CA database as its writer (takes the lease; see :mod:`.lease`).
+
+        :param takeover: take the lease even from a live writer (which is fenced at its next commit).
+        :param lease_ttl: a lease not renewed for this many seconds may be taken by another node; this
+            writer renews its own every third of it.
+        """
+        store = cls(url, options or StoreOptions(), home, lease_ttl)
         try:
             store._open(takeover)
         except BaseException:
@@ -221,7 +229,7 @@ class PgStore(PgReads):
             self.identity, self.name = meta["identity"], meta.get("name", "")
             with w.transaction():
                 cur = w.cursor()
-                self.lease = lease.take(cur, self.subject, logfile.now_us(), LEASE_TTL, takeover=takeover)
+                self.lease = lease.take(cur, self.subject, logfile.now_us(), self.lease_ttl, takeover=takeover)
                 # issue 12: every counter comes from the database once the lease is ours.
                 last = cur.execute("SELECT coalesce(max(lsn), 0) FROM log_record").fetchone()[0]
                 gen, first = cur.execute(
@@ -241,12 +249,25 @@ class PgStore(PgReads):
         self._gen, self._gen_first = int(gen), int(first)
         self._gen_size = logfile.HEADER_SIZE + int(size[0]) + int(size[1]) * logfile.REC_SIZE
         self._closed = False
+        self._heartbeat = lease.Heartbeat(self.url, self.lease, self.lease_ttl / 3, self._fenced)
+        self._heartbeat.start()
+
+    def _fenced(self, error: CertSrvError) -> None:
+        """The heartbeat found the epoch superseded: refuse writes from now on (the database would anyway)."""
+        with self._cond:
+            if self._failed is None:
+                self._failed = error
+                log.error("%s", error)
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Release the lease and every connection."""
         if self._closed:
             return
         self._closed = True
+        hb = getattr(self, "_heartbeat", None)
+        if hb is not None:
+            hb.stop()
         with contextlib.suppress(Exception):
             if self._failed is None and self.lease is not None and self._writer is not None:
                 with self._write_lock, self._writer.transaction():
@@ -583,5 +604,4 @@ class PgStore(PgReads):
             shutil.rmtree(d, ignore_errors=True)
 
 
-LEASE_TTL = lease.LEASE_TTL
 _INSERT_LOG = "INSERT INTO log_record (lsn, gen, ts_us, crc, payload) VALUES (%s, %s, %s, %s, %s)"

@@ -10,8 +10,13 @@ row. A lease not renewed within ``ttl`` seconds may be taken by another node; a 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,3 +84,47 @@ def fenced_error(subject: str, lease: Lease, epoch: int, holder: str) -> Storage
 def release(cur: Any, lease: Lease) -> None:
     """Give the lease up (the epoch stays, so the next writer takes epoch+1)."""
     cur.execute("UPDATE writer_lease SET holder = '', renewed_us = 0 WHERE id = 1 AND epoch = %s", (lease.epoch,))
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease of an idle writer every ``interval`` seconds, on a connection of its own.
+
+    Commits renew it too; this keeps a writer with nothing to commit from looking dead to other nodes.
+    When the renewal matches no row the epoch was superseded: ``on_fenced`` is told once and the thread ends.
+    A failed connection is retried at the next beat (the lease simply ages meanwhile).
+    """
+
+    def __init__(self, url: str, lease: Lease, interval: float, on_fenced: Callable[[StorageError], None]) -> None:
+        super().__init__(name="certsrv-pg-lease", daemon=True)
+        self.url, self.lease, self.interval, self.on_fenced = url, lease, interval, on_fenced
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        from .connect import connect, describe
+
+        conn: Any = None
+        while not self._halt.wait(self.interval):
+            try:
+                if conn is None or conn.closed:
+                    conn = connect(self.url)
+                with conn.transaction():
+                    cur = conn.cursor()
+                    renew(cur, self.lease, time.time_ns() // 1000)
+                    verify(cur, describe(self.url), self.lease)
+            except StorageError as e:
+                self.on_fenced(e)
+                break
+            except Exception as e:  # the server is unreachable now: try again at the next beat
+                logging.getLogger("pycertsrv.store.postgres").warning("lease renewal failed: %s", e)
+                with contextlib.suppress(Exception):
+                    conn.close()
+                conn = None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def stop(self) -> None:
+        """End the thread and wait for it."""
+        self._halt.set()
+        if self is not threading.current_thread() and self.is_alive():
+            self.join(10)
