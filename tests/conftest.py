@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pg_support import PgCluster, cluster_context
+from pg_support import PgCluster, shared_cluster
 
 
 @pytest.fixture
@@ -21,8 +21,7 @@ def tmp_home(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
     """A throw-away PostgreSQL cluster for the session (skips outside CI when no server binary exists)."""
-    with cluster_context() as cluster:
-        yield cluster
+    yield shared_cluster()
 
 
 @pytest.fixture

@@ -210,3 +210,26 @@ def cluster_context() -> Iterator[PgCluster]:
     finally:
         cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+_SHARED: PgCluster | None = None
+
+
+def shared_cluster() -> PgCluster:
+    """The process's one throw-away cluster, started on first use and stopped at exit (the session fixture
+    and the engine conformance suite's PostgreSQL entry share it)."""
+    global _SHARED
+    if _SHARED is None or _SHARED.proc.poll() is not None:
+        import atexit
+
+        base = Path(tempfile.mkdtemp(prefix="pgtest-"))
+        os.chmod(base, 0o755)
+        cluster = start_cluster(base)
+
+        def stop() -> None:
+            cluster.stop()
+            shutil.rmtree(base, ignore_errors=True)
+
+        atexit.register(stop)
+        _SHARED = cluster
+    return _SHARED

@@ -13,8 +13,7 @@ import psycopg
 import pytest
 
 from pycertsrv.errors import CertSrvError, Conflict, StorageError
-from pycertsrv.store import Store, logfile
-from pycertsrv.store.engine import StoreOptions
+from pycertsrv.store import Store, StoreOptions, logfile
 from pycertsrv.store.postgres import PgStore
 
 from .pg_dumps import pg_dump, pg_payloads, sqlite_dump, sqlite_payloads
@@ -184,6 +183,15 @@ def test_a_killed_writer_s_lease_expires_and_a_new_writer_takes_over(pg_url: str
             "print('ready', flush=True); os.kill(os.getpid(), signal.SIGKILL)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == -9 and "ready" in proc.stdout, proc.stderr
+    # On this host the dead holder is seen at once: a restarted writer takes over without waiting.
+    with PgStore.open(pg_url, lease_ttl=1.0) as restarted:
+        assert restarted.lease is not None and restarted.lease.epoch == 3
+    # A holder on another host can only expire: pretend the dead writer ran elsewhere.
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("UPDATE writer_lease SET holder = 'otherhost:4242', renewed_us = %s",
+                  (time.time_ns() // 1000,))
+    with pytest.raises(Conflict):
+        PgStore.open(pg_url, lease_ttl=60.0)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -193,7 +201,7 @@ def test_a_killed_writer_s_lease_expires_and_a_new_writer_takes_over(pg_url: str
             assert time.monotonic() < deadline, "the dead writer's lease never expired"
             time.sleep(0.2)
     try:
-        assert store.lease is not None and store.lease.epoch == 3  # create, the killed writer, us
+        assert store.lease is not None and store.lease.epoch == 4  # create, the killed writer, restarted, us
         with store.transaction() as tx:
             tx.put("setting", {"name": "k2", "value": "v2"})
         assert tx.lsn == 2

@@ -10,8 +10,7 @@ import pytest
 
 from pg_support import PgCluster
 from pycertsrv.errors import CertSrvError
-from pycertsrv.store import Store, logfile
-from pycertsrv.store.engine import hard_recover
+from pycertsrv.store import Store, hard_recover, logfile
 from pycertsrv.store.interface import Until
 from pycertsrv.store.postgres import PgStore
 from pycertsrv.store.postgres.load import FileStream, PgRecoveryTarget, restore_into
@@ -79,7 +78,8 @@ def test_sqlite_set_restores_into_pg(pg_url: str, tmp_path: Path) -> None:
         snap = lite.snapshot(tmp_path / "set.db")
         _write(lite, 8, 7)
         lite.roll_log()
-        gens = [g.path for g in lite.generations() if g.closed and g.generation >= snap.generation]
+        gens = [lite.log_dir / logfile.log_name(g.generation) for g in lite.generations()
+                if g.closed and g.generation >= snap.generation]
         rep = restore_into(pg_url, snap.path, gens)
         assert rep.to_lsn == 14
         assert pg_dump(pg_url) == {**sqlite_dump(lite.db_path), "_meta": pg_dump(pg_url)["_meta"]}
@@ -94,7 +94,7 @@ def test_a_failed_restore_leaves_the_target_as_it_was(pg_url: str, tmp_path: Pat
         snap = lite.snapshot(tmp_path / "set.db")
         _write(lite, 4, 3)
         lite.roll_log()
-        gen = next(g.path for g in lite.generations() if g.closed)
+        gen = lite.log_dir / logfile.log_name(next(g.generation for g in lite.generations() if g.closed))
     finally:
         lite.close()
     bad = tmp_path / "bad"

@@ -1,16 +1,26 @@
 """The engines the conformance suite runs on: one factory per engine, in this one place.
 
-Today SQLite; the PostgreSQL issue (12) adds its entry here, and every test of
-``test_engine_conformance.py`` then runs on it too.
+SQLite, and PostgreSQL (issue 12) on the session's throw-away cluster (:mod:`pg_support`): every test of
+``test_engine_conformance.py`` runs on both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pycertsrv.store import Engine, RecoveryTarget, Store, StoreOptions, recovery_target
+from pycertsrv.store import (
+    ByteStream,
+    Engine,
+    RecoveryReport,
+    RecoveryTarget,
+    Store,
+    StoreOptions,
+    Until,
+    recovery_target,
+)
+from pycertsrv.store.interface import EVERYTHING
 
 
 @dataclass(frozen=True)
@@ -43,4 +53,68 @@ SQLITE = EngineKind(
                 "engine = Store.open(Path(sys.argv[1]), StoreOptions(log_size=64 << 10, checkpoint_records=0))\n"),
 )
 
-ENGINES = [SQLITE]
+
+# PostgreSQL: ``place`` is a directory holding the URL of a fresh database (so a child process finds it too).
+PG_OPTIONS = StoreOptions(log_size=64 << 10)
+
+
+def _pg_create(place: Path) -> Engine:
+    from pg_support import require_postgres, shared_cluster
+    from pycertsrv.store.postgres import PgStore
+
+    require_postgres()
+    url = shared_cluster().new_database("conf")
+    place.mkdir(parents=True, exist_ok=True)
+    (place / "url").write_text(url)
+    return PgStore.create(url, "conformance", PG_OPTIONS, home=place)
+
+
+def _pg_open(place: Path) -> Engine:
+    from pycertsrv.store.postgres import PgStore
+
+    return PgStore.open((place / "url").read_text(), PG_OPTIONS, home=place)
+
+
+class _PgTargetToFile:
+    """Rebuilds into a fresh PostgreSQL database; after ``finish`` its tables are also written to ``dest`` as
+    the SQLite snapshot file the suite inspects (the engine's own full-backup path)."""
+
+    def __init__(self, dest: Path) -> None:
+        from pg_support import shared_cluster
+        from pycertsrv.store.postgres.load import PgRecoveryTarget
+
+        self.dest = dest
+        self.url = shared_cluster().new_database("conf")
+        self.inner = PgRecoveryTarget(self.url)
+
+    def load_snapshot(self, snapshot: ByteStream) -> int:
+        return self.inner.load_snapshot(snapshot)
+
+    def replay(self, generations: Sequence[ByteStream], until: Until = EVERYTHING,
+               *, identity: str | None = None) -> RecoveryReport:
+        return self.inner.replay(generations, until, identity=identity)
+
+    def check_integrity(self) -> str:
+        return self.inner.check_integrity()
+
+    def finish(self) -> None:
+        from pycertsrv.store.postgres import PgStore
+
+        self.inner.finish()
+        with PgStore.open(self.url) as e:
+            e.snapshot(self.dest)
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+
+POSTGRES = EngineKind(
+    name="postgresql",
+    create=_pg_create,
+    open=_pg_open,
+    target=_PgTargetToFile,
+    child_open=("from pycertsrv.store import StoreOptions\nfrom pycertsrv.store.postgres import PgStore\n"
+                "engine = PgStore.open((Path(sys.argv[1]) / 'url').read_text(), StoreOptions(log_size=64 << 10))\n"),
+)
+
+ENGINES = [SQLITE, POSTGRES]

@@ -37,7 +37,7 @@ from .. import archivemark, logfile, schema
 from ..interface import Commit, Generation
 from ..logfile import Op, encode_payload
 from ..options import StoreOptions
-from ..replay import RecoveryReport
+from ..report import RecoveryReport
 from . import ddl, lease, sql
 from .connect import as_certsrv as _as_certsrv
 from .connect import connect, describe
@@ -309,6 +309,8 @@ class PgStore(PgReads):
 
     def commit(self, ops: Sequence[Op]) -> Commit:
         """Append one record holding ``ops`` and commit it with its row images (the Engine call)."""
+        if not ops:
+            raise InvalidArgument(E_INVALIDARG, "store", "a commit needs at least one row operation")
         tx = PgTransaction(self)
         tx.ops = list(ops)
         with tx:
@@ -548,7 +550,7 @@ class PgStore(PgReads):
     @property
     def database_name(self) -> str:
         """The database file's name in a backup set (``<CA>.db``, as the SQLite engine names it)."""
-        from ..engine import db_file_name  # moves to ..sqlite with issue 11
+        from ..sqlite import db_file_name  # the set's file name is the SQLite engine's (a set looks the same)
 
         return str(db_file_name(self.name))
 

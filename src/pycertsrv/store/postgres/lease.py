@@ -38,6 +38,21 @@ class Lease:
     holder: str
 
 
+def _dead_here(holder: str) -> bool:
+    """Whether ``holder`` (``host:pid``) is a process of this host that no longer exists (a crashed writer
+    restarting here need not wait for its old lease to expire: the dead process can commit nothing)."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def take(cur: Any, subject: str, now_us: int, ttl: float, *, takeover: bool = False) -> Lease:
     """Take the lease in the caller's transaction; refuse a live lease of another holder.
 
@@ -46,7 +61,7 @@ def take(cur: Any, subject: str, now_us: int, ttl: float, *, takeover: bool = Fa
     row = cur.execute("SELECT epoch, holder, renewed_us FROM writer_lease WHERE id = 1 FOR UPDATE").fetchone()
     epoch, holder, renewed = int(row[0]), str(row[1]), int(row[2])
     age = (now_us - renewed) / 1e6
-    if holder and age < ttl and not takeover:
+    if holder and age < ttl and not takeover and not _dead_here(holder):
         raise Conflict(ERROR_BUSY, subject,
                        f"another writer holds this CA's database (lease epoch {epoch}, {holder}, renewed "
                        f"{max(age, 0):.1f}s ago); stop it, or wait {ttl:.0f}s after it stops renewing")

@@ -31,7 +31,9 @@ from ...errors import (
 from ...fsutil import create_file
 from .. import logfile, schema
 from ..interface import ByteStream, Until
-from ..replay import RecoveryReport, check_chain, decode_payload, read_meta
+from ..logfile import decode_payload
+from ..report import RecoveryReport
+from ..sqlite.replay import check_chain, read_meta  # the snapshot IS a SQLite file, by contract
 from . import ddl, sql
 from .connect import as_certsrv, connect, describe
 from .exports import COPY_BATCH, check_log
