@@ -17,7 +17,7 @@ from ..errors import (
     Conflict,
 )
 from ..spec import FULL, wszREGDBLASTFULLBACKUP, wszREGDBLASTINCREMENTALBACKUP
-from ..store import Store
+from ..store import CAStore
 
 SETTING_REQUIRES_FULL = "backup_requires_full"
 # spec §1.3 wszREGDBLASTFULLBACKUP / wszREGDBLASTINCREMENTALBACKUP [INF]: last backup times.
@@ -72,7 +72,7 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def backup_history(store: Store) -> list[BackupRecord]:
+def backup_history(store: CAStore) -> list[BackupRecord]:
     """Every recorded backup, oldest first.
 
     :param store: the open CA database.
@@ -84,7 +84,7 @@ def backup_history(store: Store) -> list[BackupRecord]:
             for r in rows]
 
 
-def check_incremental_allowed(store: Store, fn: str) -> None:
+def check_incremental_allowed(store: CAStore, fn: str) -> None:
     """A logs-only backup may start: logs are kept, a full backup exists, and none is required (spec §2.2, §2.17).
 
     :param store: the open CA database.
@@ -106,7 +106,7 @@ def check_incremental_allowed(store: Store, fn: str) -> None:
         raise Conflict(JET_ERR_MISSING_FULL_BACKUP, fn, f"{reason}; take a full backup first")
 
 
-def record_backup(store: Store, s: _Recorded) -> int:
+def record_backup(store: CAStore, s: _Recorded) -> int:
     """Record a finished session in ``backup_history`` and the last-backup settings (one store transaction).
 
     :param store: the open CA database.

@@ -59,7 +59,8 @@ from ..spec import (
     TAG_LOG,
     TAG_LOG_DIR,
 )
-from ..store import ByteStream, SnapshotStream, Store, log_name
+from ..store import ByteStream, CAStore, SnapshotStream, Store, log_name
+from ..store.postgres import PgStore
 from .history import backup_history, check_incremental_allowed, record_backup
 from .listed import check_listed_file
 from .liveness import SessionEnding
@@ -67,7 +68,7 @@ from .states import PHASE_DB, PHASE_LOGS, PHASE_TRUNCATED, decode_backup_type, n
 
 
 class _HasStore(Protocol):
-    store: Store
+    store: CAStore
 
     def dynamic_files(self) -> list[Path]: ...
 
@@ -179,10 +180,10 @@ class BackupManager(SessionEnding[_Session]):
     belong to this caller).
     """
 
-    def __init__(self, authority_or_store: _HasStore | Store, home: Home, timeout: float = 600.0,
+    def __init__(self, authority_or_store: _HasStore | CAStore, home: Home, timeout: float = 600.0,
                  *, idle_timeout: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        if isinstance(authority_or_store, Store):
-            self.store = authority_or_store
+        if isinstance(authority_or_store, (Store, PgStore)):
+            self.store: CAStore = authority_or_store
             self._authority: _HasStore | None = None
         else:
             self.store = authority_or_store.store

@@ -418,7 +418,12 @@ def _plan_config(plan: RestorePlan, restore_config: bool) -> None:
         plan.config_action = "keep"
     elif src is not None:
         plan.config_action, plan.config_source = "restore", src
-        _, plan.config_text = _load_config_text(src, plan.expected.get(src))
+        cfg, plan.config_text = _load_config_text(src, plan.expected.get(src))
+        if cfg.store.url:
+            # Issue 12: the restore command chooses the engine, not the set: without --database the database
+            # is restored into this home (SQLite); --database URL sets [store] url once it is in PostgreSQL.
+            plan.config_text = config_mod.dumps(cfg.model_copy(update={"store": cfg.store.model_copy(
+                update={"url": None})}))
     elif exists:
         plan.config_action = "keep"
     else:

@@ -31,7 +31,7 @@ from ..errors import (
     InvalidArgument,
 )
 from ..home import Home
-from ..store import Store, StoreOptions, Transaction
+from ..store import CAStore, StoreOptions, Transaction, engine_facts, open_store
 from ..store.schema import DISP_DENIED, DISP_ERROR, DISP_ISSUED, DISP_PENDING, DISP_REVOKED
 from . import crl as crl_mod
 from .commit import GroupCommitter
@@ -82,7 +82,7 @@ class Authority(RequestReader):
     Use :meth:`init` to make a home and :meth:`open` to open one; ``close()`` (or ``with``) releases it.
     """
 
-    def __init__(self, home: Home, cfg: Config, store: Store, key: CAPrivateKey,
+    def __init__(self, home: Home, cfg: Config, store: CAStore, key: CAPrivateKey,
                  certificate: x509.Certificate | None, chain: list[x509.Certificate]) -> None:
         self.home = home
         self.config = cfg
@@ -133,6 +133,7 @@ class Authority(RequestReader):
         passphrase_env: str | None = None,
         policy: Mapping[str, Any] | None = None,
         confirm_name: str | None = None,
+        database: str | None = None,
     ) -> Authority:
         """Make a CA home (key, root certificate or subordinate request, certsrv.toml, empty database).
 
@@ -150,11 +151,13 @@ class Authority(RequestReader):
         :param policy: overrides for the ``[policy]`` section (e.g. ``{"mode": "pending"}``).
         :param confirm_name: with ``force``, the existing CA's name: required when its database holds issued
             certificates (:class:`~pycertsrv.ca.replace.ConfirmationRequired` otherwise).
+        :param database: a PostgreSQL URL (issue 12): the database goes there (``[store] url``), not in the home.
         """
         made = create_home(home, name, key_type=key_type, days=days, passphrase=passphrase, force=force,
                            subordinate=subordinate, key=key, passphrase_file=passphrase_file,
                            passphrase_env=passphrase_env, policy=policy, confirm_name=confirm_name,
-                           items=_HOME_ITEMS, request_file=CA_REQUEST_FILE, options=cls._store_options)
+                           items=_HOME_ITEMS, request_file=CA_REQUEST_FILE, options=cls._store_options,
+                           database=database)
         a = cls(made.home, made.config, made.store, made.key, made.certificate, [])
         a.replaced = made.replaced
         return a
@@ -174,7 +177,7 @@ class Authority(RequestReader):
         """
         h = home if isinstance(home, Home) else Home.at(home)
         cfg, key, cert, chain = load_material(h, passphrase)
-        store = Store.open(h.root, cls._store_options(cfg))
+        store = open_store(h.root, cls._store_options(cfg), cfg.store.url)
         return cls(h, cfg, store, key, cert, chain)
 
     def close(self) -> None:
@@ -249,6 +252,7 @@ class Authority(RequestReader):
             "requests": counts,
             "crl_number": last,
             "applied_lsn": self.store.applied_lsn,
+            **engine_facts(self.store),  # issue 12: engine, database, writer epoch
         }
 
     # ------------------------------------------------------------------ helpers

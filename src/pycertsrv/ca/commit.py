@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from ..store import Store, Transaction
+from ..store import CAStore, Transaction
 from ..store.health import note_unapplied
 from .observe import CAObserver
 
@@ -50,7 +50,7 @@ class GroupCommitter:
     :param store: the open store.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: CAStore) -> None:
         self.store = store
         self._queue: list[_Item[Any]] = []
         self._lock = threading.Lock()

@@ -13,7 +13,7 @@ from ..errors import (
     InvalidArgument,
     NotFound,
 )
-from ..store import Store
+from ..store import CAStore
 from .models import DISPOSITION_NAMES, RequestInfo, iso, normalize_serial, parse_disposition, utcnow
 from .paging import check_page
 
@@ -21,7 +21,7 @@ from .paging import check_page
 class RequestReader:
     """Mixed into the Authority: every method reads ``self.store`` only."""
 
-    store: Store
+    store: CAStore
 
     def _row(self, request_id: int) -> dict[str, Any]:
         if isinstance(request_id, bool) or not isinstance(request_id, int) or request_id <= 0:

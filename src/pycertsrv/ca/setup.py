@@ -37,7 +37,8 @@ from ..errors import (
 )
 from ..fsutil import PUBLIC_DIR, HomeLock, atomic_write, make_dirs
 from ..home import Home, check_owner, secure_home
-from ..store import Store, StoreOptions
+from ..store import CAStore, StoreOptions, create_store
+from ..store.postgres import check_url as check_database_url
 from . import crl as crl_mod
 from .issuance import self_signed_root, subordinate_request
 from .keys import (
@@ -61,7 +62,7 @@ class MadeHome:
 
     home: Home
     config: Config
-    store: Store
+    store: CAStore
     key: CAPrivateKey
     certificate: x509.Certificate | None
     replaced: Path | None
@@ -75,10 +76,12 @@ def create_home(home: Path | str | Home | None, name: str, *, key_type: str, day
                 force: bool, subordinate: bool, key: CAPrivateKey | None, passphrase_file: str | None,
                 passphrase_env: str | None, policy: Mapping[str, Any] | None, confirm_name: str | None,
                 items: tuple[str, ...], request_file: str,
-                options: Callable[[Config], StoreOptions]) -> MadeHome:
+                options: Callable[[Config], StoreOptions], database: str | None = None) -> MadeHome:
     """The body of :meth:`Authority.init` (see there for the parameters); ``items`` are the home's entries
     (moved aside by ``force``), ``request_file`` a subordinate CA's request, ``options`` the store's."""
     h = home if isinstance(home, Home) else Home.at(home)
+    if database:
+        check_database_url(database)  # one line naming what is wrong, before anything is made
     if not 1 <= int(days) <= 36500:
         raise InvalidArgument(E_INVALIDARG, "init", f"--days must be 1..36500, got {days}")
     if key is None:
@@ -87,7 +90,8 @@ def create_home(home: Path | str | Home | None, name: str, *, key_type: str, day
         raise InvalidArgument(E_INVALIDARG, "init", f"given key is {key_type_of(key)}, not {key_type}")
     try:
         cfg = Config(ca=CASection(name=name, key_type=key_type, validity_days=days, subordinate=subordinate,
-                                  key_passphrase_file=passphrase_file, key_passphrase_env=passphrase_env))
+                                  key_passphrase_file=passphrase_file, key_passphrase_env=passphrase_env),
+                     store=config_mod.StoreSection(url=database or None))  # issue 12: [store] url
         if policy:
             cfg = cfg.model_copy(update={"policy": cfg.policy.model_validate(
                 {**cfg.policy.model_dump(), **dict(policy)})})
@@ -119,7 +123,7 @@ def create_home(home: Path | str | Home | None, name: str, *, key_type: str, day
             atomic_write(h.root / request_file, csr.public_bytes(Encoding.PEM))
         make_dirs(h.publish_dir, PUBLIC_DIR)
         config_mod.save(h.root, cfg)
-        store = Store.create(h.root, name, options(cfg))
+        store = create_store(h.root, name, options(cfg), cfg.store.url)
     except BaseException:
         for item in items:  # leave no half-made home that would need --force
             p = h.root / item

@@ -74,10 +74,13 @@ def _parse_attrib(pairs: tuple[str, ...]) -> dict[str, str]:
               help="Encrypt the key with the passphrase in this file (recorded in certsrv.toml).")
 @click.option("--passphrase-env", default=None, metavar="NAME",
               help="Encrypt the key with the passphrase in this environment variable (recorded).")
+@click.option("--database", default=None, metavar="URL",
+              help="Put the CA database on PostgreSQL (a libpq URI, several hosts allowed; the password comes "
+                   "from PGPASSWORD, ~/.pgpass or a service file). Recorded as [store] url.")
 @json_option
 def init_cmd(home: Path | None, name: str, key_type: str, days: int, force: bool, confirm_name: str | None,
              subordinate: bool, pending: bool, passphrase_file: Path | None, passphrase_env: str | None,
-             as_json: bool) -> None:
+             database: str | None, as_json: bool) -> None:
     """Make a CA home: private key, self-signed root (or a subordinate request), config, empty database."""
     from ..ca import resolve_passphrase
     from ..ca.replace import ConfirmationRequired
@@ -88,7 +91,8 @@ def init_cmd(home: Path | None, name: str, key_type: str, days: int, force: bool
         return Authority.init(home, name, key_type=key_type, days=days, passphrase=passphrase, force=force,
                               subordinate=subordinate, passphrase_env=passphrase_env,
                               passphrase_file=str(passphrase_file.resolve()) if passphrase_file else None,
-                              policy={"mode": "pending"} if pending else None, confirm_name=confirm)
+                              policy={"mode": "pending"} if pending else None, confirm_name=confirm,
+                              database=database)
 
     try:
         a = init(confirm_name)

@@ -36,16 +36,25 @@ def _read_secret(path: Path | None, what: str) -> bytes | None:
 @click.option("--archive", "archive", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Continuous archive: replay its generations after the sets (to --until or its end).")
 @click.option("--restore-config", is_flag=True, help="Replace an existing home's certsrv.toml with the set's.")
+@click.option("--database", "database", default=None, metavar="URL",
+              help="Restore the database into PostgreSQL (a libpq URI; recorded as [store] url), from a set of "
+                   "either engine; --force replaces a CA database already there.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
 @json_option
 def restore_cmd(directories: tuple[Path, ...], home: Path | None, database_only: bool, key_only: bool,
                 password_file: Path | None, allow_unauthenticated: bool, key_passphrase_file: Path | None,
-                force: bool, until: str | None, restore_config: bool, archive: Path | None, dry_run: bool,
-                as_json: bool) -> None:
+                force: bool, until: str | None, restore_config: bool, archive: Path | None, database: str | None,
+                dry_run: bool, as_json: bool) -> None:
     """Restore DIR (the full set) and any incremental DIRs into a stopped CA home."""
     from ..backupset.restore_plan import plan_restore
     from ..backupset.restore_run import run_restore
 
+    if database:
+        from ..store.postgres import check_url
+
+        check_url(database)  # a bad URL is refused before anything is placed
+        if key_only:
+            raise click.UsageError("--database restores the database: not with --key-only")
     password = _read_secret(password_file, "password")
     key_passphrase = _read_secret(key_passphrase_file, "key passphrase")
     if password is None and sys.stdin.isatty():
@@ -67,6 +76,23 @@ def restore_cmd(directories: tuple[Path, ...], home: Path | None, database_only:
             click.echo(line)
     result = run_restore(plan, password=password, key_passphrase=key_passphrase,
                          progress=None if as_json else click.echo)
+    if database and result.registration is not None:
+        from ..backup.restore_postgres import describe_failure, finish_into_postgres
+        from ..errors import CertSrvError
+        from ..store.postgres import describe
+
+        try:
+            rep = finish_into_postgres(plan.home.root, database, force=force)
+        except CertSrvError as e:
+            raise describe_failure(e, plan.home.root) from None
+        if as_json:
+            echo_json({**result.to_json(), "registration": None, "database": database, "recovery": rep.to_json(),
+                       "next": None})
+        else:
+            click.echo(rep.summary())
+            click.echo(f"Database restored into PostgreSQL ({describe(database)}); [store] url set in "
+                       f"{plan.home.config}; start the CA (certsrv serve).")
+        return
     if as_json:
         echo_json(result.to_json())
     elif result.registration is not None:

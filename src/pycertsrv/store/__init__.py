@@ -5,6 +5,7 @@ engine-neutral parts are here (log file format :mod:`.logfile`, schema, replay, 
 Nothing above this package writes SQL or names an engine file.
 """
 
+from .facade import CAStore, create_store, open_store
 from .interface import ByteStream, Commit, Engine, Generation, GenerationStream, RecoveryTarget, SnapshotStream, Until
 from .logfile import list_generations, log_name, parse_log_name
 from .options import StoreOptions
@@ -36,6 +37,7 @@ __all__ = [
     "DISP_REVOKED",
     "TABLES",
     "ByteStream",
+    "CAStore",
     "Checkpoint",
     "Commit",
     "Engine",
@@ -51,11 +53,13 @@ __all__ = [
     "Transaction",
     "Until",
     "copy_database",
+    "create_store",
     "db_file_name",
     "engine_files",
     "hard_recover",
     "list_generations",
     "log_name",
+    "open_store",
     "parse_log_name",
     "read_checkpoint",
     "recovery_target",

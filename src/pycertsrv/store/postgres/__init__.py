@@ -6,6 +6,6 @@ file, incrementals as ``edb`` files), :mod:`.load` (hard recovery into PostgreSQ
 """
 
 from .connect import check_url, describe, is_postgres_url
-from .engine import PgStore, PgTransaction
+from .engine import PgStore
 
-__all__ = ["PgStore", "PgTransaction", "check_url", "describe", "is_postgres_url"]
+__all__ = ["PgStore", "check_url", "describe", "is_postgres_url"]

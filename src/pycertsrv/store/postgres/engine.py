@@ -34,10 +34,13 @@ from ...errors import (
     StorageError,
 )
 from .. import archivemark, logfile, schema
+from ..health import Health
 from ..interface import Commit, Generation
 from ..logfile import Op, encode_payload
 from ..options import StoreOptions
 from ..report import RecoveryReport
+from ..sqlite.checkpoint import Checkpoint
+from ..transaction import Transaction
 from . import ddl, lease, sql
 from .connect import as_certsrv as _as_certsrv
 from .connect import connect, describe
@@ -46,6 +49,7 @@ from .reads import PgReads
 from .streams import PgGenerationStream, PgSnapshotStream, scratch_dir
 
 log = logging.getLogger("pycertsrv.store.postgres")
+FAILED_COMMIT = "failed: postgresql commit refused, restart required"
 
 
 @dataclass
@@ -59,65 +63,6 @@ class _Item:
     crc: int = 0
     payload: bytes = b""
     ops: list[Op] | None = None
-
-
-class PgTransaction:
-    """``with store.transaction() as tx``: row images, written when the block exits without error."""
-
-    def __init__(self, store: PgStore) -> None:
-        self._store = store
-        self.ops: list[Op] = []
-        self._overlay: dict[tuple[str, tuple[Any, ...]], list[Any] | None] = {}
-        self.lsn: int | None = None
-        self.applied = True
-
-    def __enter__(self) -> PgTransaction:
-        self._store._write_lock.acquire()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        store = self._store
-        try:
-            if exc_type is not None or not self.ops:
-                return
-            lsn = store._log_locked(self)
-        finally:
-            store._write_lock.release()
-        store._commit_wait(lsn)
-
-    def put(self, table: str, row: dict[str, Any]) -> None:
-        """Store the whole resulting row (missing columns are NULL)."""
-        t = schema.table(table)
-        image = schema.row_to_image(t, row)
-        self.ops.append((table, "p", image))
-        self._overlay[(table, tuple([image[i] for i in t.key_positions]))] = image
-
-    def delete(self, table: str, key: Any) -> None:
-        """Delete a row by primary key (a scalar or a tuple)."""
-        t = schema.table(table)
-        k = key if isinstance(key, tuple) else (key,)
-        if len(k) != len(t.key):
-            raise InvalidArgument(None, "store", f"key for {table} needs {len(t.key)} values")
-        self.ops.append((table, "d", list(k)))
-        self._overlay[(table, k)] = None
-
-    def get(self, table: str, key: Any) -> dict[str, Any] | None:
-        """A row as this transaction sees it (its own writes, then committed state)."""
-        k = key if isinstance(key, tuple) else (key,)
-        if (table, k) in self._overlay:
-            image = self._overlay[(table, k)]
-            return dict(zip(schema.table(table).column_names, image)) if image is not None else None
-        self._store._wait_applied_all()
-        return self._store.get(table, k)
-
-    def select(self, table: str, where: Sequence[tuple[str, str, Any]] = (), **kw: Any) -> list[dict[str, Any]]:
-        """``PgStore.select`` after every earlier commit."""
-        self._store._wait_applied_all()
-        return self._store.select(table, where, **kw)
-
-    def next_id(self, table: str) -> int:
-        """The next integer key of a single-key table (counted from the database at lease time)."""
-        return self._store._next_id(table)
 
 
 class PgStore(PgReads):
@@ -302,23 +247,23 @@ class PgStore(PgReads):
 
     # ---------------------------------------------------------------- writes
 
-    def transaction(self) -> PgTransaction:
+    def transaction(self) -> Transaction:
         """Collect row images; on exit the record is committed in PostgreSQL (group commit)."""
         self._check_writable()
-        return PgTransaction(self)
+        return Transaction(self)
 
     def commit(self, ops: Sequence[Op]) -> Commit:
         """Append one record holding ``ops`` and commit it with its row images (the Engine call)."""
         if not ops:
             raise InvalidArgument(E_INVALIDARG, "store", "a commit needs at least one row operation")
-        tx = PgTransaction(self)
+        tx = Transaction(self)
         tx.ops = list(ops)
         with tx:
             pass
         assert tx.lsn is not None
         return Commit(tx.lsn, True)
 
-    def _log_locked(self, tx: PgTransaction) -> int:
+    def _log_locked(self, tx: Transaction) -> int:
         """Assign the next LSN to ``tx`` and queue it (the write lock is held); returns the LSN."""
         self._check_writable()
         lsn = self._next_lsn
@@ -498,8 +443,30 @@ class PgStore(PgReads):
         """Whether old generations are deleted automatically (no incrementals)."""
         return self.options.circular_logging
 
-    def checkpoint(self) -> None:
-        """Nothing to do: row images are applied in the commit transaction of their records."""
+    def checkpoint(self) -> Checkpoint:
+        """Where crash recovery would start: nothing to make durable (row images commit with their records),
+        so every committed LSN is "checkpointed" and only the open generation is needed."""
+        self._check_open()
+        with self._write_lock:
+            self._wait_applied_all()
+            return Checkpoint(self._committed_lsn, self._gen, logfile.now_us())
+
+    @property
+    def last_checkpoint(self) -> Checkpoint:
+        """Always the committed LSN (see :meth:`checkpoint`)."""
+        return Checkpoint(self._committed_lsn, self._gen, logfile.now_us())
+
+    def health(self) -> Health:
+        """``ok``, or failed (a commit refused: fenced, server lost) until the store is reopened."""
+        with self._cond:
+            failed = self._failed
+        if failed is None:
+            return Health()
+        return Health(FAILED_COMMIT, failed.message, None, 0, None, [], None)
+
+    def log_space(self) -> dict[int, int]:
+        """Bytes each kept generation takes (its exported ``edb`` size), by number."""
+        return {g.generation: g.size for g in self.generations()}
 
     def truncate(self, below: int) -> list[int]:
         """Delete the log rows of generations below ``below`` (never the current one)."""
