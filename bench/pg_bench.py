@@ -55,12 +55,6 @@ def _issue_rate(a: Any, csrs: list[bytes], threads: int = 8) -> float:
     return len(csrs) / (time.perf_counter() - t0)
 
 
-def _open_pg_authority(home: Path, url: str) -> Any:
-    from postgres.ca_script import open_pg_authority
-
-    return open_pg_authority(home, url)
-
-
 def bench_issuance(cluster: Any, d: Path, n: int) -> dict[str, Any]:
     """Durable issuances/s on SQLite and on PostgreSQL, same CA key, same requests."""
     import shutil
@@ -75,15 +69,16 @@ def bench_issuance(cluster: Any, d: Path, n: int) -> dict[str, Any]:
     shutil.copytree(d / "lite", d / "pg", ignore=shutil.ignore_patterns("db", "logs", "system", ".lock"))
     url = cluster.new_database("bench")
     PgStore.create(url, "Bench CA", identity=ident, home=d / "pg").close()
+    from pycertsrv import config as config_mod
+
+    cfg = config_mod.load(d / "pg")
+    config_mod.save(d / "pg", cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": url})}))
     with Authority.open(d / "lite") as a:
         _issue_rate(a, csrs[: n // 10])  # warm-up
         lite = _issue_rate(a, csrs)
-    b = _open_pg_authority(d / "pg", url)
-    try:
+    with Authority.open(d / "pg") as b:
         _issue_rate(b, csrs[: n // 10])
         pg = _issue_rate(b, csrs)
-    finally:
-        b.close()
     cluster.drop_database(url)
     ratio = pg / lite
     return {"sqlite_per_s": round(lite, 1), "postgresql_per_s": round(pg, 1), "ratio": round(ratio, 3),

@@ -72,16 +72,10 @@ def twin_home(src: Path, dest: Path) -> None:
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("db", "logs", "system", ".lock", "*.sock"))
 
 
-def open_pg_authority(home: Path, url: str) -> Authority:
-    """The CA of ``home`` over the PostgreSQL database ``url``."""
-    from pycertsrv import config as config_mod
-    from pycertsrv.ca.keys import load_private_key
-    from pycertsrv.home import Home
-    from pycertsrv.store.postgres import PgStore
 
-    h = Home.at(home)
-    cfg = config_mod.load(h.root)
-    key = load_private_key(h.root / cfg.ca.key_file, None)
-    cert = x509.load_pem_x509_certificate((h.root / cfg.ca.cert_file).read_bytes())
-    store = PgStore.open(url, home=h.root)
-    return Authority(h, cfg, store, key, cert, [])  # type: ignore[arg-type]
+def point_at(home: Path, url: str) -> None:
+    """Set ``[store] url`` in ``home``'s certsrv.toml: the home's CA database is then ``url``."""
+    from pycertsrv import config as config_mod
+
+    cfg = config_mod.load(home)
+    config_mod.save(home, cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": url})}))

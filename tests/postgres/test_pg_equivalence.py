@@ -11,7 +11,7 @@ from pg_support import PgCluster
 from pycertsrv.ca.authority import Authority
 from pycertsrv.store.postgres import PgStore
 
-from .ca_script import deterministic, make_csrs, open_pg_authority, run, twin_home
+from .ca_script import deterministic, make_csrs, point_at, run, twin_home
 from .pg_dumps import pg_dump, pg_payloads, sqlite_dump, sqlite_payloads
 
 
@@ -27,6 +27,7 @@ def test_same_ca_operations_give_identical_log_payloads_and_tables(pg_cluster: P
     assert lineage is not None
     a.close()
     twin_home(lite_home, pg_home)
+    point_at(pg_home, pg_url)  # the same CA, its database on PostgreSQL
     PgStore.create(pg_url, "Equivalence CA", identity=identity, lineage=lineage["value"], home=pg_home).close()
 
     deterministic(monkeypatch)
@@ -34,11 +35,9 @@ def test_same_ca_operations_give_identical_log_payloads_and_tables(pg_cluster: P
         lite_result = run(a, csrs)
         db_path = a.store.db_path
     deterministic(monkeypatch)
-    b = open_pg_authority(pg_home, pg_url)
-    try:
+    with Authority.open(pg_home) as b:
+        assert isinstance(b.store, PgStore)
         pg_result = run(b, csrs)
-    finally:
-        b.close()
 
     assert lite_result == pg_result
     lite_payloads = sqlite_payloads(lite_home / "logs")

@@ -6,7 +6,7 @@ commands on that group when imported (here), so no verb module imports this pack
 
 from __future__ import annotations
 
-from . import archive, backup, ca, catalog, demo, restore, service, templates  # noqa: F401
+from . import archive, backup, ca, catalog, db, demo, restore, service, templates  # noqa: F401
 from .root import ENV_TRACEBACK, cli, main
 
 __all__ = ["ENV_TRACEBACK", "cli", "main"]

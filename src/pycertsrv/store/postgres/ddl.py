@@ -89,3 +89,21 @@ def upgrade(conn: Any, now_us: int) -> tuple[int, int]:
             conn.execute(stmt)
         conn.execute("INSERT INTO pg_schema_version (version, applied_us) VALUES (%s, %s)", (v, now_us))
     return found, PG_SCHEMA_VERSION
+
+
+def upgrade_schema(url: str) -> tuple[int, int]:
+    """``certsrv db upgrade``: bring the database at ``url`` to this release's schema, in one transaction.
+
+    :returns: (the version found, the version now); equal when there was nothing to do.
+    """
+    from ..logfile import now_us
+    from .connect import as_certsrv, connect
+
+    conn = connect(url)
+    try:
+        with conn.transaction():
+            return upgrade(conn, now_us())
+    except Exception as e:
+        raise as_certsrv(url, e) from None
+    finally:
+        conn.close()
