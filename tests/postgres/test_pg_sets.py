@@ -196,3 +196,48 @@ def test_until_on_a_set_taken_from_postgresql(pg_url: str, work: Path) -> None:
         with psycopg.connect(pg_url.replace(pg_url.split("?")[0].rsplit("/", 1)[1], "postgres"),
                              autocommit=True) as admin:
             admin.execute(f'DROP DATABASE "{url2.split("?")[0].rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+def test_full_backup_of_a_pg_ca_taken_while_it_issues(pg_url: str, work: Path) -> None:
+    """Backup under load: the restored set holds every certificate answered before the backup started,
+    and only whole requests (no request without its extensions, no issued row without its certificate)."""
+    import threading
+
+    home = work / "pg"
+    Authority.init(home, "PG Load CA", database=pg_url).close()
+    svc = Service(Home.at(home)).start()
+    answered: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    def issue_on(n: int) -> None:
+        with svc.client() as c:
+            i = 0
+            while not stop.is_set():
+                answered.append((time.monotonic(), c.submit(make_csr(f"t{n}-{i}.example.com"))["serial"]))
+                i += 1
+
+    threads = [threading.Thread(target=issue_on, args=(n,)) for n in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        while len(answered) < 40:
+            time.sleep(0.05)
+        started = time.monotonic()
+        _backup(home, work / "full")
+        stop.set()
+        for t in threads:
+            t.join()
+    finally:
+        stop.set()
+        svc.stop()
+    before = {s for t, s in answered if t < started}
+    assert len(answered) > len(before)  # issuance went on while the backup ran
+    new = work / "lite"
+    certsrv("restore", str(work / "full"), "--home", str(new), "--password-file", str(work / "pw"))
+    Authority.open(new).close()
+    got = sqlite_dump(_db_file(new))
+    serials = {r[10] for r in got["request"]}
+    assert before <= serials
+    with_ext = {r[0] for r in got["extension"]}
+    for r in got["request"]:
+        assert r[11] is not None and r[0] in with_ext  # whole records only
