@@ -215,8 +215,10 @@ class PgStore(PgReads):
             hb.stop()
         with contextlib.suppress(Exception):
             if self._failed is None and self.lease is not None and self._writer is not None:
-                with self._write_lock, self._writer.transaction():
-                    lease.release(self._writer.cursor(), self.lease)
+                with self._write_lock:
+                    self._quiesce()
+                    with self._cond, self._writer.transaction():
+                        lease.release(self._writer.cursor(), self.lease)
         self._close_handles()
 
     def _close_handles(self) -> None:
@@ -379,6 +381,10 @@ class PgStore(PgReads):
             last = max(i.lsn for i in batch if i.ops is not None)
             cur.execute("UPDATE _meta SET value = %s WHERE key = 'applied_lsn'", (str(last),))
 
+    def _quiesce(self) -> None:
+        """With the write lock held: commit what is queued and wait until no commit uses the writer connection."""
+        self._wait(lambda: not self._queue and not self._flushing)
+
     def _wait_applied_all(self) -> None:
         target = self._appended_lsn
         with self._cond:
@@ -479,7 +485,9 @@ class PgStore(PgReads):
             if present:  # issue 13: never delete a generation not yet archived
                 below = min(below, archivemark.keep_floor(self, min(present)))
         assert self.lease is not None
-        with self._write_lock, self._cond:
+        with self._write_lock:
+            self._quiesce()
+        with self._write_lock, self._cond:  # no commit can start while this transaction uses the connection
             w = self._writer
             try:
                 with w.transaction():
