@@ -109,3 +109,28 @@ def test_a_failed_restore_leaves_the_target_as_it_was(pg_url: str, tmp_path: Pat
         target.replay([FileStream(bad / gen.name)])
     with psycopg.connect(pg_url) as c:  # nothing was committed: not even the schema
         assert c.execute("SELECT to_regclass('log_record')").fetchone()[0] is None
+
+
+def test_a_gap_or_a_foreign_generation_is_refused_and_nothing_is_restored(pg_url: str, tmp_path: Path) -> None:
+    lite = Store.create(tmp_path / "home", "CA")
+    other = Store.create(tmp_path / "other", "Other CA")
+    try:
+        snap = lite.snapshot(tmp_path / "set.db")
+        for _ in range(3):
+            _write(lite, lite.log_position[2] + 1, 2)
+            lite.roll_log()
+        _write(other, 1, 2)
+        other.roll_log()
+        gens = [lite.log_dir / logfile.log_name(g.generation) for g in lite.generations() if g.closed]
+        foreign = other.log_dir / logfile.log_name(1)
+    finally:
+        lite.close()
+        other.close()
+    for files, words in (([gens[0], gens[2]], "missing"), ([foreign], "not")):
+        target = PgRecoveryTarget(pg_url)
+        target.load_snapshot(FileStream(snap.path))
+        with pytest.raises(CertSrvError) as e:
+            target.replay([FileStream(p) for p in files])
+        assert words in str(e.value)
+        with psycopg.connect(pg_url) as c:  # rolled back: not even the schema is there
+            assert c.execute("SELECT to_regclass('log_record')").fetchone()[0] is None
