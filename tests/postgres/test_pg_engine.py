@@ -103,11 +103,28 @@ def test_the_database_refuses_a_commit_with_a_superseded_epoch(pg_url: str) -> N
         with pytest.raises(StorageError) as e:
             with store.transaction() as tx:
                 tx.put("setting", {"name": "x", "value": "y"})
-        assert "superseded by epoch" in e.value.message
+        assert "fenced: the database refused its commit" in e.value.message and e.value.hresult == 0x8007139F
     finally:
         store.close()
     with psycopg.connect(pg_url) as c:
         assert c.execute("SELECT count(*) FROM log_record").fetchone()[0] == 0
+
+
+def test_the_fencing_trigger_refuses_log_rows_of_any_writer_but_the_lease_holder(pg_url: str) -> None:
+    """Even SQL that skips the lease check cannot add to the log under a stale or no epoch."""
+    PgStore.create(pg_url, "Test CA").close()
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        epoch = c.execute("SELECT epoch FROM writer_lease").fetchone()[0]
+        row = "INSERT INTO log_record VALUES (1, 1, 0, 0, '\\x00')"
+        for declared in (None, str(epoch - 1)):
+            with pytest.raises(psycopg.errors.RaiseException, match="fenced"), c.transaction():
+                if declared is not None:
+                    c.execute("SELECT set_config('certsrv.epoch', %s, true)", (declared,))
+                c.execute(row)
+        with c.transaction():  # the holder's epoch passes
+            c.execute("SELECT set_config('certsrv.epoch', %s, true)", (str(epoch),))
+            c.execute(row)
+        assert c.execute("SELECT count(*) FROM log_record").fetchone()[0] == 1
 
 
 def test_same_transactions_give_identical_payloads_snapshot_and_generations(pg_url: str, tmp_path: Path) -> None:

@@ -106,6 +106,13 @@ def as_certsrv(url: str, e: BaseException) -> CertSrvError:
 
     if isinstance(e, psycopg.OperationalError):
         return map_error(url, e)
+    if isinstance(e, psycopg.errors.RaiseException) and "certsrv: fenced" in str(e):
+        # The database's own fencing trigger (ddl v2) refused log rows of a superseded writer.
+        detail = str(e).splitlines()[0].replace("certsrv: fenced: ", "")
+        return StorageError(ERROR_INVALID_STATE, describe(url),
+                            f"this writer was fenced: the database refused its commit ({detail}: the lease epoch was "
+                            "superseded by another writer); nothing was written; this node must reopen the database "
+                            "to write again")
     if isinstance(e, psycopg.errors.UniqueViolation):
         return Conflict(ERROR_INVALID_STATE, describe(url),
                         f"the database refused a duplicate ({' '.join(str(e).split())}); nothing was written")

@@ -54,8 +54,31 @@ def _v1() -> list[str]:
     return out
 
 
+def _v2() -> list[str]:
+    # Fencing in the database itself: a log row or generation row is refused unless the transaction declared
+    # (SET LOCAL certsrv.epoch) the lease's current epoch, so even a writer that ignored the lease check
+    # cannot commit once another writer took the lease (issue 12: the database refuses split brain).
+    return [
+        """CREATE FUNCTION certsrv_fence() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE mine text := current_setting('certsrv.epoch', true);
+                cur bigint;
+        BEGIN
+            SELECT epoch INTO cur FROM writer_lease WHERE id = 1;
+            IF mine IS NULL OR mine = '' OR mine::bigint <> cur THEN
+                RAISE EXCEPTION 'certsrv: fenced: writer epoch % is not the lease epoch %', coalesce(mine, 'unset'), cur
+                    USING ERRCODE = 'P0001', HINT = 'this writer lost the lease; reopen the database';
+            END IF;
+            RETURN NULL;
+        END $$""",
+        "CREATE TRIGGER log_record_fence AFTER INSERT ON log_record FOR EACH STATEMENT "
+        "EXECUTE FUNCTION certsrv_fence()",
+        "CREATE TRIGGER log_generation_fence AFTER INSERT ON log_generation FOR EACH STATEMENT "
+        "EXECUTE FUNCTION certsrv_fence()",
+    ]
+
+
 # MIGRATIONS[v] takes the schema from version v-1 to v (v=1 creates it). Append; never edit a released one.
-MIGRATIONS: dict[int, list[str]] = {1: _v1()}
+MIGRATIONS: dict[int, list[str]] = {1: _v1(), 2: _v2()}
 PG_SCHEMA_VERSION = max(MIGRATIONS)
 VERSION_DDL = ("CREATE TABLE IF NOT EXISTS pg_schema_version (version integer PRIMARY KEY,"
                " applied_us bigint NOT NULL)")

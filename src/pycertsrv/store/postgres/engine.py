@@ -132,6 +132,8 @@ class PgStore(PgReads):
                     "INSERT INTO setting (name, value) VALUES (%s, %s)",
                     [(archivemark.SETTING_LINEAGE, lineage or archivemark.new_lineage()),
                      (archivemark.SETTING_LINEAGE_START, "1")])
+                epoch = conn.execute("SELECT epoch FROM writer_lease WHERE id = 1").fetchone()[0]
+                lease.declare(conn, int(epoch))
                 conn.execute("INSERT INTO log_generation (gen, first_lsn, created_us) VALUES (1, 1, %s)",
                              (logfile.now_us(),))
         except Exception as e:

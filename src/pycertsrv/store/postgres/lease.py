@@ -72,8 +72,15 @@ def take(cur: Any, subject: str, now_us: int, ttl: float, *, takeover: bool = Fa
 
 
 def renew(cur: Any, lease: Lease, now_us: int) -> None:
-    """The fencing statement, first of every commit transaction: renew the lease if the epoch is still ours."""
+    """The fencing statements, first of every commit transaction: declare our epoch (the database's trigger
+    refuses log rows of any other, see :mod:`.ddl` v2) and renew the lease if the epoch is still ours."""
+    declare(cur, lease.epoch)
     cur.execute("UPDATE writer_lease SET renewed_us = %s WHERE id = 1 AND epoch = %s", (now_us, lease.epoch))
+
+
+def declare(cur: Any, epoch: int) -> None:
+    """``SET LOCAL certsrv.epoch``: the epoch this transaction writes under."""
+    cur.execute("SELECT set_config('certsrv.epoch', %s, true)", (str(epoch),))
 
 
 def verify(cur: Any, subject: str, lease: Lease) -> None:

@@ -34,7 +34,7 @@ from ..interface import ByteStream, Until
 from ..logfile import decode_payload
 from ..report import RecoveryReport
 from ..sqlite.replay import check_chain, read_meta  # the snapshot IS a SQLite file, by contract
-from . import ddl, sql
+from . import ddl, lease, sql
 from .connect import as_certsrv, connect, describe
 from .exports import COPY_BATCH, check_log
 from .streams import scratch_dir
@@ -210,6 +210,7 @@ def _empty_target(cur: Any, url: str, force: bool) -> None:
     cur.execute(f"TRUNCATE {', '.join(['_meta', 'log_record', 'log_generation', *schema.TABLES])}")
     # The next writer takes a new epoch: a node of the replaced CA still running is fenced.
     cur.execute("UPDATE writer_lease SET epoch = epoch + 1, holder = '', renewed_us = 0 WHERE id = 1")
+    lease.declare(cur, int(cur.execute("SELECT epoch FROM writer_lease WHERE id = 1").fetchone()[0]))
 
 
 def _replay(cur: Any, scans: list[logfile.ScanResult], applied: int, until: Until) -> RecoveryReport:
