@@ -22,7 +22,7 @@ from pg_support import PgCluster, cluster_context
 from pycertsrv.ca import Authority
 from pycertsrv.errors import CertSrvError
 from pycertsrv.home import Home
-from service.helpers import Service, make_csr
+from support import Service, make_csr
 
 TRIALS = 8
 

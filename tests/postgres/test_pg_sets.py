@@ -25,7 +25,7 @@ from pg_support import PgCluster
 from pycertsrv.ca import Authority
 from pycertsrv.home import Home
 from pycertsrv.store import logfile
-from service.helpers import Service, make_csr
+from support import Service, make_csr
 
 from .pg_dumps import Dump, pg_dump, sqlite_dump
 
