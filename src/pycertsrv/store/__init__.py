@@ -5,7 +5,7 @@ engine-neutral parts are here (log file format :mod:`.logfile`, schema, replay, 
 Nothing above this package writes SQL or names an engine file.
 """
 
-from .facade import CAStore, create_store, open_store
+from .facade import CAStore, create_store, engine_facts, open_store
 from .interface import ByteStream, Commit, Engine, Generation, GenerationStream, RecoveryTarget, SnapshotStream, Until
 from .logfile import list_generations, log_name, parse_log_name
 from .options import StoreOptions
@@ -55,6 +55,7 @@ __all__ = [
     "copy_database",
     "create_store",
     "db_file_name",
+    "engine_facts",
     "engine_files",
     "hard_recover",
     "list_generations",

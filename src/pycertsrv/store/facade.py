@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .options import StoreOptions
 from .postgres import PgStore
@@ -27,3 +28,11 @@ def open_store(home: Path, options: StoreOptions | None = None, url: str | None 
     if url:
         return PgStore.open(url, options, home=Path(home))
     return Store.open(home, options)
+
+
+def engine_facts(store: CAStore) -> dict[str, Any]:
+    """Which engine holds the database and, on PostgreSQL, where and under which writer lease epoch."""
+    if isinstance(store, PgStore):
+        return {"engine": "postgresql", "database": store.subject,
+                "writer_epoch": store.lease.epoch if store.lease else None}
+    return {"engine": "sqlite", "database": None, "writer_epoch": None}
