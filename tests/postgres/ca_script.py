@@ -42,13 +42,24 @@ def make_csrs(n: int) -> list[bytes]:
 
 
 def deterministic(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Freeze the authority's clock and make its serials a seeded sequence (reset by each call)."""
-    from pycertsrv.ca import authority as mod
+    """Freeze the CA's clock and make its serials a seeded sequence (reset by each call), in every module of
+    ``pycertsrv.ca`` that imported those names (the CA layer may move code between its modules)."""
+    import importlib
+    import pkgutil
+
+    import pycertsrv.ca
 
     rng = random.Random(20261129)
-    monkeypatch.setattr(mod, "utcnow", lambda: FIXED)
-    monkeypatch.setattr(mod, "utcnow_iso", lambda: (FIXED, iso(FIXED)))
-    monkeypatch.setattr(mod, "random_serial", lambda: rng.getrandbits(158) | (1 << 157))
+    fakes = {"utcnow": lambda: FIXED, "utcnow_iso": lambda: (FIXED, iso(FIXED)),
+             "random_serial": lambda: rng.getrandbits(158) | (1 << 157)}
+    patched = set()
+    for info in pkgutil.iter_modules(pycertsrv.ca.__path__, "pycertsrv.ca."):
+        mod = importlib.import_module(info.name)
+        for name, fake in fakes.items():
+            if name in vars(mod) and not mod.__name__.endswith((".models", ".issuance")):
+                monkeypatch.setattr(mod, name, fake)
+                patched.add(name)
+    assert patched == set(fakes), f"the CA no longer imports {set(fakes) - patched}: update this harness"
 
 
 def run(a: Authority, csrs: list[bytes]) -> dict[str, Any]:
