@@ -129,6 +129,14 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def publish_file(tmp: Path, dest: Path) -> None:
+    """Make a finished temp file durable and put it in place: fsync it, rename it over ``dest``, fsync the
+    directory (crash-safe files: a reader finds the old file or the whole new one, never part of one)."""
+    fsync_file(tmp)
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)
+
+
 class HomeLock:
     """An exclusive ``flock`` on a home, with the holder's pid written inside.
 

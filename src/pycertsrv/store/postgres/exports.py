@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import JET_ERR_DATABASE_CORRUPTED, JET_ERR_LOG_FILE_CORRUPT, CorruptData
-from ...fsutil import PRIVATE_FILE, create_file, fsync_dir, fsync_file
+from ...fsutil import PRIVATE_FILE, create_file, fsync_dir, publish_file
 from .. import logfile, schema
 
 COPY_BATCH = 2000
@@ -70,9 +70,7 @@ def snapshot_to_sqlite(conn: Any, dest: Path, *, durable: bool = True) -> PgSnap
     finally:
         dst.close()
     if durable:
-        fsync_file(tmp)
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
+        publish_file(tmp, dest)
     return PgSnapshot(dest, lsn, int(gen or 1), dest.stat().st_size)
 
 

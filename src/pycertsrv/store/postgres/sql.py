@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ...errors import InvalidArgument
+from ..filters import order_clause, where_clause
 from ..logfile import Op
 from ..schema import TABLES, Table
-
-OPS = {"=", "!=", "<", "<=", ">", ">=", "is null", "is not null", "like"}
 
 
 def upsert_sql(t: Table) -> str:
@@ -55,31 +53,13 @@ def apply_batch(cur: Any, batch: Sequence[list[Op]]) -> None:
 
 def where(t: Table, filters: Sequence[tuple[str, str, Any]]) -> tuple[str, list[Any]]:
     """A WHERE clause with SQLite's semantics (LIKE is case-insensitive there: ILIKE here)."""
-    parts: list[str] = []
-    params: list[Any] = []
-    for col, op, val in filters:
-        if col not in t.column_names or op not in OPS:
-            raise InvalidArgument(None, "store", f"bad filter {col} {op}")
-        if op in ("is null", "is not null"):
-            parts.append(f"{col} {op.upper()}")
-        elif op == "like":
-            parts.append(f"{col} ILIKE %s")
-            params.append(val)
-        else:
-            parts.append(f"{col} {'<>' if op == '!=' else op} %s")
-            params.append(val)
-    return (" WHERE " + " AND ".join(parts)) if parts else "", params
+    return where_clause(t, filters, mark="%s", spell={"like": "ILIKE", "!=": "<>"})
 
 
 def order(t: Table, order_by: Sequence[str]) -> str:
     """ORDER BY with SQLite's results: bytewise text order, NULLs lowest."""
-    out = []
-    for o in order_by:
-        desc = o.startswith("-")
-        col = o.lstrip("-")
-        if col not in t.column_names:
-            raise InvalidArgument(None, "store", f"cannot order by {col}")
-        text = next(c.type for c in t.columns if c.name == col) == "TEXT"
+    def term(col: str, desc: bool, text: bool) -> str:
         coll = ' COLLATE "C"' if text else ""
-        out.append(f"{col}{coll} {'DESC NULLS LAST' if desc else 'ASC NULLS FIRST'}")
-    return (" ORDER BY " + ", ".join(out)) if out else ""
+        return f"{col}{coll} {'DESC NULLS LAST' if desc else 'ASC NULLS FIRST'}"
+
+    return order_clause(t, order_by, term)

@@ -7,11 +7,10 @@ side files, the rollback ``-journal``, the file format's header bytes, the synch
 from __future__ import annotations
 
 import errno
-import os
 import sqlite3
 from pathlib import Path
 
-from ...fsutil import copy_file, fsync_dir, fsync_file
+from ...fsutil import copy_file, fsync_file, publish_file
 
 DB_SUFFIX = ".db"
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")  # files SQLite keeps beside a database file
@@ -120,6 +119,4 @@ def copy_database(src: Path, dest: Path) -> None:
     """Copy a closed database file durably (used when placing restored files)."""
     tmp = dest.with_name(dest.name + ".tmp")
     copy_file(src, tmp)
-    fsync_file(tmp)
-    os.replace(tmp, dest)
-    fsync_dir(dest.parent)
+    publish_file(tmp, dest)

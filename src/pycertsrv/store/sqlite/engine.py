@@ -29,7 +29,7 @@ from ...errors import (
     NotFound,
     StorageError,
 )
-from ...fsutil import create_file, fsync_dir, fsync_file, make_dirs
+from ...fsutil import create_file, make_dirs, publish_file
 from ...home import Home
 from .. import archivemark, logfile, schema
 from ..health import sync_failed_error
@@ -105,9 +105,7 @@ class Store(FaultHandling, CommitLog, Checkpointing, Snapshots, Tables):
                           (archivemark.SETTING_LINEAGE_START, "1")])
         conn.commit()
         conn.close()
-        fsync_file(tmp)
-        os.replace(tmp, db_path)
-        fsync_dir(db_path.parent)
+        publish_file(tmp, db_path)
         log_dir = layout.log_dir
         for g in logfile.list_generations(log_dir).values():
             g.unlink()  # leftovers of a failed earlier create in this home

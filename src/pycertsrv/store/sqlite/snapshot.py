@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import E_ACCESSDENIED, E_UNEXPECTED, ERROR_FILE_NOT_FOUND, AccessDenied, CertSrvError, NotFound
-from ...fsutil import create_file, fsync_dir, fsync_file, make_dirs
+from ...fsutil import create_file, make_dirs, publish_file
 from ...home import Home
 from .. import logfile
 from ..interface import FileRange
@@ -218,9 +218,7 @@ class Snapshots(EngineState):
         finally:
             dst.close()
         if durable:
-            fsync_file(tmp)
-            os.replace(tmp, dest)
-            fsync_dir(dest.parent)
+            publish_file(tmp, dest)
         return SnapshotInfo(dest, lsn, self._generation_of(lsn + 1), dest.stat().st_size)
 
     def pin_snapshot(self, attempts: int = 40) -> tuple[SnapshotInfo, bytes, int, contextlib.ExitStack] | None:

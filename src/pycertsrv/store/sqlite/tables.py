@@ -8,10 +8,9 @@ from typing import Any
 
 from ...errors import InvalidArgument
 from .. import schema
+from ..filters import order_clause, where_clause
 from .dbfile import connect_reader
 from .state import EngineState
-
-OPS = {"=", "!=", "<", "<=", ">", ">=", "is null", "is not null", "like"}
 
 
 class Tables(EngineState):
@@ -40,18 +39,7 @@ class Tables(EngineState):
         return rows[0] if rows else None
 
     def _where(self, table: str, where: Sequence[tuple[str, str, Any]]) -> tuple[str, list[Any]]:
-        t = schema.table(table)
-        parts: list[str] = []
-        params: list[Any] = []
-        for col, op, val in where:
-            if col not in t.column_names or op not in OPS:
-                raise InvalidArgument(None, "store", f"bad filter {col} {op}")
-            if op in ("is null", "is not null"):
-                parts.append(f"{col} {op.upper()}")
-            else:
-                parts.append(f"{col} {op.upper()} ?")
-                params.append(val)
-        return (" WHERE " + " AND ".join(parts)) if parts else "", params
+        return where_clause(schema.table(table), where, mark="?")
 
     def select(
         self,
@@ -72,16 +60,8 @@ class Tables(EngineState):
         """
         t = schema.table(table)
         clause, params = self._where(table, where)
-        order = []
-        for o in order_by:
-            desc = o.startswith("-")
-            col = o.lstrip("-")
-            if col not in t.column_names:
-                raise InvalidArgument(None, "store", f"cannot order by {col}")
-            order.append(f"{col} {'DESC' if desc else 'ASC'}")
-        sql = f"SELECT * FROM {table}{clause}"
-        if order:
-            sql += " ORDER BY " + ", ".join(order)
+        sql = f"SELECT * FROM {table}{clause}" + order_clause(
+            t, order_by, lambda col, desc, _text: f"{col} {'DESC' if desc else 'ASC'}")
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
             params += [int(limit), int(offset)]
