@@ -2,7 +2,7 @@
 
 - :func:`snapshot_to_sqlite`: ONE ``REPEATABLE READ READ ONLY`` transaction reads ``max(lsn)`` and copies
   ``_meta`` and every materialised table into a new SQLite file created by the SQLite engine's own
-  :func:`..schema.create_schema`, so a set taken from PostgreSQL holds the same kind of database file
+  :func:`..sqlite.ddl.create_schema`, so a set taken from PostgreSQL holds the same kind of database file
   as one taken from SQLite (rollback journal, the same tables and ``_meta`` keys).
 - :func:`export_generation`: the log rows of one generation as an ``edbXXXXXXXX.log`` file: the same
   64-byte header and frames (:func:`..logfile.encode_record`), each row's CRC checked on the way out.
@@ -21,6 +21,7 @@ from typing import Any
 from ...errors import JET_ERR_DATABASE_CORRUPTED, JET_ERR_LOG_FILE_CORRUPT, CorruptData
 from ...fsutil import PRIVATE_FILE, create_file, fsync_dir, publish_file
 from .. import logfile, schema
+from ..sqlite import ddl
 
 COPY_BATCH = 2000
 
@@ -46,7 +47,7 @@ def snapshot_to_sqlite(conn: Any, dest: Path, *, durable: bool = True) -> PgSnap
         dst.execute("PRAGMA journal_mode=OFF")
         dst.execute("PRAGMA synchronous=OFF")
         dst.execute("BEGIN")
-        schema.create_schema(dst)
+        ddl.create_schema(dst)
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             lsn = int(conn.execute("SELECT coalesce(max(lsn), 0) FROM log_record").fetchone()[0])
@@ -56,7 +57,7 @@ def snapshot_to_sqlite(conn: Any, dest: Path, *, durable: bool = True) -> PgSnap
                 cur = conn.cursor(name=f"snap_{t.name}")  # server-side: the table is streamed, not loaded
                 cur.itersize = COPY_BATCH
                 cur.execute(f"SELECT {', '.join(t.column_names)} FROM {t.name} ORDER BY {', '.join(t.key)}")
-                ins = schema.upsert_sql(t)
+                ins = ddl.upsert_sql(t)
                 while rows := cur.fetchmany(COPY_BATCH):
                     dst.executemany(ins, rows)
                 cur.close()

@@ -31,13 +31,14 @@ from ...errors import (
 )
 from ...fsutil import create_file, make_dirs, publish_file
 from ...home import Home
-from .. import archivemark, logfile, schema
+from .. import archivemark, logfile
 from ..health import sync_failed_error
 from ..interface import Commit, Engine, RecoveryTarget
 from ..logfile import Op
 from ..options import StoreOptions
 from ..registration import refuse_unfinished
 from ..transaction import Transaction
+from . import ddl
 from .checkpoint import Checkpoint, Checkpointing, read_checkpoint, write_checkpoint
 from .commitlog import CommitLog
 from .dbfile import connect, connect_plain, database_files, db_file_name
@@ -95,7 +96,7 @@ class Store(FaultHandling, CommitLog, Checkpointing, Snapshots, Tables):
         create_file(tmp)  # 0600 before SQLite opens it: its -wal/-shm/-journal take the database's mode
         conn = connect_plain(tmp)
         conn.execute("BEGIN")
-        schema.create_schema(conn)
+        ddl.create_schema(conn)
         meta = {"identity": identity.hex(), "name": name, "applied_lsn": "0",
                 "circular_logging": "1" if (options and options.circular_logging) else "0"}
         conn.executemany("INSERT OR REPLACE INTO _meta (key, value) VALUES (?, ?)", meta.items())
@@ -143,7 +144,7 @@ class Store(FaultHandling, CommitLog, Checkpointing, Snapshots, Tables):
         _clean_scratch(Home(self.home).staging_dir)
         self.db_path = database_files(self.db_dir)[0]
         self._writer = connect(self.db_path)
-        schema.migrate(self._writer)
+        ddl.migrate(self._writer)
         meta = read_meta(self._writer)
         self.identity = meta["identity"]
         self.name = meta.get("name", "")

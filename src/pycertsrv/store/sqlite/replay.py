@@ -21,8 +21,9 @@ from .. import logfile
 from ..health import disk_full_error
 from ..logfile import Op, decode_payload, encode_payload
 from ..report import RecoveryReport
-from ..schema import TABLES, delete_sql, upsert_sql
+from ..schema import TABLES
 from .dbfile import is_disk_full
+from .ddl import delete_sql, upsert_sql
 
 __all__ = ["BATCH", "Batcher", "Op", "RecoveryReport", "apply_ops", "check_chain", "decode_payload",
            "encode_payload", "read_meta", "replay", "set_applied"]
