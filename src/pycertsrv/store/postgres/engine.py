@@ -24,7 +24,6 @@ from typing import Any
 
 from ...errors import (
     E_INVALIDARG,
-    E_UNEXPECTED,
     ERROR_FILE_EXISTS,
     ERROR_INVALID_STATE,
     CertSrvError,
@@ -239,10 +238,6 @@ class PgStore(PgReads):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise CertSrvError(E_UNEXPECTED, "store", "the database is closed")
 
     def _check_writable(self) -> None:
         self._check_open()

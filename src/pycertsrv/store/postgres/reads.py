@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from ...errors import CertSrvError, InvalidArgument
+from ...errors import E_UNEXPECTED, CertSrvError, InvalidArgument
 from .. import schema
 from . import sql
 from .connect import as_certsrv, connect
@@ -24,9 +24,11 @@ class PgReads:
     _local: threading.local
     _conns: list[Any]
     _conns_lock: threading.Lock
+    _closed: bool
 
     def _check_open(self) -> None:
-        raise NotImplementedError
+        if self._closed:
+            raise CertSrvError(E_UNEXPECTED, "store", "the database is closed")
 
     def _reader(self) -> Any:
         self._check_open()
