@@ -49,8 +49,9 @@ from cryptography.x509.oid import NameOID
 from pycertsrv.backupset.writer import run_backup
 from pycertsrv.ca import Authority
 from pycertsrv.client import Client
-from pycertsrv.errors import CertSrvError
 from pycertsrv.store.logfile import FORMAT_VERSION
+
+from .common import start_certsrv
 
 TARGET_THROUGHPUT_RATIO = 0.5
 TARGET_ISSUANCE_RATIO = 0.8
@@ -156,22 +157,8 @@ def _status(pid: int) -> dict[str, int]:
 class _Service:
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.log = home.parent / "service.log"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "pycertsrv.cli", "serve", "--home", str(home),
-                                          "--log-level", "warning"], stdout=log, stderr=log)
+        self.proc = start_certsrv(home, home.parent / "service.log")
         self.socket = f"unix:{home / 'certsrv.sock'}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with Client(self.socket) as c:
-                    if c.is_server_online():
-                        return
-            except CertSrvError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("service did not start: " + self.log.read_text()[-2000:])
-            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +46,33 @@ def _tmp_under(base: Path, prefix: str) -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def start_certsrv(home: Path, log: Path, *extra: str, timeout: float = 120.0) -> subprocess.Popen[bytes]:
+    """``certsrv serve --home HOME`` in a subprocess (output appended to ``log``), once it answers on its socket.
+
+    Raises RuntimeError with the log's tail when it exits or does not come up within ``timeout``.
+    """
+    from pycertsrv.client import Client
+    from pycertsrv.errors import CertSrvError
+
+    args = [sys.executable, "-m", "pycertsrv.cli", "serve", "--home", str(home), "--log-level", "warning", *extra]
+    with open(log, "ab") as f:
+        proc = subprocess.Popen(args, stdout=f, stderr=f)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with Client(home=home, timeout=5) as c:
+                if c.is_server_online():
+                    return proc
+        except CertSrvError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("service did not start: " + log.read_text()[-2000:])
+        time.sleep(0.05)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +36,9 @@ from pycertsrv import config as config_mod
 from pycertsrv.ca import Authority
 from pycertsrv.client import Client
 from pycertsrv.config import RoleGrant
-from pycertsrv.errors import CertSrvError
 
 from . import peers
+from .common import start_certsrv
 from .loadgen import Target, run_load
 
 TARGET_CFSSL = 1.0
@@ -79,26 +78,10 @@ def _service_home(root: Path) -> tuple[Path, Path, Path, Path]:
 
 
 def _start_service(home: Path, log: Path, workers: int | None) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    args = [sys.executable, "-m", "pycertsrv.cli", "serve", "--home", str(home), "--log-level", "warning",
-            "--tcp", "127.0.0.1:0"]
-    if workers is not None:
-        args += ["--workers", str(workers)]
-    with open(log, "ab") as f:
-        proc = subprocess.Popen(args, stdout=f, stderr=f)
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with Client(home=home, timeout=5) as c:
-                if c.is_server_online():
-                    return proc, c.status()
-        except CertSrvError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("service did not start")
-        time.sleep(0.05)
+    extra = ["--tcp", "127.0.0.1:0", *(["--workers", str(workers)] if workers is not None else [])]
+    proc = start_certsrv(home, log, *extra)
+    with Client(home=home, timeout=5) as c:
+        return proc, c.status()
 
 
 def _measured(pids: list[int], fn: Any) -> tuple[dict[str, Any], float]:
