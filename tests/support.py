@@ -47,6 +47,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pycertsrv import config as config_mod
+from pycertsrv.archive.settings import ArchiveSection
+from pycertsrv.archive.shipper import Shipper
 from pycertsrv.backup.local import LocalSession
 from pycertsrv.backup.session import BackupManager
 from pycertsrv.backupset.writer import run_backup
@@ -56,7 +58,7 @@ from pycertsrv.config import RoleGrant
 from pycertsrv.errors import CertSrvError
 from pycertsrv.home import Home
 from pycertsrv.spec import FULL, INCREMENTAL
-from pycertsrv.store import TABLES, Store, StoreOptions, archivemark
+from pycertsrv.store import TABLES, Store, StoreOptions, archivemark, logfile
 from pycertsrv.store.registration import SETTING_LAST_RECOVERY, SETTING_REQUIRES_FULL
 
 # One EC key reused by default: the CA does not care, and keygen is not under test.
@@ -546,6 +548,29 @@ SET_PASSWORD = b"restore-setlib password"  # every set is authenticated with a k
 def make_source(home: Path, name: str = "Test CA") -> Store:
     """A fresh store in ``home``."""
     return Store.create(home, name, OPTS)
+
+
+def commit_requests(store: Any, n: int) -> None:
+    """Commit ``n`` minimal request rows, one transaction (one log record) each, on either engine."""
+    for _ in range(n):
+        with store.transaction() as tx:
+            rid = tx.next_id("request")
+            tx.put("request", {"request_id": rid, "disposition": 9, "requester": "t", "subject": f"CN=r{rid}"})
+
+
+def ship_generations(store: Any, home: Path, dest: Path, n: int = 3) -> tuple[Shipper, Path]:
+    """Close ``n`` generations of two records each and ship them with one shipper step; checks the watermark
+    and the archived file names, and returns the shipper and the lineage's directory in the archive."""
+    sh = Shipper(store, ArchiveSection(dest=str(dest), timeout=3600), home)
+    for _ in range(n):
+        commit_requests(store, 2)
+        store.roll_log()
+    sh.step()
+    marks = archivemark.read_marks(store)
+    assert marks.watermark == n and marks.lineage is not None
+    ldir = dest / store.identity / marks.lineage
+    assert sorted(logfile.list_generations(ldir)) == list(range(1, n + 1))
+    return sh, ldir
 
 
 def add_requests(store: Store, n: int, *, tag: str = "r") -> list[int]:

@@ -28,35 +28,20 @@ from pycertsrv.backupset.writer import run_backup
 from pycertsrv.ca import Authority
 from pycertsrv.errors import CorruptData, InvalidArgument
 from pycertsrv.store import Store, StoreOptions, archivemark, logfile
-from support import make_csr
+from support import commit_requests, make_csr, ship_generations
 
 PW = b"unit pw"
-
-
-def _commit(store: Store, n: int) -> None:
-    for _ in range(n):
-        with store.transaction() as tx:
-            rid = tx.next_id("request")
-            tx.put("request", {"request_id": rid, "disposition": 9, "requester": "t", "subject": f"CN=r{rid}"})
 
 
 def test_ships_in_order_watermark_in_database_and_deletion_rule(tmp_path: Path) -> None:
     home, dest = tmp_path / "h", tmp_path / "arch"
     store = Store.create(home, "Unit CA", StoreOptions(archiving=True))
-    sh = Shipper(store, ArchiveSection(dest=str(dest), timeout=3600), home)
-    for _ in range(3):
-        _commit(store, 2)
-        store.roll_log()
-    sh.step()
-    marks = archivemark.read_marks(store)
-    assert marks.watermark == 3 and marks.lineage is not None
-    ldir = dest / store.identity / marks.lineage
-    assert sorted(logfile.list_generations(ldir)) == [1, 2, 3]
+    sh, ldir = ship_generations(store, home, dest)
     for g, p in logfile.list_generations(ldir).items():
         assert p.read_bytes() == (home / "logs" / logfile.log_name(g)).read_bytes()
         assert stat.S_IMODE(p.stat().st_mode) == 0o400
     # A closed generation not yet archived survives truncation; archived ones below the checkpoint go.
-    _commit(store, 1)
+    commit_requests(store, 1)
     store.roll_log()  # generation 4: closed, not shipped
     store.checkpoint()
     deleted = store.truncate_logs(store.last_checkpoint.generation)  # type: ignore[union-attr]
@@ -67,7 +52,7 @@ def test_ships_in_order_watermark_in_database_and_deletion_rule(tmp_path: Path) 
     store = Store.open(home, StoreOptions(archiving=True))
     try:
         again = archivemark.read_marks(store)
-        assert (again.lineage, again.watermark) == (marks.lineage, 3)
+        assert (again.lineage, again.watermark) == (ldir.name, 3)  # ldir is DEST/identity/lineage
         sh = Shipper(store, ArchiveSection(dest=str(dest), timeout=3600), home)
         sh.step()
         assert archivemark.read_marks(store).watermark == 4
@@ -81,7 +66,7 @@ def test_circular_logging_keeps_unarchived_generations(tmp_path: Path) -> None:
     store = Store.create(home, "Circular CA", StoreOptions(circular_logging=True, archiving=True))
     try:
         for _ in range(3):
-            _commit(store, 2)
+            commit_requests(store, 2)
             store.roll_log()
         store.checkpoint()  # circular logging: would delete 1..3 at once without archiving
         assert sorted(logfile.list_generations(home / "logs")) == [1, 2, 3, 4]
@@ -109,7 +94,7 @@ def test_identical_bytes_accepted_different_bytes_stop_archiving(tmp_path: Path)
     home = tmp_path / "h"
     store = Store.create(home, "Conflict CA", StoreOptions(archiving=True))
     try:
-        _commit(store, 1)
+        commit_requests(store, 1)
         store.roll_log()
         lineage = archivemark.read_marks(store).lineage
         assert lineage is not None

@@ -6,17 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pycertsrv.archive.settings import ArchiveSection
-from pycertsrv.archive.shipper import Shipper
 from pycertsrv.store import StoreOptions, archivemark, logfile
 from pycertsrv.store.postgres import PgStore
-
-
-def _commit(store: PgStore, n: int) -> None:
-    for _ in range(n):
-        with store.transaction() as tx:
-            rid = tx.next_id("request")
-            tx.put("request", {"request_id": rid, "disposition": 9, "requester": "t", "subject": f"CN=r{rid}"})
+from support import commit_requests, ship_generations
 
 
 def test_shipper_on_postgresql(pg_url: str, tmp_path: Path) -> None:
@@ -24,20 +16,12 @@ def test_shipper_on_postgresql(pg_url: str, tmp_path: Path) -> None:
     (home / "system").mkdir(parents=True)
     store = PgStore.create(pg_url, "Archived PG CA", StoreOptions(archiving=True), home=home)
     try:
-        sh = Shipper(store, ArchiveSection(dest=str(dest), timeout=3600), home)  # type: ignore[arg-type]
-        for _ in range(3):
-            _commit(store, 2)
-            store.roll_log()
-        sh.step()
-        marks = archivemark.read_marks(store)
-        assert marks.watermark == 3 and marks.lineage is not None
-        ldir = dest / store.identity / marks.lineage
-        assert sorted(logfile.list_generations(ldir)) == [1, 2, 3]
+        sh, ldir = ship_generations(store, home, dest)
         out = tmp_path / "exported"
         out.mkdir()
         for g, p in logfile.list_generations(ldir).items():
             assert p.read_bytes() == store.export_generation(g, out).read_bytes()
-        _commit(store, 1)
+        commit_requests(store, 1)
         store.roll_log()  # generation 4: closed, not shipped
         deleted = store.truncate_logs(store.checkpoint().generation)
         assert sorted(deleted) == [1, 2, 3]
