@@ -43,7 +43,7 @@ from ..transaction import Transaction
 from . import ddl, lease, sql
 from .connect import as_certsrv as _as_certsrv
 from .connect import connect, describe
-from .exports import PgSnapshot
+from .exports import ExportedGeneration, PgSnapshot
 from .reads import PgReads
 from .streams import PgGenerationStream, PgSnapshotStream, scratch_dir
 
@@ -550,11 +550,14 @@ class PgStore(PgReads):
 
     def export_generation(self, gen: int, dest_dir: Path) -> Path:
         """Write generation ``gen`` as an ``edbXXXXXXXX.log`` file byte-compatible with the SQLite engine's."""
+        return self._export(gen, Path(dest_dir), durable=True).path
+
+    def _export(self, gen: int, dest_dir: Path, *, durable: bool) -> ExportedGeneration:
         from .exports import export_generation
 
         self._check_open()
         try:
-            return export_generation(self._reader(), self.identity, gen, Path(dest_dir))
+            return export_generation(self._reader(), self.identity, gen, dest_dir, durable=durable)
         except CertSrvError:
             raise
         except Exception as e:
@@ -564,16 +567,15 @@ class PgStore(PgReads):
         """Generation ``number`` as its ``edb`` file's bytes; NotFound when no longer kept."""
         import shutil
 
-        gens = {g.generation: g for g in self.generations()}
-        if number not in gens:
+        self._check_open()
+        if not self._rows("SELECT 1 FROM log_generation WHERE gen = %s", (number,)):
             raise NotFound(None, logfile.log_name(number), "this log generation is no longer kept")
         d = scratch_dir(self.home)
         try:
-            path = self.export_generation(number, d)
-            h = logfile.read_header(path)
-            res, _ = logfile.scan(path, bytes.fromhex(self.identity))
-            last = res.last_lsn if res.last_lsn is not None else h.first_lsn - 1
-            return PgGenerationStream(path.name, path, number, h.first_lsn, last)
+            # A scratch copy, deleted when the stream closes: no fsync (durable=False). Its LSN range comes
+            # from the export itself, which read every record (a listing taken before could be older).
+            e = self._export(number, d, durable=False)
+            return PgGenerationStream(e.path.name, e.path, number, e.first_lsn, e.last_lsn)
         finally:
             shutil.rmtree(d, ignore_errors=True)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import JET_ERR_DATABASE_CORRUPTED, JET_ERR_LOG_FILE_CORRUPT, CorruptData
-from ...fsutil import PRIVATE_FILE, create_file, fsync_dir, publish_file
+from ...fsutil import PRIVATE_FILE, create_file, publish_file
 from .. import logfile, schema
 from ..sqlite import ddl
 
@@ -75,14 +75,27 @@ def snapshot_to_sqlite(conn: Any, dest: Path, *, durable: bool = True) -> PgSnap
     return PgSnapshot(dest, lsn, int(gen or 1), dest.stat().st_size)
 
 
-def export_generation(conn: Any, identity: str, gen: int, dest_dir: Path) -> Path:
-    """Write generation ``gen`` as ``dest_dir/edbXXXXXXXX.log`` (temp, fsync, rename); returns the file."""
+@dataclass(frozen=True)
+class ExportedGeneration:
+    """An exported generation's file and the LSNs it holds (``last_lsn`` = ``first_lsn - 1`` when empty)."""
+
+    path: Path
+    first_lsn: int
+    last_lsn: int
+
+
+def export_generation(conn: Any, identity: str, gen: int, dest_dir: Path, *,
+                      durable: bool = True) -> ExportedGeneration:
+    """Write generation ``gen`` as ``dest_dir/edbXXXXXXXX.log`` (temp, then rename; fsync'ed when ``durable``).
+
+    A scratch copy that only lives while a backup reads it (``durable=False``) needs no fsync.
+    """
     with conn.transaction():  # one view of the generation; its server-side cursor needs a transaction
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        return _export(conn, identity, gen, dest_dir)
+        return _export(conn, identity, gen, dest_dir, durable)
 
 
-def _export(conn: Any, identity: str, gen: int, dest_dir: Path) -> Path:
+def _export(conn: Any, identity: str, gen: int, dest_dir: Path, durable: bool) -> ExportedGeneration:
     row = conn.execute("SELECT first_lsn, created_us FROM log_generation WHERE gen = %s", (gen,)).fetchone()
     if row is None:
         raise CorruptData(JET_ERR_LOG_FILE_CORRUPT, logfile.log_name(gen), "no such generation in the database")
@@ -109,15 +122,16 @@ def _export(conn: Any, identity: str, gen: int, dest_dir: Path) -> Path:
                 out = []
         cur.close()
         os.write(fd, b"".join(out))
-        os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)  # a failed export leaves nothing behind
         raise
     os.close(fd)
-    os.replace(tmp, final)
-    fsync_dir(dest_dir)
-    return final
+    if durable:
+        publish_file(tmp, final)
+    else:
+        os.replace(tmp, final)
+    return ExportedGeneration(final, int(row[0]), expect - 1)
 
 
 def check_log(conn: Any, *, own_transaction: bool = True) -> str:
