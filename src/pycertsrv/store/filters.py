@@ -27,7 +27,7 @@ def where_clause(t: Table, filters: Sequence[tuple[str, str, Any]], *, mark: str
     parts: list[str] = []
     params: list[Any] = []
     for col, op, val in filters:
-        if col not in t.column_names or op not in OPS:
+        if col not in t.column_set or op not in OPS:
             raise InvalidArgument(None, "store", f"bad filter {col} {op}")
         if op in ("is null", "is not null"):
             parts.append(f"{col} {op.upper()}")
@@ -44,7 +44,7 @@ def order_clause(t: Table, order_by: Sequence[str], term: Callable[[str, bool, b
     for o in order_by:
         desc = o.startswith("-")
         col = o.lstrip("-")
-        if col not in t.column_names:
+        if col not in t.column_set:
             raise InvalidArgument(None, "store", f"cannot order by {col}")
-        out.append(term(col, desc, next(c.type for c in t.columns if c.name == col) == "TEXT"))
+        out.append(term(col, desc, t.columns[t.column_names.index(col)].type == "TEXT"))
     return (" ORDER BY " + ", ".join(out)) if out else ""

@@ -363,7 +363,7 @@ class PgStore(PgReads):
         for it in batch:
             if it.ops is None:
                 if recs:  # rows of the closing generation go in before it closes
-                    cur.executemany(_INSERT_LOG, recs)
+                    cur.executemany(sql.INSERT_LOG, recs)
                     recs = []
                 cur.execute("UPDATE log_generation SET closed_us = %s WHERE gen = %s", (it.ts_us, it.gen - 1))
                 cur.execute("INSERT INTO log_generation (gen, first_lsn, created_us) VALUES (%s, %s, %s)",
@@ -372,7 +372,7 @@ class PgStore(PgReads):
                 recs.append((it.lsn, it.gen, it.ts_us, it.crc, it.payload))
                 ops.append(it.ops)
         if recs:
-            cur.executemany(_INSERT_LOG, recs)
+            cur.executemany(sql.INSERT_LOG, recs)
         if ops:
             sql.apply_batch(cur, ops)
             last = max(i.lsn for i in batch if i.ops is not None)
@@ -580,4 +580,3 @@ class PgStore(PgReads):
             shutil.rmtree(d, ignore_errors=True)
 
 
-_INSERT_LOG = "INSERT INTO log_record (lsn, gen, ts_us, crc, payload) VALUES (%s, %s, %s, %s, %s)"

@@ -30,7 +30,7 @@ from ...errors import (
 )
 from ...fsutil import create_file
 from .. import logfile, schema
-from ..interface import ByteStream, Until
+from ..interface import EVERYTHING, ByteStream, Until
 from ..logfile import decode_payload
 from ..report import RecoveryReport
 from ..sqlite.replay import check_chain, read_meta  # the snapshot IS a SQLite file, by contract
@@ -38,8 +38,6 @@ from . import ddl, lease, sql
 from .connect import as_certsrv, connect, describe
 from .exports import COPY_BATCH, check_log
 from .streams import scratch_dir
-
-NO_LIMIT = Until()
 
 
 class PgRecoveryTarget:
@@ -87,7 +85,7 @@ class PgRecoveryTarget:
         self._snapshot = path
         return int(self._meta["applied_lsn"])
 
-    def replay(self, generations: Sequence[ByteStream], until: Until = NO_LIMIT,
+    def replay(self, generations: Sequence[ByteStream], until: Until = EVERYTHING,
                *, identity: str | None = None) -> RecoveryReport:
         """Insert every record as a log row and apply those past the snapshot, up to ``until``."""
         if self._conn is None:
@@ -181,7 +179,7 @@ class FileStream:
 
 
 def restore_into(url: str, db_file: Path, generations: Sequence[Path], *, force: bool = False,
-                 until: Until = NO_LIMIT, home: Path | None = None) -> RecoveryReport:
+                 until: Until = EVERYTHING, home: Path | None = None) -> RecoveryReport:
     """Restore a snapshot file and generation files into ``url`` (load, replay, check, commit)."""
     target = PgRecoveryTarget(url, force=force, home=home)
     target.load_snapshot(FileStream(Path(db_file)))
@@ -265,6 +263,6 @@ def _replay(cur: Any, scans: list[logfile.ScanResult], applied: int, until: Unti
 
 def _flush(cur: Any, rows: list[tuple[int, int, int, int, bytes]], batch: list[list[logfile.Op]]) -> None:
     if rows:
-        cur.executemany("INSERT INTO log_record (lsn, gen, ts_us, crc, payload) VALUES (%s, %s, %s, %s, %s)", rows)
+        cur.executemany(sql.INSERT_LOG, rows)
     if batch:
         sql.apply_batch(cur, batch)

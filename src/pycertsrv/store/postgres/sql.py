@@ -24,6 +24,9 @@ def delete_sql(t: Table) -> str:
     return f"DELETE FROM {t.name} WHERE " + " AND ".join(f"{k} = %s" for k in t.key)
 
 
+INSERT_LOG = "INSERT INTO log_record (lsn, gen, ts_us, crc, payload) VALUES (%s, %s, %s, %s, %s)"
+"""One log row (the writer's commit and a restore's replay write the log with it)."""
+
 SQL: dict[tuple[str, str], str] = {}
 for _t in TABLES.values():
     SQL[(_t.name, "p")] = upsert_sql(_t)
