@@ -35,7 +35,7 @@ from ..store import CAStore, StoreOptions, Transaction, engine_facts, open_store
 from ..store.schema import DISP_DENIED, DISP_ERROR, DISP_ISSUED, DISP_PENDING, DISP_REVOKED
 from . import crl as crl_mod
 from .commit import GroupCommitter
-from .enroll import PreparedRequest, cert_columns, prepare_submission
+from .enroll import SERIAL_TRIES, PreparedRequest, cert_columns, no_unused_serial, prepare_submission
 from .issuance import IssuedCertificate, Issuer, random_serial
 from .keys import (
     CAPrivateKey,
@@ -64,7 +64,6 @@ CA_REQUEST_FILE = "ca.csr"  # a subordinate CA's request to its parent, HOME/ca.
 _HOME_ITEMS = ("certsrv.toml", "db", "logs", "system", "private", "publish", "staging", CA_REQUEST_FILE)
 _LOCK_STRIPES = 64
 _REQUEST_LIMIT = 1 << 20  # re-parsing stored requests: they passed the size check when submitted
-_SERIAL_TRIES = 8  # a taken serial is ~2^-95 likely; eight in a row means something else is wrong
 
 
 def _officer(by: str | None) -> str:
@@ -267,21 +266,25 @@ class Authority(RequestReader):
         """A random serial (and its database text) unused in the database and by in-flight issuances; held
         (so no other issuance can take it) until :meth:`_release_serial`, called once its row is written or
         the issuance failed."""
-        reserved = self._reserved
         while True:
             n = random_serial()
             text = serial_hex(n)
-            with self._serial_lock:
-                if text in reserved:
-                    continue
-                reserved.add(text)
-            # RFC 5280 §4.1.2.2: unique per CA. The database is checked, not only this process's memory.
-            # Outside the lock: the reservation already keeps concurrent issuances off this serial, and a
-            # query that lets go of the GIL while holding the lock would make every other issuer wait.
-            if self.store.count("request", [("serial", "=", text)]):
-                self._release_serial(text)
-                continue
-            return n, text
+            if self._claim(text):
+                return n, text
+
+    def _claim(self, text: str) -> bool:
+        """Hold serial ``text`` unless another issuance holds it or the database has it (then False)."""
+        with self._serial_lock:
+            if text in self._reserved:
+                return False
+            self._reserved.add(text)
+        # RFC 5280 §4.1.2.2: unique per CA. The database is checked, not only this process's memory.
+        # Outside the lock: the reservation already keeps concurrent issuances off this serial, and a
+        # query that lets go of the GIL while holding the lock would make every other issuer wait.
+        if self.store.count("request", [("serial", "=", text)]):
+            self._release_serial(text)
+            return False
+        return True
 
     def _release_serial(self, text: str) -> None:
         with self._serial_lock:
@@ -327,12 +330,12 @@ class Authority(RequestReader):
         """
         started = time.monotonic()
         held = self.caller_roles() if roles is None else frozenset(roles)
-        for _ in range(_SERIAL_TRIES):
+        for _ in range(SERIAL_TRIES):
             prepared = self.prepare(csr, requester=requester, template=template, attributes=attributes, roles=held)
             done = self.commit_prepared([prepared], [started])[0]
             if done is not None:
                 return done
-        raise Conflict(ERROR_ALREADY_EXISTS, "submit", f"no unused serial after {_SERIAL_TRIES} tries; retry")
+        raise no_unused_serial()
 
     def prepare(self, csr: bytes, *, requester: str = "", template: str | None = None,
                 attributes: Mapping[str, str] | None = None, roles: frozenset[str]) -> PreparedRequest:
@@ -372,20 +375,8 @@ class Authority(RequestReader):
         return out
 
     def _claim_serials(self, items: Sequence[PreparedRequest]) -> list[bool]:
-        """Reserve each item's serial unless in flight or in the database (see :meth:`_reserve_serial`)."""
-        claimed: list[bool] = []
-        with self._serial_lock:
-            for p in items:
-                ok = p.serial is None or p.serial not in self._reserved
-                if ok and p.serial is not None:
-                    self._reserved.add(p.serial)
-                claimed.append(ok)
-        for k, p in enumerate(items):
-            # Outside the lock, as in _reserve_serial: the reservation keeps other issuances off it.
-            if claimed[k] and p.serial is not None and self.store.count("request", [("serial", "=", p.serial)]):
-                self._release_serial(p.serial)
-                claimed[k] = False
-        return claimed
+        """Reserve each item's serial unless in flight or in the database (see :meth:`_claim`)."""
+        return [p.serial is None or self._claim(p.serial) for p in items]
 
     def _write_prepared(self, tx: Transaction, p: PreparedRequest) -> None:
         rid = tx.next_id("request")

@@ -21,13 +21,23 @@ from typing import Any
 from cryptography import x509
 
 from ..config import Config
-from ..errors import CERTSRV_E_BAD_REQUESTSUBJECT, CERTSRV_E_INVALID_CA_CERTIFICATE, Conflict, InvalidArgument
+from ..errors import CERTSRV_E_INVALID_CA_CERTIFICATE, ERROR_ALREADY_EXISTS, Conflict
 from ..store.schema import DISP_ISSUED, DISP_PENDING
 from .issuance import IssuedCertificate, Issuer, random_serial
 from .models import MSG_ISSUED, MSG_PENDING, serial_hex, utcnow_iso
 from .policy import choose_template, decide_pending, merge_attributes, parse_request
 from .rights import admit
 from .templates import Template
+
+# A taken serial is ~2^-95 likely: preparing again this many times and still colliding means something else
+# is wrong (Authority.submit and the service's workers both stop there).
+SERIAL_TRIES = 8
+
+
+def no_unused_serial() -> Conflict:
+    """The refusal after :data:`SERIAL_TRIES` collisions."""
+    return Conflict(ERROR_ALREADY_EXISTS, "submit", f"no unused serial after {SERIAL_TRIES} tries; retry")
+
 
 
 @dataclass
@@ -105,8 +115,6 @@ def prepare_submission(cfg: Config, templates: dict[str, Template], issuer: Issu
         raise Conflict(CERTSRV_E_INVALID_CA_CERTIFICATE, cfg.ca.name,
                        f"CA certificate is not installed yet: have {request_path} signed by the parent CA "
                        "and run certsrv install-cert")
-    if tmpl.ca and not req.subject:
-        raise InvalidArgument(CERTSRV_E_BAD_REQUESTSUBJECT, "submit", "a CA certificate needs a subject name")
     serial = random_serial()
     text = serial_hex(serial)
     issued = issuer.build(req, tmpl, serial, now, names)

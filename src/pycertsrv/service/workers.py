@@ -41,15 +41,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from ..ca.enroll import SERIAL_TRIES, no_unused_serial
 from ..ca.worker import FRAME as _LEN
 from ..commitnote import commit_scope, note_unapplied
-from ..errors import E_UNEXPECTED, ERROR_ALREADY_EXISTS, CertSrvError, Conflict, Unavailable
+from ..errors import E_UNEXPECTED, CertSrvError, Unavailable
 from ..errors import RPC_S_SERVER_UNAVAILABLE as E_UNAVAILABLE
 
 log = logging.getLogger("pycertsrv.service")
 TRIES = 3  # a request whose worker died is prepared again on another worker, this many times in all
 QUEUE = 2  # requests a worker holds before the next worker is given one
-SERIAL_TRIES = 8  # as Authority.submit: a taken serial means preparing again
 
 
 def default_workers() -> int:
@@ -395,5 +395,5 @@ async def submit_via_workers(app: Any, csr: bytes, *, requester: str, template: 
         info = await committer.commit(prepared, started)
         if info is not None:
             return info
-    raise Conflict(ERROR_ALREADY_EXISTS, "submit", f"no unused serial after {SERIAL_TRIES} tries; retry")
+    raise no_unused_serial()
 
