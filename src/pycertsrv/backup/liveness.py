@@ -104,7 +104,6 @@ class SessionEnding(Generic[S]):
 
     timeout: float
     idle_timeout: float
-    expired: list[str]
     last_ended: dict[str, Any] | None
     _ended: dict[str, str]
     _lock: threading.Lock
@@ -130,7 +129,6 @@ class SessionEnding(Generic[S]):
         ended = self._end_now(s, f"idle for more than {self._limit(s):g}s")
         if ended is None:
             return []
-        self.expired.append(s.handle)
         return [s.handle]
 
     def hold(self, handle: str, holder: object, principal_id: str | None = None) -> None:

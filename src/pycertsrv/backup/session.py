@@ -196,7 +196,6 @@ class BackupManager(SessionEnding[_Session]):
         self.last_ended: dict[str, Any] | None = None  # status of the session the service ended last
         self._lock = threading.Lock()
         self._session: _Session | None = None
-        self.expired: list[str] = []
         self._clean_staging()
 
     # ------------------------------------------------------------------ helpers
