@@ -113,7 +113,7 @@ class Home:
     @property
     def restore_log_dir(self) -> Path:
         """Where a planned restore copies the sets' log generations (the registration's backup log path)."""
-        return self.root / Layout.RESTORE / Layout.LOGS
+        return self.restore_dir / Layout.LOGS
 
     @property
     def checkpoint(self) -> Path:
@@ -133,7 +133,7 @@ class Home:
     @property
     def restore_dir(self) -> Path:
         """Where ``certsrv restore`` copies a set's files before registering them (removed after recovery)."""
-        return self.root / "restore"
+        return self.root / Layout.RESTORE
 
     @property
     def socket(self) -> Path:

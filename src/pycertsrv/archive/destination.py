@@ -31,7 +31,7 @@ from ..errors import (
     InvalidArgument,
     StorageError,
 )
-from ..fsutil import copy_file, fsync_dir, fsync_file
+from ..fsutil import copy_file, fsync_dir, publish_file
 from ..store import ByteStream
 
 ARCHIVE_FILE_MODE = 0o400  # archived generations are immutable and hold every request: owner read only
@@ -114,12 +114,10 @@ def _store(name: str, dest: Path, same: Callable[[Path], bool], write: Callable[
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
         try:
             write(tmp)
-            fsync_file(tmp)
-            os.replace(tmp, dest)
+            publish_file(tmp, dest)
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-        fsync_dir(dest.parent)
         return "stored"
     except OSError as e:
         raise StorageError(ERROR_IO_DEVICE, what, f"cannot store {name}: {e.strerror or e}") from None

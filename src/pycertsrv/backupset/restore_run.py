@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -241,7 +240,7 @@ def _place_db_file(plan: RestorePlan, res: RestoreResult) -> None:
     fsync_file(tmp)
     res.bytes += tmp.stat().st_size
     res.files += 1
-    aside = h.db_dir / f"superseded-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
+    aside = h.db_dir / f"superseded-{reg_mod.stamp()}"
     for p in engine_files(h.db_dir):  # the engine's files go aside together (its side files with its database)
         make_dirs(aside)
         os.replace(p, aside / p.name)

@@ -30,7 +30,7 @@ from ..errors import (
     Conflict,
     InvalidArgument,
 )
-from ..home import Home
+from ..home import Home, Layout
 from ..store import CAStore, StoreOptions, Transaction, engine_facts, open_store
 from ..store.schema import DISP_DENIED, DISP_ERROR, DISP_ISSUED, DISP_PENDING, DISP_REVOKED
 from . import crl as crl_mod
@@ -61,7 +61,8 @@ from .setup import check_ca_certificate, create_home, load_material
 from .templates import Template, get_template, templates_of
 
 CA_REQUEST_FILE = "ca.csr"  # a subordinate CA's request to its parent, HOME/ca.csr
-_HOME_ITEMS = ("certsrv.toml", "db", "logs", "system", "private", "publish", "staging", CA_REQUEST_FILE)
+_HOME_ITEMS = (Layout.CONFIG, Layout.DB, Layout.LOGS, Layout.SYSTEM, Layout.PRIVATE, Layout.PUBLISH, Layout.STAGING,
+               CA_REQUEST_FILE)
 _LOCK_STRIPES = 64
 _REQUEST_LIMIT = 1 << 20  # re-parsing stored requests: they passed the size check when submitted
 

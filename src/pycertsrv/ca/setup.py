@@ -43,10 +43,10 @@ from . import crl as crl_mod
 from .issuance import self_signed_root, subordinate_request
 from .keys import (
     CAPrivateKey,
+    configured_passphrase,
     generate_key,
     key_type_of,
     load_private_key,
-    resolve_passphrase,
     same_public_key,
     save_private_key,
 )
@@ -147,10 +147,7 @@ def load_material(h: Home, passphrase: bytes | None) -> tuple[Config, CAPrivateK
     cfg = config_mod.load(h.root)
     secure_home(h.root, group_traverse=cfg.service.socket_group is not None)  # homes made before issue 9
     if passphrase is None:
-        pfile = cfg.ca.key_passphrase_file
-        if pfile is not None and not Path(pfile).is_absolute():
-            pfile = str(h.root / pfile)
-        passphrase = resolve_passphrase(pfile, cfg.ca.key_passphrase_env)
+        passphrase = configured_passphrase(h.root, cfg.ca.key_passphrase_file, cfg.ca.key_passphrase_env)
     key = load_private_key(h.root / cfg.ca.key_file, passphrase)
     cert_path = h.root / cfg.ca.cert_file
     cert: x509.Certificate | None = None
