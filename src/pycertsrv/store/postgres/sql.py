@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..batcher import RowBatcher
 from ..filters import order_clause, where_clause
 from ..logfile import Op
 from ..schema import TABLES, Table
@@ -37,21 +38,14 @@ def apply_batch(cur: Any, batch: Sequence[list[Op]]) -> None:
     """Apply records' operations in order, as few ``executemany`` calls as the order allows.
 
     Tables are independent (no triggers or foreign keys), so only the order within a table matters
-    (the same rule as the SQLite engine's ``Batcher``). Within one ``executemany`` of upserts a key must
+    (:class:`..batcher.RowBatcher`, with PostgreSQL's statements). Within one ``executemany`` of upserts a key must
     not repeat (PostgreSQL refuses to touch a row twice in one INSERT ... ON CONFLICT only within one
     statement; executemany runs one statement per row, so repeats are fine).
     """
-    queues: dict[str, tuple[str, list[list[Any]]]] = {}
+    b = RowBatcher(cur, SQL)
     for ops in batch:
-        for tname, kind, values in ops:
-            q = queues.get(tname)
-            if q is None or q[0] != kind:
-                if q is not None:
-                    cur.executemany(SQL[(tname, q[0])], q[1])
-                q = queues[tname] = (kind, [])
-            q[1].append(values)
-    for tname, (kind, params) in queues.items():
-        cur.executemany(SQL[(tname, kind)], params)
+        b.add(ops)
+    b.flush()
 
 
 def where(t: Table, filters: Sequence[tuple[str, str, Any]]) -> tuple[str, list[Any]]:

@@ -18,6 +18,7 @@ from ...errors import (
     CorruptData,
 )
 from .. import logfile
+from ..batcher import RowBatcher
 from ..health import disk_full_error
 from ..logfile import Op, decode_payload, encode_payload
 from ..report import RecoveryReport
@@ -37,35 +38,11 @@ for _t in TABLES.values():
     SQL[(_t.name, "d")] = delete_sql(_t)
 
 
-class Batcher:
-    """Runs row operations as few ``executemany`` calls as their order allows.
-
-    Tables are independent (no triggers, no foreign keys), so only the order of operations on the
-    same table matters: each table has one queue of operations of one kind (put or delete), run when
-    the table's next operation is of the other kind, and at :meth:`flush`. A batch of records thus
-    costs about one ``executemany`` per table touched, however the records interleave tables.
-    """
+class Batcher(RowBatcher):
+    """A :class:`~..batcher.RowBatcher` with SQLite's statements."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.queues: dict[str, tuple[str, list[list[Any]]]] = {}
-
-    def add(self, ops: list[Op]) -> None:
-        """Queue one record's operations ``(table, "p" | "d", values)``."""
-        queues = self.queues
-        for tname, kind, values in ops:
-            q = queues.get(tname)
-            if q is None or q[0] != kind:
-                if q is not None:
-                    self.conn.executemany(SQL[(tname, q[0])], q[1])
-                q = queues[tname] = (kind, [])
-            q[1].append(values)
-
-    def flush(self) -> None:
-        """Execute what is queued."""
-        queues, self.queues = self.queues, {}
-        for tname, (kind, params) in queues.items():
-            self.conn.executemany(SQL[(tname, kind)], params)
+        super().__init__(conn, SQL)
 
 
 def apply_ops(conn: sqlite3.Connection, ops: list[Op]) -> None:
