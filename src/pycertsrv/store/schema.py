@@ -8,6 +8,7 @@ the CA's logic.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,9 +61,12 @@ class Table:
         """Image positions of the primary key columns."""
         return tuple(self.column_names.index(k) for k in self.key)
 
-    def ddl(self) -> list[str]:
-        """CREATE statements for the table and its indexes."""
-        cols = ", ".join(f"{c.name} {c.type}" for c in self.columns)
+    def ddl(self, types: Mapping[str, str] | None = None) -> list[str]:
+        """CREATE statements for the table and its indexes.
+
+        :param types: an engine's name for each column type (default: the types as declared, SQLite's).
+        """
+        cols = ", ".join(f"{c.name} {types[c.type] if types else c.type}" for c in self.columns)
         stmts = [f"CREATE TABLE {self.name} ({cols}, PRIMARY KEY ({', '.join(self.key)}))"]
         for idx in self.indexes:
             stmts.append(f"CREATE INDEX ix_{self.name}_{'_'.join(idx)} ON {self.name} ({', '.join(idx)})")

@@ -20,24 +20,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..schema import TABLES, Table
+from ..schema import TABLES
 
 PG_TYPES = {"INTEGER": "bigint", "TEXT": "text", "BLOB": "bytea", "REAL": "double precision"}
-
-
-def table_ddl(t: Table) -> list[str]:
-    """CREATE statements of a materialised table and its indexes, in PostgreSQL types."""
-    cols = ", ".join(f"{c.name} {PG_TYPES[c.type]}" for c in t.columns)
-    out = [f"CREATE TABLE {t.name} ({cols}, PRIMARY KEY ({', '.join(t.key)}))"]
-    for idx in t.indexes:
-        out.append(f"CREATE INDEX ix_{t.name}_{'_'.join(idx)} ON {t.name} ({', '.join(idx)})")
-    return out
 
 
 def _v1() -> list[str]:
     out: list[str] = ["CREATE TABLE _meta (key text PRIMARY KEY, value text NOT NULL)"]
     for t in TABLES.values():
-        out += table_ddl(t)
+        out += t.ddl(PG_TYPES)
     # Serials are random (159 bits); several nodes may issue over time, so the database refuses a duplicate.
     out.append("CREATE UNIQUE INDEX ux_request_serial ON request (serial) WHERE serial IS NOT NULL")
     out += [
