@@ -125,14 +125,13 @@ class Heartbeat(threading.Thread):
         from .connect import connect, describe
 
         conn: Any = None
+        subject = describe(self.url)
         while not self._halt.wait(self.interval):
             try:
                 if conn is None or conn.closed:
                     conn = connect(self.url)
                 with conn.transaction():
-                    cur = conn.cursor()
-                    renew(cur, self.lease, time.time_ns() // 1000)
-                    verify(cur, describe(self.url), self.lease)
+                    check(conn.cursor(), subject, self.lease, time.time_ns() // 1000)
             except StorageError as e:
                 self.on_fenced(e)
                 break
