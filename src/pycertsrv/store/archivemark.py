@@ -33,6 +33,12 @@ def new_lineage() -> str:
     return secrets.token_hex(8)
 
 
+def initial_settings(lineage: str | None = None) -> list[tuple[str, str]]:
+    """The ``setting`` rows of a new database: its lineage starts at generation 1 (issue 13: the lineage is in
+    the database itself, so every snapshot of it carries it)."""
+    return [(SETTING_LINEAGE, lineage or new_lineage()), (SETTING_LINEAGE_START, "1")]
+
+
 @dataclass(frozen=True)
 class Marks:
     """Lineage, its first generation, and the last generation shipped in it (``start - 1``: none)."""

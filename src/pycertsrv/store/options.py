@@ -23,3 +23,14 @@ class StoreOptions:
     circular_logging: bool = False
     retry_interval: float = 0.5
     archiving: bool = False  # issue 13: never delete a generation not yet archived (see .archivemark)
+
+    @property
+    def circular_flag(self) -> str:
+        """``_meta.circular_logging`` for these options ("1" or "0"), as every engine stores it."""
+        return "1" if self.circular_logging else "0"
+
+
+def initial_meta(identity: str, name: str, options: StoreOptions | None) -> dict[str, str]:
+    """The ``_meta`` rows of a new, empty CA database (both engines; PostgreSQL adds its schema version)."""
+    return {"identity": identity, "name": name, "applied_lsn": "0",
+            "circular_logging": (options or StoreOptions()).circular_flag}

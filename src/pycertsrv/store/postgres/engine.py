@@ -36,7 +36,7 @@ from .. import archivemark, logfile, schema
 from ..health import Health
 from ..interface import Commit, Generation
 from ..logfile import Op, encode_payload
-from ..options import StoreOptions
+from ..options import StoreOptions, initial_meta
 from ..report import RecoveryReport
 from ..sqlite.checkpoint import Checkpoint
 from ..transaction import Transaction
@@ -123,14 +123,10 @@ class PgStore(PgReads):
                     raise Conflict(ERROR_FILE_EXISTS, describe(url),
                                    f"this database holds a CA already (identity {row[0]}); use another "
                                    "database or drop it first")
-                meta = {"schema_version": str(schema.SCHEMA_VERSION), "identity": ident, "name": name,
-                        "applied_lsn": "0",
-                        "circular_logging": "1" if (options and options.circular_logging) else "0"}
+                meta = {"schema_version": str(schema.SCHEMA_VERSION), **initial_meta(ident, name, options)}
                 conn.cursor().executemany("INSERT INTO _meta (key, value) VALUES (%s, %s)", list(meta.items()))
-                conn.cursor().executemany(
-                    "INSERT INTO setting (name, value) VALUES (%s, %s)",
-                    [(archivemark.SETTING_LINEAGE, lineage or archivemark.new_lineage()),
-                     (archivemark.SETTING_LINEAGE_START, "1")])
+                conn.cursor().executemany("INSERT INTO setting (name, value) VALUES (%s, %s)",
+                                          archivemark.initial_settings(lineage))
                 epoch = conn.execute("SELECT epoch FROM writer_lease WHERE id = 1").fetchone()[0]
                 lease.declare(conn, int(epoch))
                 conn.execute("INSERT INTO log_generation (gen, first_lsn, created_us) VALUES (1, 1, %s)",
@@ -185,9 +181,9 @@ class PgStore(PgReads):
                 for t in ("request", "crl"):
                     k = schema.table(t).key[0]
                     self._ids[t] = int(cur.execute(f"SELECT coalesce(max({k}), 0) FROM {t}").fetchone()[0])
-                if meta.get("circular_logging") != ("1" if self.options.circular_logging else "0"):
+                if meta.get("circular_logging") != self.options.circular_flag:
                     cur.execute("UPDATE _meta SET value = %s WHERE key = 'circular_logging'",
-                                ("1" if self.options.circular_logging else "0",))
+                                (self.options.circular_flag,))
         except Exception as e:
             raise _as_certsrv(self.url, e) from None
         self._next_lsn = int(last) + 1

@@ -35,7 +35,7 @@ from .. import archivemark, logfile
 from ..health import sync_failed_error
 from ..interface import Commit, Engine, RecoveryTarget
 from ..logfile import Op
-from ..options import StoreOptions
+from ..options import StoreOptions, initial_meta
 from ..registration import refuse_unfinished
 from ..transaction import Transaction
 from . import ddl
@@ -97,13 +97,9 @@ class Store(FaultHandling, CommitLog, Checkpointing, Snapshots, Tables):
         conn = connect_plain(tmp)
         conn.execute("BEGIN")
         ddl.create_schema(conn)
-        meta = {"identity": identity.hex(), "name": name, "applied_lsn": "0",
-                "circular_logging": "1" if (options and options.circular_logging) else "0"}
+        meta = initial_meta(identity.hex(), name, options)
         conn.executemany("INSERT OR REPLACE INTO _meta (key, value) VALUES (?, ?)", meta.items())
-        # Issue 13: the lineage is in the new database itself, so every snapshot of it carries it.
-        conn.executemany("INSERT INTO setting (name, value) VALUES (?, ?)",
-                         [(archivemark.SETTING_LINEAGE, archivemark.new_lineage()),
-                          (archivemark.SETTING_LINEAGE_START, "1")])
+        conn.executemany("INSERT INTO setting (name, value) VALUES (?, ?)", archivemark.initial_settings())
         conn.commit()
         conn.close()
         publish_file(tmp, db_path)
@@ -148,9 +144,9 @@ class Store(FaultHandling, CommitLog, Checkpointing, Snapshots, Tables):
         meta = read_meta(self._writer)
         self.identity = meta["identity"]
         self.name = meta.get("name", "")
-        if meta.get("circular_logging") != ("1" if self.options.circular_logging else "0"):
+        if meta.get("circular_logging") != self.options.circular_flag:
             self._writer.execute("UPDATE _meta SET value = ? WHERE key = 'circular_logging'",
-                                 ("1" if self.options.circular_logging else "0",))
+                                 (self.options.circular_flag,))
         self._cp = read_checkpoint(self.checkpoint_path)
         tail = soft_recover(self._writer, self.log_dir, self.identity, int(meta["applied_lsn"]), self._cp,
                             self.home, self.db_path.name)
