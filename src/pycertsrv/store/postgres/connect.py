@@ -102,8 +102,15 @@ def map_error(url: str, e: BaseException) -> CertSrvError:
                         f"cannot reach the PostgreSQL server: {text}; start it or fix host/port in the URL")
 
 
-def connect(url: str, *, autocommit: bool = True, connect_timeout: int = 10) -> Any:
-    """A psycopg connection to ``url`` (checked first); failures as :class:`CertSrvError`."""
+def connect(url: str, *, autocommit: bool = True, connect_timeout: int = 10,
+            idle_tx_timeout: float | None = None) -> Any:
+    """A psycopg connection to ``url`` (checked first); failures as :class:`CertSrvError`.
+
+    :param idle_tx_timeout: seconds after which the server aborts a transaction of this connection that waits
+        on its client (``idle_in_transaction_session_timeout``). The writer's connections set it to the lease
+        time (issue 14): a writer frozen (SIGSTOP, a VM pause) inside a commit would otherwise hold the lease
+        row's lock, and no standby could take the lease however long it waited.
+    """
     params = check_url(url)
     import psycopg
 
@@ -112,10 +119,17 @@ def connect(url: str, *, autocommit: bool = True, connect_timeout: int = 10) -> 
     attrs = None if params.get("target_session_attrs") else "read-write"
     try:
         if attrs is None:
-            return psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout,
+            conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout,
                                    application_name="certsrv")
-        return psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout,
-                               application_name="certsrv", target_session_attrs=attrs)
+        else:
+            conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout,
+                                   application_name="certsrv", target_session_attrs=attrs)
+        if idle_tx_timeout is not None:
+            conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                         (str(max(int(idle_tx_timeout * 1000), 100)),))
+            if not autocommit:
+                conn.commit()
+        return conn
     except psycopg.Error as e:
         raise map_error(url, e) from None
 

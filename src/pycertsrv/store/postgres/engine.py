@@ -184,8 +184,7 @@ class PgStore(PgLog, PgNode, PgClaims, PgReads):
         return store
 
     def _open(self, takeover: bool, standby: bool) -> None:
-        self._writer = connect(self.url)
-        w = self._writer
+        w = self._writer_conn()
         try:
             version = ddl.current_version(w)
             if version != ddl.PG_SCHEMA_VERSION:
@@ -366,7 +365,7 @@ class PgStore(PgLog, PgNode, PgClaims, PgReads):
             try:
                 self._commit_batch(batch)
             except BaseException as e:  # psycopg errors, a lost connection, fencing, an interrupt
-                failure = self._failure(e)
+                failure = self._failure(e, held)
         finally:
             self._cond.acquire()
             self._flushing = False
@@ -379,12 +378,19 @@ class PgStore(PgLog, PgNode, PgClaims, PgReads):
                 self._failed_locked(batch, failure, held)
             self._cond.notify_all()
 
-    def _failure(self, e: BaseException) -> _Failure:
+    def _failure(self, e: BaseException, held: lease.Lease | None) -> _Failure:
         """Classify a failed batch (outside ``_cond``: naming the writer reads the database)."""
         err = as_certsrv(self.url, e) if isinstance(e, Exception) else CertSrvError(
             ERROR_INVALID_STATE, self.subject, f"interrupted: {type(e).__name__}")
         w = self._writer
         lost = connection_lost(e) or w is None or bool(w.closed) or bool(w.broken)
+        if not lost and not isinstance(err, Fenced) and held is not None:
+            # Pipeline mode: a statement of a superseded writer can fail before the fencing check does (its LSN
+            # already taken by the new writer: a duplicate key). The lease says which it was.
+            with contextlib.suppress(Exception):
+                epoch = int(w.execute("SELECT epoch FROM writer_lease WHERE id = 1").fetchone()[0])
+                if epoch != held.epoch:
+                    err = lease.fenced_error(self.subject, held, epoch, "another node")
         unsent = Unavailable(RPC_S_CALL_FAILED_DNE, self.subject,
                              f"a write before this one failed ({err.message}); this one was not sent, nothing was "
                              "written: retry it")

@@ -166,7 +166,7 @@ class Heartbeat(threading.Thread):
         while not self._halt.wait(self.interval):
             try:
                 if conn is None or conn.closed:
-                    conn = connect(self.url)
+                    conn = connect(self.url, idle_tx_timeout=self.interval * 3)
                 with conn.transaction():
                     check(conn.cursor(), subject, self.lease, time.time_ns() // 1000)
             except StorageError as e:

@@ -203,7 +203,7 @@ class PgNode:
                 if w is not None:
                     w.close()
             self._writer = None
-            self._writer = connect(self.url)
+            self._writer = connect(self.url, idle_tx_timeout=self.lease_ttl)
         return self._writer
 
     def _take_locked(self, *, takeover: bool = False, own: Lease | None = None) -> None:
