@@ -137,7 +137,9 @@ def test_every_lease_take_starts_a_generation_stamped_with_its_epoch(pg_url: str
         gens = b.generations()
         assert [(g.generation, g.epoch, g.closed) for g in gens] == [(1, e1, True), (2, b.epoch, False)]
         assert gens[1].first_lsn == 2 and b.epoch == e1 + 1
-    with PgStore.open(pg_url, lease_ttl=TTL) as c:  # its generation was empty: reused, stamped again
+    with PgStore.open(pg_url, lease_ttl=TTL, standby=True) as c:  # a free lease: a "standby" open takes it
+        assert c.role == "writer" and c.epoch == e1 + 2
+        # Its generation was empty: reused, stamped with the new epoch (one epoch per generation).
         assert [(g.generation, g.epoch) for g in c.generations()] == [(1, e1), (2, c.epoch)]
 
 
@@ -198,6 +200,28 @@ def test_split_brain_a_writer_stopped_past_its_lease_cannot_commit_after_sigcont
         standby.close()
     assert _db(pg_url, "SELECT count(*) FROM setting WHERE value = 'from the subprocess'") == [(1,)]  # 'before'
     assert _gapless(pg_url) == 2
+
+
+@pytest.mark.timeout(120)
+def test_a_writer_frozen_inside_a_commit_does_not_keep_its_lease_row_locked(pg_url: str, nodes: list[Node]) -> None:
+    """Without the server's idle-in-transaction timeout on the writer's connection, the frozen writer's row
+    lock would make every standby's lease take wait forever (this test would then time out)."""
+    PgStore.create(pg_url, "Nodes CA", lease_ttl=TTL).close()
+    node = Node(pg_url)
+    nodes.append(node)
+    standby = PgStore.open(pg_url, lease_ttl=TTL, standby=True)
+    try:
+        node.send("hold")
+        assert node.line() == "holding"
+        node.proc.send_signal(signal.SIGSTOP)
+        _until("the standby to take the lease", standby.try_promote, timeout=6 * TTL + 30)
+        with standby.transaction() as tx:
+            tx.put("setting", {"name": "after", "value": "1"})
+        assert standby.epoch == node.epoch + 1
+    finally:
+        node.proc.send_signal(signal.SIGCONT)
+        standby.close()
+    _gapless(pg_url)
 
 
 def test_a_fenced_writer_becomes_a_standby_and_can_promote_again(pg_url: str) -> None:
