@@ -118,7 +118,8 @@ class PgNode:
     if TYPE_CHECKING:
         def _quiesce(self) -> None: ...
         def _check_open(self) -> None: ...
-        def _rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+        def _rows(self, query: str, params: Sequence[Any] = (), *, patient: bool = True
+                  ) -> list[tuple[Any, ...]]: ...
         def _reader(self) -> Any: ...
 
     # ---------------------------------------------------------------- the contract (issue 14)
@@ -134,10 +135,10 @@ class PgNode:
         held = self.lease
         return held.epoch if self._role == WRITER and held is not None else self._seen_epoch
 
-    def writer_info(self) -> dict[str, Any]:
+    def writer_info(self, *, patient: bool = True) -> dict[str, Any]:
         """Who holds the lease now: ``holder`` (``host:pid``, '' when free), ``epoch``, ``endpoints`` (what it
         advertised), ``renewed_age_s`` (seconds since it renewed, by this node's clock; None when free)."""
-        row = self._rows(lease.READ_SQL)[0]
+        row = self._rows(lease.READ_SQL, patient=patient)[0]
         info = lease.info(row, logfile.now_us())
         self._seen_epoch = int(info["epoch"])
         return info
@@ -280,7 +281,7 @@ class PgNode:
     def _not_writer(self) -> NotWriter:
         """The refusal of a write on this node, naming the writer (as the database says now, if it answers)."""
         try:
-            info = self.writer_info()
+            info = self.writer_info(patient=False)
         except Exception:  # the database is away: name what this node last knew
             info = {"holder": "", "epoch": self._seen_epoch, "endpoints": [], "renewed_age_s": None}
         return NotWriter.naming(self.subject, info)
