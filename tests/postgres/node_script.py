@@ -29,7 +29,7 @@ def main() -> None:
             for _ in range(int(arg)):
                 with store.transaction() as tx:
                     rid, crl = tx.next_id("request"), tx.next_id("crl")
-                    tx.put("request", {"request_id": rid, "disposition": 20, "subject": f"CN=r{rid}"})
+                    tx.put("request", {"request_id": rid, "disposition": 20, "subject": f"CN=old-{rid}"})
                     tx.put("crl", {"number": crl, "entries": 0})
                 print(f"ack {rid} {crl}", flush=True)
         elif cmd == "put":
