@@ -167,17 +167,20 @@ class PgNode:
         with self._write_lock:
             if self._role == WRITER:
                 return True
-            try:
-                self._take_locked()
-            except Conflict as e:
-                if e.hresult != ERROR_BUSY:
-                    raise
-                return False
-            except CertSrvError as e:
-                if connection_lost(e):
-                    log.warning("promotion deferred: %s", e.message)
+            for fresh in (False, True):  # an idle connection the server dropped is found broken only when used
+                try:
+                    self._take_locked()
+                    break
+                except Conflict as e:
+                    if e.hresult != ERROR_BUSY:
+                        raise
                     return False
-                raise
+                except CertSrvError as e:
+                    if not connection_lost(e):
+                        raise
+                    if fresh:
+                        log.warning("promotion deferred: %s", e.message)
+                        return False
         log.warning("%s: this node is now the writer (lease epoch %d)", self.subject, self.epoch)
         return True
 
@@ -188,12 +191,7 @@ class PgNode:
     def replication(self) -> dict[str, Any]:
         """The PostgreSQL replication state as the writer's server sees it (see :mod:`.replication`)."""
         self._check_open()
-        try:
-            return replication_state(self._reader())
-        except CertSrvError:
-            raise
-        except Exception as e:
-            raise as_certsrv(self.url, e) from None
+        return replication_state(lambda query: self._rows(query))
 
     # ---------------------------------------------------------------- taking the lease
 
