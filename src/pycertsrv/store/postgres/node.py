@@ -239,7 +239,7 @@ class PgNode:
             self._cond.notify_all()
         # Each heartbeat reports about its own lease: a stale one (halted, still finishing a beat) changes nothing.
         self._heartbeat = Heartbeat(self.url, new, self.lease_ttl / 3, lambda e: self._demote(e, new),
-                                          lambda e: self._heartbeat_lost(e, new))
+                                    lambda e: self._heartbeat_lost(e, new))
         self._heartbeat.start()
         if was != WRITER:
             self._notify(WRITER)
@@ -291,21 +291,21 @@ class PgNode:
         with self._cond:
             if self._role == WRITER and self._recover is None and held == self.lease:
                 self._recover, self._lost_at = RECONNECT, time.monotonic()
-        self._start_recoverer()
+                self._start_recoverer()
 
     def _start_recoverer(self) -> None:
-        t = self._recoverer
-        if t is not None and t.is_alive():
-            return
-        self._recoverer = threading.Thread(target=self._recover_loop, name="certsrv-pg-recover", daemon=True)
-        self._recoverer.start()
+        """With ``_cond`` held: start the background recovery unless it runs (it ends under ``_cond`` too)."""
+        if self._recoverer is None:
+            self._recoverer = threading.Thread(target=self._recover_loop, name="certsrv-pg-recover", daemon=True)
+            self._recoverer.start()
 
     def _recover_loop(self) -> None:
         """Reconnect in the background while no write does it (an idle writer keeps its lease)."""
         delay = 0.05
-        while not self._closed:
+        while True:
             with self._cond:
-                if self._recover is None or self._role != WRITER:
+                if self._closed or self._recover is None or self._role != WRITER:
+                    self._recoverer = None
                     return
             try:
                 with self._write_lock:
