@@ -126,6 +126,7 @@ class PgStore(PgLog, PgNode, PgClaims, PgReads):
         self._gen_size = logfile.HEADER_SIZE
         self._ids: dict[str, int] = {}
         self._closed = True
+        self._closing = False
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -221,6 +222,7 @@ class PgStore(PgLog, PgNode, PgClaims, PgReads):
         """Release the lease (when this node is the writer) and every connection."""
         if self._closed:
             return
+        self._closing = True  # a write waiting for a server to reconnect to gives up (and the recovery thread)
         with contextlib.suppress(Exception), self._write_lock:
             if self._role == WRITER and self._recover is None and self.lease is not None:
                 self._quiesce()
@@ -234,7 +236,7 @@ class PgStore(PgLog, PgNode, PgClaims, PgReads):
         self._close_handles()
 
     def _close_handles(self) -> None:
-        self._closed = True
+        self._closed = self._closing = True
         self._stop_heartbeat()
         with self._conns_lock:
             for c in self._conns:

@@ -107,6 +107,7 @@ class PgNode:
     _heartbeat: Heartbeat | None
     _recoverer: threading.Thread | None
     _closed: bool
+    _closing: bool
     _next_lsn: int
     _appended_lsn: int
     _committed_lsn: int
@@ -304,7 +305,7 @@ class PgNode:
         delay = 0.05
         while True:
             with self._cond:
-                if self._closed or self._recover is None or self._role != WRITER:
+                if self._closing or self._recover is None or self._role != WRITER:
                     self._recoverer = None
                     return
             try:
@@ -336,7 +337,7 @@ class PgNode:
                     raise
                 if deadline is None:
                     deadline = self._lost_at + RECONNECT_TTLS * self.lease_ttl
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or self._closing:  # closing: stop waiting for a server
                     raise Unavailable(RPC_S_CALL_FAILED_DNE, self.subject,
                                       f"no writable PostgreSQL server answers ({e.message}); this write was not "
                                       "sent, nothing was written: retry it once the database is back") from None
