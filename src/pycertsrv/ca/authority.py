@@ -27,16 +27,19 @@ from ..errors import (
     CERTSRV_E_BAD_REQUESTSUBJECT,
     CERTSRV_E_INVALID_CA_CERTIFICATE,
     ERROR_ALREADY_EXISTS,
+    CertSrvError,
     Conflict,
     InvalidArgument,
 )
 from ..home import Home, Layout
+from ..requestkey import REQUEST_KEY, checked_key, keyed_attributes
 from ..store import CAStore, StoreOptions, Transaction, engine_facts, open_store
 from ..store.schema import DISP_DENIED, DISP_ERROR, DISP_ISSUED, DISP_PENDING, DISP_REVOKED
 from . import crl as crl_mod
 from .commit import GroupCommitter
 from .enroll import SERIAL_TRIES, PreparedRequest, cert_columns, no_unused_serial, prepare_submission
 from .issuance import IssuedCertificate, Issuer, random_serial
+from .keyclaims import KeyClaims, find_request, mismatch
 from .keys import (
     CAPrivateKey,
     key_type_of,
@@ -53,7 +56,7 @@ from .models import (
 )
 from .names import NamePlan, check_names
 from .observe import CAObserver
-from .policy import ParsedRequest, parse_request
+from .policy import ParsedRequest, decode_request, parse_request
 from .reading import RequestReader
 from .revocation import check_invalidity_date, check_revocable, check_unrevocable, revocation_reason
 from .rights import local_roles
@@ -97,6 +100,7 @@ class Authority(RequestReader):
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._serial_lock = threading.Lock()
         self._reserved: set[str] = set()
+        self._keys = KeyClaims()  # request keys of commits in flight (issue 14, ca.requestkey)
         self._crl_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._commit = GroupCommitter(store)
@@ -315,7 +319,8 @@ class Authority(RequestReader):
     # ------------------------------------------------------------------ requests
 
     def submit(self, csr: bytes, *, requester: str = "", template: str | None = None,
-               attributes: Mapping[str, str] | None = None, roles: frozenset[str] | None = None) -> RequestInfo:
+               attributes: Mapping[str, str] | None = None, roles: frozenset[str] | None = None,
+               request_key: str | None = None) -> RequestInfo:
         """Take a PKCS#10 request (PEM or DER, sniffed); issue it at once or leave it pending per policy.
 
         Checked before anything is written or signed: the caller's roles against the template's
@@ -328,15 +333,41 @@ class Authority(RequestReader):
         :param attributes: extra request attributes (``name: value``), as certreq -attrib.
         :param roles: the caller's roles (the service passes its principal's); None: a direct caller,
             whose roles are this uid's on the home (:meth:`caller_roles`).
+        :param request_key: the client's idempotency key (issue 14, :mod:`pycertsrv.ca.requestkey`): when the
+            database holds it, that request is returned as it is now and nothing is written or signed.
         """
         started = time.monotonic()
+        attrs = keyed_attributes(attributes, request_key)
+        answer = self.request_key_answer(attrs.get(REQUEST_KEY), requester, csr)
+        if answer is not None:
+            return answer
         held = self.caller_roles() if roles is None else frozenset(roles)
         for _ in range(SERIAL_TRIES):
-            prepared = self.prepare(csr, requester=requester, template=template, attributes=attributes, roles=held)
+            prepared = self.prepare(csr, requester=requester, template=template, attributes=attrs, roles=held)
             done = self.commit_prepared([prepared], [started])[0]
+            if isinstance(done, CertSrvError):
+                raise done
             if done is not None:
                 return done
         raise no_unused_serial()
+
+    def request_key_answer(self, key: str | None, requester: str, csr: bytes) -> RequestInfo | None:
+        """The request a submit with ``key`` returns without writing (the database holds the key), else None.
+
+        :param key: the submit's request key (None: no key, None returned).
+        :param requester: who submits (a key another requester's request holds is refused).
+        :param csr: the submitted request, PEM or DER (a key held by a request with another CSR is refused).
+        :raises Conflict: another requester's request, or another CSR's, holds the key.
+        """
+        if key is None:
+            return None
+        row = find_request(self.store, checked_key(key))
+        if row is None:
+            return None
+        refusal = mismatch(key, row, requester, decode_request(csr, self.config.policy.max_request_bytes))
+        if refusal is not None:
+            raise refusal
+        return RequestInfo.from_row(row)
 
     def prepare(self, csr: bytes, *, requester: str = "", template: str | None = None,
                 attributes: Mapping[str, str] | None = None, roles: frozenset[str]) -> PreparedRequest:
@@ -347,14 +378,51 @@ class Authority(RequestReader):
                                   request_path=self._request_text)
 
     def commit_prepared(self, items: Sequence[PreparedRequest],
-                        started: Sequence[float] | None = None) -> list[RequestInfo | None]:
+                        started: Sequence[float] | None = None) -> list[RequestInfo | CertSrvError | None]:
         """Write prepared requests in ONE group-committed transaction (request ids in list order) and return
         their rows; None for an item whose serial is taken (in the database or by an issuance in flight):
         prepare it again. Serial uniqueness is decided here, by the one writer (RFC 5280 §4.1.2.2).
 
+        Request keys are decided here too (issue 14, :mod:`pycertsrv.ca.requestkey`): an item whose key the
+        database holds, or an earlier item of ``items`` holds, is not written; its answer is that request (or the
+        refusal, a :class:`CertSrvError`, when it is another requester's or another CSR's). A key held by another
+        commit in flight is waited for.
+
         :param items: prepared by :meth:`prepare` here or in a worker process of the service.
         :param started: ``time.monotonic()`` when each request arrived (the metrics' latency).
         """
+        keys = [p.attributes.get(REQUEST_KEY) for p in items]
+        if not any(keys):
+            return self._commit_items(items, started)
+        answers: list[RequestInfo | CertSrvError | None] = [None] * len(items)
+        with self._keys.holding([k for k in keys if k]):
+            rows: dict[str, dict[str, Any] | None] = {}  # key -> the row holding it (found, or written below)
+            new: list[int] = []
+            for i, k in enumerate(keys):
+                if not k:
+                    new.append(i)
+                elif k not in rows:
+                    rows[k] = find_request(self.store, k)
+                    if rows[k] is None:
+                        new.append(i)
+                        rows[k] = items[i].row  # holds request_id once written (None: not written, retry)
+            done = self._commit_items([items[i] for i in new], [started[i] for i in new] if started else None)
+        written = set()
+        for i, d in zip(new, done):
+            answers[i] = d
+            written.add(i)
+        for i, (p, k) in enumerate(zip(items, keys)):
+            if i in written or not k:
+                continue
+            row = rows.get(k)
+            if row is None or "request_id" not in row:
+                continue  # the item holding the key was not written (its serial was taken): prepare again
+            answers[i] = mismatch(k, row, p.row.get("requester") or "", p.row.get("raw_request")) or \
+                RequestInfo.from_row(row)
+        return answers
+
+    def _commit_items(self, items: Sequence[PreparedRequest],
+                      started: Sequence[float] | None) -> list[RequestInfo | CertSrvError | None]:
         claimed = self._claim_serials(items)
         todo = [p for p, ok in zip(items, claimed) if ok]
         try:
@@ -370,7 +438,7 @@ class Authority(RequestReader):
                     if p.serial is not None:
                         self._reserved.discard(p.serial)
         now = time.monotonic()
-        out: list[RequestInfo | None] = []
+        out: list[RequestInfo | CertSrvError | None] = []
         for k, (p, ok) in enumerate(zip(items, claimed)):
             out.append(self._observed(RequestInfo.from_row(p.row), started[k] if started else now) if ok else None)
         return out

@@ -44,8 +44,11 @@ class Transport(Protocol):
     """What a backup session needs of its :class:`pycertsrv.client.Client`: a Protocol, so that this module does
     not import the client module, which offers ``client.backup()`` from it (no import cycle)."""
 
-    address: str
-    _http: httpx.Client
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def _http(self) -> httpx.Client: ...
 
     def call(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None,
              headers: dict[str, str] | None = None) -> Any: ...
