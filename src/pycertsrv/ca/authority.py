@@ -39,7 +39,7 @@ from . import crl as crl_mod
 from .commit import GroupCommitter
 from .enroll import SERIAL_TRIES, PreparedRequest, cert_columns, no_unused_serial, prepare_submission
 from .issuance import IssuedCertificate, Issuer, random_serial
-from .keyclaims import KeyClaims, find_request, mismatch
+from .keyclaims import KeyClaims, commit_keyed, key_answer
 from .keys import (
     CAPrivateKey,
     key_type_of,
@@ -100,7 +100,7 @@ class Authority(RequestReader):
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._serial_lock = threading.Lock()
         self._reserved: set[str] = set()
-        self._keys = KeyClaims()  # request keys of commits in flight (issue 14, ca.requestkey)
+        self._keys = KeyClaims()  # request keys of commits in flight (issue 14, ca.keyclaims)
         self._crl_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._commit = GroupCommitter(store)
@@ -333,20 +333,27 @@ class Authority(RequestReader):
         :param attributes: extra request attributes (``name: value``), as certreq -attrib.
         :param roles: the caller's roles (the service passes its principal's); None: a direct caller,
             whose roles are this uid's on the home (:meth:`caller_roles`).
-        :param request_key: the client's idempotency key (issue 14, :mod:`pycertsrv.ca.requestkey`): when the
+        :param request_key: the client's idempotency key (issue 14, :mod:`pycertsrv.ca.keyclaims`): when the
             database holds it, that request is returned as it is now and nothing is written or signed.
         """
         started = time.monotonic()
         attrs = keyed_attributes(attributes, request_key)
-        answer = self.request_key_answer(attrs.get(REQUEST_KEY), requester, csr)
-        if answer is not None:
-            return answer
+        key = attrs.get(REQUEST_KEY)
         held = self.caller_roles() if roles is None else frozenset(roles)
+        if key is None:
+            return self._submit(csr, requester, template, attrs or None, held, started)
+        # The key is claimed first, so one read decides (commit_prepared, for prepared requests from elsewhere,
+        # claims and reads itself): a retry is answered before anything is signed, as the request is now.
+        with self._keys.holding([key]):
+            answer = self._key_answer(key, requester, csr)
+            return answer if answer is not None else self._submit(csr, requester, template, attrs, held, started)
+
+    def _submit(self, csr: bytes, requester: str, template: str | None, attrs: dict[str, str] | None,
+                roles: frozenset[str], started: float) -> RequestInfo:
+        """Prepare and write one request (its key, if any, held by the caller)."""
         for _ in range(SERIAL_TRIES):
-            prepared = self.prepare(csr, requester=requester, template=template, attributes=attrs, roles=held)
-            done = self.commit_prepared([prepared], [started])[0]
-            if isinstance(done, CertSrvError):
-                raise done
+            prepared = self.prepare(csr, requester=requester, template=template, attributes=attrs, roles=roles)
+            done = self._commit_items([prepared], [started])[0]
             if done is not None:
                 return done
         raise no_unused_serial()
@@ -359,15 +366,10 @@ class Authority(RequestReader):
         :param csr: the submitted request, PEM or DER (a key held by a request with another CSR is refused).
         :raises Conflict: another requester's request, or another CSR's, holds the key.
         """
-        if key is None:
-            return None
-        row = find_request(self.store, checked_key(key))
-        if row is None:
-            return None
-        refusal = mismatch(key, row, requester, decode_request(csr, self.config.policy.max_request_bytes))
-        if refusal is not None:
-            raise refusal
-        return RequestInfo.from_row(row)
+        return None if key is None else self._key_answer(checked_key(key), requester, csr)
+
+    def _key_answer(self, key: str, requester: str, csr: bytes) -> RequestInfo | None:
+        return key_answer(self.store, key, requester, lambda: decode_request(csr, self.config.policy.max_request_bytes))
 
     def prepare(self, csr: bytes, *, requester: str = "", template: str | None = None,
                 attributes: Mapping[str, str] | None = None, roles: frozenset[str]) -> PreparedRequest:
@@ -383,7 +385,7 @@ class Authority(RequestReader):
         their rows; None for an item whose serial is taken (in the database or by an issuance in flight):
         prepare it again. Serial uniqueness is decided here, by the one writer (RFC 5280 §4.1.2.2).
 
-        Request keys are decided here too (issue 14, :mod:`pycertsrv.ca.requestkey`): an item whose key the
+        Request keys are decided here too (issue 14, :mod:`pycertsrv.ca.keyclaims`): an item whose key the
         database holds, or an earlier item of ``items`` holds, is not written; its answer is that request (or the
         refusal, a :class:`CertSrvError`, when it is another requester's or another CSR's). A key held by another
         commit in flight is waited for.
@@ -391,38 +393,12 @@ class Authority(RequestReader):
         :param items: prepared by :meth:`prepare` here or in a worker process of the service.
         :param started: ``time.monotonic()`` when each request arrived (the metrics' latency).
         """
-        keys = [p.attributes.get(REQUEST_KEY) for p in items]
-        if not any(keys):
-            return self._commit_items(items, started)
-        answers: list[RequestInfo | CertSrvError | None] = [None] * len(items)
-        with self._keys.holding([k for k in keys if k]):
-            rows: dict[str, dict[str, Any] | None] = {}  # key -> the row holding it (found, or written below)
-            new: list[int] = []
-            for i, k in enumerate(keys):
-                if not k:
-                    new.append(i)
-                elif k not in rows:
-                    rows[k] = find_request(self.store, k)
-                    if rows[k] is None:
-                        new.append(i)
-                        rows[k] = items[i].row  # holds request_id once written (None: not written, retry)
-            done = self._commit_items([items[i] for i in new], [started[i] for i in new] if started else None)
-        written = set()
-        for i, d in zip(new, done):
-            answers[i] = d
-            written.add(i)
-        for i, (p, k) in enumerate(zip(items, keys)):
-            if i in written or not k:
-                continue
-            row = rows.get(k)
-            if row is None or "request_id" not in row:
-                continue  # the item holding the key was not written (its serial was taken): prepare again
-            answers[i] = mismatch(k, row, p.row.get("requester") or "", p.row.get("raw_request")) or \
-                RequestInfo.from_row(row)
-        return answers
+        if not any(REQUEST_KEY in p.attributes for p in items):
+            return [*self._commit_items(items, started)]
+        return commit_keyed(self._keys, self.store, items, started, self._commit_items)
 
     def _commit_items(self, items: Sequence[PreparedRequest],
-                      started: Sequence[float] | None) -> list[RequestInfo | CertSrvError | None]:
+                      started: Sequence[float] | None) -> list[RequestInfo | None]:
         claimed = self._claim_serials(items)
         todo = [p for p, ok in zip(items, claimed) if ok]
         try:
@@ -438,7 +414,7 @@ class Authority(RequestReader):
                     if p.serial is not None:
                         self._reserved.discard(p.serial)
         now = time.monotonic()
-        out: list[RequestInfo | CertSrvError | None] = []
+        out: list[RequestInfo | None] = []
         for k, (p, ok) in enumerate(zip(items, claimed)):
             out.append(self._observed(RequestInfo.from_row(p.row), started[k] if started else now) if ok else None)
         return out

@@ -17,13 +17,15 @@ the writer lease, and a fenced writer's commit is refused by the database).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from ..errors import ERROR_ALREADY_EXISTS, CertSrvError, Conflict
 from ..requestkey import REQUEST_KEY
 from ..store import CAStore
+from .enroll import PreparedRequest
+from .models import RequestInfo
 
 
 def find_request(store: CAStore, key: str) -> dict[str, Any] | None:
@@ -92,4 +94,59 @@ class KeyClaims:
                 self.release(k)
 
 
-__all__ = ["KeyClaims", "find_request", "mismatch"]
+def key_answer(store: CAStore, key: str, requester: str, request_der: Callable[[], bytes]) -> RequestInfo | None:
+    """The request holding ``key`` as it is now, for a submit by ``requester`` of the request ``request_der()``
+    (decoded only when the key is found); None when no request holds it.
+
+    :raises Conflict: another requester's request, or another CSR's, holds the key (:func:`mismatch`).
+    """
+    row = find_request(store, key)
+    if row is None:
+        return None
+    refusal = mismatch(key, row, requester, request_der())
+    if refusal is not None:
+        raise refusal
+    return RequestInfo.from_row(row)
+
+
+Commit = Callable[[Sequence[PreparedRequest], Sequence[float] | None], list[RequestInfo | None]]
+
+
+def commit_keyed(claims: KeyClaims, store: CAStore, items: Sequence[PreparedRequest], started: Sequence[float] | None,
+                 commit: Commit) -> list[RequestInfo | CertSrvError | None]:
+    """:meth:`Authority.commit_prepared` of items with request keys: every key is claimed, then looked up; only
+    the items whose key no request holds (and the first of several with one key) are handed to ``commit``.
+
+    :returns: per item, its request (written now, or the one holding its key), the refusal when the key is another
+        requester's or another CSR's, or None when it must be prepared again (its serial, or the serial of the
+        item holding its key, was taken).
+    """
+    keys = [p.attributes.get(REQUEST_KEY) for p in items]
+    answers: list[RequestInfo | CertSrvError | None] = [None] * len(items)
+    with claims.holding([k for k in keys if k]):
+        rows: dict[str, dict[str, Any] | None] = {}  # key -> the row holding it (found, or written below)
+        new: list[int] = []
+        for i, k in enumerate(keys):
+            if not k:
+                new.append(i)
+            elif k not in rows:
+                rows[k] = find_request(store, k)
+                if rows[k] is None:
+                    new.append(i)
+                    rows[k] = items[i].row  # holds request_id once written
+        done = commit([items[i] for i in new], [started[i] for i in new] if started else None)
+    for i, d in zip(new, done):
+        answers[i] = d
+    written = set(new)
+    for i, (p, k) in enumerate(zip(items, keys)):
+        if i in written or not k:
+            continue
+        row = rows.get(k)
+        if row is None or "request_id" not in row:
+            continue  # the item holding the key was not written (its serial was taken): prepare again
+        answers[i] = mismatch(k, row, p.row.get("requester") or "", p.row.get("raw_request")) or \
+            RequestInfo.from_row(row)
+    return answers
+
+
+__all__ = ["KeyClaims", "commit_keyed", "find_request", "key_answer", "mismatch"]
