@@ -31,9 +31,9 @@ def _hammer(svc: Service, answered: list[tuple[str, bytes]], errors: list[BaseEx
             tag: str) -> None:
     """Submit (issue-on-submit policy) until stopped or the service goes away; record every answered issuance."""
     try:
-        # failover_timeout: a submit cut off by the kill is sent again with its request key (issue 14) until then,
-        # and its outcome is then unknown (OutcomeUnknown); the restart check below needs only the answered ones.
-        with svc.client(timeout=30, failover_timeout=1.0) as c:
+        # failover_timeout=0: a submit cut off by the kill is not sent again (issue 14 would, for 30 s, with its
+        # request key): its outcome is unknown (OutcomeUnknown); the restart check below needs the answered ones.
+        with svc.client(timeout=30, failover_timeout=0) as c:
             i = 0
             while not stop.is_set():
                 try:
