@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import ClassVar
+from typing import Any, ClassVar
 
 S_OK = 0x00000000
 E_UNEXPECTED = 0x8000FFFF
@@ -44,6 +44,10 @@ ERROR_DISK_QUOTA_EXCEEDED = 0x8007050F  # 1295
 ERROR_OBJECT_EXISTS = 0x80071392
 ERROR_INVALID_STATE = 0x8007139F
 RPC_S_SERVER_UNAVAILABLE = 0x800706BA
+RPC_S_CALL_FAILED = 0x800706BE  # Win32 1726: "The remote procedure call failed." (it MAY have executed)
+RPC_S_CALL_FAILED_DNE = 0x800706BF  # Win32 1727: "The remote procedure call failed and did not execute."
+# Win32 5015: "The cluster node is not the owner of the resource." (issue 14: a write sent to a standby node)
+ERROR_HOST_NODE_NOT_RESOURCE_OWNER = 0x80071397
 ERROR_TIMEOUT = 0x800705B4  # Win32 1460: "This operation returned because the timeout period expired."
 # TLS certificate trust failures (winerror.h CERT_E_* / TRUST_E_* / CRYPT_E_REVOKED, as schannel reports them).
 CERT_E_EXPIRED = 0x800B0101
@@ -121,6 +125,9 @@ HRESULT_NAMES: dict[int, str] = {
     ERROR_OBJECT_EXISTS: "ERROR_OBJECT_EXISTS",
     ERROR_INVALID_STATE: "ERROR_INVALID_STATE",
     RPC_S_SERVER_UNAVAILABLE: "RPC_S_SERVER_UNAVAILABLE",
+    RPC_S_CALL_FAILED: "RPC_S_CALL_FAILED",
+    RPC_S_CALL_FAILED_DNE: "RPC_S_CALL_FAILED_DNE",
+    ERROR_HOST_NODE_NOT_RESOURCE_OWNER: "ERROR_HOST_NODE_NOT_RESOURCE_OWNER",
     ERROR_TIMEOUT: "ERROR_TIMEOUT",
     CERT_E_EXPIRED: "CERT_E_EXPIRED",
     CERT_E_UNTRUSTEDROOT: "CERT_E_UNTRUSTEDROOT",
@@ -274,6 +281,50 @@ class StorageError(CertSrvError):
     http_status = 507  # RFC 4918 §11.5 Insufficient Storage
 
 
+class NotWriter(CertSrvError):
+    """A write sent to a standby node (issue 14): only the node holding the writer lease commits.
+
+    :param writer: who holds the lease now: ``{"holder": "host:pid", "epoch": N, "endpoints": [...]}`` (the
+        client follows ``endpoints``; empty when no node holds it this moment).
+    """
+
+    default_hresult = ERROR_HOST_NODE_NOT_RESOURCE_OWNER
+    http_status = 503
+
+    def __init__(self, hresult: int | None = None, function: str = "", message: str = "",
+                 writer: dict[str, Any] | None = None) -> None:
+        self.writer: dict[str, Any] = dict(writer or {})
+        super().__init__(hresult, function, message)
+
+    @classmethod
+    def naming(cls, subject: str, writer: dict[str, Any]) -> NotWriter:
+        """The refusal line naming ``writer`` (``holder``, ``epoch``, ``endpoints``) and what to do next."""
+        holder, epoch = writer.get("holder") or "", writer.get("epoch", 0)
+        at = ", ".join(str(e) for e in writer.get("endpoints") or []) or "endpoints not advertised"
+        if holder:
+            msg = (f"this node is a standby; the writer is {holder} (epoch {epoch}, at {at}); send writes there, "
+                   "or give --server every node")
+        else:
+            msg = (f"this node is a standby and no node holds the writer lease now (epoch {epoch}); a standby "
+                   "takes it within the lease time: retry, or give --server every node")
+        return cls(ERROR_HOST_NODE_NOT_RESOURCE_OWNER, subject, msg, writer)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.hresult, self.function, self.message, self.writer))
+
+    def to_json(self) -> dict[str, object]:
+        """The usual error body plus ``writer`` (issue 14: clients follow it)."""
+        return {**super().to_json(), "writer": self.writer}
+
+
+class OutcomeUnknown(CertSrvError):
+    """A write whose outcome cannot be known (issue 14): the database connection was lost while committing, or
+    the client lost the connection after sending. It may or may not have been written."""
+
+    default_hresult = RPC_S_CALL_FAILED
+    http_status = 503
+
+
 ERROR_CLASSES: dict[str, type[CertSrvError]] = {
     cls.__name__: cls
     for cls in (
@@ -286,6 +337,8 @@ ERROR_CLASSES: dict[str, type[CertSrvError]] = {
         CorruptData,
         Unavailable,
         StorageError,
+        NotWriter,
+        OutcomeUnknown,
     )
 }
 
@@ -295,6 +348,10 @@ def error_from_json(body: dict[str, object]) -> CertSrvError:
     cls = ERROR_CLASSES.get(str(body.get("error", "")), CertSrvError)
     raw = body.get("hresult", E_FAIL)
     hresult = raw if isinstance(raw, int) else E_FAIL
+    if cls is NotWriter:
+        writer = body.get("writer")
+        return NotWriter(hresult, str(body.get("function", "")), str(body.get("message", "")),
+                         writer if isinstance(writer, dict) else {})
     return cls(hresult, str(body.get("function", "")), str(body.get("message", "")))
 
 

@@ -29,6 +29,7 @@ from ..errors import (
 )
 from . import auth
 from .openapi import operations
+from .role import WRITE_OPERATIONS
 
 log = logging.getLogger("pycertsrv.service")
 M = TypeVar("M", bound=BaseModel)
@@ -99,6 +100,10 @@ async def service_middleware(request: web.Request, handler: Any) -> web.StreamRe
                                    "(service.max_body)")
             if op is not None and op.roles is not None:
                 auth.require(request, *op.roles)
+            node = app.get("node")
+            if op is not None and node is not None and op.operation_id in WRITE_OPERATIONS:
+                # Issue 14: a standby refuses a write before anything of it runs, naming the writer (HTTP 503).
+                node.refuse_write(op.operation_id)
             resp: web.StreamResponse = await handler(request)
         except web.HTTPException as e:
             if e.status < 400:
