@@ -120,6 +120,8 @@ class _Session:
     open: _OpenFile | None = None
     truncated: bool = False
     truncated_gens: list[int] = field(default_factory=list)
+    # Issue 14: the lease epoch of each listed generation, as runs {epoch, gen_low, gen_high} (set's manifest).
+    lineage: list[dict[str, int]] | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     busy: int = 0
     ended: bool = False
@@ -304,7 +306,12 @@ class BackupManager(SessionEnding[_Session]):
             return {"handle": s.handle, "kind": s.kind, "ca_name": self.store.name,
                     "identity": self.store.identity, "phase": s.phase,
                     "started": s.started.isoformat(), "snapshot_lsn": s.snapshot_lsn,
-                    "gen_low": s.gen_low, "gen_high": s.gen_high}
+                    "gen_low": s.gen_low, "gen_high": s.gen_high, "lineage": s.lineage}
+
+    def lineage(self, handle: str, principal_id: str | None = None) -> list[dict[str, int]] | None:
+        """The epoch runs of the generations listed by BackupGetBackupLogs (None before it; issue 14)."""
+        with self._use(handle, "BackupGetBackupLogs", principal_id) as s:
+            return None if s.lineage is None else [dict(r) for r in s.lineage]
 
     def database_names(self, handle: str, principal_id: str | None = None) -> list[str]:
         """BackupGetDatabaseNames: the database file, tagged 'D' (full backups only).
@@ -344,11 +351,24 @@ class BackupManager(SessionEnding[_Session]):
                     names.append(name)
                 s.gen_high = rolled
                 s.log_names = names
+                s.lineage = self._lineage(s.gen_low, rolled)
                 if s.phase == PHASE_DB:
                     s.phase = PHASE_LOGS
                 # The snapshot can no longer be opened (spec §2.4): end the pin, or free the copy's disk space.
                 self._unpin(s)
             return [TAG_LOG + n for n in s.log_names]
+
+    def _lineage(self, low: int, high: int) -> list[dict[str, int]]:
+        """Generations ``low..high`` as runs of one writer lease epoch each (``Generation.epoch``; 0 on SQLite)."""
+        epochs = {g.generation: int(getattr(g, "epoch", 0) or 0) for g in self.store.generations()}
+        runs: list[dict[str, int]] = []
+        for g in range(low, high + 1):
+            e = epochs.get(g, 0)
+            if runs and runs[-1]["epoch"] == e:
+                runs[-1]["gen_high"] = g
+            else:
+                runs.append({"epoch": e, "gen_low": g, "gen_high": g})
+        return runs
 
     def dynamic_files(self, handle: str, principal_id: str | None = None) -> list[str]:
         """BackupGetDynamicFileList: published CA certificates and CRLs, untagged (spec §2.5).

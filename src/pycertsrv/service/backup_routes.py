@@ -124,8 +124,9 @@ async def database_names(request: web.Request) -> web.Response:
 
 
 async def backup_logs(request: web.Request) -> web.Response:
-    """BackupGetBackupLogs."""
-    return json_response({"names": await _run(request, "backup_logs")})
+    """BackupGetBackupLogs (with the listed generations' epoch lineage, issue 14)."""
+    names = await _run(request, "backup_logs")
+    return json_response({"names": names, "lineage": await _run(request, "lineage")})
 
 
 async def dynamic_files(request: web.Request) -> web.Response:
@@ -239,6 +240,13 @@ def _names_schema() -> dict[str, Any]:
             "properties": {"names": {"type": "array", "items": {"type": "string"}}}}
 
 
+def _logs_schema() -> dict[str, Any]:
+    run = {"type": "object", "properties": {k: {"type": "integer"} for k in ("epoch", "gen_low", "gen_high")}}
+    schema = _names_schema()
+    schema["properties"]["lineage"] = {"type": ["array", "null"], "items": run}
+    return schema
+
+
 def setup_routes(app: web.Application) -> None:
     """Create the app's BackupManager and register the backup endpoints."""
     authority = app["authority"]
@@ -271,7 +279,9 @@ def setup_routes(app: web.Application) -> None:
               parameters=handle_param, response=_names_schema(), audit=False, **common)
     add_route(app, "POST", f"{h}/logs", backup_logs, operation_id="backup_logs",
               summary="BackupGetBackupLogs: roll the log, list the generations to back up, tagged '!'",
-              parameters=handle_param, response=_names_schema(), **common)
+              description="Also `lineage` (issue 14): the writer lease epoch of the generations listed, as runs "
+                          "{epoch, gen_low, gen_high}; the set's manifest records it.",
+              parameters=handle_param, response=_logs_schema(), **common)
     add_route(app, "POST", f"{h}/dynamic-files", dynamic_files, operation_id="backup_dynamic_files",
               summary="BackupGetDynamicFileList: published CA certificates and CRLs (untagged)",
               parameters=handle_param, response=_names_schema(), audit=False, **common)
