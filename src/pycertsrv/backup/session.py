@@ -61,6 +61,7 @@ from ..spec import (
 )
 from ..store import ByteStream, CAStore, SnapshotStream, Store, log_name
 from ..store.postgres import PgStore
+from . import nodes
 from .history import backup_history, check_incremental_allowed, record_backup
 from .listed import check_listed_file
 from .liveness import SessionEnding
@@ -122,6 +123,8 @@ class _Session:
     truncated_gens: list[int] = field(default_factory=list)
     # Issue 14: the lease epoch of each listed generation, as runs {epoch, gen_low, gen_high} (set's manifest).
     lineage: list[dict[str, int]] | None = None
+    # Issue 14: the cluster-wide backup claim's id (not the handle: the claim names it to other nodes' callers).
+    claim_id: str | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     busy: int = 0
     ended: bool = False
@@ -198,6 +201,7 @@ class BackupManager(SessionEnding[_Session]):
         self.last_ended: dict[str, Any] | None = None  # status of the session the service ended last
         self._lock = threading.Lock()
         self._session: _Session | None = None
+        self._claim_renewed = 0.0
         self._clean_staging()
 
     # ------------------------------------------------------------------ helpers
@@ -282,6 +286,7 @@ class BackupManager(SessionEnding[_Session]):
             self._session = s
         with s.lock:
             try:
+                self._claim(s)
                 if kind == FULL:
                     snap = s.snapshot = self.store.open_snapshot()
                     s.snapshot_lsn = snap.lsn
@@ -297,6 +302,11 @@ class BackupManager(SessionEnding[_Session]):
                 self._release(s)
                 raise
         return handle
+
+    def _claim(self, s: _Session) -> None:
+        """Issue 14: claim the CA's one backup slot cluster-wide (:mod:`.nodes`)."""
+        s.claim_id = nodes.claim(self.store, self.timeout)
+        self._claim_renewed = self._clock()
 
     def info(self, handle: str, principal_id: str | None = None) -> dict[str, Any]:
         """What a client needs to label the set: kind, CA name, database identity, handle.
@@ -351,24 +361,12 @@ class BackupManager(SessionEnding[_Session]):
                     names.append(name)
                 s.gen_high = rolled
                 s.log_names = names
-                s.lineage = self._lineage(s.gen_low, rolled)
+                s.lineage = nodes.lineage_runs(self.store, s.gen_low, rolled)
                 if s.phase == PHASE_DB:
                     s.phase = PHASE_LOGS
                 # The snapshot can no longer be opened (spec §2.4): end the pin, or free the copy's disk space.
                 self._unpin(s)
             return [TAG_LOG + n for n in s.log_names]
-
-    def _lineage(self, low: int, high: int) -> list[dict[str, int]]:
-        """Generations ``low..high`` as runs of one writer lease epoch each (``Generation.epoch``; 0 on SQLite)."""
-        epochs = {g.generation: int(getattr(g, "epoch", 0) or 0) for g in self.store.generations()}
-        runs: list[dict[str, int]] = []
-        for g in range(low, high + 1):
-            e = epochs.get(g, 0)
-            if runs and runs[-1]["epoch"] == e:
-                runs[-1]["gen_high"] = g
-            else:
-                runs.append({"epoch": e, "gen_low": g, "gen_high": g})
-        return runs
 
     def dynamic_files(self, handle: str, principal_id: str | None = None) -> list[str]:
         """BackupGetDynamicFileList: published CA certificates and CRLs, untagged (spec §2.5).
@@ -550,6 +548,9 @@ class BackupManager(SessionEnding[_Session]):
 
     def _release(self, s: _Session) -> None:
         s.ended = True
+        if s.claim_id is not None:
+            cid, s.claim_id = s.claim_id, None
+            nodes.release(self.store, cid, self.timeout)
         if s.open is not None:
             s.open.close()
             s.open = None

@@ -110,6 +110,9 @@ async def prepare(request: web.Request) -> web.Response:
     body = await read_model(request, PrepareBody)
     request["audit"].update(grbit=body.grbit, flags=body.flags)
     mgr = _manager(request)
+    node = request.app.get("node")
+    if node is not None and not node.is_writer:  # issue 14: busy if a backup runs on any node, else NotWriter
+        await asyncio.to_thread(node.refuse_backup, "backup_prepare")
     pid = principal_id(request)
     handle = await asyncio.to_thread(mgr.prepare, pid, body.grbit, body.flags)
     _hold(request, mgr, handle, pid)
@@ -269,8 +272,10 @@ def setup_routes(app: web.Application) -> None:
     add_route(app, "POST", "/backup/sessions", prepare, operation_id="backup_prepare",
               summary="BackupPrepare: start the one backup session (grbit 0/flags 0|1 full; flags 2 or grbit 1 "
                       "logs only)",
-              description="spec §2.2, §2.20. Busy: same caller 0x8000FFFF, another 0xC80001F9; logs-only without a "
-                          "full backup 0xC8000230, with circular logging 0xC800020E; bad flags 0x80070057.",
+              description="spec §2.2, §2.20. Busy: same caller 0x8000FFFF, another 0xC80001F9, a backup through "
+                          "another node 0x800700AA (issue 14: one backup per CA across the cluster); on a standby "
+                          "node 0x80071397 naming the writer; logs-only without a full backup 0xC8000230, with "
+                          "circular logging 0xC800020E; bad flags 0x80070057.",
               body={"type": "object", "additionalProperties": False,
                     "properties": {"grbit": {"type": "integer"}, "flags": {"type": "integer"}}},
               response={"type": "object", "required": ["handle", "kind", "ca_name", "identity"]}, **common)

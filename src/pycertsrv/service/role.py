@@ -23,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..backup import nodes as backup_nodes
 from ..errors import CertSrvError, NotWriter
 from ..store import DATABASE_ERRORS
 
@@ -42,11 +42,6 @@ REPLICATION_NONE: dict[str, Any] = {"mode": "none", "synchronous_commit": None, 
 ASYNC_WARNING = ("replication is asynchronous: a write acknowledged here can be lost if the PostgreSQL primary "
                  "fails over; set synchronous_standby_names and synchronous_commit = on (or remote_apply)")
 _ERRORS: tuple[type[BaseException], ...] = (CertSrvError, OSError, *DATABASE_ERRORS)
-
-
-def node_name() -> str:
-    """``host:pid``: this node, as the lease names its holder."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def advertised(configured: Sequence[str] | None, listeners: Sequence[str]) -> list[str]:
@@ -78,7 +73,7 @@ class NodeRole:
         self.lease_ttl = float(ttl) if isinstance(ttl, int | float) and ttl > 0 else LEASE_TTL
         self.configured = list(configured or [])
         self.endpoints: list[str] = []
-        self.name = node_name()
+        self.name = backup_nodes.node_name()
         self.promotions = 0
         self.fencings = 0
         self._parts_on = False
@@ -128,6 +123,17 @@ class NodeRole:
         """NotWriter (HTTP 503 naming the writer) unless this node is the writer."""
         if not self.is_writer:
             raise NotWriter(function=function, writer=self.writer())
+
+    def refuse_backup(self, function: str) -> None:
+        """BackupPrepare on a standby: busy (the claim's Conflict naming its node) while a live backup runs anywhere
+        in the cluster, else NotWriter (backups roll and truncate the log: the writer's work). The probe claims
+        with a time to live of 0, so it never stands in the way of a real claim, and is released at once."""
+        if self.is_writer:
+            return
+        cid = backup_nodes.claim(self.store, 0.0)
+        if cid is not None:
+            backup_nodes.release(self.store, cid, 0.0)
+        self.refuse_write(function)
 
     def to_json(self) -> dict[str, Any]:
         """``node`` of ``GET /v1/health``: this node's role and name, the epoch, the lease holder, the writer."""
@@ -244,4 +250,4 @@ class NodeRole:
             await asyncio.to_thread(self._stop_parts)
 
 
-__all__ = ["ROLE_STANDBY", "ROLE_WRITER", "WRITE_OPERATIONS", "NodeRole", "advertised", "node_name"]
+__all__ = ["ROLE_STANDBY", "ROLE_WRITER", "WRITE_OPERATIONS", "NodeRole", "advertised"]
