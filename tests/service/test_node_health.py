@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,20 @@ def test_a_sqlite_home_is_its_own_writer(tmp_path: Path) -> None:
             h = c.call("GET", "/v1/health")
             w_status, w_body = _raw(c, "/v1/health/writer")
             s_status, s_body = _raw(c, "/v1/health/standby")
+            crl = c.call("GET", "/ca/crl")
         node = h["node"]
         assert h["role"] == "writer" and node["role"] == "writer" and node["epoch"] == 0
         assert node["name"].endswith(f":{svc.pid}") and node["holder"] == node["name"]
         assert node["writer"]["endpoints"] == [f"unix:{sock}"]
         assert h["replication"]["mode"] == "none" and h["replication"]["warning"] is None
         assert h["warnings"] == []
+        # GET /ca/crl: the newest CRL from the database, the one published in the home (checked with openssl)
+        pem = tmp_path / "crl.pem"
+        pem.write_text(crl["crl_pem"])
+        out = subprocess.run(["openssl", "crl", "-in", str(pem), "-noout", "-crlnumber"], capture_output=True,
+                             text=True, check=True).stdout
+        assert int(out.strip().split("=", 1)[1], 16) == crl["number"] == h["crl"]["number"]
+        assert crl["crl_pem"] == (home.root / "publish" / "ca.crl.pem").read_text()
         assert (w_status, w_body["role"]) == (200, "writer")
         assert (s_status, s_body["role"]) == (503, "writer")
 

@@ -37,6 +37,7 @@ ROUTE_MODULES: list[str] = [
     "pycertsrv.service.openapi",
     "pycertsrv.service.control_routes",
     "pycertsrv.service.ca_routes",
+    "pycertsrv.service.crl_routes",
     "pycertsrv.service.backup_routes",
     "pycertsrv.service.ui_routes",
 ]
