@@ -82,6 +82,7 @@ class NodeRole:
         self._changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._replication_mode: str | None = None
+        self._last_error: str | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -236,9 +237,13 @@ class NodeRole:
                     await self._promote()
                 elif self.is_writer and not self._parts_on:
                     await self._became_writer()
+                self._last_error = None
             except _ERRORS as e:
-                # The database is unreachable or the lease was lost meanwhile: try again at the next poll.
-                log.warning("node role: %s", e)
+                # The database is unreachable or the lease was lost meanwhile: try again at the next poll (said
+                # once per distinct failure, not at every poll).
+                if str(e) != self._last_error:
+                    log.warning("node role: %s (retrying every %.1fs)", e, interval)
+                    self._last_error = str(e)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), interval)
             self._changed.clear()
