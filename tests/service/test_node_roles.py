@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -250,3 +251,22 @@ def test_a_node_home_for_another_cas_database_is_refused(nodes: Nodes, pg_cluste
         assert not target.exists() or not any(target.iterdir())
     finally:
         pg_cluster.drop_database(other_url)
+
+
+def test_a_fenced_writer_goes_back_to_standby(nodes: Nodes) -> None:
+    a, b = nodes.a, nodes.b
+    a.proc.send_signal(signal.SIGSTOP)  # past its lease: the standby takes over
+    try:
+        _until("the standby takes the writer lease", lambda: _probe(b, "/v1/health/writer") == 200)
+        with b.client() as cb:
+            done = cb.submit(make_csr("during.example"))
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    _until("the old writer sees it was fenced", lambda: _probe(a, "/v1/health/standby") == 200)
+    with a.client() as ca:
+        with pytest.raises(NotWriter) as ei:
+            ca.submit(make_csr("stale.example"))
+        assert f":{b.pid}" in ei.value.message
+        assert ca.get_request(done["request_id"])["disposition_name"] == "issued"  # it reads the new writer's rows
+        assert ca.call("GET", "/v1/health")["node"]["fencings"] == 1
+    assert a.proc.poll() is None and "FENCED" in a.log() and "Traceback" not in a.log()
