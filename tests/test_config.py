@@ -42,3 +42,16 @@ def test_bad_files_name_the_problem(tmp_path: Path, text: str, needle: str) -> N
         config.load(tmp_path)
     assert ei.value.hresult == E_INVALIDARG
     assert needle in str(ei.value)
+
+
+def test_store_lease_ttl_defaults_to_ten_seconds_and_is_checked(tmp_path: Path) -> None:
+    from pycertsrv.store import StoreOptions
+    from pycertsrv.store.postgres import LEASE_TTL
+
+    assert config.Config().store.lease_ttl == 10.0 == StoreOptions().lease_ttl == LEASE_TTL  # issue 14: at most 10 s
+    (tmp_path / "certsrv.toml").write_text('[store]\nlease_ttl = 4.5\n')
+    assert config.load(tmp_path).store.lease_ttl == 4.5
+    (tmp_path / "certsrv.toml").write_text('[store]\nlease_ttl = 0\n')
+    with pytest.raises(InvalidArgument) as bad:
+        config.load(tmp_path)
+    assert "lease_ttl" in str(bad.value)

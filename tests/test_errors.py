@@ -76,3 +76,20 @@ def test_file_system_error_names_the_target_of_a_copy_and_survives_unknown_errno
     assert e.function == "/home/db/.x"  # the full device is the copy's destination's
     odd = errors.from_oserror(OSError(errno.ELOOP, "Too many levels of symbolic links", "/a"), "get")
     assert odd.hresult == errors.E_FAIL and odd.function == "get" and "symbolic links" in odd.message
+
+
+def test_issue_14_node_errors_name_the_writer_and_survive_json_and_pickle() -> None:
+    writer = {"holder": "ca2:4242", "epoch": 7, "endpoints": ["unix:/run/certsrv.sock", "ca2:8443"],
+              "renewed_age_s": 0.4}
+    e = errors.NotWriter.naming("postgresql://db/ca", writer)
+    assert str(e) == ("postgresql://db/ca: 0x80071397 ERROR_HOST_NODE_NOT_RESOURCE_OWNER: this node is a standby; "
+                      "the writer is ca2:4242 (epoch 7, at unix:/run/certsrv.sock, ca2:8443); send writes there, or "
+                      "give --server every node")
+    assert e.http_status == 503 and e.to_json()["writer"] == writer
+    for back in (error_from_json(e.to_json()), pickle.loads(pickle.dumps(e))):
+        assert isinstance(back, errors.NotWriter) and back.writer == writer and str(back) == str(e)
+    free = errors.NotWriter.naming("db", {"holder": "", "epoch": 8, "endpoints": []})
+    assert "no node holds the writer lease now (epoch 8)" in free.message
+    u = errors.OutcomeUnknown(None, "submit", "it may or may not have been written")
+    assert str(u).startswith("submit: 0x800706BE RPC_S_CALL_FAILED: ") and u.http_status == 503
+    assert hresult_name(errors.RPC_S_CALL_FAILED_DNE) == "RPC_S_CALL_FAILED_DNE"

@@ -65,6 +65,9 @@ class StoreSection(_Section):
     circular_logging: bool = False
     # Issue 12: a libpq URI (several hosts allowed) puts the database on PostgreSQL; absent: SQLite in HOME/db/.
     url: str | None = None
+    # Issue 14: seconds a writer lease lives unrenewed before a standby node may take it (default at most 10 s);
+    # the writer renews every third of it.
+    lease_ttl: float = Field(10.0, ge=0.5, le=600.0)
 
     @field_validator("url")
     @classmethod

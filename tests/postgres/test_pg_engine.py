@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pycertsrv.errors import CertSrvError, Conflict, StorageError
+from pycertsrv.errors import CertSrvError, Conflict, NotWriter
 from pycertsrv.store import Store, StoreOptions, logfile
 from pycertsrv.store.postgres import PgStore
 
@@ -76,11 +76,11 @@ def test_second_writer_is_refused_and_a_takeover_fences_the_first(pg_url: str) -
             tx.put("setting", {"name": "a", "value": "1"})
         second = PgStore.open(pg_url, takeover=True)
         try:
-            with pytest.raises(StorageError) as fenced:
+            with pytest.raises(NotWriter) as fenced:  # issue 14: a fenced writer is a standby
                 with first.transaction() as tx:
                     tx.put("setting", {"name": "b", "value": "from the old writer"})
-            assert "fenced" in fenced.value.message
-            with pytest.raises(StorageError):  # and it stays refused
+            assert fenced.value.writer["epoch"] == second.epoch and first.role == "standby"
+            with pytest.raises(NotWriter):  # and it stays refused
                 first.transaction()
             with second.transaction() as tx:
                 tx.put("setting", {"name": "c", "value": "2"})
@@ -100,10 +100,11 @@ def test_the_database_refuses_a_commit_with_a_superseded_epoch(pg_url: str) -> N
     try:
         with psycopg.connect(pg_url, autocommit=True) as c:
             c.execute("UPDATE writer_lease SET epoch = epoch + 1, holder = 'elsewhere:1'")
-        with pytest.raises(StorageError) as e:
+        with pytest.raises(NotWriter) as e:
             with store.transaction() as tx:
                 tx.put("setting", {"name": "x", "value": "y"})
-        assert "fenced: the database refused its commit" in e.value.message and e.value.hresult == 0x8007139F
+        assert e.value.hresult == 0x80071397 and e.value.writer["holder"] == "elsewhere:1"
+        assert store.role == "standby"
     finally:
         store.close()
     with psycopg.connect(pg_url) as c:
@@ -182,8 +183,8 @@ def test_an_idle_writer_keeps_its_lease_and_learns_it_was_fenced(pg_url: str) ->
         while time.monotonic() < deadline:
             try:
                 store.transaction()
-            except StorageError as e:
-                assert "fenced" in e.message
+            except NotWriter as e:
+                assert e.writer["holder"] == "elsewhere:1" and store.role == "standby"
                 break
             time.sleep(0.05)
         else:

@@ -23,16 +23,22 @@ def create_store(home: Path, name: str, options: StoreOptions | None = None, url
     return Store.create(home, name, options)
 
 
-def open_store(home: Path, options: StoreOptions | None = None, url: str | None = None) -> CAStore:
-    """Open a CA's database for writing (SQLite: soft recovery; PostgreSQL: takes the writer lease)."""
+def open_store(home: Path, options: StoreOptions | None = None, url: str | None = None, *,
+               standby: bool = False) -> CAStore:
+    """Open a CA's database for writing (SQLite: soft recovery; PostgreSQL: takes the writer lease).
+
+    :param standby: PostgreSQL (issue 14): while another node holds the writer lease, open as a standby
+        (reads; writes raise NotWriter) instead of refusing; ``certsrv serve`` does, CLI verbs do not. The
+        lease time is ``options.lease_ttl`` (``[store] lease_ttl``). A SQLite store is always the writer.
+    """
     if url:
-        return PgStore.open(url, options, home=Path(home))
+        return PgStore.open(url, options, home=Path(home), standby=standby)
     return Store.open(home, options)
 
 
 def engine_facts(store: CAStore) -> dict[str, Any]:
     """Which engine holds the database and, on PostgreSQL, where and under which writer lease epoch."""
     if isinstance(store, PgStore):
-        return {"engine": "postgresql", "database": store.subject,
-                "writer_epoch": store.lease.epoch if store.lease else None}
-    return {"engine": "sqlite", "database": None, "writer_epoch": None}
+        return {"engine": "postgresql", "database": store.subject, "role": store.role,
+                "writer_epoch": store.epoch}
+    return {"engine": "sqlite", "database": None, "role": "writer", "writer_epoch": None}

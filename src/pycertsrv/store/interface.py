@@ -72,6 +72,8 @@ class Generation:
     :param created_us: when it was started (µs since the epoch, UTC).
     :param size: the bytes of its stream (:meth:`Engine.open_generation`), as of this listing.
     :param closed: closed generations never change again; only the newest one is open.
+    :param epoch: the writer lease epoch its records were written under (issue 14: one epoch per generation,
+        the backup set's lineage); always 0 on SQLite (one process, no lease).
     """
 
     generation: int
@@ -80,6 +82,7 @@ class Generation:
     created_us: int
     size: int
     closed: bool
+    epoch: int = 0
 
 
 @dataclass(frozen=True)

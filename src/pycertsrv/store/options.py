@@ -16,6 +16,8 @@ class StoreOptions:
         (disk full); see :mod:`.health`.
     :param archiving: continuous archiving is on: truncation and circular logging keep every generation
         above the archive watermark (issue 13).
+    :param lease_ttl: PostgreSQL only (``[store] lease_ttl``): a writer lease not renewed for this many
+        seconds may be taken by a standby node (issue 14).
     """
 
     log_size: int = 8 << 20
@@ -23,6 +25,7 @@ class StoreOptions:
     circular_logging: bool = False
     retry_interval: float = 0.5
     archiving: bool = False  # issue 13: never delete a generation not yet archived (see .archivemark)
+    lease_ttl: float = 10.0  # issue 14: PostgreSQL writer lease, seconds unrenewed before a standby may take it
 
     @property
     def circular_flag(self) -> str:

@@ -27,6 +27,22 @@ from ...errors import (
 SCHEMES = ("postgresql://", "postgres://")
 
 
+class Fenced(StorageError):
+    """A commit refused because this writer's lease epoch was superseded (the store turns it into NotWriter)."""
+
+
+def connection_lost(e: BaseException) -> bool:
+    """Whether ``e`` means the connection to the server is gone (the server died, a failover, a network cut):
+    psycopg's OperationalError (AdminShutdown, ConnectionFailure, ...) or our mapping of one."""
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    if isinstance(e, (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)):
+        return True  # a server that became a standby under us is as good as gone for the writer
+    return isinstance(e, CertSrvError) and e.hresult == RPC_S_SERVER_UNAVAILABLE
+
+
 def is_postgres_url(url: str | None) -> bool:
     """Whether ``url`` names a PostgreSQL database (a libpq URI)."""
     return bool(url) and str(url).startswith(SCHEMES)
@@ -86,14 +102,34 @@ def map_error(url: str, e: BaseException) -> CertSrvError:
                         f"cannot reach the PostgreSQL server: {text}; start it or fix host/port in the URL")
 
 
-def connect(url: str, *, autocommit: bool = True, connect_timeout: int = 10) -> Any:
-    """A psycopg connection to ``url`` (checked first); failures as :class:`CertSrvError`."""
-    check_url(url)
+def connect(url: str, *, autocommit: bool = True, connect_timeout: int = 10,
+            idle_tx_timeout: float | None = None) -> Any:
+    """A psycopg connection to ``url`` (checked first); failures as :class:`CertSrvError`.
+
+    :param idle_tx_timeout: seconds after which the server aborts a transaction of this connection that waits
+        on its client (``idle_in_transaction_session_timeout``). The writer's connections set it to the lease
+        time (issue 14): a writer frozen (SIGSTOP, a VM pause) inside a commit would otherwise hold the lease
+        row's lock, and no standby could take the lease however long it waited.
+    """
+    params = check_url(url)
     import psycopg
 
+    # Issue 14: with several hosts in the URL, only the primary will do (writes, and reads that must see
+    # them); an explicit target_session_attrs in the URL wins.
+    attrs = None if params.get("target_session_attrs") else "read-write"
     try:
-        return psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout,
-                               application_name="certsrv")
+        if attrs is None:
+            conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout,
+                                   application_name="certsrv")
+        else:
+            conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout,
+                                   application_name="certsrv", target_session_attrs=attrs)
+        if idle_tx_timeout is not None:
+            conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                         (str(max(int(idle_tx_timeout * 1000), 100)),))
+            if not autocommit:
+                conn.commit()
+        return conn
     except psycopg.Error as e:
         raise map_error(url, e) from None
 
@@ -109,10 +145,10 @@ def as_certsrv(url: str, e: BaseException) -> CertSrvError:
     if isinstance(e, psycopg.errors.RaiseException) and "certsrv: fenced" in str(e):
         # The database's own fencing trigger (ddl v2) refused log rows of a superseded writer.
         detail = str(e).splitlines()[0].replace("certsrv: fenced: ", "")
-        return StorageError(ERROR_INVALID_STATE, describe(url),
+        return Fenced(ERROR_INVALID_STATE, describe(url),
                             f"this writer was fenced: the database refused its commit ({detail}: the lease epoch was "
-                            "superseded by another writer); nothing was written; this node must reopen the database "
-                            "to write again")
+                            "superseded by another writer); nothing was written; this node is a standby until it takes "
+                            "the lease again")
     if isinstance(e, psycopg.errors.UniqueViolation):
         return Conflict(ERROR_INVALID_STATE, describe(url),
                         f"the database refused a duplicate ({' '.join(str(e).split())}); nothing was written")

@@ -10,7 +10,9 @@ value. Beside them:
   record in an ``edbXXXXXXXX.log`` file and ``crc`` the frame's CRC32 (:func:`..logfile.encode_record`).
 - ``log_generation``: generations (number, first LSN, created, closed); an incremental backup exports each
   as an ``edb`` file.
-- ``writer_lease``: one row, the fencing epoch of the writer (every commit transaction checks it).
+- ``writer_lease``: one row, the fencing epoch of the writer (every commit transaction checks it) and,
+  from v3, the endpoints the writer advertises (issue 14).
+- ``backup_claim`` (v3): at most one row, the backup session holding the CA's one backup slot cluster-wide.
 - ``pg_schema_version``: the migrations applied. Migrations run from ``certsrv init`` and
   ``certsrv db upgrade`` only, never when the service starts (a node on a read-only standby must still
   serve reads; step-ca#1892).
@@ -68,8 +70,21 @@ def _v2() -> list[str]:
     ]
 
 
+def _v3() -> list[str]:
+    # Issue 14, several nodes: each generation records the lease epoch it was written under (the backup set's
+    # lineage); the writer's advertised endpoints (a JSON list) sit in its lease row, so a standby names them;
+    # one cluster-wide backup claim (one backup at a time per CA, whichever node it runs on), timed by the
+    # database server's clock so that nodes with skewed clocks agree on its expiry.
+    return [
+        "ALTER TABLE log_generation ADD COLUMN epoch bigint NOT NULL DEFAULT 0",
+        "ALTER TABLE writer_lease ADD COLUMN endpoints text NOT NULL DEFAULT '[]'",
+        "CREATE TABLE backup_claim (id integer PRIMARY KEY CHECK (id = 1), session_id text NOT NULL,"
+        " node text NOT NULL, claimed_us bigint NOT NULL, renewed_us bigint NOT NULL, ttl_s double precision NOT NULL)",
+    ]
+
+
 # MIGRATIONS[v] takes the schema from version v-1 to v (v=1 creates it). Append; never edit a released one.
-MIGRATIONS: dict[int, list[str]] = {1: _v1(), 2: _v2()}
+MIGRATIONS: dict[int, list[str]] = {1: _v1(), 2: _v2(), 3: _v3()}
 PG_SCHEMA_VERSION = max(MIGRATIONS)
 VERSION_DDL = ("CREATE TABLE IF NOT EXISTS pg_schema_version (version integer PRIMARY KEY,"
                " applied_us bigint NOT NULL)")

@@ -3,52 +3,57 @@
 - ``PgStore.create(url, name)`` / ``PgStore.open(url)``: the schema must exist at this release's version
   (``certsrv init`` / ``certsrv db upgrade`` create it; opening never runs DDL).
 - One writer per CA: opening takes the lease (:mod:`.lease`) and computes every counter from the database
-  (next LSN, generation, request id, CRL number): never from a process-local value alone.
+  (next LSN, generation, request id, CRL number): never from a process-local value alone. With
+  ``standby=True`` a live writer elsewhere makes this node a standby instead (issue 14, :mod:`.node`).
 - ``transaction()``: row images collected under the write lock, which assigns the next LSN (gapless, in
   commit order: issue 12 measured that sequences give neither). Committers then share PostgreSQL
   transactions (group commit): one of them commits every queued record in ONE transaction that checks
-  the lease epoch, inserts the log rows and applies the row images. If that transaction fails, the LSNs
-  handed out are not committed and the store refuses writes until it is reopened (which recomputes
-  them from the database): never a gap, never a duplicate.
+  the lease epoch, inserts the log rows and applies the row images. If that transaction fails, none of
+  its LSNs is committed and every record queued behind it is refused unsent; the counters are then
+  recomputed from the database before the next record (:mod:`.node`): never a gap, never a duplicate.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ...errors import (
     E_INVALIDARG,
+    ERROR_BUSY,
     ERROR_FILE_EXISTS,
     ERROR_INVALID_STATE,
+    RPC_S_CALL_FAILED,
+    RPC_S_CALL_FAILED_DNE,
     CertSrvError,
     Conflict,
     InvalidArgument,
     NotFound,
-    StorageError,
+    NotWriter,
+    OutcomeUnknown,
+    Unavailable,
 )
 from .. import archivemark, logfile, schema
-from ..health import Health
-from ..interface import Commit, Generation
+from ..interface import Commit
 from ..logfile import Op, encode_payload
 from ..options import StoreOptions, initial_meta
 from ..report import RecoveryReport
-from ..sqlite.checkpoint import Checkpoint
 from ..transaction import Transaction
 from . import ddl, lease, sql
-from .connect import as_certsrv as _as_certsrv
-from .connect import connect, describe
-from .exports import ExportedGeneration, PgSnapshot
+from .claims import PgClaims
+from .connect import Fenced, as_certsrv, connect, connection_lost, describe
+from .logs import PgLog
+from .node import RECONNECT, RESYNC, STANDBY, WRITER, PgNode
 from .reads import PgReads
-from .streams import PgGenerationStream, PgSnapshotStream, scratch_dir
 
 log = logging.getLogger("pycertsrv.store.postgres")
-FAILED_COMMIT = "failed: postgresql commit refused, restart required"
 
 
 @dataclass
@@ -64,15 +69,25 @@ class _Item:
     ops: list[Op] | None = None
 
 
-class PgStore(PgReads):
-    """An open CA database on PostgreSQL, held by this process as its writer."""
+@dataclass
+class _Failure:
+    """How a failed batch ends: what its own records get, what the records queued behind it get."""
+
+    batch: CertSrvError
+    rest: CertSrvError
+    then: str | None  # RECONNECT, RESYNC, or None (fenced: the node becomes a standby)
+    fenced: CertSrvError | None = None  # why, when fenced
+
+
+class PgStore(PgLog, PgNode, PgClaims, PgReads):
+    """An open CA database on PostgreSQL: the writer (holds the lease) or a standby (reads; see :mod:`.node`)."""
 
     engine = "postgresql"
 
     def __init__(self, url: str, options: StoreOptions, home: Path | None = None,
-                 lease_ttl: float = lease.LEASE_TTL) -> None:
+                 lease_ttl: float | None = None) -> None:
         self.url = url
-        self.lease_ttl = lease_ttl
+        self.lease_ttl = float(options.lease_ttl if lease_ttl is None else lease_ttl)
         self.subject = describe(url)
         self.options = options
         self.home = Path(home).resolve() if home is not None else None
@@ -90,7 +105,18 @@ class PgStore(PgReads):
         self._seq = 0
         self._committed_seq = 0
         self._flushing = False
-        self._failed: CertSrvError | None = None
+        self._errors: dict[int, CertSrvError] = {}  # queue item seq -> why it was not committed
+        self._round = 0  # +1 at every failure, take or resync: a record computed in an older round is redone
+        self._role = STANDBY
+        self._recover: str | None = None
+        self._lost_at = 0.0
+        self._seen_epoch = 0
+        self._endpoints: list[str] = []
+        self._callbacks: list[Callable[[str], None]] = []
+        self._events: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._dispatcher: threading.Thread | None = None
+        self._heartbeat: lease.Heartbeat | None = None
+        self._recoverer: threading.Thread | None = None
         self._next_lsn = 1
         self._appended_lsn = 0
         self._committed_lsn = 0
@@ -105,7 +131,7 @@ class PgStore(PgReads):
     @classmethod
     def create(cls, url: str, name: str, options: StoreOptions | None = None, *, home: Path | None = None,
                identity: str | None = None, lineage: str | None = None,
-               lease_ttl: float = lease.LEASE_TTL) -> PgStore:
+               lease_ttl: float | None = None) -> PgStore:
         """Create the schema (migrations) and an empty CA database in ``url``, then open it.
 
         :param identity: the database identity (hex); a new random one when None.
@@ -129,34 +155,36 @@ class PgStore(PgReads):
                                           archivemark.initial_settings(lineage))
                 epoch = conn.execute("SELECT epoch FROM writer_lease WHERE id = 1").fetchone()[0]
                 lease.declare(conn, int(epoch))
-                conn.execute("INSERT INTO log_generation (gen, first_lsn, created_us) VALUES (1, 1, %s)",
-                             (logfile.now_us(),))
+                conn.execute("INSERT INTO log_generation (gen, first_lsn, created_us, epoch) VALUES (1, 1, %s, %s)",
+                             (logfile.now_us(), int(epoch)))
         except Exception as e:
-            raise _as_certsrv(url, e) from None
+            raise as_certsrv(url, e) from None
         finally:
             conn.close()
         return cls.open(url, options, home=home, lease_ttl=lease_ttl)
 
     @classmethod
     def open(cls, url: str, options: StoreOptions | None = None, *, home: Path | None = None,
-             takeover: bool = False, lease_ttl: float = lease.LEASE_TTL) -> PgStore:
+             takeover: bool = False, lease_ttl: float | None = None, standby: bool = False) -> PgStore:
         """Open ``url``'s CA database as its writer (takes the lease; see :mod:`.lease`).
 
         :param takeover: take the lease even from a live writer (which is fenced at its next commit).
         :param lease_ttl: a lease not renewed for this many seconds may be taken by another node; this
-            writer renews its own every third of it.
+            writer renews its own every third of it. Default: ``options.lease_ttl`` (``[store] lease_ttl``).
+        :param standby: while another live writer holds the lease, open as a standby (reads work, writes raise
+            NotWriter; :meth:`try_promote` takes the lease once it expires) instead of refusing with
+            ERROR_BUSY. A free lease is taken all the same (role writer).
         """
         store = cls(url, options or StoreOptions(), home, lease_ttl)
         try:
-            store._open(takeover)
+            store._open(takeover, standby)
         except BaseException:
             store._close_handles()
             raise
         return store
 
-    def _open(self, takeover: bool) -> None:
-        self._writer = connect(self.url)
-        w = self._writer
+    def _open(self, takeover: bool, standby: bool) -> None:
+        w = self._writer_conn()
         try:
             version = ddl.current_version(w)
             if version != ddl.PG_SCHEMA_VERSION:
@@ -168,57 +196,45 @@ class PgStore(PgReads):
             meta = dict(w.execute("SELECT key, value FROM _meta").fetchall())
             if "identity" not in meta:
                 raise NotFound(None, self.subject, "no CA in this database; run certsrv init --database URL")
-            self.identity, self.name = meta["identity"], meta.get("name", "")
-            with w.transaction():
-                cur = w.cursor()
-                self.lease = lease.take(cur, self.subject, logfile.now_us(), self.lease_ttl, takeover=takeover)
-                # issue 12: every counter comes from the database once the lease is ours.
-                last = cur.execute("SELECT coalesce(max(lsn), 0) FROM log_record").fetchone()[0]
-                gen, first = cur.execute(
-                    "SELECT gen, first_lsn FROM log_generation ORDER BY gen DESC LIMIT 1").fetchone()
-                size = cur.execute("SELECT coalesce(sum(length(payload)), 0), count(*) FROM log_record "
-                                   "WHERE gen = %s", (gen,)).fetchone()
-                for t in ("request", "crl"):
-                    k = schema.table(t).key[0]
-                    self._ids[t] = int(cur.execute(f"SELECT coalesce(max({k}), 0) FROM {t}").fetchone()[0])
-                if meta.get("circular_logging") != self.options.circular_flag:
-                    cur.execute("UPDATE _meta SET value = %s WHERE key = 'circular_logging'",
-                                (self.options.circular_flag,))
         except Exception as e:
-            raise _as_certsrv(self.url, e) from None
-        self._next_lsn = int(last) + 1
-        self._appended_lsn = self._committed_lsn = int(last)
-        self._gen, self._gen_first = int(gen), int(first)
-        self._gen_size = logfile.HEADER_SIZE + int(size[0]) + int(size[1]) * logfile.REC_SIZE
+            raise as_certsrv(self.url, e) from None
+        self.identity, self.name = meta["identity"], meta.get("name", "")
         self._closed = False
-        self._heartbeat = lease.Heartbeat(self.url, self.lease, self.lease_ttl / 3, self._fenced)
-        self._heartbeat.start()
-
-    def _fenced(self, error: CertSrvError) -> None:
-        """The heartbeat found the epoch superseded: refuse writes from now on (the database would anyway)."""
-        with self._cond:
-            if self._failed is None:
-                self._failed = error
-                log.error("%s", error)
-            self._cond.notify_all()
+        with self._write_lock:
+            try:
+                self._take_locked(takeover=takeover)
+            except Conflict as e:
+                if not standby or e.hresult != ERROR_BUSY:
+                    raise
+                log.info("%s: another node holds the writer lease; this node is a standby", self.subject)
+                return
+        if meta.get("circular_logging") != self.options.circular_flag:
+            try:
+                with w.transaction():  # the node that writes sets it (a standby leaves it to the writer)
+                    w.execute("UPDATE _meta SET value = %s WHERE key = 'circular_logging'",
+                              (self.options.circular_flag,))
+            except Exception as e:
+                raise as_certsrv(self.url, e) from None
 
     def close(self) -> None:
-        """Release the lease and every connection."""
+        """Release the lease (when this node is the writer) and every connection."""
         if self._closed:
             return
+        with contextlib.suppress(Exception), self._write_lock:
+            if self._role == WRITER and self._recover is None and self.lease is not None:
+                self._quiesce()
         self._closed = True
-        hb = getattr(self, "_heartbeat", None)
-        if hb is not None:
-            hb.stop()
+        self._stop_heartbeat()
         with contextlib.suppress(Exception):
-            if self._failed is None and self.lease is not None and self._writer is not None:
-                with self._write_lock:
-                    self._quiesce()
-                    with self._cond, self._writer.transaction():
-                        lease.release(self._writer.cursor(), self.lease)
+            if self._role == WRITER and self._recover is None and self.lease is not None and self._writer is not None:
+                with self._write_lock, self._cond, self._writer.transaction():
+                    lease.release(self._writer.cursor(), self.lease)
+        self._events.put(None)
         self._close_handles()
 
     def _close_handles(self) -> None:
+        self._closed = True
+        self._stop_heartbeat()
         with self._conns_lock:
             for c in self._conns:
                 with contextlib.suppress(Exception):
@@ -236,9 +252,10 @@ class PgStore(PgReads):
         self.close()
 
     def _check_writable(self) -> None:
+        """Refuse a write early on a standby (NotWriter naming the writer)."""
         self._check_open()
-        if self._failed is not None:
-            raise self._failed
+        if self._role != WRITER:
+            raise self._not_writer()
 
     # ---------------------------------------------------------------- writes
 
@@ -248,7 +265,11 @@ class PgStore(PgReads):
         return Transaction(self)
 
     def commit(self, ops: Sequence[Op]) -> Commit:
-        """Append one record holding ``ops`` and commit it with its row images (the Engine call)."""
+        """Append one record holding ``ops`` and commit it with its row images (the Engine call).
+
+        Raises NotWriter on a standby (or once fenced), OutcomeUnknown (RPC_S_CALL_FAILED) when the connection
+        was lost while committing (it may have been written), RPC_S_CALL_FAILED_DNE when nothing was sent.
+        """
         if not ops:
             raise InvalidArgument(E_INVALIDARG, "store", "a commit needs at least one row operation")
         tx = Transaction(self)
@@ -259,53 +280,75 @@ class PgStore(PgReads):
         return Commit(tx.lsn, True)
 
     def _log_locked(self, tx: Transaction) -> int:
-        """Assign the next LSN to ``tx`` and queue it (the write lock is held); returns the LSN."""
-        self._check_writable()
-        lsn = self._next_lsn
+        """Assign the next LSN to ``tx`` and queue it (the write lock is held); returns its queue ticket."""
         try:
             payload = encode_payload(tx.ops)
         except (ValueError, TypeError) as e:
             raise InvalidArgument(E_INVALIDARG, "store", f"cannot log the transaction: {e}") from None
-        rec = logfile.encode_record(lsn, logfile.now_us(), payload)
-        size = len(rec)
-        if self._gen_size + size > self.options.log_size and self._gen_size > logfile.HEADER_SIZE:
-            self._queue_roll()
-        crc, _, _, ts = logfile.REC.unpack_from(rec)
-        with self._cond:
-            self._seq += 1
-            self._queue.append(_Item(self._seq, lsn, self._gen, ts, crc, payload, tx.ops))
-        self._gen_size += size
-        self._next_lsn = lsn + 1
-        self._appended_lsn = lsn
-        tx.lsn = lsn
-        return lsn
+        while True:
+            rnd = self._ensure_writer_locked()
+            lsn = self._next_lsn
+            rec = logfile.encode_record(lsn, logfile.now_us(), payload)
+            size = len(rec)
+            roll = self._gen_size + size > self.options.log_size and self._gen_size > logfile.HEADER_SIZE
+            crc, _, _, ts = logfile.REC.unpack_from(rec)
+            with self._cond:
+                if self._round != rnd:
+                    continue  # a failure or a take since the check: the counters changed, compute again
+                if roll:
+                    self._seq += 1
+                    self._queue.append(_Item(self._seq, lsn, self._gen + 1, ts))
+                self._seq += 1
+                self._queue.append(_Item(self._seq, lsn, self._gen + roll, ts, crc, payload, tx.ops))
+                seq = self._seq
+            if roll:
+                self._gen, self._gen_first, self._gen_size = self._gen + 1, lsn, logfile.HEADER_SIZE
+            self._gen_size += size
+            self._next_lsn = lsn + 1
+            self._appended_lsn = lsn
+            tx.lsn = lsn
+            return seq
 
-    def _queue_roll(self) -> int:
-        """Queue the start of the next generation at the next LSN (write lock held)."""
-        with self._cond:
-            self._seq += 1
-            self._queue.append(_Item(self._seq, self._next_lsn, self._gen + 1, logfile.now_us()))
-            seq = self._seq
-        self._gen += 1
-        self._gen_first = self._next_lsn
-        self._gen_size = logfile.HEADER_SIZE
-        return seq
+    def _queue_roll(self) -> tuple[int, int]:
+        """Queue the start of the next generation at the next LSN (write lock held); (closed number, ticket)."""
+        while True:
+            rnd = self._ensure_writer_locked()
+            with self._cond:
+                if self._round != rnd:
+                    continue
+                self._seq += 1
+                self._queue.append(_Item(self._seq, self._next_lsn, self._gen + 1, logfile.now_us()))
+                seq = self._seq
+            closed = self._gen
+            self._gen += 1
+            self._gen_first = self._next_lsn
+            self._gen_size = logfile.HEADER_SIZE
+            return closed, seq
 
-    def _commit_wait(self, lsn: int) -> bool:
-        """Return once record ``lsn`` is committed (its row images with it: always True)."""
-        self._wait(lambda: self._committed_lsn >= lsn)
+    def _commit_wait(self, ticket: int) -> bool:
+        """Return once the record of ``ticket`` is committed (its row images with it: always True), or raise
+        why it was not (NotWriter, OutcomeUnknown, RPC_S_CALL_FAILED_DNE, a refusal of the database)."""
+        self._wait_seq(ticket)
         return True
 
     def _wait_seq(self, seq: int) -> None:
-        """Return once queue item ``seq`` (a record or a roll) is committed."""
-        self._wait(lambda: self._committed_seq >= seq)
+        """Return once queue item ``seq`` (a record or a roll) is committed; raise its error if it was not."""
+        with self._cond:
+            while True:
+                error = self._errors.pop(seq, None)
+                if error is not None:
+                    raise error
+                if self._committed_seq >= seq:
+                    return
+                if not self._flushing and self._queue:
+                    self._flush_locked()
+                    continue
+                self._cond.wait()
 
     def _wait(self, done: Callable[[], bool]) -> None:
         """Wait for ``done``; the first waiter finding no commit running commits everything queued."""
         with self._cond:
             while not done():
-                if self._failed is not None:
-                    raise self._failed
                 if not self._flushing and self._queue:
                     self._flush_locked()
                     continue
@@ -315,44 +358,97 @@ class PgStore(PgReads):
         """Commit every queued item in ONE PostgreSQL transaction (called with ``_cond`` held)."""
         batch, self._queue = self._queue, []
         self._flushing = True
-        error: CertSrvError | None = None
+        held = self.lease
+        failure: _Failure | None = None
         self._cond.release()
         try:
-            self._commit_batch(batch)
-        except CertSrvError as e:
-            error = e
-        except Exception as e:  # psycopg errors, a lost connection
-            error = _as_certsrv(self.url, e)
+            try:
+                self._commit_batch(batch)
+            except BaseException as e:  # psycopg errors, a lost connection, fencing, an interrupt
+                failure = self._failure(e, held)
         finally:
             self._cond.acquire()
             self._flushing = False
-            if error is None:
+            if failure is None:
                 self._committed_seq = batch[-1].seq
                 recs = [i.lsn for i in batch if i.ops is not None]
                 if recs:
                     self._committed_lsn = recs[-1]
             else:
-                # The LSNs handed out were not committed: no later record may take the next one in this
-                # process (a gap); writes stop until a reopen recomputes the counters from the database.
-                self._failed = StorageError(error.hresult, error.function,
-                                            f"{error.message}; this write was NOT committed")
-                log.error("postgresql commit failed; writes stop until the store is reopened: %s", error)
+                self._failed_locked(batch, failure, held)
             self._cond.notify_all()
 
+    def _failure(self, e: BaseException, held: lease.Lease | None) -> _Failure:
+        """Classify a failed batch (outside ``_cond``: naming the writer reads the database)."""
+        err = as_certsrv(self.url, e) if isinstance(e, Exception) else CertSrvError(
+            ERROR_INVALID_STATE, self.subject, f"interrupted: {type(e).__name__}")
+        w = self._writer
+        lost = connection_lost(e) or w is None or bool(w.closed) or bool(w.broken)
+        if not lost and not isinstance(err, Fenced) and held is not None:
+            # Pipeline mode: a statement of a superseded writer can fail before the fencing check does (its LSN
+            # already taken by the new writer: a duplicate key). The lease says which it was.
+            with contextlib.suppress(Exception):
+                epoch = int(w.execute("SELECT epoch FROM writer_lease WHERE id = 1").fetchone()[0])
+                if epoch != held.epoch:
+                    err = lease.fenced_error(self.subject, held, epoch, "another node")
+        unsent = Unavailable(RPC_S_CALL_FAILED_DNE, self.subject,
+                             f"a write before this one failed ({err.message}); this one was not sent, nothing was "
+                             "written: retry it")
+        if isinstance(err, Fenced):
+            refusal = self._not_writer()
+            return _Failure(refusal, refusal, None, err)
+        if lost:
+            # Issue 14: COMMIT may have reached the server (and a synchronous standby) before the connection
+            # broke; nobody can tell from here. Never answer "not written" for it.
+            unknown = OutcomeUnknown(
+                RPC_S_CALL_FAILED, self.subject,
+                f"the connection to PostgreSQL was lost while this write was committing ({err.message}): it may "
+                "or may not have been written; a submit: retry it with the same request key; a revocation or "
+                "another change: check with certsrv view first, then retry if it is not there")
+            return _Failure(unknown, unsent, RECONNECT)
+        refused = type(err)(err.hresult, err.function,
+                            err.message if "nothing was written" in err.message
+                            else f"{err.message}; this write was NOT committed")
+        return _Failure(refused, unsent, RESYNC)
+
+    def _failed_locked(self, batch: list[_Item], failure: _Failure, held: lease.Lease | None) -> None:
+        """With ``_cond`` held: refuse the batch and everything queued behind it, then fix the node's state."""
+        for it in batch:
+            self._errors[it.seq] = failure.batch
+        for it in self._queue:
+            self._errors[it.seq] = failure.rest
+        self._queue = []
+        self._round += 1
+        if failure.then is None:
+            if held == self.lease and isinstance(failure.batch, NotWriter) and failure.fenced is not None:
+                self._demote_locked(failure.fenced, failure.batch)
+            return
+        if failure.then == RECONNECT:
+            log.error("%s: the connection was lost while committing; reconnecting: %s", self.subject,
+                      failure.batch.message)
+            if self._recover != RECONNECT:
+                self._recover, self._lost_at = RECONNECT, time.monotonic()
+        elif self._recover is None:
+            log.error("%s: a commit was refused; counters are recomputed before the next: %s", self.subject,
+                      failure.batch.message)
+            self._recover = RESYNC
+        self._start_recoverer()
+
     def _commit_batch(self, batch: list[_Item]) -> None:
-        assert self.lease is not None
+        held = self.lease
+        assert held is not None
         w = self._writer
         # Pipeline mode: every statement goes out at once, then one sync and the COMMIT (2 round trips).
         with w.pipeline() as pipe, w.transaction():
             lease_cur = w.cursor()
-            lease.renew(lease_cur, self.lease, logfile.now_us())
+            lease.renew(lease_cur, held, logfile.now_us())
             cur = w.cursor()
-            self._write_batch(cur, batch)
+            self._write_batch(cur, batch, held.epoch)
             pipe.sync()
             # Fencing: checked before COMMIT; raising here rolls back everything this batch wrote.
-            lease.verify(lease_cur, self.subject, self.lease)
+            lease.verify(lease_cur, self.subject, held)
 
-    def _write_batch(self, cur: Any, batch: list[_Item]) -> None:
+    def _write_batch(self, cur: Any, batch: list[_Item], epoch: int) -> None:
         """The log rows, generation rows and row images of a batch, in queue order."""
         recs: list[tuple[int, int, int, int, bytes]] = []
         ops: list[list[Op]] = []
@@ -362,8 +458,8 @@ class PgStore(PgReads):
                     cur.executemany(sql.INSERT_LOG, recs)
                     recs = []
                 cur.execute("UPDATE log_generation SET closed_us = %s WHERE gen = %s", (it.ts_us, it.gen - 1))
-                cur.execute("INSERT INTO log_generation (gen, first_lsn, created_us) VALUES (%s, %s, %s)",
-                            (it.gen, it.lsn, it.ts_us))
+                cur.execute("INSERT INTO log_generation (gen, first_lsn, created_us, epoch) VALUES (%s, %s, %s, %s)",
+                            (it.gen, it.lsn, it.ts_us, epoch))
             else:
                 recs.append((it.lsn, it.gen, it.ts_us, it.crc, it.payload))
                 ops.append(it.ops)
@@ -379,9 +475,13 @@ class PgStore(PgReads):
         self._wait(lambda: not self._queue and not self._flushing)
 
     def _wait_applied_all(self) -> None:
-        target = self._appended_lsn
+        """Wait until every record queued so far is committed or refused (a read then sees their outcome)."""
         with self._cond:
-            while self._committed_lsn < target and self._failed is None:
+            target, rnd = self._appended_lsn, self._round
+            while self._committed_lsn < target and self._round == rnd and (self._queue or self._flushing):
+                if not self._flushing and self._queue:
+                    self._flush_locked()
+                    continue
                 self._cond.wait()
 
     def _next_id(self, table: str) -> int:
@@ -394,185 +494,3 @@ class PgStore(PgReads):
                 self._ids[table] = int(self.max_value(table, t.key[0]) or 0)
             self._ids[table] += 1
             return self._ids[table]
-
-    # ---------------------------------------------------------------- log management
-
-    def roll(self) -> int:
-        """Close the current generation and start the next; returns the closed number."""
-        self._check_writable()
-        with self._write_lock:
-            closed = self._gen
-            seq = self._queue_roll()
-        self._wait_seq(seq)
-        return closed
-
-    roll_log = roll
-
-    def generations(self) -> list[Generation]:
-        """Every generation still in the database, with LSN range and size, oldest first."""
-        self._check_open()
-        rows = self._reader().execute(
-            "SELECT g.gen, g.first_lsn, g.created_us, g.closed_us, count(r.lsn), coalesce(sum(length(r.payload)), 0)"
-            " FROM log_generation g LEFT JOIN log_record r ON r.gen = g.gen GROUP BY g.gen ORDER BY g.gen").fetchall()
-        out = []
-        for gen, first, created, closed, n, nbytes in rows:
-            size = logfile.HEADER_SIZE + int(nbytes) + int(n) * logfile.REC_SIZE
-            out.append(Generation(int(gen), int(first), int(first) + int(n) - 1, int(created), size,
-                                  closed is not None))
-        return out
-
-    @property
-    def current_generation(self) -> int:
-        """Number of the generation being written."""
-        return self._gen
-
-    @property
-    def log_position(self) -> tuple[int, int, int]:
-        """``(generation being written, its first LSN, last LSN appended)``."""
-        with self._write_lock:
-            return self._gen, self._gen_first, self._appended_lsn
-
-    @property
-    def applied_lsn(self) -> int:
-        """Highest LSN committed (log rows and row images commit together)."""
-        return self._committed_lsn
-
-    @property
-    def circular_logging(self) -> bool:
-        """Whether old generations are deleted automatically (no incrementals)."""
-        return self.options.circular_logging
-
-    def checkpoint(self) -> Checkpoint:
-        """Where crash recovery would start: nothing to make durable (row images commit with their records),
-        so every committed LSN is "checkpointed" and only the open generation is needed."""
-        self._check_open()
-        with self._write_lock:
-            self._wait_applied_all()
-            return Checkpoint(self._committed_lsn, self._gen, logfile.now_us())
-
-    @property
-    def last_checkpoint(self) -> Checkpoint:
-        """Always the committed LSN (see :meth:`checkpoint`)."""
-        return Checkpoint(self._committed_lsn, self._gen, logfile.now_us())
-
-    def health(self) -> Health:
-        """``ok``, or failed (a commit refused: fenced, server lost) until the store is reopened."""
-        with self._cond:
-            failed = self._failed
-        if failed is None:
-            return Health()
-        return Health(FAILED_COMMIT, failed.message, None, 0, None, [], None)
-
-    def log_space(self) -> dict[int, int]:
-        """Bytes each kept generation takes (its exported ``edb`` size), by number."""
-        return {g.generation: g.size for g in self.generations()}
-
-    def truncate(self, below: int) -> list[int]:
-        """Delete the log rows of generations below ``below`` (never the current one)."""
-        self._check_writable()
-        if below > self._gen:
-            raise InvalidArgument(E_INVALIDARG, "truncate",
-                                  f"generation {below:08X} is past the current one ({self._gen:08X})")
-        if self.options.archiving:
-            present = [g.generation for g in self.generations()]
-            if present:  # issue 13: never delete a generation not yet archived
-                below = min(below, archivemark.keep_floor(self, min(present)))
-        assert self.lease is not None
-        with self._write_lock:
-            self._quiesce()
-        with self._write_lock, self._cond:  # no commit can start while this transaction uses the connection
-            w = self._writer
-            try:
-                with w.transaction():
-                    cur = w.cursor()
-                    lease.check(cur, self.subject, self.lease, logfile.now_us())
-                    gens = [int(r[0]) for r in cur.execute(
-                        "SELECT gen FROM log_generation WHERE gen < %s AND gen <> %s ORDER BY gen",
-                        (below, self._gen)).fetchall()]
-                    cur.execute("DELETE FROM log_record WHERE gen = ANY(%s)", (gens,))
-                    cur.execute("DELETE FROM log_generation WHERE gen = ANY(%s)", (gens,))
-            except CertSrvError:
-                raise
-            except Exception as e:
-                raise _as_certsrv(self.url, e) from None
-        return gens
-
-    truncate_logs = truncate
-
-    # ---------------------------------------------------------------- reads
-
-    def integrity_check(self) -> str:
-        """``"ok"`` when the log is gapless, every CRC matches and the tables are at its last LSN."""
-        from .exports import check_log
-
-        return check_log(self._reader())
-
-    def log_records(self, gen: int) -> Iterator[logfile.Record]:
-        """The records of generation ``gen`` in LSN order (``offset`` is the position in its edb file)."""
-        pos = logfile.HEADER_SIZE
-        for lsn, ts, payload in self._rows(
-                "SELECT lsn, ts_us, payload FROM log_record WHERE gen = %s ORDER BY lsn", (gen,)):
-            yield logfile.Record(int(lsn), int(ts), bytes(payload), pos)
-            pos += logfile.REC_SIZE + len(payload)
-
-    @property
-    def database_name(self) -> str:
-        """The database file's name in a backup set (``<CA>.db``, as the SQLite engine names it)."""
-        from ..sqlite import db_file_name  # the set's file name is the SQLite engine's (a set looks the same)
-
-        return str(db_file_name(self.name))
-
-    def snapshot(self, dest: Path, *, durable: bool = True) -> PgSnapshot:
-        """A consistent copy of the database as a SQLite file (the SQLite engine's format)."""
-        from .exports import snapshot_to_sqlite
-
-        self._check_open()
-        conn = connect(self.url)
-        try:
-            return snapshot_to_sqlite(conn, Path(dest), durable=durable)
-        finally:
-            conn.close()
-
-    def open_snapshot(self) -> PgSnapshotStream:
-        """The tables at one LSN as a SQLite file's bytes (one REPEATABLE READ transaction)."""
-        import shutil
-
-        d = scratch_dir(self.home)
-        try:
-            info = self.snapshot(d / self.database_name, durable=False)
-            return PgSnapshotStream(self.database_name, info.path, info.lsn, info.generation)
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
-
-    def export_generation(self, gen: int, dest_dir: Path) -> Path:
-        """Write generation ``gen`` as an ``edbXXXXXXXX.log`` file byte-compatible with the SQLite engine's."""
-        return self._export(gen, Path(dest_dir), durable=True).path
-
-    def _export(self, gen: int, dest_dir: Path, *, durable: bool) -> ExportedGeneration:
-        from .exports import export_generation
-
-        self._check_open()
-        try:
-            return export_generation(self._reader(), self.identity, gen, dest_dir, durable=durable)
-        except CertSrvError:
-            raise
-        except Exception as e:
-            raise _as_certsrv(self.url, e) from None
-
-    def open_generation(self, number: int) -> PgGenerationStream:
-        """Generation ``number`` as its ``edb`` file's bytes; NotFound when no longer kept."""
-        import shutil
-
-        self._check_open()
-        if not self._rows("SELECT 1 FROM log_generation WHERE gen = %s", (number,)):
-            raise NotFound(None, logfile.log_name(number), "this log generation is no longer kept")
-        d = scratch_dir(self.home)
-        try:
-            # A scratch copy, deleted when the stream closes: no fsync (durable=False). Its LSN range comes
-            # from the export itself, which read every record (a listing taken before could be older).
-            e = self._export(number, d, durable=False)
-            return PgGenerationStream(e.path.name, e.path, number, e.first_lsn, e.last_lsn)
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
-
-

@@ -6,23 +6,28 @@ rolls back when no row matched. A writer whose lease was taken over therefore ca
 its clock says: the row lock of that UPDATE orders it against the takeover's own UPDATE, which waits
 for an in-flight commit and then raises the epoch, after which the old writer's next commit finds no
 row. A lease not renewed within ``ttl`` seconds may be taken by another node; a live one is refused.
+
+Issue 14 (several nodes): the lease row also carries the endpoints its holder advertises (a JSON list), so a
+standby can name the writer; and a writer that lost its connection (a PostgreSQL failover) re-takes its OWN
+lease (``take(own=...)``: still its epoch and holder, however old) without waiting for it to expire.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ...errors import ERROR_BUSY, ERROR_INVALID_STATE, Conflict, StorageError
 
-LEASE_TTL = 30.0
+LEASE_TTL = 10.0  # issue 14: the default lease time is at most 10 s (a standby takes over within it)
 
 
 def holder_name() -> str:
@@ -53,22 +58,50 @@ def _dead_here(holder: str) -> bool:
     return False
 
 
-def take(cur: Any, subject: str, now_us: int, ttl: float, *, takeover: bool = False) -> Lease:
-    """Take the lease in the caller's transaction; refuse a live lease of another holder.
+def take(cur: Any, subject: str, now_us: int, ttl: float, *, takeover: bool = False, own: Lease | None = None,
+         endpoints: Sequence[str] = ()) -> Lease:
+    """Take the lease (epoch + 1) in the caller's transaction; refuse a live lease of another holder.
 
     :param takeover: take it even when live (an operator's failover; the old writer is fenced).
+    :param own: the lease this store held before it lost its connection: when the row still holds exactly it
+        (nobody took it meanwhile), it is re-taken however recently it was renewed (issue 14: a writer goes on
+        after a PostgreSQL failover). Another object of this process is NOT "own": its epoch differs.
+    :param endpoints: where the new holder's service listens (:func:`advertise`).
     """
     row = cur.execute("SELECT epoch, holder, renewed_us FROM writer_lease WHERE id = 1 FOR UPDATE").fetchone()
     epoch, holder, renewed = int(row[0]), str(row[1]), int(row[2])
     age = (now_us - renewed) / 1e6
-    if holder and age < ttl and not takeover and not _dead_here(holder):
+    mine = own is not None and own.epoch == epoch and own.holder == holder
+    if holder and age < ttl and not takeover and not mine and not _dead_here(holder):
         raise Conflict(ERROR_BUSY, subject,
                        f"another writer holds this CA's database (lease epoch {epoch}, {holder}, renewed "
                        f"{max(age, 0):.1f}s ago); stop it, or wait {ttl:.0f}s after it stops renewing")
     me = holder_name()
-    cur.execute("UPDATE writer_lease SET epoch = %s, holder = %s, acquired_us = %s, renewed_us = %s WHERE id = 1",
-                (epoch + 1, me, now_us, now_us))
+    cur.execute("UPDATE writer_lease SET epoch = %s, holder = %s, acquired_us = %s, renewed_us = %s, endpoints = %s"
+                " WHERE id = 1", (epoch + 1, me, now_us, now_us, json.dumps(list(endpoints))))
     return Lease(epoch + 1, me)
+
+
+def advertise(cur: Any, lease: Lease, endpoints: Sequence[str]) -> bool:
+    """Record the holder's endpoints in its lease row; False when the epoch is no longer ours."""
+    cur.execute("UPDATE writer_lease SET endpoints = %s WHERE id = 1 AND epoch = %s",
+                (json.dumps(list(endpoints)), lease.epoch))
+    return bool(cur.rowcount == 1)
+
+
+READ_SQL = "SELECT epoch, holder, renewed_us, endpoints FROM writer_lease WHERE id = 1"
+
+
+def info(row: Sequence[Any], now_us: int) -> dict[str, Any]:
+    """A :data:`READ_SQL` row as ``writer_info``: holder ('' when free), epoch, endpoints, renewed_age_s (None
+    when free)."""
+    epoch, holder, renewed = int(row[0]), str(row[1]), int(row[2])
+    try:
+        endpoints = [str(e) for e in json.loads(row[3] or "[]")]
+    except (ValueError, TypeError):  # a hand-edited row: name no endpoint rather than fail a refusal
+        endpoints = []
+    return {"holder": holder, "epoch": epoch, "endpoints": endpoints if holder else [],
+            "renewed_age_s": round(max(now_us - renewed, 0) / 1e6, 3) if holder else None}
 
 
 def renew(cur: Any, lease: Lease, now_us: int) -> None:
@@ -98,9 +131,11 @@ def check(cur: Any, subject: str, lease: Lease, now_us: int) -> None:
 
 def fenced_error(subject: str, lease: Lease, epoch: int, holder: str) -> StorageError:
     """The refusal of a commit by a writer whose lease was taken over."""
-    return StorageError(ERROR_INVALID_STATE, subject,
+    from .connect import Fenced
+
+    return Fenced(ERROR_INVALID_STATE, subject,
                         f"this writer was fenced: its lease epoch {lease.epoch} was superseded by epoch {epoch} "
-                        f"({holder}); nothing was written; this node must reopen the database to write again")
+                        f"({holder}); nothing was written; this node is a standby until it takes the lease again")
 
 
 def release(cur: Any, lease: Lease) -> None:
@@ -116,9 +151,11 @@ class Heartbeat(threading.Thread):
     A failed connection is retried at the next beat (the lease simply ages meanwhile).
     """
 
-    def __init__(self, url: str, lease: Lease, interval: float, on_fenced: Callable[[StorageError], None]) -> None:
+    def __init__(self, url: str, lease: Lease, interval: float, on_fenced: Callable[[StorageError], None],
+                 on_lost: Callable[[Exception], None] | None = None) -> None:
         super().__init__(name="certsrv-pg-lease", daemon=True)
         self.url, self.lease, self.interval, self.on_fenced = url, lease, interval, on_fenced
+        self.on_lost = on_lost
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -129,7 +166,7 @@ class Heartbeat(threading.Thread):
         while not self._halt.wait(self.interval):
             try:
                 if conn is None or conn.closed:
-                    conn = connect(self.url)
+                    conn = connect(self.url, idle_tx_timeout=self.interval * 3)
                 with conn.transaction():
                     check(conn.cursor(), subject, self.lease, time.time_ns() // 1000)
             except StorageError as e:
@@ -140,9 +177,15 @@ class Heartbeat(threading.Thread):
                 with contextlib.suppress(Exception):
                     conn.close()
                 conn = None
+                if self.on_lost is not None and not self._halt.is_set():
+                    self.on_lost(e)  # issue 14: the store checks its own connection (a failover?) at once
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+    def halt(self) -> None:
+        """Ask the thread to end (it renews no more); does not wait."""
+        self._halt.set()
 
     def stop(self) -> None:
         """End the thread and wait for it."""

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from ...errors import E_UNEXPECTED, CertSrvError, InvalidArgument
 from .. import schema
 from . import sql
-from .connect import as_certsrv, connect
+from .connect import as_certsrv, connect, connection_lost
+
+READ_RETRY_TTLS = 3.0  # issue 14: reads wait up to this many lease times for a writable server (a failover)
 
 
 class PgReads:
     """Reads (mixed into :class:`.engine.PgStore`)."""
 
     url: str
+    lease_ttl: float
     _local: threading.local
     _conns: list[Any]
     _conns_lock: threading.Lock
@@ -41,14 +45,26 @@ class PgReads:
         return conn
 
     def _rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        try:
-            return list(self._reader().execute(query, params).fetchall())
-        except CertSrvError:
-            raise
-        except Exception as e:
-            with contextlib.suppress(Exception):
-                self._local.conn.close()  # a broken connection is replaced at the next read
-            raise as_certsrv(self.url, e) from None
+        """One read; a lost connection is replaced and the read tried again (issue 14: after a PostgreSQL
+        failover reads go on once a writable server answers, for up to three lease times)."""
+        deadline: float | None = None
+        while True:
+            try:
+                return list(self._reader().execute(query, params).fetchall())
+            except Exception as e:
+                conn = getattr(self._local, "conn", None)
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()  # a broken connection is replaced at the next read
+                    self._local.conn = None
+                err = as_certsrv(self.url, e)
+                if not connection_lost(e) and not connection_lost(err):
+                    raise err from None
+                now = time.monotonic()
+                deadline = now + READ_RETRY_TTLS * self.lease_ttl if deadline is None else deadline
+                if now >= deadline or self._closed:
+                    raise err from None
+                time.sleep(0.1)
 
     def get(self, table: str, key: Any) -> dict[str, Any] | None:
         """The row with primary key ``key`` (scalar or tuple), or None."""

@@ -35,6 +35,7 @@ from .. import archivemark, logfile
 from ..health import sync_failed_error
 from ..interface import Commit, Engine, RecoveryTarget
 from ..logfile import Op
+from ..onenode import OneNode
 from ..options import StoreOptions, initial_meta
 from ..registration import refuse_unfinished
 from ..transaction import Transaction
@@ -60,7 +61,7 @@ def _clean_scratch(staging: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-class Store(FaultHandling, CommitLog, Checkpointing, Snapshots, Tables):
+class Store(FaultHandling, CommitLog, Checkpointing, Snapshots, Tables, OneNode):
     """An open CA database on SQLite: the :class:`~pycertsrv.store.interface.Engine` and the facade the CA uses.
 
     Its parts: :mod:`.commitlog`, :mod:`.checkpoint`, :mod:`.snapshot`, :mod:`.tables`, :mod:`.faults`;
