@@ -196,7 +196,7 @@ def report(authority: Any, *, online: bool, backup_manager: Any = None, crl: CRL
             body["status"], body["reason"] = "degraded", f"archive {a.get('state')}"
     if backup_manager is not None and hasattr(backup_manager, "status"):
         body["backup_sessions_open"] = 1 if backup_manager.status() is not None else 0
-    body["warnings"] = _warnings(body, st)
+    body["warnings"] = _warnings(body, st, multi_node=bool(node is not None and node.multi_node))
     if store is None:
         return body
     # Each part on its own: a store that cannot answer one read (failed, damaged) still reports the rest.
@@ -230,11 +230,12 @@ def role_probe(authority: Any, node: Any, *, online: bool, want: str) -> tuple[b
     return ok, body
 
 
-def _warnings(body: dict[str, Any], st: StoreState) -> list[str]:
-    """What an operator must act on, one line each (issue 14: asynchronous replication is said loudly)."""
+def _warnings(body: dict[str, Any], st: StoreState, *, multi_node: bool) -> list[str]:
+    """What an operator must act on, one line each (issue 14: asynchronous replication is said loudly; a SQLite
+    home's "nothing replicates it" stays in ``replication``: one node is what its operator chose)."""
     out: list[str] = []
     rep = body.get("replication") or {}
-    if rep.get("warning"):
+    if rep.get("warning") and multi_node:
         out.append(str(rep["warning"]))
     node = body.get("node") or {}
     writer = node.get("writer") or {}

@@ -29,7 +29,8 @@ from typing import Any
 
 from ..backup import nodes as backup_nodes
 from ..errors import CertSrvError, NotWriter
-from ..store import DATABASE_ERRORS
+from ..store import DATABASE_ERRORS, Store, engine_facts
+from ..store.postgres import PgStore
 
 log = logging.getLogger("pycertsrv.service")
 ROLE_WRITER = "writer"
@@ -69,6 +70,7 @@ class NodeRole:
     def __init__(self, store: Any, *, lease_ttl: float | None = None, configured: Sequence[str] | None = None
                  ) -> None:
         self.store = store
+        self._multi = engine_facts(store)["engine"] != "sqlite" if isinstance(store, Store | PgStore) else False
         ttl = lease_ttl if lease_ttl is not None else getattr(store, "lease_ttl", None)
         self.lease_ttl = float(ttl) if isinstance(ttl, int | float) and ttl > 0 else LEASE_TTL
         self.configured = list(configured or [])
@@ -88,8 +90,8 @@ class NodeRole:
 
     @property
     def multi_node(self) -> bool:
-        """Whether the store has a writer lease at all (PostgreSQL); a SQLite home is its own writer."""
-        return hasattr(self.store, "try_promote")
+        """Whether the store has a writer lease other nodes share (PostgreSQL); a SQLite home is its own writer."""
+        return self._multi
 
     @property
     def role(self) -> str:
@@ -116,14 +118,15 @@ class NodeRole:
             except _ERRORS as e:
                 return {"holder": None, "epoch": self.epoch, "endpoints": [], "renewed_age_s": None,
                         "error": str(e)}
-            info.setdefault("endpoints", [])
+            if not info.get("endpoints") and self.is_writer:
+                info["endpoints"] = list(self.endpoints)  # a one-node store records none: this node's own
             return info
         return {"holder": self.name, "epoch": self.epoch, "endpoints": list(self.endpoints), "renewed_age_s": 0.0}
 
     def refuse_write(self, function: str) -> None:
         """NotWriter (HTTP 503 naming the writer) unless this node is the writer."""
         if not self.is_writer:
-            raise NotWriter(function=function, writer=self.writer())
+            raise NotWriter.naming(function, self.writer())
 
     def refuse_backup(self, function: str) -> None:
         """BackupPrepare on a standby: busy (the claim's Conflict naming its node) while a live backup runs anywhere

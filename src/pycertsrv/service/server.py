@@ -438,8 +438,9 @@ def serve(
     from ..ca import Authority
 
     hm = home if isinstance(home, Home) else Home.at(home)
-    # Takes the home's lock (a second service fails naming the holder's pid) and runs soft recovery.
-    authority = Authority.open(hm.root, passphrase=passphrase)
+    # Takes the home's lock (a second service fails naming the holder's pid) and runs soft recovery. On PostgreSQL
+    # (issue 14) a node whose database has a live writer elsewhere starts as a standby (service.role).
+    authority = Authority.open(hm.root, passphrase=passphrase, standby=True)
     try:
         log_hard_recovery(authority.store)
         recovery = getattr(authority.store, "recovery", None)
