@@ -215,11 +215,12 @@ class NodeRole:
 
     def _check_replication(self) -> None:
         """Log the asynchronous-replication warning when the mode changes (not at every poll)."""
-        mode = self.replication().get("mode")
+        rep = self.replication()
+        mode = rep.get("mode")
         if mode != self._replication_mode:
             self._replication_mode = str(mode)
-            if mode == "async":
-                log.warning("%s", ASYNC_WARNING)
+            if rep.get("warning"):
+                log.warning("replication %s: %s", mode, rep["warning"])
             elif mode == "sync":
                 log.info("replication is synchronous: an acknowledged write is on a standby server too")
 
