@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, ClassVar
+from typing import ClassVar
 
 S_OK = 0x00000000
 E_UNEXPECTED = 0x8000FFFF
@@ -44,10 +44,10 @@ ERROR_DISK_QUOTA_EXCEEDED = 0x8007050F  # 1295
 ERROR_OBJECT_EXISTS = 0x80071392
 ERROR_INVALID_STATE = 0x8007139F
 RPC_S_SERVER_UNAVAILABLE = 0x800706BA
-RPC_S_CALL_FAILED = 0x800706BE  # Win32 1726: "The remote procedure call failed." (it MAY have executed)
-RPC_S_CALL_FAILED_DNE = 0x800706BF  # Win32 1727: "The remote procedure call failed and did not execute."
-# Win32 5015: "The cluster node is not the owner of the resource." (issue 14: a write sent to a standby node)
-ERROR_HOST_NODE_NOT_RESOURCE_OWNER = 0x80071397
+# Issue 14 (several nodes, one CA; HA-CONTRACT "Error codes").
+ERROR_HOST_NODE_NOT_RESOURCE_OWNER = 0x80071397  # Win32 5015: "The cluster node is not the owner of the resource"
+RPC_S_CALL_FAILED = 0x800706BE  # Win32 1726: "The remote procedure call failed" (it MAY have executed)
+RPC_S_CALL_FAILED_DNE = 0x800706BF  # Win32 1727: "The remote procedure call failed and did not execute"
 ERROR_TIMEOUT = 0x800705B4  # Win32 1460: "This operation returned because the timeout period expired."
 # TLS certificate trust failures (winerror.h CERT_E_* / TRUST_E_* / CRYPT_E_REVOKED, as schannel reports them).
 CERT_E_EXPIRED = 0x800B0101
@@ -125,9 +125,9 @@ HRESULT_NAMES: dict[int, str] = {
     ERROR_OBJECT_EXISTS: "ERROR_OBJECT_EXISTS",
     ERROR_INVALID_STATE: "ERROR_INVALID_STATE",
     RPC_S_SERVER_UNAVAILABLE: "RPC_S_SERVER_UNAVAILABLE",
+    ERROR_HOST_NODE_NOT_RESOURCE_OWNER: "ERROR_HOST_NODE_NOT_RESOURCE_OWNER",
     RPC_S_CALL_FAILED: "RPC_S_CALL_FAILED",
     RPC_S_CALL_FAILED_DNE: "RPC_S_CALL_FAILED_DNE",
-    ERROR_HOST_NODE_NOT_RESOURCE_OWNER: "ERROR_HOST_NODE_NOT_RESOURCE_OWNER",
     ERROR_TIMEOUT: "ERROR_TIMEOUT",
     CERT_E_EXPIRED: "CERT_E_EXPIRED",
     CERT_E_UNTRUSTEDROOT: "CERT_E_UNTRUSTEDROOT",
@@ -282,44 +282,51 @@ class StorageError(CertSrvError):
 
 
 class NotWriter(CertSrvError):
-    """A write sent to a standby node (issue 14): only the node holding the writer lease commits.
+    """A write sent to a standby node (issue 14): this node does not hold the writer lease.
 
-    :param writer: who holds the lease now: ``{"holder": "host:pid", "epoch": N, "endpoints": [...]}`` (the
-        client follows ``endpoints``; empty when no node holds it this moment).
+    :param writer: who does: ``{"holder": "host:pid", "epoch": N, "endpoints": ["unix:/..", "host:8443"]}``;
+        a client follows ``writer["endpoints"]`` first. Without ``message`` the line is built from it.
     """
 
     default_hresult = ERROR_HOST_NODE_NOT_RESOURCE_OWNER
     http_status = 503
 
     def __init__(self, hresult: int | None = None, function: str = "", message: str = "",
-                 writer: dict[str, Any] | None = None) -> None:
-        self.writer: dict[str, Any] = dict(writer or {})
-        super().__init__(hresult, function, message)
+                 writer: dict[str, object] | None = None) -> None:
+        self.writer: dict[str, object] = dict(writer or {})
+        super().__init__(hresult, function, message or self.standby_message(self.writer))
+
+    @staticmethod
+    def standby_message(writer: dict[str, object]) -> str:
+        """The contract's line: who the writer is and what to do."""
+        holder = writer.get("holder") or "unknown"
+        endpoints = writer.get("endpoints")
+        at = ", ".join(str(e) for e in endpoints) if isinstance(endpoints, (list, tuple)) and endpoints else \
+            "no endpoint advertised"
+        return (f"this node is a standby; the writer is {holder} (epoch {writer.get('epoch', '?')}, at {at}); "
+                "send writes there, or give --server every node")
 
     @classmethod
-    def naming(cls, subject: str, writer: dict[str, Any]) -> NotWriter:
-        """The refusal line naming ``writer`` (``holder``, ``epoch``, ``endpoints``) and what to do next."""
-        holder, epoch = writer.get("holder") or "", writer.get("epoch", 0)
-        at = ", ".join(str(e) for e in writer.get("endpoints") or []) or "endpoints not advertised"
-        if holder:
-            msg = (f"this node is a standby; the writer is {holder} (epoch {epoch}, at {at}); send writes there, "
-                   "or give --server every node")
-        else:
-            msg = (f"this node is a standby and no node holds the writer lease now (epoch {epoch}); a standby "
-                   "takes it within the lease time: retry, or give --server every node")
-        return cls(ERROR_HOST_NODE_NOT_RESOURCE_OWNER, subject, msg, writer)
+    def naming(cls, subject: str, writer: dict[str, object]) -> NotWriter:
+        """The refusal of a write on a standby (the store's): ``subject`` (the database), the writer named;
+        while no node holds the lease (the writer died, a standby takes it within the lease time), says so."""
+        if writer.get("holder"):
+            return cls(ERROR_HOST_NODE_NOT_RESOURCE_OWNER, subject, cls.standby_message(writer), writer)
+        return cls(ERROR_HOST_NODE_NOT_RESOURCE_OWNER, subject,
+                   f"this node is a standby and no node holds the writer lease now (epoch {writer.get('epoch', '?')}); "
+                   "a standby takes it within the lease time: retry, or give --server every node", writer)
 
-    def __reduce__(self) -> tuple[Any, ...]:
+    def __reduce__(self) -> tuple[type[CertSrvError], tuple[int, str, str, dict[str, object]]]:  # type: ignore[override]
         return (type(self), (self.hresult, self.function, self.message, self.writer))
 
     def to_json(self) -> dict[str, object]:
-        """The usual error body plus ``writer`` (issue 14: clients follow it)."""
-        return {**super().to_json(), "writer": self.writer}
+        """The error JSON plus ``writer`` (HA-CONTRACT: 503 with ``"writer": {...}``)."""
+        return {**super().to_json(), "writer": dict(self.writer)}
 
 
 class OutcomeUnknown(CertSrvError):
     """A write whose outcome cannot be known (issue 14): the database connection was lost while committing, or
-    the client lost the connection after sending. It may or may not have been written."""
+    the client lost its connection after sending. It may or may not have been written."""
 
     default_hresult = RPC_S_CALL_FAILED
     http_status = 503
@@ -348,10 +355,10 @@ def error_from_json(body: dict[str, object]) -> CertSrvError:
     cls = ERROR_CLASSES.get(str(body.get("error", "")), CertSrvError)
     raw = body.get("hresult", E_FAIL)
     hresult = raw if isinstance(raw, int) else E_FAIL
-    if cls is NotWriter:
+    if issubclass(cls, NotWriter):
         writer = body.get("writer")
-        return NotWriter(hresult, str(body.get("function", "")), str(body.get("message", "")),
-                         writer if isinstance(writer, dict) else {})
+        return cls(hresult, str(body.get("function", "")), str(body.get("message", "")),
+                   writer=writer if isinstance(writer, dict) else None)
     return cls(hresult, str(body.get("function", "")), str(body.get("message", "")))
 
 

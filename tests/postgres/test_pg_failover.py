@@ -185,3 +185,27 @@ def test_replication_state_sync_then_async_and_none(pair: PgPair, pg_url: str) -
     with PgStore.create(pg_url, "Lone CA", lease_ttl=TTL) as lone:
         r = lone.replication()
         assert r["mode"] == "none" and r["standbys"] == [] and "no standby server" in str(r["warning"])
+
+
+def test_no_writable_server_within_three_lease_times_is_not_sent_then_the_store_goes_on(pair: PgPair) -> None:
+    ttl = 1.0
+    url = pair.new_database("dne")
+    name = _dbname(url)
+    store = PgStore.create(url, "Failover CA", lease_ttl=ttl)
+    try:
+        _put(store, "before")
+        stop_immediate(pair.primary)  # and no promotion yet: no writable server at all
+        _until("the store to notice", lambda: store.health().state != "ok", timeout=30)
+        with pytest.raises(CertSrvError) as refused:
+            _put(store, "while-down")  # waits inside (three lease times), then: not sent
+        e = refused.value
+        assert e.hresult == RPC_S_CALL_FAILED_DNE and "nothing was written" in e.message
+        assert str(e).startswith(f"{store.subject}: 0x800706BF RPC_S_CALL_FAILED_DNE: ")
+        promote(pair.standby)
+        _put(store, "after")  # the same store goes on once a writable server answers
+        assert store.role == "writer"
+    finally:
+        store.close()
+    present = _names(pair.standby.url(name))
+    assert {"before", "after"} <= present and "while-down" not in present
+    _gapless(pair.standby.url(name))

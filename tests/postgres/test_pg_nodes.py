@@ -137,7 +137,9 @@ def test_every_lease_take_starts_a_generation_stamped_with_its_epoch(pg_url: str
         gens = b.generations()
         assert [(g.generation, g.epoch, g.closed) for g in gens] == [(1, e1, True), (2, b.epoch, False)]
         assert gens[1].first_lsn == 2 and b.epoch == e1 + 1
-    with PgStore.open(pg_url, lease_ttl=TTL) as c:  # its generation was empty: reused, stamped again
+    with PgStore.open(pg_url, lease_ttl=TTL, standby=True) as c:  # a free lease: a "standby" open takes it
+        assert c.role == "writer" and c.epoch == e1 + 2
+        # Its generation was empty: reused, stamped with the new epoch (one epoch per generation).
         assert [(g.generation, g.epoch) for g in c.generations()] == [(1, e1), (2, c.epoch)]
 
 
@@ -200,6 +202,28 @@ def test_split_brain_a_writer_stopped_past_its_lease_cannot_commit_after_sigcont
     assert _gapless(pg_url) == 2
 
 
+@pytest.mark.timeout(120)
+def test_a_writer_frozen_inside_a_commit_does_not_keep_its_lease_row_locked(pg_url: str, nodes: list[Node]) -> None:
+    """Without the server's idle-in-transaction timeout on the writer's connection, the frozen writer's row
+    lock would make every standby's lease take wait forever (this test would then time out)."""
+    PgStore.create(pg_url, "Nodes CA", lease_ttl=TTL).close()
+    node = Node(pg_url)
+    nodes.append(node)
+    standby = PgStore.open(pg_url, lease_ttl=TTL, standby=True)
+    try:
+        node.send("hold")
+        assert node.line() == "holding"
+        node.proc.send_signal(signal.SIGSTOP)
+        _until("the standby to take the lease", standby.try_promote, timeout=6 * TTL + 30)
+        with standby.transaction() as tx:
+            tx.put("setting", {"name": "after", "value": "1"})
+        assert standby.epoch == node.epoch + 1
+    finally:
+        node.proc.send_signal(signal.SIGCONT)
+        standby.close()
+    _gapless(pg_url)
+
+
 def test_a_fenced_writer_becomes_a_standby_and_can_promote_again(pg_url: str) -> None:
     a = PgStore.create(pg_url, "Nodes CA", lease_ttl=TTL)
     seen: list[str] = []
@@ -253,3 +277,44 @@ def test_concurrent_commits_on_a_fenced_writer_are_all_refused_and_none_applied(
         a.close()
     assert _db(pg_url, "SELECT count(*) FROM setting WHERE name LIKE 'fenced-%'") == [(0,)]
     assert _db(pg_url, "SELECT count(*) FROM log_record") == [(0,)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("trial", range(10))
+def test_split_brain_under_load_trials(pg_url: str, nodes: list[Node], trial: int) -> None:
+    """The writer issues without pause and is SIGSTOPped at whatever point it is (often inside a commit);
+    another node takes over and issues; SIGCONT: no record of the old writer follows the new writer's first
+    one in the log, and every issuance the old writer acknowledged is in the database."""
+    PgStore.create(pg_url, "Nodes CA", lease_ttl=TTL).close()
+    node = Node(pg_url)
+    nodes.append(node)
+    standby = PgStore.open(pg_url, lease_ttl=TTL, standby=True)
+    try:
+        node.send("issue 1000000")
+        for _ in range(20 + 7 * trial):
+            assert node.line().startswith("ack")
+        node.proc.send_signal(signal.SIGSTOP)
+        _until("the frozen writer's lease to expire", standby.try_promote, timeout=6 * TTL + 30)
+        for _ in range(10):
+            with standby.transaction() as tx:
+                rid = tx.next_id("request")
+                tx.put("request", {"request_id": rid, "disposition": 20, "subject": f"CN=new-{rid}"})
+        node.proc.send_signal(signal.SIGCONT)
+        assert node.proc.wait(60) != 0  # its next commit is refused (NotWriter): the script ends on it
+        err = node.proc.stderr.read() if node.proc.stderr is not None else ""
+        assert "NotWriter" in err, err
+        acked = [int(line.split()[1]) for line in node.proc.stdout.read().splitlines()  # type: ignore[union-attr]
+                 if line.startswith("ack")]
+    finally:
+        standby.close()
+    present = {int(str(r[0])) for r in _db(pg_url, "SELECT request_id FROM request")}
+    assert set(acked) <= present
+    # Each lease take starts a generation stamped with its epoch: the epochs' LSN ranges must not interleave.
+    ranges = _db(pg_url, "SELECT g.epoch, min(r.lsn), max(r.lsn) FROM log_record r JOIN log_generation g "
+                         "ON g.gen = r.gen GROUP BY g.epoch ORDER BY g.epoch")
+    assert [int(str(e)) for e, _, _ in ranges] == [node.epoch, node.epoch + 1]
+    assert int(str(ranges[0][2])) < int(str(ranges[1][1])), f"an old writer's record after the takeover: {ranges}"
+    subjects = [str(r[0]) for r in _db(pg_url, "SELECT subject FROM request ORDER BY request_id")]
+    assert sum(s.startswith("CN=new-") for s in subjects) == 10
+    _gapless(pg_url)

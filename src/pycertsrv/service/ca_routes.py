@@ -50,6 +50,9 @@ class SubmitBody(BaseModel):
     csr: str
     template: str | None = None
     attributes: dict[str, str] | None = None
+    # Issue 14: the client's idempotency key (pycertsrv.ca.requestkey): a submit whose key the database holds
+    # returns that request's answer, never a second certificate.
+    request_key: str | None = None
 
 
 class RevokeBody(BaseModel):

@@ -24,7 +24,8 @@ class PgClaims:
 
     if TYPE_CHECKING:
         def _reader(self) -> Any: ...
-        def _rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+        def _rows(self, query: str, params: Sequence[Any] = (), *, patient: bool = True
+                  ) -> list[tuple[Any, ...]]: ...
 
     def _claim_tx(self, session_id: str, node: str | None, ttl: float | None) -> None:
         conn = self._reader()

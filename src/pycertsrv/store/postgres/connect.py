@@ -31,6 +31,18 @@ class Fenced(StorageError):
     """A commit refused because this writer's lease epoch was superseded (the store turns it into NotWriter)."""
 
 
+def idle_killed(e: BaseException) -> bool:
+    """Whether the server ended the session because its transaction waited on us past
+    ``idle_in_transaction_session_timeout`` (see :func:`connect`): that transaction was open and idle, so its
+    COMMIT never reached the server and nothing of it was written."""
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return (isinstance(e, psycopg.errors.IdleInTransactionSessionTimeout)
+            or "idle-in-transaction timeout" in str(e).lower())
+
+
 def connection_lost(e: BaseException) -> bool:
     """Whether ``e`` means the connection to the server is gone (the server died, a failover, a network cut):
     psycopg's OperationalError (AdminShutdown, ConnectionFailure, ...) or our mapping of one."""
@@ -38,7 +50,8 @@ def connection_lost(e: BaseException) -> bool:
         import psycopg
     except ImportError:  # pragma: no cover - psycopg is a dependency
         return False
-    if isinstance(e, (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)):
+    if isinstance(e, (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction,
+                      psycopg.errors.IdleInTransactionSessionTimeout)):
         return True  # a server that became a standby under us is as good as gone for the writer
     return isinstance(e, CertSrvError) and e.hresult == RPC_S_SERVER_UNAVAILABLE
 

@@ -48,7 +48,7 @@ from ..report import RecoveryReport
 from ..transaction import Transaction
 from . import ddl, lease, sql
 from .claims import PgClaims
-from .connect import Fenced, as_certsrv, connect, connection_lost, describe
+from .connect import Fenced, as_certsrv, connect, connection_lost, describe, idle_killed
 from .logs import PgLog
 from .node import RECONNECT, RESYNC, STANDBY, WRITER, PgNode
 from .reads import PgReads
@@ -77,6 +77,7 @@ class _Failure:
     rest: CertSrvError
     then: str | None  # RECONNECT, RESYNC, or None (fenced: the node becomes a standby)
     fenced: CertSrvError | None = None  # why, when fenced
+    committed: bool = False  # the batch did commit (found in the database once its connection was lost)
 
 
 class PgStore(PgLog, PgNode, PgClaims, PgReads):
@@ -125,6 +126,7 @@ class PgStore(PgLog, PgNode, PgClaims, PgReads):
         self._gen_size = logfile.HEADER_SIZE
         self._ids: dict[str, int] = {}
         self._closed = True
+        self._closing = False
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -220,6 +222,7 @@ class PgStore(PgLog, PgNode, PgClaims, PgReads):
         """Release the lease (when this node is the writer) and every connection."""
         if self._closed:
             return
+        self._closing = True  # a write waiting for a server to reconnect to gives up (and the recovery thread)
         with contextlib.suppress(Exception), self._write_lock:
             if self._role == WRITER and self._recover is None and self.lease is not None:
                 self._quiesce()
@@ -233,7 +236,7 @@ class PgStore(PgLog, PgNode, PgClaims, PgReads):
         self._close_handles()
 
     def _close_handles(self) -> None:
-        self._closed = True
+        self._closed = self._closing = True
         self._stop_heartbeat()
         with self._conns_lock:
             for c in self._conns:
@@ -365,20 +368,20 @@ class PgStore(PgLog, PgNode, PgClaims, PgReads):
             try:
                 self._commit_batch(batch)
             except BaseException as e:  # psycopg errors, a lost connection, fencing, an interrupt
-                failure = self._failure(e, held)
+                failure = self._failure(e, held, batch)
         finally:
             self._cond.acquire()
             self._flushing = False
-            if failure is None:
+            if failure is None or failure.committed:
                 self._committed_seq = batch[-1].seq
                 recs = [i.lsn for i in batch if i.ops is not None]
                 if recs:
                     self._committed_lsn = recs[-1]
-            else:
-                self._failed_locked(batch, failure, held)
+            if failure is not None:
+                self._failed_locked([] if failure.committed else batch, failure, held)
             self._cond.notify_all()
 
-    def _failure(self, e: BaseException, held: lease.Lease | None) -> _Failure:
+    def _failure(self, e: BaseException, held: lease.Lease | None, batch: list[_Item]) -> _Failure:
         """Classify a failed batch (outside ``_cond``: naming the writer reads the database)."""
         err = as_certsrv(self.url, e) if isinstance(e, Exception) else CertSrvError(
             ERROR_INVALID_STATE, self.subject, f"interrupted: {type(e).__name__}")
@@ -397,6 +400,23 @@ class PgStore(PgLog, PgNode, PgClaims, PgReads):
         if isinstance(err, Fenced):
             refusal = self._not_writer()
             return _Failure(refusal, refusal, None, err)
+        if lost and (resolved := self._resolve_superseded(held, batch)) is not None:
+            assert held is not None
+            refusal, committed = resolved
+            why = lease.fenced_error(self.subject, held, int(str(refusal.writer.get("epoch", -1))),
+                                     str(refusal.writer.get("holder")))
+            return _Failure(refusal, refusal, None, why, committed)
+        if lost and idle_killed(e):
+            # The server ended our session for waiting inside the transaction (this process was frozen past the
+            # lease time): COMMIT never reached it, nothing was written. Most likely another node took over.
+            refusal = self._not_writer()
+            if held is not None and refusal.writer.get("epoch") != held.epoch:
+                return _Failure(refusal, refusal, None, lease.fenced_error(
+                    self.subject, held, int(str(refusal.writer.get("epoch", -1))), str(refusal.writer.get("holder"))))
+            dne = Unavailable(RPC_S_CALL_FAILED_DNE, self.subject,
+                              f"the server ended this write's transaction unfinished ({err.message}); nothing was "
+                              "written: retry it")
+            return _Failure(dne, unsent, RECONNECT)
         if lost:
             # Issue 14: COMMIT may have reached the server (and a synchronous standby) before the connection
             # broke; nobody can tell from here. Never answer "not written" for it.
@@ -410,6 +430,24 @@ class PgStore(PgLog, PgNode, PgClaims, PgReads):
                             err.message if "nothing was written" in err.message
                             else f"{err.message}; this write was NOT committed")
         return _Failure(refused, unsent, RESYNC)
+
+    def _resolve_superseded(self, held: lease.Lease | None, batch: list[_Item]) -> tuple[NotWriter, bool] | None:
+        """After the connection was lost in a commit: if the database answers and the lease is now another
+        node's, that commit's transaction is over (the take's UPDATE of the lease row waited for its lock, and
+        without the lock its log rows fail the fencing trigger), so whether it committed can be read: its first
+        record is in the log with this CRC and payload, or it is not. None when that cannot be told."""
+        first = next((i for i in batch if i.ops is not None), None)
+        if held is None or first is None:
+            return None
+        try:
+            info = self.writer_info(patient=False)
+            if info["epoch"] == held.epoch:
+                return None  # still ours: a lost server (a failover), the outcome stays unknown
+            rows = self._rows("SELECT crc, payload FROM log_record WHERE lsn = %s", (first.lsn,), patient=False)
+        except Exception:
+            return None
+        committed = bool(rows) and int(rows[0][0]) == first.crc and bytes(rows[0][1]) == first.payload
+        return NotWriter.naming(self.subject, info), committed
 
     def _failed_locked(self, batch: list[_Item], failure: _Failure, held: lease.Lease | None) -> None:
         """With ``_cond`` held: refuse the batch and everything queued behind it, then fix the node's state."""

@@ -107,6 +107,7 @@ class PgNode:
     _heartbeat: Heartbeat | None
     _recoverer: threading.Thread | None
     _closed: bool
+    _closing: bool
     _next_lsn: int
     _appended_lsn: int
     _committed_lsn: int
@@ -118,7 +119,8 @@ class PgNode:
     if TYPE_CHECKING:
         def _quiesce(self) -> None: ...
         def _check_open(self) -> None: ...
-        def _rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+        def _rows(self, query: str, params: Sequence[Any] = (), *, patient: bool = True
+                  ) -> list[tuple[Any, ...]]: ...
         def _reader(self) -> Any: ...
 
     # ---------------------------------------------------------------- the contract (issue 14)
@@ -134,10 +136,10 @@ class PgNode:
         held = self.lease
         return held.epoch if self._role == WRITER and held is not None else self._seen_epoch
 
-    def writer_info(self) -> dict[str, Any]:
+    def writer_info(self, *, patient: bool = True) -> dict[str, Any]:
         """Who holds the lease now: ``holder`` (``host:pid``, '' when free), ``epoch``, ``endpoints`` (what it
         advertised), ``renewed_age_s`` (seconds since it renewed, by this node's clock; None when free)."""
-        row = self._rows(lease.READ_SQL)[0]
+        row = self._rows(lease.READ_SQL, patient=patient)[0]
         info = lease.info(row, logfile.now_us())
         self._seen_epoch = int(info["epoch"])
         return info
@@ -166,17 +168,20 @@ class PgNode:
         with self._write_lock:
             if self._role == WRITER:
                 return True
-            try:
-                self._take_locked()
-            except Conflict as e:
-                if e.hresult != ERROR_BUSY:
-                    raise
-                return False
-            except CertSrvError as e:
-                if connection_lost(e):
-                    log.warning("promotion deferred: %s", e.message)
+            for fresh in (False, True):  # an idle connection the server dropped is found broken only when used
+                try:
+                    self._take_locked()
+                    break
+                except Conflict as e:
+                    if e.hresult != ERROR_BUSY:
+                        raise
                     return False
-                raise
+                except CertSrvError as e:
+                    if not connection_lost(e):
+                        raise
+                    if fresh:
+                        log.warning("promotion deferred: %s", e.message)
+                        return False
         log.warning("%s: this node is now the writer (lease epoch %d)", self.subject, self.epoch)
         return True
 
@@ -187,12 +192,7 @@ class PgNode:
     def replication(self) -> dict[str, Any]:
         """The PostgreSQL replication state as the writer's server sees it (see :mod:`.replication`)."""
         self._check_open()
-        try:
-            return replication_state(self._reader())
-        except CertSrvError:
-            raise
-        except Exception as e:
-            raise as_certsrv(self.url, e) from None
+        return replication_state(lambda query: self._rows(query))
 
     # ---------------------------------------------------------------- taking the lease
 
@@ -240,7 +240,7 @@ class PgNode:
             self._cond.notify_all()
         # Each heartbeat reports about its own lease: a stale one (halted, still finishing a beat) changes nothing.
         self._heartbeat = Heartbeat(self.url, new, self.lease_ttl / 3, lambda e: self._demote(e, new),
-                                          lambda e: self._heartbeat_lost(e, new))
+                                    lambda e: self._heartbeat_lost(e, new))
         self._heartbeat.start()
         if was != WRITER:
             self._notify(WRITER)
@@ -280,7 +280,7 @@ class PgNode:
     def _not_writer(self) -> NotWriter:
         """The refusal of a write on this node, naming the writer (as the database says now, if it answers)."""
         try:
-            info = self.writer_info()
+            info = self.writer_info(patient=False)
         except Exception:  # the database is away: name what this node last knew
             info = {"holder": "", "epoch": self._seen_epoch, "endpoints": [], "renewed_age_s": None}
         return NotWriter.naming(self.subject, info)
@@ -292,21 +292,21 @@ class PgNode:
         with self._cond:
             if self._role == WRITER and self._recover is None and held == self.lease:
                 self._recover, self._lost_at = RECONNECT, time.monotonic()
-        self._start_recoverer()
+                self._start_recoverer()
 
     def _start_recoverer(self) -> None:
-        t = self._recoverer
-        if t is not None and t.is_alive():
-            return
-        self._recoverer = threading.Thread(target=self._recover_loop, name="certsrv-pg-recover", daemon=True)
-        self._recoverer.start()
+        """With ``_cond`` held: start the background recovery unless it runs (it ends under ``_cond`` too)."""
+        if self._recoverer is None:
+            self._recoverer = threading.Thread(target=self._recover_loop, name="certsrv-pg-recover", daemon=True)
+            self._recoverer.start()
 
     def _recover_loop(self) -> None:
         """Reconnect in the background while no write does it (an idle writer keeps its lease)."""
         delay = 0.05
-        while not self._closed:
+        while True:
             with self._cond:
-                if self._recover is None or self._role != WRITER:
+                if self._closing or self._recover is None or self._role != WRITER:
+                    self._recoverer = None
                     return
             try:
                 with self._write_lock:
@@ -337,7 +337,7 @@ class PgNode:
                     raise
                 if deadline is None:
                     deadline = self._lost_at + RECONNECT_TTLS * self.lease_ttl
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or self._closing:  # closing: stop waiting for a server
                     raise Unavailable(RPC_S_CALL_FAILED_DNE, self.subject,
                                       f"no writable PostgreSQL server answers ({e.message}); this write was not "
                                       "sent, nothing was written: retry it once the database is back") from None

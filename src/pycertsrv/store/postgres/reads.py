@@ -40,13 +40,15 @@ class PgReads:
         if conn is None or conn.closed:
             conn = connect(self.url)
             self._local.conn = conn
-            with self._conns_lock:
+            with self._conns_lock:  # closed ones (replaced after a lost server) are dropped
+                self._conns[:] = [c for c in self._conns if not c.closed]
                 self._conns.append(conn)
         return conn
 
-    def _rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def _rows(self, query: str, params: Sequence[Any] = (), *, patient: bool = True) -> list[tuple[Any, ...]]:
         """One read; a lost connection is replaced and the read tried again (issue 14: after a PostgreSQL
-        failover reads go on once a writable server answers, for up to three lease times)."""
+        failover reads go on once a writable server answers, for up to three lease times; ``patient=False``:
+        one attempt more at most, for a refusal that must not wait)."""
         deadline: float | None = None
         while True:
             try:
@@ -61,7 +63,9 @@ class PgReads:
                 if not connection_lost(e) and not connection_lost(err):
                     raise err from None
                 now = time.monotonic()
-                deadline = now + READ_RETRY_TTLS * self.lease_ttl if deadline is None else deadline
+                if deadline is None:
+                    deadline = now + (READ_RETRY_TTLS * self.lease_ttl if patient else 0.0)
+                    continue  # a connection that broke while idle: one fresh attempt at once
                 if now >= deadline or self._closed:
                     raise err from None
                 time.sleep(0.1)

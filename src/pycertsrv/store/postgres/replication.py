@@ -9,6 +9,7 @@ warning that ``certsrv status``, ``/v1/health`` and the service log show.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 SYNC_COMMIT_LEVELS = ("on", "remote_apply", "remote_write")  # the levels that wait for a synchronous standby
@@ -39,18 +40,18 @@ def classify(sync_commit: str, names: str, standbys: list[dict[str, Any]]) -> tu
     return "none", NONE_WARNING
 
 
-def replication_state(conn: Any) -> dict[str, Any]:
+def replication_state(rows: Callable[[str], Sequence[Sequence[Any]]]) -> dict[str, Any]:
     """``{"mode", "synchronous_commit", "synchronous_standby_names", "standbys": [{"name", "state",
-    "sync_state", "replay_lag_s"}], "warning"}`` as the server on ``conn`` (the primary) sees it.
+    "sync_state", "replay_lag_s"}], "warning"}`` as the server that ``rows(query)`` reads (the primary) sees it.
 
     ``pg_stat_replication`` shows other sessions' details only to superusers and ``pg_monitor`` members;
     for others the state and sync_state read as None (grant pg_monitor to the CA's role to see them).
     """
-    sync_commit = str(conn.execute("SHOW synchronous_commit").fetchone()[0])
-    names = str(conn.execute("SHOW synchronous_standby_names").fetchone()[0])
+    sync_commit = str(rows("SELECT current_setting('synchronous_commit')")[0][0])
+    names = str(rows("SELECT current_setting('synchronous_standby_names')")[0][0])
     standbys = [{"name": r[0], "state": r[1], "sync_state": r[2],
                  "replay_lag_s": float(r[3]) if r[3] is not None else None}
-                for r in conn.execute(STANDBYS_SQL).fetchall()]
+                for r in rows(STANDBYS_SQL)]
     mode, warning = classify(sync_commit, names, standbys)
     return {"mode": mode, "synchronous_commit": sync_commit, "synchronous_standby_names": names,
             "standbys": standbys, "warning": warning}
