@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..backup import nodes as backup_nodes
-from ..errors import CertSrvError, NotWriter
+from ..errors import RPC_S_CALL_FAILED_DNE, RPC_S_SERVER_UNAVAILABLE, CertSrvError, NotWriter, Unavailable
 from ..store import DATABASE_ERRORS, Store, engine_facts
 from ..store.postgres import PgStore
 
@@ -43,6 +43,19 @@ REPLICATION_NONE: dict[str, Any] = {"mode": "none", "synchronous_commit": None, 
 ASYNC_WARNING = ("replication is asynchronous: a write acknowledged here can be lost if the PostgreSQL primary "
                  "fails over; set synchronous_standby_names and synchronous_commit = on (or remote_apply)")
 _ERRORS: tuple[type[BaseException], ...] = (CertSrvError, OSError, *DATABASE_ERRORS)
+
+
+def database_unreachable(err: CertSrvError, writes: bool) -> CertSrvError:
+    """A refusal because the database server cannot be reached (RPC_S_SERVER_UNAVAILABLE from the store, after
+    its own retries) as HTTP 503; for a write, RPC_S_CALL_FAILED_DNE: it failed before its commit was sent (a
+    commit cut in flight is the store's OutcomeUnknown), so nothing was written and a retry is safe (HA-CONTRACT
+    "Error codes"). Any other error is returned as it is."""
+    if err.hresult != RPC_S_SERVER_UNAVAILABLE or type(err) not in (CertSrvError, Unavailable):
+        return err
+    if not writes:
+        return Unavailable(err.hresult, err.function, err.message)
+    return Unavailable(RPC_S_CALL_FAILED_DNE, err.function,
+                       f"{err.message}; nothing was written: retry once the database answers")
 
 
 def advertised(configured: Sequence[str] | None, listeners: Sequence[str]) -> list[str]:
@@ -259,4 +272,4 @@ class NodeRole:
             await asyncio.to_thread(self._stop_parts)
 
 
-__all__ = ["ROLE_STANDBY", "ROLE_WRITER", "WRITE_OPERATIONS", "NodeRole", "advertised"]
+__all__ = ["ROLE_STANDBY", "ROLE_WRITER", "WRITE_OPERATIONS", "NodeRole", "advertised", "database_unreachable"]
