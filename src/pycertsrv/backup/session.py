@@ -61,10 +61,12 @@ from ..spec import (
 )
 from ..store import ByteStream, CAStore, SnapshotStream, Store, log_name
 from ..store.postgres import PgStore
-from . import nodes
 from .history import backup_history, check_incremental_allowed, record_backup
 from .listed import check_listed_file
 from .liveness import SessionEnding
+from .nodes import claim as claim_backup
+from .nodes import lineage_runs
+from .nodes import release as release_backup
 from .states import PHASE_DB, PHASE_LOGS, PHASE_TRUNCATED, decode_backup_type, no_open_file
 
 
@@ -305,7 +307,7 @@ class BackupManager(SessionEnding[_Session]):
 
     def _claim(self, s: _Session) -> None:
         """Issue 14: claim the CA's one backup slot cluster-wide (:mod:`.nodes`)."""
-        s.claim_id = nodes.claim(self.store, self.timeout)
+        s.claim_id = claim_backup(self.store, self.timeout)
         self._claim_renewed = self._clock()
 
     def info(self, handle: str, principal_id: str | None = None) -> dict[str, Any]:
@@ -361,7 +363,7 @@ class BackupManager(SessionEnding[_Session]):
                     names.append(name)
                 s.gen_high = rolled
                 s.log_names = names
-                s.lineage = nodes.lineage_runs(self.store, s.gen_low, rolled)
+                s.lineage = lineage_runs(self.store, s.gen_low, rolled)
                 if s.phase == PHASE_DB:
                     s.phase = PHASE_LOGS
                 # The snapshot can no longer be opened (spec §2.4): end the pin, or free the copy's disk space.
@@ -550,7 +552,7 @@ class BackupManager(SessionEnding[_Session]):
         s.ended = True
         if s.claim_id is not None:
             cid, s.claim_id = s.claim_id, None
-            nodes.release(self.store, cid, self.timeout)
+            release_backup(self.store, cid, self.timeout)
         if s.open is not None:
             s.open.close()
             s.open = None

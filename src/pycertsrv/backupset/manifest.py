@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ERROR_FILE_NOT_FOUND, ERROR_INVALID_DATA, CorruptData, NotFound
 from ..fsutil import atomic_write
 from ..spec import wszDBBACKUPCERTBACKDAT, wszDBBACKUPSUBDIR, wszPFXFILENAMEEXT
-from . import lineage as lineage_mod
 from .lineage import Run
+from .lineage import parse as parse_lineage
 
 if TYPE_CHECKING:
     from .setauth import SealingKey
@@ -173,7 +173,7 @@ def parse_manifest(doc: Any, path: Path) -> Manifest:
     if auth is not None and not isinstance(auth, dict):
         raise _bad(path, "auth is not an object")
     try:
-        runs = lineage_mod.parse(doc.get("lineage"))
+        runs = parse_lineage(doc.get("lineage"))
     except ValueError as e:
         raise _bad(path, str(e)) from None
     return Manifest(kind=doc["kind"], ca_name=doc["ca_name"], identity=doc["identity"], created=doc["created"],

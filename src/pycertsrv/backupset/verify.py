@@ -32,8 +32,9 @@ from ..errors import (
 )
 from ..fsutil import sha256_file
 from ..store import logfile, setdb
-from . import lineage as lineage_mod
 from .chain import named_base
+from .lineage import FORK, WHAT_TO_DO, continuation_problem, last_epoch
+from .lineage import problems as lineage_problems
 from .manifest import DB_SUBDIR, KEY_KIND, MANIFEST_NAME, Manifest, manifest_path, read_manifest, safe_relative
 from .setauth import authenticate
 
@@ -224,27 +225,27 @@ def _check_lineage(rep: VerifyReport, m: Manifest, root: Path) -> None:
     rel_manifest = f"{DB_SUBDIR}/{MANIFEST_NAME}"
     if m.lineage is None:
         return  # written before lineages
-    for own in lineage_mod.problems(m.lineage, m.gen_low, m.gen_high):
-        rep.add(rel_manifest, lineage_mod.FORK, f"{own}; {lineage_mod.WHAT_TO_DO}")
+    for own in lineage_problems(m.lineage, m.gen_low, m.gen_high):
+        rep.add(rel_manifest, FORK, f"{own}; {WHAT_TO_DO}")
     if m.kind != "incremental" or not m.base:
         return
     base_epoch = m.base.get("epoch")
-    why = lineage_mod.continuation_problem(base_epoch, m.lineage, str(m.base.get("set_id", "?"))[:16] + "…")
+    why = continuation_problem(base_epoch, m.lineage, str(m.base.get("set_id", "?"))[:16] + "…")
     if why is not None:
-        rep.add(rel_manifest, lineage_mod.FORK, f"{why}; {lineage_mod.WHAT_TO_DO}")
+        rep.add(rel_manifest, FORK, f"{why}; {WHAT_TO_DO}")
     found = named_base(root, m.base)
     if found is None:
         return
     bdir, bm = found
     if bm.gen_high + 1 != m.gen_low:
-        rep.add(rel_manifest, lineage_mod.FORK, f"its base {bdir.name} ends at generation {bm.gen_high:08X}, this set "
-                f"starts at {m.gen_low:08X}; {lineage_mod.WHAT_TO_DO}")
-    last = lineage_mod.last_epoch(bm.lineage)
+        rep.add(rel_manifest, FORK, f"its base {bdir.name} ends at generation {bm.gen_high:08X}, this set "
+                f"starts at {m.gen_low:08X}; {WHAT_TO_DO}")
+    last = last_epoch(bm.lineage)
     if last is not None and (base_epoch != last or m.lineage[0].epoch < last):
-        rep.add(rel_manifest, lineage_mod.FORK,
+        rep.add(rel_manifest, FORK,
                 f"its base {bdir.name} ended in epoch {last} but this set records epoch {base_epoch} for it and "
                 f"starts in epoch {m.lineage[0].epoch if m.lineage else '?'}: the lineage does not continue its "
-                f"base's (forked or forged); {lineage_mod.WHAT_TO_DO}")
+                f"base's (forked or forged); {WHAT_TO_DO}")
 
 
 def _check_database(rep: VerifyReport, m: Manifest, good: dict[str, Path], root: Path) -> None:

@@ -45,8 +45,8 @@ from ..fsutil import fsync_dir
 from ..home import Home
 from ..spec import FULL, INCREMENTAL
 from ..store import logfile, setdb
-from . import lineage as lineage_mod
 from .chain import find_base, pick_base
+from .lineage import parse as parse_lineage
 from .manifest import (
     CONFIG_SUBDIR,
     DB_SUBDIR,
@@ -368,7 +368,7 @@ def _backup_database(session: SessionLike, partial: Path, target: Path, result: 
     gens: list[int] = []
     log_names = session.backup_logs()
     try:  # issue 14: the generations' writer lease epochs (a server from before gives none)
-        runs = lineage_mod.parse(getattr(session, "lineage", None))
+        runs = parse_lineage(getattr(session, "lineage", None))
     except ValueError as e:
         raise CorruptData(ERROR_INVALID_DATA, "backup", f"the server's epoch lineage is malformed: {e}") from None
     bases: list[tuple[Path, Manifest]] = []

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..backup import nodes as backup_nodes
 from ..errors import RPC_S_CALL_FAILED_DNE, RPC_S_SERVER_UNAVAILABLE, CertSrvError, NotWriter, Unavailable
-from ..store import DATABASE_ERRORS, Store, engine_facts
+from ..store import DATABASE_ERRORS
 from ..store.postgres import PgStore
 
 log = logging.getLogger("pycertsrv.service")
@@ -83,7 +83,7 @@ class NodeRole:
     def __init__(self, store: Any, *, lease_ttl: float | None = None, configured: Sequence[str] | None = None
                  ) -> None:
         self.store = store
-        self._multi = engine_facts(store)["engine"] != "sqlite" if isinstance(store, Store | PgStore) else False
+        self._multi = isinstance(store, PgStore)  # a SQLite store is its CA's only writer (store.onenode)
         ttl = lease_ttl if lease_ttl is not None else getattr(store, "lease_ttl", None)
         self.lease_ttl = float(ttl) if isinstance(ttl, int | float) and ttl > 0 else LEASE_TTL
         self.configured = list(configured or [])
