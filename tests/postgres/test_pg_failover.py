@@ -110,9 +110,11 @@ def test_primary_lost_in_flight_commit_is_outcome_unknown_and_the_store_goes_on(
 
 
 def _failover_under_load(pair: PgPair) -> None:
+    """Four writers issue request rows (ids from next_id, as the CA does) through a failover; every answered
+    one must be on the promoted standby under its id, unchanged (a reused id would overwrite it)."""
     url = pair.new_database("load")
     store = PgStore.create(url, "Failover CA", lease_ttl=TTL)
-    acked: set[str] = set()
+    acked: dict[int, str] = {}
     unknown: set[str] = set()
     not_sent: set[str] = set()
     other: list[CertSrvError] = []
@@ -122,12 +124,14 @@ def _failover_under_load(pair: PgPair) -> None:
     def load(k: int) -> None:
         i = 0
         while not stop.is_set():
-            n = f"w{k}-{i}"
+            n = f"CN=w{k}-{i}"
             i += 1
             try:
-                _put(store, n)
+                with store.transaction() as tx:
+                    rid = tx.next_id("request")
+                    tx.put("request", {"request_id": rid, "disposition": 20, "subject": n})
                 with lock:
-                    acked.add(n)
+                    acked[rid] = n
             except OutcomeUnknown:
                 unknown.add(n)
             except CertSrvError as e:
@@ -150,10 +154,12 @@ def _failover_under_load(pair: PgPair) -> None:
             t.join(60)
         store.close()
     assert not other, other[:3]
-    present = _names(pair.standby.url(_dbname(url)))
-    assert acked <= present, f"acknowledged commits lost: {sorted(acked - present)[:5]}"
-    assert not (not_sent & present), "a write refused as not sent is in the database"
-    _gapless(pair.standby.url(_dbname(url)))
+    new_primary = pair.standby.url(_dbname(url))
+    present = {int(str(r[0])): str(r[1]) for r in _rows(new_primary, "SELECT request_id, subject FROM request")}
+    lost = {rid: n for rid, n in acked.items() if present.get(rid) != n}
+    assert not lost, f"acknowledged commits lost or overwritten: {sorted(lost.items())[:5]}"
+    assert not (not_sent & set(present.values())), "a write refused as not sent is in the database"
+    _gapless(new_primary)
 
 
 def test_primary_lost_under_load_every_acknowledged_commit_is_on_the_promoted_standby(pair: PgPair) -> None:
@@ -208,4 +214,53 @@ def test_no_writable_server_within_three_lease_times_is_not_sent_then_the_store_
         store.close()
     present = _names(pair.standby.url(name))
     assert {"before", "after"} <= present and "while-down" not in present
+    _gapless(pair.standby.url(name))
+
+
+def test_an_id_taken_before_a_reconnect_is_never_handed_out_again(pair: PgPair) -> None:
+    """A commit durable on both servers whose answer was lost (the primary died while it waited for the
+    standby) raises OutcomeUnknown; the database's max id then counts it. A transaction that took the next id
+    before the reconnect and commits after it must keep its id to itself: the next transaction gets another
+    (a reused id would overwrite the row: a put is a whole-row upsert)."""
+    url = pair.new_database("ids")
+    name = _dbname(url)
+    store = PgStore.create(url, "Failover CA", lease_ttl=TTL)
+
+    def issue(subject: str) -> int:
+        with store.transaction() as tx:
+            rid = tx.next_id("request")
+            tx.put("request", {"request_id": rid, "disposition": 20, "subject": subject})
+        return rid
+
+    try:
+        assert [issue(f"CN=before-{i}") for i in range(3)] == [1, 2, 3]
+        with psycopg.connect(pair.standby.url(name), autocommit=True) as c:
+            c.execute("SELECT pg_wal_replay_pause()")  # remote_apply: the next commit waits for the standby
+        outcome: list[BaseException] = []
+
+        def unanswered() -> None:
+            try:
+                issue("CN=in-flight")
+            except BaseException as e:  # checked below
+                outcome.append(e)
+
+        t = threading.Thread(target=unanswered)
+        t.start()
+        _until("the commit to wait for the standby", lambda: _rows(
+            pair.primary.url(name), "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")[0][0] == 1)
+        stop_immediate(pair.primary)
+        t.join(60)
+        assert len(outcome) == 1 and isinstance(outcome[0], OutcomeUnknown), outcome
+        with store.transaction() as tx:  # this body takes its id before the store reconnects ...
+            held_id = tx.next_id("request")
+            with psycopg.connect(pair.standby.url(name), autocommit=True) as c:
+                c.execute("SELECT pg_wal_replay_resume()")
+            promote(pair.standby)  # ... and commits after (the in-flight one is on the promoted standby)
+            tx.put("request", {"request_id": held_id, "disposition": 20, "subject": "CN=held"})
+        after = issue("CN=after")
+        assert after != held_id
+    finally:
+        store.close()
+    rows = dict(_rows(pair.standby.url(name), "SELECT request_id, subject FROM request"))
+    assert rows[4] == "CN=in-flight" and rows[held_id] == "CN=held" and rows[after] == "CN=after"
     _gapless(pair.standby.url(name))

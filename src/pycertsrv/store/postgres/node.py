@@ -65,9 +65,16 @@ class Counters:
         self.records = int(n)
         self.size = logfile.HEADER_SIZE + int(nbytes) + int(n) * logfile.REC_SIZE
         self.ids: dict[str, int] = {}
-        for t in ("request", "crl"):  # the others are read at their first next_id
-            k = schema.table(t).key[0]
-            self.ids[t] = int(cur.execute(f"SELECT coalesce(max({k}), 0) FROM {t}").fetchone()[0])
+        for t in schema.TABLES.values():  # every table whose key next_id hands out (request ids, CRL numbers, ..)
+            if len(t.key) == 1 and next(c.type for c in t.columns if c.name == t.key[0]) == "INTEGER":
+                self.ids[t.name] = int(cur.execute(f"SELECT coalesce(max({t.key[0]}), 0) FROM {t.name}").fetchone()[0])
+
+    def merged_ids(self, handed_out: dict[str, int]) -> dict[str, int]:
+        """The next-id counters: the database's, but never below one this process already handed out. A
+        transaction body may have taken an id before a reconnect or resync recomputed the counters and commit
+        after it; the same id handed out again would make two records write one row (a put is a whole-row
+        upsert), and an acknowledged issuance would be overwritten by another. Ids never committed are gaps."""
+        return {t: max(v, handed_out.get(t, 0)) for t, v in self.ids.items()}
 
     def stamp(self, cur: Any, epoch: int, now_us: int) -> None:
         """One epoch per generation: an empty open generation takes ``epoch``; else the next one starts."""
@@ -231,7 +238,7 @@ class PgNode:
             self._next_lsn = c.last_lsn + 1
             self._appended_lsn = self._committed_lsn = c.last_lsn
             self._gen, self._gen_first, self._gen_size = c.gen, c.first, c.size
-            self._ids = dict(c.ids)
+            self._ids = c.merged_ids(self._ids)
             self.lease = new
             self._seen_epoch = new.epoch
             was = self._role
@@ -382,7 +389,7 @@ class PgNode:
             self._next_lsn = c.last_lsn + 1
             self._appended_lsn = self._committed_lsn = c.last_lsn
             self._gen, self._gen_first, self._gen_size = c.gen, c.first, c.size
-            self._ids = dict(c.ids)
+            self._ids = c.merged_ids(self._ids)
             self._recover = None
             self._round += 1
             self._cond.notify_all()
