@@ -27,16 +27,19 @@ from ..errors import (
     CERTSRV_E_BAD_REQUESTSUBJECT,
     CERTSRV_E_INVALID_CA_CERTIFICATE,
     ERROR_ALREADY_EXISTS,
+    CertSrvError,
     Conflict,
     InvalidArgument,
 )
 from ..home import Home, Layout
+from ..requestkey import REQUEST_KEY, checked_key, keyed_attributes
 from ..store import CAStore, StoreOptions, Transaction, engine_facts, open_store
 from ..store.schema import DISP_DENIED, DISP_ERROR, DISP_ISSUED, DISP_PENDING, DISP_REVOKED
 from . import crl as crl_mod
 from .commit import GroupCommitter
 from .enroll import SERIAL_TRIES, PreparedRequest, cert_columns, no_unused_serial, prepare_submission
 from .issuance import IssuedCertificate, Issuer, random_serial
+from .keyclaims import KeyClaims, commit_keyed, key_answer
 from .keys import (
     CAPrivateKey,
     key_type_of,
@@ -53,7 +56,7 @@ from .models import (
 )
 from .names import NamePlan, check_names
 from .observe import CAObserver
-from .policy import ParsedRequest, parse_request
+from .policy import ParsedRequest, decode_request, parse_request
 from .reading import RequestReader
 from .revocation import check_invalidity_date, check_revocable, check_unrevocable, revocation_reason
 from .rights import local_roles
@@ -97,6 +100,7 @@ class Authority(RequestReader):
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._serial_lock = threading.Lock()
         self._reserved: set[str] = set()
+        self._keys = KeyClaims()  # request keys of commits in flight (issue 14, ca.keyclaims)
         self._crl_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._commit = GroupCommitter(store)
@@ -319,7 +323,8 @@ class Authority(RequestReader):
     # ------------------------------------------------------------------ requests
 
     def submit(self, csr: bytes, *, requester: str = "", template: str | None = None,
-               attributes: Mapping[str, str] | None = None, roles: frozenset[str] | None = None) -> RequestInfo:
+               attributes: Mapping[str, str] | None = None, roles: frozenset[str] | None = None,
+               request_key: str | None = None) -> RequestInfo:
         """Take a PKCS#10 request (PEM or DER, sniffed); issue it at once or leave it pending per policy.
 
         Checked before anything is written or signed: the caller's roles against the template's
@@ -332,15 +337,43 @@ class Authority(RequestReader):
         :param attributes: extra request attributes (``name: value``), as certreq -attrib.
         :param roles: the caller's roles (the service passes its principal's); None: a direct caller,
             whose roles are this uid's on the home (:meth:`caller_roles`).
+        :param request_key: the client's idempotency key (issue 14, :mod:`pycertsrv.ca.keyclaims`): when the
+            database holds it, that request is returned as it is now and nothing is written or signed.
         """
         started = time.monotonic()
+        attrs = keyed_attributes(attributes, request_key)
+        key = attrs.get(REQUEST_KEY)
         held = self.caller_roles() if roles is None else frozenset(roles)
+        if key is None:
+            return self._submit(csr, requester, template, attrs or None, held, started)
+        # The key is claimed first, so one read decides (commit_prepared, for prepared requests from elsewhere,
+        # claims and reads itself): a retry is answered before anything is signed, as the request is now.
+        with self._keys.holding([key]):
+            answer = self._key_answer(key, requester, csr)
+            return answer if answer is not None else self._submit(csr, requester, template, attrs, held, started)
+
+    def _submit(self, csr: bytes, requester: str, template: str | None, attrs: dict[str, str] | None,
+                roles: frozenset[str], started: float) -> RequestInfo:
+        """Prepare and write one request (its key, if any, held by the caller)."""
         for _ in range(SERIAL_TRIES):
-            prepared = self.prepare(csr, requester=requester, template=template, attributes=attributes, roles=held)
-            done = self.commit_prepared([prepared], [started])[0]
+            prepared = self.prepare(csr, requester=requester, template=template, attributes=attrs, roles=roles)
+            done = self._commit_items([prepared], [started])[0]
             if done is not None:
                 return done
         raise no_unused_serial()
+
+    def request_key_answer(self, key: str | None, requester: str, csr: bytes) -> RequestInfo | None:
+        """The request a submit with ``key`` returns without writing (the database holds the key), else None.
+
+        :param key: the submit's request key (None: no key, None returned).
+        :param requester: who submits (a key another requester's request holds is refused).
+        :param csr: the submitted request, PEM or DER (a key held by a request with another CSR is refused).
+        :raises Conflict: another requester's request, or another CSR's, holds the key.
+        """
+        return None if key is None else self._key_answer(checked_key(key), requester, csr)
+
+    def _key_answer(self, key: str, requester: str, csr: bytes) -> RequestInfo | None:
+        return key_answer(self.store, key, requester, lambda: decode_request(csr, self.config.policy.max_request_bytes))
 
     def prepare(self, csr: bytes, *, requester: str = "", template: str | None = None,
                 attributes: Mapping[str, str] | None = None, roles: frozenset[str]) -> PreparedRequest:
@@ -351,14 +384,25 @@ class Authority(RequestReader):
                                   request_path=self._request_text)
 
     def commit_prepared(self, items: Sequence[PreparedRequest],
-                        started: Sequence[float] | None = None) -> list[RequestInfo | None]:
+                        started: Sequence[float] | None = None) -> list[RequestInfo | CertSrvError | None]:
         """Write prepared requests in ONE group-committed transaction (request ids in list order) and return
         their rows; None for an item whose serial is taken (in the database or by an issuance in flight):
         prepare it again. Serial uniqueness is decided here, by the one writer (RFC 5280 §4.1.2.2).
 
+        Request keys are decided here too (issue 14, :mod:`pycertsrv.ca.keyclaims`): an item whose key the
+        database holds, or an earlier item of ``items`` holds, is not written; its answer is that request (or the
+        refusal, a :class:`CertSrvError`, when it is another requester's or another CSR's). A key held by another
+        commit in flight is waited for.
+
         :param items: prepared by :meth:`prepare` here or in a worker process of the service.
         :param started: ``time.monotonic()`` when each request arrived (the metrics' latency).
         """
+        if not any(REQUEST_KEY in p.attributes for p in items):
+            return [*self._commit_items(items, started)]
+        return commit_keyed(self._keys, self.store, items, started, self._commit_items)
+
+    def _commit_items(self, items: Sequence[PreparedRequest],
+                      started: Sequence[float] | None) -> list[RequestInfo | None]:
         claimed = self._claim_serials(items)
         todo = [p for p, ok in zip(items, claimed) if ok]
         try:

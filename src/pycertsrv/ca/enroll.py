@@ -22,6 +22,7 @@ from cryptography import x509
 
 from ..config import Config
 from ..errors import CERTSRV_E_INVALID_CA_CERTIFICATE, ERROR_ALREADY_EXISTS, Conflict
+from ..requestkey import REQUEST_KEY, checked_key
 from ..store.schema import DISP_ISSUED, DISP_PENDING
 from .issuance import IssuedCertificate, Issuer, random_serial
 from .models import MSG_ISSUED, MSG_PENDING, serial_hex, utcnow_iso
@@ -97,6 +98,10 @@ def prepare_submission(cfg: Config, templates: dict[str, Template], issuer: Issu
     """
     req = parse_request(csr, cfg.policy.max_request_bytes)
     attrs = merge_attributes(req, attributes)
+    # Issue 14: the request key is the submitter's alone (never one a CSR carries), checked wherever this runs.
+    attrs.pop(REQUEST_KEY, None)
+    if attributes and REQUEST_KEY in attributes:
+        attrs[REQUEST_KEY] = checked_key(attributes[REQUEST_KEY])
     tmpl = choose_template(cfg.policy, template, attrs, templates)
     names = admit(cfg, req, tmpl, roles, requester or "this caller", ca_cert)
     now, now_text = utcnow_iso()

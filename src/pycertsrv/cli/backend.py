@@ -26,8 +26,9 @@ def server_options(f: F) -> F:
     """Add ``--server`` and the TLS client options; the command receives ``server: ServerSpec | None``."""
 
     @click.option("--server", default=None, envvar="CERTSRV_SERVER", metavar="SPEC",
-                  help="Service to use: unix:PATH, HOST:PORT (TLS) or 'HOST\\CA Name' (env CERTSRV_SERVER; "
-                       "default: the local home's service if it runs).")
+                  help="Service to use: unix:PATH, HOST:PORT (TLS) or 'HOST\\CA Name'; several nodes of one CA "
+                       "separated by commas (reads: the first that answers; writes: the writer) (env "
+                       "CERTSRV_SERVER; default: the local home's service if it runs).")
     @click.option("--cert", "client_cert", default=None, envvar="CERTSRV_CLIENT_CERT",
                   type=click.Path(dir_okay=False, path_type=Path), help="TLS client certificate (PEM).")
     @click.option("--key", "client_key", default=None, envvar="CERTSRV_CLIENT_KEY",
@@ -115,9 +116,10 @@ class RemoteAuthority:
         return str(self.client.ca_info()["name"])
 
     def submit(self, csr: bytes, *, requester: str = "", template: str | None = None,
-               attributes: Mapping[str, str] | None = None) -> Any:
-        """Submit a CSR."""
-        return request_info_from_json(self.client.submit(csr, template=template, attributes=attributes))
+               attributes: Mapping[str, str] | None = None, request_key: str | None = None) -> Any:
+        """Submit a CSR (with its request key: the client makes one when None)."""
+        return request_info_from_json(self.client.submit(csr, template=template, attributes=attributes,
+                                                          request_key=request_key))
 
     def issue(self, request_id: int, *, by: str | None = None) -> Any:
         """Issue a pending request."""

@@ -15,6 +15,7 @@ from ..ca import KEY_TYPES, Authority
 from ..ca.paging import MAX_OFFSET, PAGE_MAX, collect
 from ..errors import E_INVALIDARG, InvalidArgument, from_oserror
 from ..fsutil import PUBLIC_FILE, atomic_write
+from ..requestkey import checked_key, new_request_key
 from .backend import ServerSpec, ca_backend, server_options
 from .common import echo_json, home_option, json_option, open_authority, passphrase_options
 from .render import crl_line, request_line, request_table
@@ -141,17 +142,24 @@ def install_cert_cmd(home: Path | None, passphrase: bytes | None, cert: str, for
               help="Certificate template (certsrv templates lists them; default: policy.default_template).")
 @click.option("--attrib", multiple=True, metavar="NAME:VALUE", help="Request attribute (repeatable).")
 @click.option("--requester", default="", help="Requester name stored with the request.")
+@click.option("--request-key", default=None, metavar="KEY",
+              help="Idempotency key, 1..128 printable ASCII (default: a new random one). A submit with the key of "
+                   "an earlier one returns that request, never a second certificate.")
 @json_option
 def submit_cmd(home: Path | None, passphrase: bytes | None, server: ServerSpec, req: str, out: Path | None,
-               template: str | None, attrib: tuple[str, ...], requester: str, as_json: bool) -> None:
+               template: str | None, attrib: tuple[str, ...], requester: str, request_key: str | None,
+               as_json: bool) -> None:
     """Submit a PKCS#10 request (PEM or DER); prints the request id and disposition."""
+    # Issue 14: every submit carries a key, so that a retry (by the client after a failover, or by the user
+    # after an unknown outcome) returns the first answer.
+    key = checked_key(request_key) if request_key is not None else new_request_key()
     data = _read_input(req)
     attributes = _parse_attrib(attrib)
     with ca_backend(home, server, passphrase) as a:
-        info = a.submit(data, requester=requester, template=template, attributes=attributes)
+        info = a.submit(data, requester=requester, template=template, attributes=attributes, request_key=key)
     if out is not None and info.certificate_pem:
         _write_output(out, info.certificate_pem.encode())
-    echo_json(info.to_json()) if as_json else click.echo(request_line(info))
+    echo_json({**info.to_json(), "request_key": key}) if as_json else click.echo(request_line(info))
 
 
 def _resolve_cmd(verb: str, doc: str) -> None:

@@ -5,6 +5,7 @@ The backup helper adds :mod:`pycertsrv.client.backup` (``BackupSession``) on top
 
 from __future__ import annotations
 
-from .client import DEFAULT_TLS_PORT, Client, local_socket
+from .client import Client
+from .endpoints import DEFAULT_TLS_PORT, local_socket
 
 __all__ = ["DEFAULT_TLS_PORT", "Client", "local_socket"]

@@ -44,8 +44,11 @@ class Transport(Protocol):
     """What a backup session needs of its :class:`pycertsrv.client.Client`: a Protocol, so that this module does
     not import the client module, which offers ``client.backup()`` from it (no import cycle)."""
 
-    address: str
-    _http: httpx.Client
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def _http(self) -> httpx.Client: ...
 
     def call(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None,
              headers: dict[str, str] | None = None) -> Any: ...
@@ -212,6 +215,9 @@ class BackupSession:
                 raise InvalidArgument(E_INVALIDARG, "backup", f"unknown backup kind {kind!r} (full, incremental)")
             grbit, flags = 0, CSBACKUP_TYPE_FULL if kind == FULL else CSBACKUP_TYPE_LOGS_ONLY
         body = {"grbit": int(grbit or 0), "flags": int(CSBACKUP_TYPE_FULL if flags is None else flags)}
+        if len(getattr(client, "endpoints", ())) > 1:
+            # Several nodes (issue 14): the session lives on one, the first that answers (a read picks it).
+            client.call("GET", "/online")
         reader = _reader_for(client)
         if reader is None:
             return cls(client, client.call("POST", "/backup/sessions", json=body, headers=HOLD))

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..ca.paging import MAX_OFFSET, PAGE_DEFAULT, PAGE_MAX, check_page
 from ..errors import E_ACCESSDENIED, E_INVALIDARG, AccessDenied, InvalidArgument, NotFound
+from ..requestkey import MAX_REQUEST_KEY, REQUEST_KEY, keyed_attributes
 from . import auth
 from .middleware import json_response, read_model
 from .openapi import add_route
@@ -123,19 +124,30 @@ def _cert_body(der: bytes) -> dict[str, Any]:
 
 async def submit(request: web.Request) -> web.Response:
     """Submit a CSR; the requester is the authenticated caller, never a field of the body, and the
-    caller's roles decide which templates and subjects it may have (issue 9)."""
+    caller's roles decide which templates and subjects it may have (issue 9). A submit whose request key the
+    database holds is answered with that request, and nothing is signed or written (issue 14)."""
     body = await read_model(request, SubmitBody)
+    attributes = keyed_attributes(body.attributes, body.request_key)
+    key = attributes.get(REQUEST_KEY)
     csr = _decode_csr(request, body.csr)
     a = request.app["authority"]
     principal: auth.Principal = request["principal"]
+    if key is not None:
+        request["audit"]["request_key"] = key
     if request.app.get("workers") is not None:  # issue 15: prepared by a worker process, written here
-        info = await submit_via_workers(request.app, csr, requester=principal.ident, template=body.template,
-                                        attributes=body.attributes, roles=principal.roles)
+        # A retry is answered before a worker signs anything (the writer decides a race: commit_prepared).
+        info: Any = await _call(a.request_key_answer, key, principal.ident, csr) if key is not None else None
+        if info is None:
+            info = await submit_via_workers(request.app, csr, requester=principal.ident, template=body.template,
+                                            attributes=attributes or None, roles=principal.roles)
     else:
         info = await _call(a.submit, csr, requester=principal.ident, template=body.template,
-                           attributes=body.attributes, roles=principal.roles)
+                           attributes=attributes or None, roles=principal.roles)
     request["audit"].update(request_id=info.request_id, disposition=info.disposition_name)
-    return json_response(_info(info))
+    answer = _info(info)
+    if key is not None:
+        answer["request_key"] = key
+    return json_response(answer)
 
 
 async def get_request(request: web.Request) -> web.Response:
@@ -310,6 +322,7 @@ REQUEST_INFO: dict[str, Any] = {
         "thumbprint": NULLABLE_STR,
         "status_hex": NULLABLE_STR,
         "certificate_pem": NULLABLE_STR,
+        "request_key": {"type": "string", "description": "submit only: the request key the request holds"},
     },
 }
 CERT_BODY = {
@@ -332,6 +345,11 @@ SUBMIT_BODY = {
         "template": {"type": ["string", "null"], "description": "certificate template (default: policy's)"},
         "attributes": {"type": ["object", "null"], "additionalProperties": {"type": "string"},
                        "description": "request attributes name: value (as certreq -attrib)"},
+        "request_key": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_REQUEST_KEY,
+                        "pattern": "^[ -~]+$",
+                        "description": "the client's idempotency key (issue 14): a submit whose key the database "
+                                       "holds answers that request (same id, certificate, disposition) and writes "
+                                       "nothing; the client makes a uuid4 hex unless given one"},
     },
 }
 REVOKE_BODY = {

@@ -393,6 +393,8 @@ async def submit_via_workers(app: Any, csr: bytes, *, requester: str, template: 
         prepared = await pool.prepare(csr, requester=requester, template=template, attributes=attributes,
                                       roles=roles)
         info = await committer.commit(prepared, started)
+        if isinstance(info, CertSrvError):  # issue 14: its request key is another requester's or CSR's
+            raise info
         if info is not None:
             return info
     raise no_unused_serial()

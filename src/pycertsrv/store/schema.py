@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidArgument
+from ..requestkey import REQUEST_KEY
 
 # AD CS dispositions (certview.h DB_DISP_*).
 DISP_PENDING = 9
@@ -118,6 +119,13 @@ TABLES: dict[str, Table] = {
         Table("setting", _cols("name TEXT, value TEXT"), ("name",)),
     )
 }
+
+# Issue 14: a submit's request key (pycertsrv.ca.requestkey) is the attribute RequestKey, held at most once by
+# the database. Partial and unique, in the dialect both engines read; IF NOT EXISTS so that SQLite can run it on
+# every open (databases made before it get it then), and PostgreSQL in its migration.
+REQUEST_KEY_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS ux_attribute_request_key ON attribute (value) "
+                     f"WHERE name = '{REQUEST_KEY}'")
+
 
 def table(name: str) -> Table:
     """The table called ``name`` or InvalidArgument."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..schema import TABLES
+from ..schema import REQUEST_KEY_INDEX, TABLES
 
 PG_TYPES = {"INTEGER": "bigint", "TEXT": "text", "BLOB": "bytea", "REAL": "double precision"}
 
@@ -83,8 +83,16 @@ def _v3() -> list[str]:
     ]
 
 
+def _v4() -> list[str]:
+    # Issue 14: a submit's request key is held at most once (pycertsrv.ca.requestkey); written by issue 14's
+    # "reqkey" part beside pgnode's v3, and appended after the last version whatever its number.
+    return [REQUEST_KEY_INDEX]
+
+
 # MIGRATIONS[v] takes the schema from version v-1 to v (v=1 creates it). Append; never edit a released one.
 MIGRATIONS: dict[int, list[str]] = {1: _v1(), 2: _v2(), 3: _v3()}
+
+MIGRATIONS[max(MIGRATIONS) + 1] = _v4()  # the request-key index: v4 once v3 is merged (see _v4)
 PG_SCHEMA_VERSION = max(MIGRATIONS)
 VERSION_DDL = ("CREATE TABLE IF NOT EXISTS pg_schema_version (version integer PRIMARY KEY,"
                " applied_us bigint NOT NULL)")

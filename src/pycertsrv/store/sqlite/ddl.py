@@ -6,9 +6,12 @@ the SQLite engine and by whatever writes a backup set's database file (a SQLite 
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 
-from ..schema import SCHEMA_VERSION, TABLES, Table
+from ..schema import REQUEST_KEY_INDEX, SCHEMA_VERSION, TABLES, Table
+
+log = logging.getLogger("pycertsrv.store")
 
 META_DDL = "CREATE TABLE IF NOT EXISTS _meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
@@ -22,6 +25,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
     for table in TABLES.values():
         for stmt in table.ddl():
             conn.execute(stmt)
+    conn.execute(REQUEST_KEY_INDEX)
     conn.execute(
         "INSERT OR REPLACE INTO _meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
     )
@@ -37,7 +41,25 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute(stmt)
         version += 1
         conn.execute("UPDATE _meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    ensure_indexes(conn)
     return found
+
+
+def ensure_indexes(conn: sqlite3.Connection) -> None:
+    """Indexes added after the schema version (issue 14's request-key index): created when missing, on every open.
+
+    A database whose rows already break the index (an attribute named RequestKey given twice before request keys
+    existed) still opens: the writer's own check keeps new keys unique (pycertsrv.ca.requestkey), and the log says
+    which rows stop the index.
+    """
+    try:
+        conn.execute(REQUEST_KEY_INDEX)
+    except sqlite3.IntegrityError:
+        dup = conn.execute("SELECT value, COUNT(*) FROM attribute WHERE name = 'RequestKey' GROUP BY value "
+                           "HAVING COUNT(*) > 1 LIMIT 3").fetchall()
+        log.warning("the unique index of request keys cannot be made: the attribute RequestKey repeats (%s); "
+                    "new request keys are still kept unique by the writer",
+                    ", ".join(f"{v!r} x{n}" for v, n in dup))
 
 
 # Statements per table name (not per Table: hashing a frozen dataclass of columns costs more than building).
