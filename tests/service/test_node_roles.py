@@ -119,7 +119,7 @@ def test_standby_serves_reads_and_refuses_writes_naming_the_writer(nodes: Nodes)
         issued = ca.submit(make_csr("one.example"))
         assert issued["disposition_name"] == "issued"
         crl = ca.publish_crl()
-    with b.client() as cb:
+    with b.client(failover_timeout=0) as cb:  # the node's own answer (a client does not follow the writer)
         h = cb.call("GET", "/v1/health")
         assert h["role"] == "standby" and h["node"]["role"] == "standby"
         assert h["node"]["writer"]["holder"].endswith(f":{a.pid}")
@@ -141,6 +141,9 @@ def test_standby_serves_reads_and_refuses_writes_naming_the_writer(nodes: Nodes)
         with pytest.raises(NotWriter):
             BackupSession.prepare(cb, "full")  # no backup runs anywhere: not busy, but not the writer
         assert [i["request_id"] for i in cb.view()] == [issued["request_id"]]  # nothing was written
+    with b.client() as follow:  # a client given the standby follows the writer its NotWriter names
+        followed = follow.submit(make_csr("followed.example"))
+        assert followed["disposition_name"] == "issued" and followed["request_id"] > issued["request_id"]
     assert (_probe(a, "/v1/health/writer"), _probe(b, "/v1/health/writer")) == (200, 503)
     assert (_probe(a, "/v1/health/standby"), _probe(b, "/v1/health/standby")) == (503, 200)
     r = certsrv("status", "--home", str(b.home.root))
@@ -171,7 +174,7 @@ def test_writer_killed_standby_takes_over_and_the_old_writer_comes_back_as_stand
     assert "this node is now the WRITER" in b.log() and "Traceback" not in b.log()
     # the killed node starts again: a standby now, naming the new writer
     a.start()
-    with a.client() as ca:
+    with a.client(failover_timeout=0) as ca:
         assert ca.call("GET", "/v1/health")["role"] == "standby"
         with pytest.raises(NotWriter) as ei:
             ca.submit(make_csr("a9.example"))
@@ -263,7 +266,7 @@ def test_a_fenced_writer_goes_back_to_standby(nodes: Nodes) -> None:
     finally:
         a.proc.send_signal(signal.SIGCONT)
     _until("the old writer sees it was fenced", lambda: _probe(a, "/v1/health/standby") == 200)
-    with a.client() as ca:
+    with a.client(failover_timeout=0) as ca:
         with pytest.raises(NotWriter) as ei:
             ca.submit(make_csr("stale.example"))
         assert f":{b.pid}" in ei.value.message
