@@ -111,6 +111,9 @@ class ServiceSection(_Section):
     # Seconds a client gets to send a request body (slowloris: half-sent bodies are cut off after it).
     body_timeout: float = Field(30.0, gt=0)
     audit_log: str = "audit.log"
+    # Issue 14: where clients reach this node when it is the writer ("unix:/path", "host:port"); standbys name
+    # it in their NotWriter answers and clients follow it. Default: this node's own listeners.
+    advertise: list[str] | None = None
 
 
 class BackupSection(_Section):

@@ -60,8 +60,14 @@ class Shipper:
 
     # ------------------------------------------------------------- thread
 
+    @property
+    def running(self) -> bool:
+        """Whether the thread runs (a standby node stops it, and starts it again once it is the writer)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> Shipper:
-        """Run in a daemon thread until :meth:`stop`."""
+        """Run in a daemon thread until :meth:`stop` (again after a stop: issue 14, a node that became writer)."""
+        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="certsrv-archive", daemon=True)
         self._thread.start()
         return self

@@ -6,7 +6,10 @@ A session ends -- released exactly as by BackupEnd, a complete backup not record
 - it was idle longer than its limit (:meth:`SessionEnding.expire_idle`): ``idle_timeout`` once it reads
   files (a client reading is expected to keep calling), ``timeout`` (the ceiling) before;
 - every connection that holds it is gone (:meth:`SessionEnding.hold`, :meth:`SessionEnding.end_if_gone`);
-- an Operator aborts it (:meth:`SessionEnding.abort`).
+- an Operator aborts it (:meth:`SessionEnding.abort`);
+- its cluster-wide backup claim (issue 14: one backup per CA across every node) was lost: not renewed in time
+  (the database was unreachable that long) and taken by another node (:meth:`SessionEnding.renew_claim`). The
+  claim is renewed every third of the session timeout, so a node that dies leaves a claim that expires.
 
 The holder's next call then fails with 0x8000FFFF (spec §2.20: a call in state IDLE) naming why.
 :class:`SessionEnding` is the part of :class:`pycertsrv.backup.session.BackupManager` that does this.
@@ -14,6 +17,7 @@ The holder's next call then fails with 0x8000FFFF (spec §2.20: a call in state 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -21,7 +25,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from ..errors import E_UNEXPECTED, SequenceError
+from ..errors import E_UNEXPECTED, CertSrvError, Conflict, NotFound, SequenceError
+
+log = logging.getLogger("pycertsrv.backup")
 
 
 class OpenFileView(Protocol):
@@ -69,6 +75,9 @@ class SessionView(Protocol):
     def ended(self) -> bool: ...
 
     @property
+    def claim_id(self) -> str | None: ...
+
+    @property
     def reading(self) -> bool: ...
 
     @property
@@ -109,6 +118,8 @@ class SessionEnding(Generic[S]):
     _lock: threading.Lock
     _session: S | None
     _clock: Callable[[], float]
+    _claim_renewed: float
+    store: Any
 
     if TYPE_CHECKING:
         def _finish(self, s: S, *, aborted: bool) -> dict[str, Any]: ...
@@ -130,6 +141,26 @@ class SessionEnding(Generic[S]):
         if ended is None:
             return []
         return [s.handle]
+
+    def renew_claim(self) -> dict[str, Any] | None:
+        """Renew the running session's cluster-wide backup claim when a third of its time has passed (issue 14).
+        A claim another node took (this one expired: the database was unreachable longer than the session
+        timeout) ends the session; an unreachable database is retried at the next call. Returns the ended
+        session's status, if it ended."""
+        with self._lock:
+            s = self._session
+            if s is None or s.ended or s.claim_id is None or self._clock() - self._claim_renewed < self.timeout / 3:
+                return None
+            cid = s.claim_id
+        try:
+            self.store.renew_backup_claim(cid)
+        except (Conflict, NotFound) as e:
+            return self._end_now(s, f"its cluster-wide backup claim was lost ({e.message})")
+        except CertSrvError as e:
+            log.warning("backup: cannot renew the cluster-wide backup claim (%s); retrying", e)
+            return None
+        self._claim_renewed = self._clock()
+        return None
 
     def hold(self, handle: str, holder: object, principal_id: str | None = None) -> None:
         """Bind the session to a client connection: once every holder is gone (:meth:`end_if_gone`), it ends.

@@ -33,6 +33,7 @@ class LocalSession:
         self.identity: str = info["identity"]
         self.ended = False
         self.end_result: dict[str, Any] | None = None
+        self.lineage: list[dict[str, int]] | None = None
 
     def database_locations(self) -> list[str]:
         """RestoreGetDatabaseLocations."""
@@ -43,8 +44,10 @@ class LocalSession:
         return self.manager.database_names(self.handle, self.principal)
 
     def backup_logs(self) -> list[str]:
-        """GetBackupLogs."""
-        return self.manager.backup_logs(self.handle, self.principal)
+        """GetBackupLogs (and the epoch lineage of the generations listed, issue 14)."""
+        names = self.manager.backup_logs(self.handle, self.principal)
+        self.lineage = self.manager.lineage(self.handle, self.principal)
+        return names
 
     def dynamic_files(self) -> list[str]:
         """GetDynamicFileList."""

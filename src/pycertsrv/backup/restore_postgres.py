@@ -8,21 +8,39 @@ PgRecoveryTarget`). Then, as the SQLite engine's hard recovery does, one logged 
 recovery (DBLastRecovery, the next backup must be full, a new archive lineage), the home's ``[store] url``
 names the database, and the registration and the placed SQLite copies go. A failure leaves the database as
 it was and the home with its completed SQLite registration, and says so.
+
+Issue 14, a second node for a CA already on PostgreSQL: ``certsrv restore KEYSET --key-only --home NODE2
+--database URL`` restores the key and certificate and points the new home at the database, after
+:func:`check_node_database` found that what the database holds was signed by that certificate's key.
 """
 
 from __future__ import annotations
 
 import shutil
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from .. import config as config_mod
-from ..errors import E_INVALIDARG, CertSrvError, CorruptData, InvalidArgument
+from ..errors import (
+    CERTSRV_E_INVALID_CA_CERTIFICATE,
+    E_INVALIDARG,
+    CertSrvError,
+    Conflict,
+    CorruptData,
+    InvalidArgument,
+)
 from ..errors import JET_ERR_MISSING_RESTORE_LOG_FILES as MISSING
 from ..home import Home
 from ..store import RecoveryReport, Until, archivemark, logfile, schema
-from ..store.postgres import PgStore, check_url
+from ..store.postgres import PgStore, check_url, describe
+from ..store.postgres.lease import LEASE_TTL
 from ..store.postgres.load import FileStream, PgRecoveryTarget
+from ..store.postgres.reads import PgReads
 from ..store.registration import (
     SETTING_LAST_RECOVERY,
     SETTING_REQUIRES_FULL,
@@ -93,3 +111,70 @@ def describe_failure(e: CertSrvError, home: Path) -> CertSrvError:
     return type(e)(e.hresult, e.function,
                    f"{e.message}; the PostgreSQL database was not changed and {home} holds the restore registered "
                    f"for SQLite: rerun with --database URL --force, or start the CA on SQLite")
+
+
+class _Reader(PgReads):
+    """The CA database's tables read without the writer lease (a node being set up must not take it)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.lease_ttl = url, LEASE_TTL
+        self._local, self._conns, self._conns_lock, self._closed = threading.local(), [], threading.Lock(), False
+
+    def close(self) -> None:
+        self._closed = True
+        for c in self._conns:
+            c.close()
+
+
+def _signed_by(der: bytes, ca: x509.Certificate, crl: bool) -> bool:
+    try:
+        if crl:
+            c = x509.load_der_x509_crl(der)
+            return c.issuer == ca.subject and c.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+        x509.load_der_x509_certificate(der).verify_directly_issued_by(ca)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+def check_node_database(url: str, certificate: x509.Certificate) -> dict[str, Any]:
+    """Issue 14: refuse to make a node of ``certificate``'s CA on ``url`` unless the database is that CA's: its
+    newest CRL and its newest issued certificate (when it has them) are signed by this certificate's key.
+    Reads only (no lease is taken). Returns what was compared."""
+    check_url(url)
+    subject = describe(url)
+    r = _Reader(url)
+    try:
+        try:
+            crls = r.select("crl", order_by=["-number"], limit=1)
+            certs = r.select("request", [("raw_cert", "is not null", None)], order_by=["-request_id"], limit=1)
+        except CertSrvError as e:
+            raise type(e)(e.hresult, subject, f"cannot read a CA database there ({e.message}); give the URL of "
+                          "the CA's database (certsrv init --database made it)") from None
+    finally:
+        r.close()
+    name = certificate.subject.rfc4514_string()
+    found: dict[str, Any] = {"database": subject, "ca": name, "crl": None, "certificate": None}
+    if crls:
+        found["crl"] = int(crls[0]["number"])
+        if not _signed_by(bytes(crls[0]["raw"]), certificate, True):
+            raise Conflict(CERTSRV_E_INVALID_CA_CERTIFICATE, subject,
+                           f"the database's CRL #{crls[0]['number']} was not signed by the key of {name}: this "
+                           "database belongs to another CA; give the key set of the CA whose database this is, "
+                           "or the URL of this CA's database")
+    if certs:
+        found["certificate"] = certs[0]["serial"]
+        if not _signed_by(bytes(certs[0]["raw_cert"]), certificate, False):
+            raise Conflict(CERTSRV_E_INVALID_CA_CERTIFICATE, subject,
+                           f"the database's certificate {certs[0]['serial']} was not issued by {name}: this "
+                           "database belongs to another CA; give the key set of the CA whose database this is, "
+                           "or the URL of this CA's database")
+    return found
+
+
+def point_home_at(home: Path, url: str) -> Path:
+    """Record ``url`` as the home's ``[store] url`` (the node's database); returns the configuration file."""
+    h = Home(Path(home))
+    cfg = config_mod.load(h.root)
+    config_mod.save(h.root, cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": url})}))
+    return h.config

@@ -64,6 +64,9 @@ from ..store.postgres import PgStore
 from .history import backup_history, check_incremental_allowed, record_backup
 from .listed import check_listed_file
 from .liveness import SessionEnding
+from .nodes import claim as claim_backup
+from .nodes import lineage_runs
+from .nodes import release as release_backup
 from .states import PHASE_DB, PHASE_LOGS, PHASE_TRUNCATED, decode_backup_type, no_open_file
 
 
@@ -120,6 +123,10 @@ class _Session:
     open: _OpenFile | None = None
     truncated: bool = False
     truncated_gens: list[int] = field(default_factory=list)
+    # Issue 14: the lease epoch of each listed generation, as runs {epoch, gen_low, gen_high} (set's manifest).
+    lineage: list[dict[str, int]] | None = None
+    # Issue 14: the cluster-wide backup claim's id (not the handle: the claim names it to other nodes' callers).
+    claim_id: str | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     busy: int = 0
     ended: bool = False
@@ -196,6 +203,7 @@ class BackupManager(SessionEnding[_Session]):
         self.last_ended: dict[str, Any] | None = None  # status of the session the service ended last
         self._lock = threading.Lock()
         self._session: _Session | None = None
+        self._claim_renewed = 0.0
         self._clean_staging()
 
     # ------------------------------------------------------------------ helpers
@@ -280,6 +288,7 @@ class BackupManager(SessionEnding[_Session]):
             self._session = s
         with s.lock:
             try:
+                self._claim(s)
                 if kind == FULL:
                     snap = s.snapshot = self.store.open_snapshot()
                     s.snapshot_lsn = snap.lsn
@@ -296,6 +305,11 @@ class BackupManager(SessionEnding[_Session]):
                 raise
         return handle
 
+    def _claim(self, s: _Session) -> None:
+        """Issue 14: claim the CA's one backup slot cluster-wide (:mod:`.nodes`)."""
+        s.claim_id = claim_backup(self.store, self.timeout)
+        self._claim_renewed = self._clock()
+
     def info(self, handle: str, principal_id: str | None = None) -> dict[str, Any]:
         """What a client needs to label the set: kind, CA name, database identity, handle.
 
@@ -304,7 +318,12 @@ class BackupManager(SessionEnding[_Session]):
             return {"handle": s.handle, "kind": s.kind, "ca_name": self.store.name,
                     "identity": self.store.identity, "phase": s.phase,
                     "started": s.started.isoformat(), "snapshot_lsn": s.snapshot_lsn,
-                    "gen_low": s.gen_low, "gen_high": s.gen_high}
+                    "gen_low": s.gen_low, "gen_high": s.gen_high, "lineage": s.lineage}
+
+    def lineage(self, handle: str, principal_id: str | None = None) -> list[dict[str, int]] | None:
+        """The epoch runs of the generations listed by BackupGetBackupLogs (None before it; issue 14)."""
+        with self._use(handle, "BackupGetBackupLogs", principal_id) as s:
+            return None if s.lineage is None else [dict(r) for r in s.lineage]
 
     def database_names(self, handle: str, principal_id: str | None = None) -> list[str]:
         """BackupGetDatabaseNames: the database file, tagged 'D' (full backups only).
@@ -344,6 +363,7 @@ class BackupManager(SessionEnding[_Session]):
                     names.append(name)
                 s.gen_high = rolled
                 s.log_names = names
+                s.lineage = lineage_runs(self.store, s.gen_low, rolled)
                 if s.phase == PHASE_DB:
                     s.phase = PHASE_LOGS
                 # The snapshot can no longer be opened (spec §2.4): end the pin, or free the copy's disk space.
@@ -530,6 +550,9 @@ class BackupManager(SessionEnding[_Session]):
 
     def _release(self, s: _Session) -> None:
         s.ended = True
+        if s.claim_id is not None:
+            cid, s.claim_id = s.claim_id, None
+            release_backup(self.store, cid, self.timeout)
         if s.open is not None:
             s.open.close()
             s.open = None

@@ -91,4 +91,19 @@ def pick_base(bases: list[tuple[Path, Manifest]], first_log: Path, identity: str
     return max(fits, key=lambda dm: dm[1].created)[1]
 
 
-__all__ = ["find_base", "pick_base"]
+def named_base(set_dir: Path, base: dict[str, object] | None) -> tuple[Path, Manifest] | None:
+    """The set beside ``set_dir`` that an incremental's ``base`` names (same set id and MAC), if it is there."""
+    if not base or not isinstance(base.get("set_id"), str):
+        return None
+    parent = Path(set_dir).parent
+    for d in sorted(parent.iterdir()) if parent.is_dir() else []:
+        if d == set_dir or not d.is_dir() or d.is_symlink():
+            continue
+        with contextlib.suppress(CertSrvError, OSError):
+            m = read_manifest(d)
+            if m.set_id == base["set_id"] and m.mac == base.get("mac"):
+                return d, m
+    return None
+
+
+__all__ = ["find_base", "named_base", "pick_base"]

@@ -8,6 +8,9 @@ HMAC keyed from the set's password: :mod:`.setauth`), its random ``set_id`` and,
 incremental, the set it continues (``base``: that set's id and MAC), so the sets of one chain
 cannot be spliced with another's. A key-only set has a manifest too (kind ``key``, no
 generations) so that its PKCS#12 is authenticated like every other set's files.
+
+Issue 14: ``lineage`` records the writer lease epoch of every generation (runs, :mod:`.lineage`) and an
+incremental's ``base`` the epoch its base ended in. Manifests written before have neither and stay readable.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ERROR_FILE_NOT_FOUND, ERROR_INVALID_DATA, CorruptData, NotFound
 from ..fsutil import atomic_write
 from ..spec import wszDBBACKUPCERTBACKDAT, wszDBBACKUPSUBDIR, wszPFXFILENAMEEXT
+from .lineage import Run
+from .lineage import parse as parse_lineage
 
 if TYPE_CHECKING:
     from .setauth import SealingKey
@@ -66,16 +71,20 @@ class Manifest:
     format: str = FORMAT
     set_id: str = ""
     base: dict[str, Any] | None = None
+    lineage: list[Run] | None = None  # issue 14: epoch runs of the generations (None: written before lineages)
     # As read: the authenticator, and the whole document the parser read (what the MAC is checked over).
     auth: dict[str, Any] | None = field(default=None, compare=False)
     document: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as plain data (the file's JSON document, without its authenticator)."""
-        return {"format": self.format, "kind": self.kind, "ca_name": self.ca_name, "identity": self.identity,
-                "created": self.created, "gen_low": self.gen_low, "gen_high": self.gen_high,
-                "snapshot_lsn": self.snapshot_lsn, "database": self.database, "locations": list(self.locations),
-                "files": [f.to_json() for f in self.files], "set_id": self.set_id, "base": self.base}
+        doc = {"format": self.format, "kind": self.kind, "ca_name": self.ca_name, "identity": self.identity,
+               "created": self.created, "gen_low": self.gen_low, "gen_high": self.gen_high,
+               "snapshot_lsn": self.snapshot_lsn, "database": self.database, "locations": list(self.locations),
+               "files": [f.to_json() for f in self.files], "set_id": self.set_id, "base": self.base}
+        if self.lineage is not None:  # absent, not null, in a set without one: the format stays what it was
+            doc["lineage"] = [r.to_json() for r in self.lineage]
+        return doc
 
     @property
     def mac(self) -> str | None:
@@ -163,11 +172,15 @@ def parse_manifest(doc: Any, path: Path) -> Manifest:
         raise _bad(path, "base is not {set_id, mac}")
     if auth is not None and not isinstance(auth, dict):
         raise _bad(path, "auth is not an object")
+    try:
+        runs = parse_lineage(doc.get("lineage"))
+    except ValueError as e:
+        raise _bad(path, str(e)) from None
     return Manifest(kind=doc["kind"], ca_name=doc["ca_name"], identity=doc["identity"], created=doc["created"],
                     gen_low=doc["gen_low"], gen_high=doc["gen_high"],
                     snapshot_lsn=snap if isinstance(snap, int) else None,
                     database=db if isinstance(db, str) else None, locations=list(locs), files=files,
-                    set_id=set_id, base=base, auth=auth, document=doc)
+                    set_id=set_id, base=base, lineage=runs, auth=auth, document=doc)
 
 
 def read_manifest(set_dir: Path) -> Manifest:

@@ -6,7 +6,9 @@ with its size and SHA-256; nothing unlisted sits in ``DataBase/``; the generatio
 its own generation, its records are whole and LSNs continue from one generation to the next
 (``store.logfile.scan``); for a full set, the database opens read-only, passes SQLite's
 integrity check, carries the same identity and CA name, sits at ``snapshot_lsn``, and the first
-log continues right after that LSN. Then the manifest's authenticator (:mod:`.setauth`): with the
+log continues right after that LSN; the epoch lineage (issue 14, :mod:`.lineage`) covers the generations with
+rising epochs and an incremental's continues its base's (the base set beside it, when it is there). Then the
+manifest's authenticator (:mod:`.setauth`): with the
 set's password, a set that passes is what its writer wrote; without it only the structure was
 checked and the report says so (``authenticated`` False, ``auth_checked`` False). A set from
 before authenticated sets is a problem unless ``allow_unauthenticated``.
@@ -30,6 +32,9 @@ from ..errors import (
 )
 from ..fsutil import sha256_file
 from ..store import logfile, setdb
+from .chain import named_base
+from .lineage import FORK, WHAT_TO_DO, continuation_problem, last_epoch
+from .lineage import problems as lineage_problems
 from .manifest import DB_SUBDIR, KEY_KIND, MANIFEST_NAME, Manifest, manifest_path, read_manifest, safe_relative
 from .setauth import authenticate
 
@@ -79,6 +84,7 @@ class VerifyReport:
                 "gen_high": m.gen_high if m else None, "snapshot_lsn": m.snapshot_lsn if m else None,
                 "files_checked": len(self.checked), "log_records": self.records,
                 "lsn_range": list(self.lsn_range) if self.lsn_range else None,
+                "lineage": [r.to_json() for r in m.lineage] if m and m.lineage is not None else None,
                 "auth_checked": self.auth_checked, "authenticated": self.authenticated,
                 "unauthenticated_allowed": self.unauthenticated_allowed,
                 "problems": [{"path": p.path, "hresult": p.hresult, "hresult_hex": f"0x{p.hresult:08X}",
@@ -142,6 +148,7 @@ def verify_backup(directory: Path | str, password: bytes | None = None, *,
             rep.add(rel_manifest, ERROR_INVALID_DATA, "a key-only set must list exactly one PKCS#12 and nothing else")
         return rep
     _check_logs(rep, m, good, ident)
+    _check_lineage(rep, m, root)
     if m.kind == "full":
         _check_database(rep, m, good, root)
     elif m.database is not None or m.files_by_role("database"):
@@ -210,6 +217,35 @@ def _check_logs(rep: VerifyReport, m: Manifest, good: dict[str, Path], ident: by
         rep.records += res.records
         rep.lsn_range = (first_lsn, last)
         prev_last, prev_name = last, Path(rel).name
+
+
+def _check_lineage(rep: VerifyReport, m: Manifest, root: Path) -> None:
+    """Issue 14: the set's epoch runs cover its generations with rising epochs, and an incremental starts in the
+    epoch its base ended in or later — the base's own manifest agreeing, when the base set is beside this one."""
+    rel_manifest = f"{DB_SUBDIR}/{MANIFEST_NAME}"
+    if m.lineage is None:
+        return  # written before lineages
+    for own in lineage_problems(m.lineage, m.gen_low, m.gen_high):
+        rep.add(rel_manifest, FORK, f"{own}; {WHAT_TO_DO}")
+    if m.kind != "incremental" or not m.base:
+        return
+    base_epoch = m.base.get("epoch")
+    why = continuation_problem(base_epoch, m.lineage, str(m.base.get("set_id", "?"))[:16] + "…")
+    if why is not None:
+        rep.add(rel_manifest, FORK, f"{why}; {WHAT_TO_DO}")
+    found = named_base(root, m.base)
+    if found is None:
+        return
+    bdir, bm = found
+    if bm.gen_high + 1 != m.gen_low:
+        rep.add(rel_manifest, FORK, f"its base {bdir.name} ends at generation {bm.gen_high:08X}, this set "
+                f"starts at {m.gen_low:08X}; {WHAT_TO_DO}")
+    last = last_epoch(bm.lineage)
+    if last is not None and (base_epoch != last or m.lineage[0].epoch < last):
+        rep.add(rel_manifest, FORK,
+                f"its base {bdir.name} ended in epoch {last} but this set records epoch {base_epoch} for it and "
+                f"starts in epoch {m.lineage[0].epoch if m.lineage else '?'}: the lineage does not continue its "
+                f"base's (forked or forged); {WHAT_TO_DO}")
 
 
 def _check_database(rep: VerifyReport, m: Manifest, good: dict[str, Path], root: Path) -> None:

@@ -46,6 +46,7 @@ from ..home import Home
 from ..spec import FULL, INCREMENTAL
 from ..store import logfile, setdb
 from .chain import find_base, pick_base
+from .lineage import parse as parse_lineage
 from .manifest import (
     CONFIG_SUBDIR,
     DB_SUBDIR,
@@ -366,6 +367,10 @@ def _backup_database(session: SessionLike, partial: Path, target: Path, result: 
     log_paths: list[Path] = []
     gens: list[int] = []
     log_names = session.backup_logs()
+    try:  # issue 14: the generations' writer lease epochs (a server from before gives none)
+        runs = parse_lineage(getattr(session, "lineage", None))
+    except ValueError as e:
+        raise CorruptData(ERROR_INVALID_DATA, "backup", f"the server's epoch lineage is malformed: {e}") from None
     bases: list[tuple[Path, Manifest]] = []
     if kind == INCREMENTAL:
         # Found before anything is streamed: an incremental that cannot be chained is refused at once.
@@ -411,10 +416,12 @@ def _backup_database(session: SessionLike, partial: Path, target: Path, result: 
     if kind == INCREMENTAL:
         b = pick_base(bases, log_paths[gens.index(min(gens))], session.identity, target)
         chain = {"set_id": b.set_id, "mac": b.mac, "kind": b.kind, "gen_high": b.gen_high}
+        if b.lineage:
+            chain["epoch"] = b.lineage[-1].epoch  # issue 14: the epoch the base ended in (verify-backup checks it)
     manifest = Manifest(kind=kind, ca_name=session.ca_name, identity=session.identity,
                         created=datetime.now(UTC).isoformat(), gen_low=min(gens), gen_high=max(gens),
                         snapshot_lsn=snap[0] if snap else None, database=db_rel, locations=list(locations),
-                        files=entries, set_id=secrets.token_hex(16), base=chain)
+                        files=entries, set_id=secrets.token_hex(16), base=chain, lineage=runs)
     # Move the pieces into place; the manifest comes last, so until then the set is incomplete.
     if p12_tmp is not None:
         result.p12 = _place(p12_tmp, target / p12_tmp.name, placed)

@@ -169,19 +169,23 @@ class Authority(RequestReader):
     @staticmethod
     def _store_options(cfg: Config) -> StoreOptions:
         return StoreOptions(log_size=cfg.store.log_size, checkpoint_records=cfg.store.checkpoint_records,
-                            circular_logging=cfg.store.circular_logging, archiving=cfg.archive is not None)
+                            circular_logging=cfg.store.circular_logging, archiving=cfg.archive is not None,
+                            lease_ttl=cfg.store.lease_ttl)
 
     @classmethod
-    def open(cls, home: Path | str | Home | None, *, passphrase: bytes | None = None) -> Authority:
+    def open(cls, home: Path | str | Home | None, *, passphrase: bytes | None = None,
+             standby: bool = False) -> Authority:
         """Open a CA home: read the config, load the key (decrypting it), the CA certificate, and the store.
 
         :param home: the home directory (default ``$CERTSRV_HOME`` or ``~/.certsrv``).
         :param passphrase: the key passphrase; when None, the configured file/variable or
             ``CERTSRV_KEY_PASSPHRASE`` is used.
+        :param standby: PostgreSQL (issue 14, ``certsrv serve``): while another node holds the writer lease,
+            open as a standby (reads; writes refused naming the writer) instead of refusing with ERROR_BUSY.
         """
         h = home if isinstance(home, Home) else Home.at(home)
         cfg, key, cert, chain = load_material(h, passphrase)
-        store = open_store(h.root, cls._store_options(cfg), cfg.store.url)
+        store = open_store(h.root, cls._store_options(cfg), cfg.store.url, standby=standby)
         return cls(h, cfg, store, key, cert, chain)
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -38,14 +39,18 @@ def _read_secret(path: Path | None, what: str) -> bytes | None:
 @click.option("--restore-config", is_flag=True, help="Replace an existing home's certsrv.toml with the set's.")
 @click.option("--database", "database", default=None, metavar="URL",
               help="Restore the database into PostgreSQL (a libpq URI; recorded as [store] url), from a set of "
-                   "either engine; --force replaces a CA database already there.")
+                   "either engine; --force replaces a CA database already there. With --key-only: make this home "
+                   "another node of the CA whose database is at URL (its key and certificate; the database is "
+                   "left as it is and must be that CA's).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
 @json_option
 def restore_cmd(directories: tuple[Path, ...], home: Path | None, database_only: bool, key_only: bool,
                 password_file: Path | None, allow_unauthenticated: bool, key_passphrase_file: Path | None,
                 force: bool, until: str | None, restore_config: bool, archive: Path | None, database: str | None,
                 dry_run: bool, as_json: bool) -> None:
-    """Restore DIR (the full set) and any incremental DIRs into a stopped CA home."""
+    """Restore DIR (the full set) and any incremental DIRs into a stopped CA home.
+
+    A second node of a CA on PostgreSQL (issue 14): restore KEYSET --key-only --home NODE2 --database URL."""
     from ..backupset.restore_plan import plan_restore
     from ..backupset.restore_run import run_restore
 
@@ -53,8 +58,6 @@ def restore_cmd(directories: tuple[Path, ...], home: Path | None, database_only:
         from ..store.postgres import check_url
 
         check_url(database)  # a bad URL is refused before anything is placed
-        if key_only:
-            raise click.UsageError("--database restores the database: not with --key-only")
     password = _read_secret(password_file, "password")
     key_passphrase = _read_secret(key_passphrase_file, "key passphrase")
     if password is None and sys.stdin.isatty():
@@ -70,6 +73,9 @@ def restore_cmd(directories: tuple[Path, ...], home: Path | None, database_only:
         else:
             for line in plan.describe():
                 click.echo(line)
+        return
+    if key_only and database:
+        _new_node(plan, database, password, key_passphrase, as_json)
         return
     if not as_json:
         for line in plan.describe():
@@ -100,3 +106,31 @@ def restore_cmd(directories: tuple[Path, ...], home: Path | None, database_only:
                    "to complete the database restore.")
     else:
         click.echo("certsrv: restore command completed successfully.")
+
+
+def _new_node(plan: Any, url: str, password: bytes | None, key_passphrase: bytes | None, as_json: bool) -> None:
+    """Issue 14: the key set's key and certificate into a new home that uses the CA's PostgreSQL database; refused
+    (nothing written) unless what the database holds was signed by that key."""
+    from ..backup.restore_postgres import check_node_database, point_home_at
+    from ..backupset.restore_plan import load_p12
+    from ..backupset.restore_run import run_restore
+
+    assert plan.p12 is not None
+    _, cert, _ = load_p12(plan.p12, password, plan.expected.get(plan.p12))
+    found = check_node_database(url, cert)  # before anything is written
+    result = run_restore(plan, password=password, key_passphrase=key_passphrase,
+                         progress=None if as_json else click.echo)
+    if not plan.home.config.is_file() and plan.config_text is not None:
+        from ..fsutil import atomic_write
+
+        atomic_write(plan.home.config, plan.config_text.encode())
+    config = point_home_at(plan.home.root, url)
+    if as_json:
+        echo_json({**result.to_json(), "database": found["database"], "checked": found, "config": str(config)})
+        return
+    what = ", ".join(x for x in (f"CRL #{found['crl']}" if found["crl"] is not None else "",
+                                 f"certificate {found['certificate']}" if found["certificate"] else "") if x)
+    click.echo(f"{found['database']} holds the CA of this key ({what or 'nothing signed yet to compare'}); "
+               f"[store] url set in {config}.")
+    click.echo(f"Node home ready: start it with `certsrv serve --home {plan.home.root}` (a standby while another "
+               "node holds the writer lease; it takes over when that lease expires).")

@@ -56,7 +56,7 @@ def _size(n: int | None) -> str:
 def health_lines(h: dict[str, Any], now: dt.datetime | None = None, *, store_line: bool = True) -> list[str]:
     """``GET /v1/health`` in words (``certsrv status``)."""
     now = now or dt.datetime.now(dt.UTC)
-    out = [f"role: {h.get('role', 'writer')}"]
+    out = node_lines(h)
     if store_line:
         out.append(f"store: {h.get('summary') or h.get('store', 'ok')}")
     for kind in ("full", "incremental"):
@@ -87,6 +87,30 @@ def health_lines(h: dict[str, Any], now: dt.datetime | None = None, *, store_lin
         out.append(f"archive: {arc.get('state')}, {arc.get('lag_generations')} generation(s) / "
                    f"{_size(arc.get('lag_bytes'))} not yet archived, oldest {arc.get('lag_seconds')} s")
     out.extend(f"could not read: {e}" for e in h.get("errors") or [])
+    out.extend(f"WARNING: {w}" for w in h.get("warnings") or [])
+    return out
+
+
+def node_lines(h: dict[str, Any]) -> list[str]:
+    """Role, epoch, writer and replication mode (issue 14); a service from before it shows its role only."""
+    node = h.get("node")
+    role = h.get("role", "writer")
+    if not node:
+        return [f"role: {role}"]
+    w = node.get("writer") or {}
+    at = ", ".join(w.get("endpoints") or []) or "no endpoint advertised"
+    if role == "writer":
+        line = f"role: writer ({node.get('name')}), lease epoch {node.get('epoch')}"
+    else:
+        age = w.get("renewed_age_s")
+        line = (f"role: standby ({node.get('name')}); writer {w.get('holder') or 'none'} (epoch {w.get('epoch')}, "
+                f"at {at}" + (f", renewed {age:.1f}s ago" if isinstance(age, int | float) else "") + ")")
+    out = [line]
+    rep = h.get("replication") or {}
+    mode = rep.get("mode", "none")
+    standbys = rep.get("standbys") or []
+    detail = ", ".join(f"{s.get('name')} {s.get('sync_state') or s.get('state')}" for s in standbys)
+    out.append(f"replication: {mode}" + (f" ({detail})" if detail else ""))
     return out
 
 

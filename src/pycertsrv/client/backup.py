@@ -246,8 +246,12 @@ class BackupSession:
         return self._names("database-names")
 
     def backup_logs(self) -> list[str]:
-        """BackupGetBackupLogs: tag-prefixed ('!') log generations (the server rolls the log)."""
-        return self._names("logs")
+        """BackupGetBackupLogs: tag-prefixed ('!') log generations (the server rolls the log); ``lineage`` keeps
+        the generations' writer lease epochs (issue 14; None from a server before it)."""
+        body = self._call("POST", f"{self._base}/logs")
+        lineage = body.get("lineage")
+        self.lineage: list[dict[str, int]] | None = lineage if isinstance(lineage, list) else None
+        return [str(n) for n in body["names"]]
 
     def dynamic_files(self) -> list[str]:
         """BackupGetDynamicFileList: untagged paths of published files."""

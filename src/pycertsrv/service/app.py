@@ -1,7 +1,8 @@
 """The service's aiohttp application factory.
 
 ``create_app(authority)`` builds the app: ``app["authority"]``, ``app["config"]``, ``app["home"]``, ``app["metrics"]``,
-``app["roles"]`` (:class:`RoleMap`), ``app["audit"]`` (:class:`AuditLog`), ``app["state"]``
+``app["roles"]`` (:class:`RoleMap`), ``app["node"]`` (:class:`NodeRole`, issue 14),
+``app["audit"]`` (:class:`AuditLog`), ``app["state"]``
 (:class:`ServiceState`), ``app["backup"]`` (set by the backup routes; None until then), and the routes
 of every module in :data:`ROUTE_MODULES` (each has ``setup_routes(app)``).
 """
@@ -26,6 +27,7 @@ from .commit_note import commit_note_middleware
 from .metrics import ServiceMetrics
 from .middleware import service_middleware
 from .openapi import OPERATIONS, build_document
+from .role import NodeRole
 
 # String app keys are the contract (app["authority"], app["backup"]); silence aiohttp's AppKey advice.
 warnings.filterwarnings("ignore", category=web.NotAppKeyWarning)
@@ -35,6 +37,7 @@ ROUTE_MODULES: list[str] = [
     "pycertsrv.service.openapi",
     "pycertsrv.service.control_routes",
     "pycertsrv.service.ca_routes",
+    "pycertsrv.service.crl_routes",
     "pycertsrv.service.backup_routes",
     "pycertsrv.service.ui_routes",
 ]
@@ -98,6 +101,10 @@ def create_app(authority: Any, *, config: Config | None = None, home: Home | Non
     app["audit"] = AuditLog(audit_path if audit_path.is_absolute() else hm.root / audit_path)
     app["state"] = ServiceState()
     app["backup"] = None
+    # Issue 14: writer or standby (a SQLite home is always the writer); the server binds it once listening.
+    store = getattr(authority, "store", None)
+    app["node"] = None if store is None else NodeRole(
+        store, lease_ttl=getattr(cfg.store, "lease_ttl", None), configured=cfg.service.advertise)
     # Counters at the event (the Authority reports to it), gauges at scrape; served only when configured.
     app["metrics"] = ServiceMetrics(authority, backup_manager=lambda: app.get("backup"),
                                     online=lambda: bool(app["state"].online),

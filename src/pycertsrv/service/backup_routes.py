@@ -110,6 +110,9 @@ async def prepare(request: web.Request) -> web.Response:
     body = await read_model(request, PrepareBody)
     request["audit"].update(grbit=body.grbit, flags=body.flags)
     mgr = _manager(request)
+    node = request.app.get("node")
+    if node is not None and not node.is_writer:  # issue 14: busy if a backup runs on any node, else NotWriter
+        await asyncio.to_thread(node.refuse_backup, "backup_prepare")
     pid = principal_id(request)
     handle = await asyncio.to_thread(mgr.prepare, pid, body.grbit, body.flags)
     _hold(request, mgr, handle, pid)
@@ -124,8 +127,9 @@ async def database_names(request: web.Request) -> web.Response:
 
 
 async def backup_logs(request: web.Request) -> web.Response:
-    """BackupGetBackupLogs."""
-    return json_response({"names": await _run(request, "backup_logs")})
+    """BackupGetBackupLogs (with the listed generations' epoch lineage, issue 14)."""
+    names = await _run(request, "backup_logs")
+    return json_response({"names": names, "lineage": await _run(request, "lineage")})
 
 
 async def dynamic_files(request: web.Request) -> web.Response:
@@ -239,6 +243,13 @@ def _names_schema() -> dict[str, Any]:
             "properties": {"names": {"type": "array", "items": {"type": "string"}}}}
 
 
+def _logs_schema() -> dict[str, Any]:
+    run = {"type": "object", "properties": {k: {"type": "integer"} for k in ("epoch", "gen_low", "gen_high")}}
+    schema = _names_schema()
+    schema["properties"]["lineage"] = {"type": ["array", "null"], "items": run}
+    return schema
+
+
 def setup_routes(app: web.Application) -> None:
     """Create the app's BackupManager and register the backup endpoints."""
     authority = app["authority"]
@@ -261,8 +272,10 @@ def setup_routes(app: web.Application) -> None:
     add_route(app, "POST", "/backup/sessions", prepare, operation_id="backup_prepare",
               summary="BackupPrepare: start the one backup session (grbit 0/flags 0|1 full; flags 2 or grbit 1 "
                       "logs only)",
-              description="spec §2.2, §2.20. Busy: same caller 0x8000FFFF, another 0xC80001F9; logs-only without a "
-                          "full backup 0xC8000230, with circular logging 0xC800020E; bad flags 0x80070057.",
+              description="spec §2.2, §2.20. Busy: same caller 0x8000FFFF, another 0xC80001F9, a backup through "
+                          "another node 0x800700AA (issue 14: one backup per CA across the cluster); on a standby "
+                          "node 0x80071397 naming the writer; logs-only without a full backup 0xC8000230, with "
+                          "circular logging 0xC800020E; bad flags 0x80070057.",
               body={"type": "object", "additionalProperties": False,
                     "properties": {"grbit": {"type": "integer"}, "flags": {"type": "integer"}}},
               response={"type": "object", "required": ["handle", "kind", "ca_name", "identity"]}, **common)
@@ -271,7 +284,9 @@ def setup_routes(app: web.Application) -> None:
               parameters=handle_param, response=_names_schema(), audit=False, **common)
     add_route(app, "POST", f"{h}/logs", backup_logs, operation_id="backup_logs",
               summary="BackupGetBackupLogs: roll the log, list the generations to back up, tagged '!'",
-              parameters=handle_param, response=_names_schema(), **common)
+              description="Also `lineage` (issue 14): the writer lease epoch of the generations listed, as runs "
+                          "{epoch, gen_low, gen_high}; the set's manifest records it.",
+              parameters=handle_param, response=_logs_schema(), **common)
     add_route(app, "POST", f"{h}/dynamic-files", dynamic_files, operation_id="backup_dynamic_files",
               summary="BackupGetDynamicFileList: published CA certificates and CRLs (untagged)",
               parameters=handle_param, response=_names_schema(), audit=False, **common)

@@ -6,7 +6,8 @@ server should abort and release the lock").
 - as soon as every connection that holds it (``X-Backup-Hold: connection``) is closed: the client exited or
   was killed;
 - when it was idle longer than its limit (``BackupManager.expire_idle``: ``service.backup_idle_timeout`` once
-  files are read, ``service.backup_session_timeout`` before).
+  files are read, ``service.backup_session_timeout`` before);
+- when its cluster-wide backup claim was lost (issue 14); while it lives, the claim is renewed from here.
 
 "Idle" counts the client's reading too: a BackupRead answer is large (up to 64 MiB) and a paced client
 (``--max-rate``) drains it over many seconds without making a call. So each connection that received a
@@ -116,6 +117,9 @@ def _check_reads(app: web.Application, mgr: BackupManager) -> None:
 
 
 def _sweep(mgr: BackupManager) -> dict[str, Any] | None:
+    ended = mgr.renew_claim()  # issue 14: the cluster-wide claim lives while this node does
+    if ended is not None:
+        return ended
     ended = mgr.end_if_gone(_gone)
     if ended is None and mgr.expire_idle():
         ended = mgr.last_ended

@@ -1,6 +1,7 @@
 """Server control and status: ``GET /online`` (IsServerOnline), ``GET /health`` (the store's state),
-``GET /status``, ``GET /v1/health`` (role, store state, last backups, CRL nextUpdate:
-:mod:`pycertsrv.service.health`), ``POST /control`` (ServerControl, spec §2.18, §4.1).
+``GET /status``, ``GET /v1/health`` (role, node, replication, store state, last backups, CRL nextUpdate:
+:mod:`pycertsrv.service.health`), ``GET /v1/health/writer`` and ``/v1/health/standby`` (200 only on a node of
+that role, issue 14), ``POST /control`` (ServerControl, spec §2.18, §4.1).
 """
 
 from __future__ import annotations
@@ -90,8 +91,22 @@ async def health_v1(request: web.Request) -> web.Response:
     app = request.app
     body = await asyncio.to_thread(health_mod.report, app["authority"], online=app["state"].online,
                                    backup_manager=app.get("backup"), crl=app["health_crl"],
-                                   archiver=app.get("archiver"))
+                                   archiver=app.get("archiver"), node=app.get("node"))
     return json_response(body)
+
+
+def _role_probe(want: str) -> Any:
+    async def probe(request: web.Request) -> web.Response:
+        app = request.app
+        ok, body = await asyncio.to_thread(health_mod.role_probe, app["authority"], app.get("node"),
+                                           online=app["state"].online, want=want)
+        # Patroni's /primary and /replica: 200 when this node has the role, 503 otherwise (a health check, not
+        # an error: the body is the node's state, not an error JSON).
+        return json_response(body, status=200 if ok else 503)
+
+    probe.__name__ = f"health_{want}"
+    probe.__doc__ = f"200 only on a healthy {want} node."
+    return probe
 
 
 async def control(request: web.Request) -> web.Response:
@@ -163,11 +178,44 @@ _LAST_BACKUP = {
                    "duration_seconds": {"type": ["number", "null"]}, "size_bytes": {"type": ["integer", "null"]},
                    "generations": {"type": "array", "items": {"type": "integer"}}},
 }
+WRITER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "the writer: the lease holder (host:pid), its epoch, where it listens, seconds since it renewed",
+    "properties": {"holder": {"type": ["string", "null"]}, "epoch": {"type": "integer"},
+                   "endpoints": {"type": "array", "items": {"type": "string"}},
+                   "renewed_age_s": {"type": ["number", "null"]}},
+}
+NODE_SCHEMA: dict[str, Any] = {
+    "type": ["object", "null"],
+    "description": "issue 14: this node's role and name (host:pid), the lease epoch and holder, the writer",
+    "properties": {"role": {"type": "string", "enum": [health_mod.ROLE_WRITER, health_mod.ROLE_STANDBY]},
+                   "name": {"type": "string"}, "epoch": {"type": "integer"}, "holder": {"type": ["string", "null"]},
+                   "writer": WRITER_SCHEMA, "lease_ttl": {"type": "number"}, "promotions": {"type": "integer"},
+                   "fencings": {"type": "integer"}},
+}
+REPLICATION_SCHEMA: dict[str, Any] = {
+    "type": ["object", "null"],
+    "description": "PostgreSQL replication (store.replication()): mode sync | async | none | unknown; async "
+                   "carries a warning (acknowledged writes can be lost on failover)",
+    "properties": {"mode": {"type": "string"}, "warning": {"type": ["string", "null"]},
+                   "standbys": {"type": "array", "items": {"type": "object"}}},
+}
+ROLE_PROBE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["role", "status", "store", "online"],
+    "properties": {"role": {"type": "string", "enum": [health_mod.ROLE_WRITER, health_mod.ROLE_STANDBY]},
+                   "status": {"type": "string", "enum": ["ok", "degraded", "failed"]}, "store": {"type": "string"},
+                   "online": {"type": "boolean"}, "node": NODE_SCHEMA},
+}
 HEALTH_V1_SCHEMA = {
     "type": "object",
-    "required": ["role", "status", "store", "online", "last_backup", "crl"],
+    "required": ["role", "status", "store", "online", "last_backup", "crl", "node", "replication", "warnings"],
     "properties": {
-        "role": {"type": "string", "enum": [health_mod.ROLE_WRITER]},
+        "role": {"type": "string", "enum": [health_mod.ROLE_WRITER, health_mod.ROLE_STANDBY]},
+        "node": NODE_SCHEMA,
+        "replication": REPLICATION_SCHEMA,
+        "warnings": {"type": "array", "items": {"type": "string"},
+                     "description": "what an operator must act on (asynchronous replication, store, archive)"},
         "status": {"type": "string", "enum": ["ok", "degraded", "failed"]},
         "store": {"type": "string", "description": "ok | degraded: REASON | failed: REASON"},
         "reason": {"type": ["string", "null"]},
@@ -179,8 +227,8 @@ HEALTH_V1_SCHEMA = {
                                                            "bytes_since_backup": {"type": "integer"}}},
         "crl": {"type": ["object", "null"], "properties": {"number": {"type": "integer"},
                                                            "next_update": {"type": ["string", "null"]}}},
-        "archive": {"type": ["object", "null"], "description": "archiving (issue 13): state, lag_seconds, "
-                    "lag_bytes, lag_generations, last_shipped_at, last_error; null when off"},
+        "archive": {"type": ["object", "null"], "description": "archiving (issue 13): state, lag_seconds (also "
+                    "lag_s), lag_bytes, lag_generations, last_shipped_at, last_error; null when off"},
         "errors": {"type": "array", "items": {"type": "string"}},
     },
 }
@@ -223,6 +271,14 @@ def setup_routes(app: web.Application) -> None:
               description="Read-only; answers in every store state. Needs a role (like /status): backup times "
                           "and activity are not for anonymous callers.",
               roles=auth.OPERATION_ROLES["status"], audit=False, response=HEALTH_V1_SCHEMA)
+    for want, patroni in ((health_mod.ROLE_WRITER, "/primary"), (health_mod.ROLE_STANDBY, "/replica")):
+        add_route(app, "GET", f"/v1/health/{want}", _role_probe(want), operation_id=f"health_{want}", tag="control",
+                  summary=f"200 only on a healthy {want} node, else 503 (a load balancer's check, as Patroni's "
+                          f"{patroni})",
+                  description="Healthy: online and the store not failed. The body is the node's role and state "
+                              "either way. Needs no role (load balancers).",
+                  roles=auth.OPERATION_ROLES["health"], audit=False, response=ROLE_PROBE_SCHEMA,
+                  statuses={"503": (f"This node is not a healthy {want} (its role and state)", ROLE_PROBE_SCHEMA)})
     add_route(app, "POST", "/control", control, operation_id="server_control", tag="control",
               summary="ServerControl (spec §2.18, §4.1): flags 1 = shut down cleanly, 2/3 = no-op, other = 400",
               description="Shutdown answers first, then stops: in-flight requests finish, the checkpoint is "

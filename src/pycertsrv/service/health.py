@@ -1,7 +1,10 @@
 """The CA's health at a glance, read from the store and the service's state when asked (``GET /v1/health``,
 ``certsrv status``, and the gauges of ``/metrics``): one reader, several renderers, so they cannot disagree.
 
-- **role**: ``writer`` (the only role until standbys exist, issue 14).
+- **role** and **node**: ``writer`` or ``standby`` (issue 14, :mod:`pycertsrv.service.role`), the lease epoch,
+  its holder and the writer's endpoints; **replication**: the PostgreSQL replication state (``mode`` sync, async
+  or none); **warnings**: what an operator must act on (asynchronous replication can lose acknowledged writes on
+  failover; a store or archive that is not ok).
 - **store**: ``ok``, ``degraded: <reason>`` or ``failed: <reason>`` (the store's own health when it has
   one, :mod:`pycertsrv.store.health`), split into ``status`` and ``reason``.
 - **last backup**: the newest recorded full and incremental set (``backup_history``): when it ended, how
@@ -22,8 +25,9 @@ from ..backup.history import SETTING_LAST_FULL_BYTES, SETTING_LAST_INCREMENTAL_B
 from ..errors import CertSrvError
 from ..spec import FULL, INCREMENTAL
 from ..store import DATABASE_ERRORS
+from .role import ROLE_STANDBY as ROLE_STANDBY
+from .role import ROLE_WRITER as ROLE_WRITER
 
-ROLE_WRITER = "writer"
 _BYTES_SETTING = {FULL: SETTING_LAST_FULL_BYTES, INCREMENTAL: SETTING_LAST_INCREMENTAL_BYTES}
 _READ_ERRORS: tuple[type[Exception], ...] = (CertSrvError, OSError, *DATABASE_ERRORS)
 
@@ -153,7 +157,7 @@ class CRLCache:
 
 
 def report(authority: Any, *, online: bool, backup_manager: Any = None, crl: CRLCache | None = None,
-           archiver: Any = None) -> dict[str, Any]:
+           archiver: Any = None, node: Any = None) -> dict[str, Any]:
     """The health document of ``GET /v1/health`` (what ``certsrv status`` puts in words).
 
     :param authority: the open Authority.
@@ -161,11 +165,15 @@ def report(authority: Any, *, online: bool, backup_manager: Any = None, crl: CRL
     :param backup_manager: the service's BackupManager (sessions open), if any.
     :param crl: a cache for the CRL read.
     :param archiver: the service's archive shipper (issue 13), if archiving is on.
+    :param node: the service's :class:`~pycertsrv.service.role.NodeRole` (None: a lone writer).
     """
     store = getattr(authority, "store", None)
     st = StoreState.of(store)
     body: dict[str, Any] = {
-        "role": ROLE_WRITER,
+        "role": node.role if node is not None else ROLE_WRITER,
+        "node": node.to_json() if node is not None else None,
+        "replication": node.replication() if node is not None else None,
+        "warnings": [],
         "status": st.status,
         "store": st.state,
         "reason": st.reason or None,
@@ -182,11 +190,13 @@ def report(authority: Any, *, online: bool, backup_manager: Any = None, crl: CRL
         a = archiver.status()
         body["archive"] = {k: a.get(k) for k in ("state", "lag_seconds", "lag_bytes", "lag_generations",
                                                  "last_shipped_at", "last_error")}
+        body["archive"]["lag_s"] = a.get("lag_seconds")  # HA-CONTRACT's name for it
         if a.get("state") in ("behind", "stopped") and st.status == "ok":
             # as GET /health says it (issue 13): an archive far behind or stopped is said loudly
             body["status"], body["reason"] = "degraded", f"archive {a.get('state')}"
     if backup_manager is not None and hasattr(backup_manager, "status"):
         body["backup_sessions_open"] = 1 if backup_manager.status() is not None else 0
+    body["warnings"] = _warnings(body, st, multi_node=bool(node is not None and node.multi_node))
     if store is None:
         return body
     # Each part on its own: a store that cannot answer one read (failed, damaged) still reports the rest.
@@ -203,3 +213,39 @@ def report(authority: Any, *, online: bool, backup_manager: Any = None, crl: CRL
     except _READ_ERRORS as e:
         body["errors"].append(f"CRL: {e}")
     return body
+
+
+def role_probe(authority: Any, node: Any, *, online: bool, want: str) -> tuple[bool, dict[str, Any]]:
+    """``GET /v1/health/writer`` (``want`` writer) and ``/v1/health/standby``: whether this node has that role and
+    is healthy (online, store not failed), and a small body saying why (Patroni's ``/primary`` and ``/replica``:
+    a load balancer's check, so it reads no history, only the role and the store's state).
+    """
+    st = StoreState.of(getattr(authority, "store", None))
+    role = node.role if node is not None else ROLE_WRITER
+    body: dict[str, Any] = {"role": role, "status": st.status, "store": st.state, "online": online,
+                            "node": node.to_json() if node is not None else None}
+    ok = role == want and online and st.status != "failed"
+    if want == ROLE_STANDBY and ok and node is not None and not node.multi_node:
+        ok = False  # a lone SQLite home is never anybody's standby
+    return ok, body
+
+
+def _warnings(body: dict[str, Any], st: StoreState, *, multi_node: bool) -> list[str]:
+    """What an operator must act on, one line each (issue 14: asynchronous replication is said loudly; a SQLite
+    home's "nothing replicates it" stays in ``replication``: one node is what its operator chose)."""
+    out: list[str] = []
+    rep = body.get("replication") or {}
+    if rep.get("warning") and multi_node:
+        out.append(str(rep["warning"]))
+    node = body.get("node") or {}
+    writer = node.get("writer") or {}
+    if node.get("role") == "standby" and not writer.get("holder"):
+        out.append("no writer holds the lease: writes are refused until a node takes it")
+    if writer.get("error"):
+        out.append(f"the writer lease cannot be read: {writer['error']}")
+    if st.degraded:
+        out.append(f"store {st.state}")
+    arc = body.get("archive") or {}
+    if arc.get("state") in ("behind", "stopped"):
+        out.append(f"archive {arc['state']}: {arc.get('lag_generations')} generation(s) not archived")
+    return out

@@ -49,7 +49,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..spec import FULL, INCREMENTAL
-from .health import ROLE_WRITER, CRLCache, StoreState, last_backups, log_on_disk
+from .health import ROLE_STANDBY, ROLE_WRITER, CRLCache, StoreState, last_backups, log_on_disk
 
 log = logging.getLogger("pycertsrv.service")
 
@@ -116,7 +116,9 @@ class _StateCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         store = getattr(self._authority, "store", None)
         role = GaugeMetricFamily("certsrv_role", "The service's role (1 for the role it has)", labels=["role"])
-        role.add_metric([ROLE_WRITER], 1)
+        now = ROLE_STANDBY if getattr(store, "role", ROLE_WRITER) == ROLE_STANDBY else ROLE_WRITER  # issue 14
+        for r in (ROLE_WRITER, ROLE_STANDBY):
+            role.add_metric([r], int(r == now))
         yield role
         yield GaugeMetricFamily("certsrv_service_online", "IsServerOnline (1: serving)", value=int(self._online()))
         mgr = self._backup_manager()

@@ -29,6 +29,7 @@ from ..errors import (
 )
 from . import auth
 from .openapi import operations
+from .role import WRITE_OPERATIONS, database_unreachable
 
 log = logging.getLogger("pycertsrv.service")
 M = TypeVar("M", bound=BaseModel)
@@ -99,6 +100,10 @@ async def service_middleware(request: web.Request, handler: Any) -> web.StreamRe
                                    "(service.max_body)")
             if op is not None and op.roles is not None:
                 auth.require(request, *op.roles)
+            node = app.get("node")
+            if op is not None and node is not None and op.operation_id in WRITE_OPERATIONS:
+                # Issue 14: a standby refuses a write before anything of it runs, naming the writer (HTTP 503).
+                node.refuse_write(op.operation_id)
             resp: web.StreamResponse = await handler(request)
         except web.HTTPException as e:
             if e.status < 400:
@@ -123,7 +128,8 @@ async def service_middleware(request: web.Request, handler: Any) -> web.StreamRe
             log.exception("unexpected failure in %s %s", request.method, request.path)
             raise CertSrvError(E_UNEXPECTED, f"{request.method} {request.path}",
                                "internal error (see the service log)") from None
-    except CertSrvError as err:
+    except CertSrvError as caught:
+        err = database_unreachable(caught, op is not None and op.operation_id in WRITE_OPERATIONS)
         if isinstance(err, Unavailable):
             log.info("%s %s: %s", request.method, request.path, err)
         resp = error_response(err)

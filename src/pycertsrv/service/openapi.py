@@ -27,7 +27,10 @@ ERROR_STATUSES = {
     "409": "State forbids the call (e.g. issuing a denied request, sequence errors)",
     "413": "Request body larger than service.max_body; refused before it is read whole",
     "500": "Internal failure (E_UNEXPECTED, corrupt data); never a traceback",
-    "503": "The service is stopping or unavailable (RPC_S_SERVER_UNAVAILABLE)",
+    "503": "The service is stopping or unavailable (RPC_S_SERVER_UNAVAILABLE); a write sent to a standby node "
+           "(NotWriter, ERROR_HOST_NODE_NOT_RESOURCE_OWNER 0x80071397, with `writer`: send it there); a write whose "
+           "outcome is unknown (OutcomeUnknown, RPC_S_CALL_FAILED 0x800706BE: check before retrying) or that did not "
+           "execute (RPC_S_CALL_FAILED_DNE 0x800706BF: safe to retry)",
     "507": "The store refuses writes: disk full (ERROR_DISK_FULL, recovers by itself once space is freed) "
            "or a failed log sync (ERROR_IO_DEVICE, restart required); see GET /health",
 }
@@ -49,6 +52,8 @@ class Operation:
     :param response: JSON schema of the 200 answer.
     :param audit: write the call to the audit log.
     :param response_content_type: media type of the 200 answer.
+    :param statuses: other answers that are not error JSON: status -> (description, schema) (e.g. the 503 of a
+        health probe on a node of the other role).
     """
 
     method: str
@@ -63,6 +68,7 @@ class Operation:
     response: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
     audit: bool = True
     response_content_type: str = "application/json"
+    statuses: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 def operations(app: web.Application) -> dict[str, Operation]:
@@ -86,6 +92,7 @@ def add_route(
     parameters: Sequence[dict[str, Any]] = (),
     response: dict[str, Any] | None = None,
     audit: bool = True,
+    statuses: dict[str, tuple[str, dict[str, Any]]] | None = None,
 ) -> Operation:
     """Register an endpoint on ``app`` and describe it in the OpenAPI document.
 
@@ -102,13 +109,14 @@ def add_route(
     :param parameters: OpenAPI parameter objects.
     :param response: JSON schema of the 200 answer.
     :param audit: write calls to the audit log.
+    :param statuses: answers other than 200 that are not error JSON (status -> description, schema).
     """
     ops = operations(app)
     if operation_id in ops:
         raise ValueError(f"duplicate operation id {operation_id}")
     op = Operation(method.upper(), path, operation_id, summary,
                    None if roles is None else frozenset(roles), description, tag, body, tuple(parameters),
-                   response or {"type": "object"}, audit)
+                   response or {"type": "object"}, audit, statuses=dict(statuses or {}))
     ops[operation_id] = op
     app.router.add_route(op.method, path, handler, name=operation_id)
     return op
@@ -150,7 +158,10 @@ ERROR_SCHEMA: dict[str, Any] = {
         "function": {"type": "string"},
         "message": {"type": "string"},
         "error": {"type": "string", "enum": ["CertSrvError", "InvalidArgument", "AccessDenied", "NotFound",
-                                              "SequenceError", "Conflict", "CorruptData", "Unavailable"]},
+                                              "SequenceError", "Conflict", "CorruptData", "Unavailable",
+                                              "StorageError", "NotWriter", "OutcomeUnknown"]},
+        "writer": {"type": "object", "description": "NotWriter only (issue 14): the writer node: holder (host:pid), "
+                   "epoch, endpoints (where to send the write)"},
     },
 }
 
@@ -185,6 +196,8 @@ def build_document(app: web.Application) -> dict[str, Any]:
         for code, text in ERROR_STATUSES.items():
             responses[code] = {"description": text,
                                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for code, (text, schema) in op.statuses.items():
+            responses[code] = {"description": text, "content": {"application/json": {"schema": schema}}}
         entry: dict[str, Any] = {
             "operationId": op.operation_id,
             "summary": op.summary,

@@ -44,6 +44,7 @@ from . import sdnotify
 from .app import ServiceState, create_app
 from .backup_watch import watch_sessions
 from .metrics import metrics_app
+from .role import NodeRole
 from .workers import BatchCommitter, WorkerPool, default_workers
 
 log = logging.getLogger("pycertsrv.service")
@@ -170,6 +171,9 @@ def _clear_stale_socket(path: Path) -> None:
 async def _crl_if_due(app: web.Application, state: ServiceState) -> None:
     """Publish a CRL when ``Authority.crl_due()`` says so (none yet, crl.period_hours passed, files missing)."""
     a = app["authority"]
+    node = app.get("node")
+    if node is not None and not node.is_writer:
+        return  # issue 14: the writer publishes; a standby serves the CRL it wrote
     try:
         if state.state == "running" and await asyncio.to_thread(a.crl_due):
             crl = await asyncio.to_thread(a.publish_crl)
@@ -177,6 +181,17 @@ async def _crl_if_due(app: web.Application, state: ServiceState) -> None:
             log.info("published CRL %s (due)", getattr(crl, "number", crl))
     except CertSrvError as e:
         log.warning("periodic CRL: %s", e)
+
+
+def _archiver(app: web.Application, on: bool) -> None:
+    """Start (this node became the writer) or stop (fenced) the archive shipper (issue 13), if archiving is on."""
+    shipper = app.get("archiver")
+    if shipper is None or shipper.running == on:
+        return
+    if on:
+        shipper.start()
+    else:
+        shipper.stop()
 
 
 async def _periodic_crl(app: web.Application, state: ServiceState) -> None:
@@ -354,11 +369,18 @@ async def run_app(
         if cfg.metrics.listen:
             metrics_runner, metrics_sock = await _start_metrics(app, home, cfg)
             log.info("metrics on %s", state.metrics_listener)
-        log.info("serving CA %r from %s on %s", authority.name, home.root, ", ".join(state.listeners))
+        node: NodeRole | None = app["node"]
+        log.info("serving CA %r from %s on %s as the %s", authority.name, home.root, ", ".join(state.listeners),
+                 node.role if node is not None else "writer")
+        if node is not None:
+            # Issue 14: the writer parts (archive shipper; the periodic CRL asks the role itself) follow the role.
+            node.bind(loop, state.listeners, lambda: _archiver(app, True), lambda: _archiver(app, False))
+            await node.settle()
+            tasks.append(asyncio.create_task(node.run()))
+        elif app["archiver"] is not None:
+            app["archiver"].start()
         if on_ready is not None:
             on_ready(app)
-        if app["archiver"] is not None:
-            app["archiver"].start()
         # systemd Type=notify: ready once every listener is up; the watchdog pings come from this loop.
         where = f"serving CA {authority.name} on {', '.join(state.listeners)}".replace("\n", " ")
         sdnotify.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS={where}")
@@ -372,7 +394,7 @@ async def run_app(
         sdnotify.notify("STOPPING=1\nSTATUS=stopping: " + str(state.stop_reason).replace("\n", " "))
     finally:
         state.state = "stopping"
-        if app.get("archiver") is not None:
+        if app.get("archiver") is not None and app["archiver"].running:
             await asyncio.to_thread(app["archiver"].stop)
         if metrics_runner is not None:
             await metrics_runner.cleanup()
@@ -416,8 +438,9 @@ def serve(
     from ..ca import Authority
 
     hm = home if isinstance(home, Home) else Home.at(home)
-    # Takes the home's lock (a second service fails naming the holder's pid) and runs soft recovery.
-    authority = Authority.open(hm.root, passphrase=passphrase)
+    # Takes the home's lock (a second service fails naming the holder's pid) and runs soft recovery. On PostgreSQL
+    # (issue 14) a node whose database has a live writer elsewhere starts as a standby (service.role).
+    authority = Authority.open(hm.root, passphrase=passphrase, standby=True)
     try:
         log_hard_recovery(authority.store)
         recovery = getattr(authority.store, "recovery", None)

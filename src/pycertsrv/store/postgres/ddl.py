@@ -91,6 +91,7 @@ def _v4() -> list[str]:
 
 # MIGRATIONS[v] takes the schema from version v-1 to v (v=1 creates it). Append; never edit a released one.
 MIGRATIONS: dict[int, list[str]] = {1: _v1(), 2: _v2(), 3: _v3()}
+
 MIGRATIONS[max(MIGRATIONS) + 1] = _v4()  # the request-key index: v4 once v3 is merged (see _v4)
 PG_SCHEMA_VERSION = max(MIGRATIONS)
 VERSION_DDL = ("CREATE TABLE IF NOT EXISTS pg_schema_version (version integer PRIMARY KEY,"
