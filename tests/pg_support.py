@@ -21,7 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,3 +233,139 @@ def shared_cluster() -> PgCluster:
         atexit.register(stop)
         _SHARED = cluster
     return _SHARED
+
+
+# --- A primary + streaming standby pair (issue 14: "two PostgreSQL clusters on two ports with streaming
+# replication"). The standby is a `pg_basebackup -R` copy of the primary; synchronous_standby_names is set on
+# the primary only once the standby streams (set before, every commit would wait for a standby that is not
+# there yet), and it is not in the copy, so a promoted standby does not wait for a partner it lacks.
+
+STANDBY_NAME = "standby1"  # the walreceiver's application_name; synchronous_standby_names names it
+
+
+@dataclass
+class PgPair:
+    """Two running clusters: ``primary`` and ``standby`` (streaming; ``sync`` is the primary's
+    synchronous_commit when the standby is synchronous, None for asynchronous replication)."""
+
+    primary: PgCluster
+    standby: PgCluster
+    base: Path
+    sync: str | None
+
+    def url(self, dbname: str = "postgres") -> str:
+        """A multi-host libpq URI over both sockets, read-write sessions only: libpq tries the hosts in order
+        and keeps the one that accepts writes (so after a promotion it lands on the promoted standby)."""
+        from urllib.parse import quote
+
+        hosts = ",".join(quote(c.host, safe="") for c in (self.primary, self.standby))
+        ports = ",".join(str(c.port) for c in (self.primary, self.standby))
+        return (f"postgresql://{self.primary.user}@/{dbname}?host={hosts}&port={ports}"
+                "&target_session_attrs=read-write")
+
+    def new_database(self, prefix: str = "ha") -> str:
+        """CREATE DATABASE on the primary (replicated to the standby); returns the multi-host URL for it."""
+        name = self.primary.new_database(prefix).split("?")[0].rsplit("/", 1)[1]
+        return self.url(name)
+
+    def replication(self) -> list[tuple[str, str, str]]:
+        """The primary's pg_stat_replication: (application_name, state, sync_state) per walsender."""
+        import psycopg
+
+        with psycopg.connect(self.primary.url(), autocommit=True, connect_timeout=5) as c:
+            rows = c.execute("SELECT application_name, state, sync_state FROM pg_stat_replication").fetchall()
+        return [(str(a), str(s), str(y)) for a, s, y in rows]
+
+    def close(self) -> None:
+        """Stop both postmasters (fast) and remove the directories."""
+        for c in (self.standby, self.primary):
+            c.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def start_pair(base: Path, *, sync: str | None = "remote_apply") -> PgPair:
+    """A primary under ``base/primary`` and its streaming standby under ``base/standby``, each on its own
+    port. ``sync``: the primary's synchronous_commit ("on" = flushed on the standby, "remote_apply" = also
+    visible there) with the standby in synchronous_standby_names; None = asynchronous replication."""
+    import psycopg
+
+    primary = start_cluster(base / "primary")
+    try:
+        ids = _as_postgres()
+        sbase = base / "standby"
+        sbase.mkdir()
+        datadir = sbase / "data"
+        if ids is not None:
+            os.chown(sbase, *ids)
+        # -R: standby.signal + primary_conninfo (with our application_name) in postgresql.auto.conf;
+        # -X stream: the WAL needed to start comes along; --no-sync as initdb (throw-away clusters).
+        subprocess.run([str(primary.bindir / "pg_basebackup"), "-D", str(datadir), "-R", "-X", "stream",
+                        "--no-sync", "-c", "fast", "-U", primary.user,
+                        "-d", f"host={primary.host} port={primary.port} application_name={STANDBY_NAME}"],
+                       check=True, capture_output=True, preexec_fn=_demote(ids), cwd=str(sbase))
+        port = _free_port()
+        standby = PgCluster(primary.bindir, datadir, port, _spawn(primary.bindir, datadir, port), primary.user)
+    except BaseException:
+        primary.stop()
+        raise
+    pair = PgPair(primary, standby, base, sync)
+    try:
+        _wait_ready(standby)
+        _wait_for("the standby to stream",
+                  lambda: any(a == STANDBY_NAME and s == "streaming" for a, s, _ in pair.replication()))
+        if sync is not None:
+            with psycopg.connect(primary.url(), autocommit=True) as c:
+                c.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{STANDBY_NAME}'")
+                c.execute(f"ALTER SYSTEM SET synchronous_commit = '{sync}'")
+                c.execute("SELECT pg_reload_conf()")
+            _wait_for("the standby to become synchronous",
+                      lambda: any(a == STANDBY_NAME and y == "sync" for a, _, y in pair.replication()))
+    except BaseException:
+        pair.close()
+        raise
+    return pair
+
+
+@contextlib.contextmanager
+def pair_context(*, sync: str | None = "remote_apply") -> Iterator[PgPair]:
+    """A replication pair for the block; both clusters stopped and removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="pgpair-"))
+    os.chmod(base, 0o755)
+    pair = start_pair(base, sync=sync)
+    try:
+        yield pair
+    finally:
+        pair.close()
+
+
+def stop_immediate(cluster: PgCluster) -> None:
+    """``pg_ctl stop -m immediate``: SIGQUIT to the postmaster (no shutdown checkpoint; what a crash
+    leaves), and wait until it is gone."""
+    cluster.stop(signal.SIGQUIT)
+
+
+def promote(standby: PgCluster, timeout: int = 60) -> None:
+    """Promote a standby (``pg_promote()``, waiting until it accepts writes)."""
+    import psycopg
+
+    with psycopg.connect(standby.url(), autocommit=True, connect_timeout=5) as c:
+        row = c.execute("SELECT pg_promote(true, %s)", (timeout,)).fetchone()
+        if not row or not row[0]:
+            raise RuntimeError(f"pg_promote() did not finish within {timeout}s on port {standby.port}")
+    _wait_for("the promoted standby to accept writes", lambda: not _in_recovery(standby))
+
+
+def _in_recovery(cluster: PgCluster) -> bool:
+    import psycopg
+
+    with psycopg.connect(cluster.url(), autocommit=True, connect_timeout=5) as c:
+        row = c.execute("SELECT pg_is_in_recovery()").fetchone()
+    return bool(row and row[0])
