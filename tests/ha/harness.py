@@ -149,17 +149,19 @@ class HA:
     """A CA whose database is on ``pair`` (a fresh database), served by ``nodes`` node homes under ``base``."""
 
     def __init__(self, pair: PgPair, base: Path, nodes: int = 2, *, lease_ttl: float = LEASE_TTL,
-                 name: str = "HA Test CA") -> None:
+                 name: str = "HA Test CA", workers: int | None = 0) -> None:
         self.pair = pair
         self.base = base
+        base.mkdir(parents=True, exist_ok=True)
         self.dbname_url = pair.new_database("ha")
         self.dbname = self.dbname_url.split("?")[0].rsplit("/", 1)[1]
         first = base / "n1"
         certsrv("init", "--name", name, "--database", self.dbname_url, home=first, check=True)
         set_lease_ttl(first, lease_ttl)
         homes = [Home.at(first)] + [node_home(first, base / f"n{i}") for i in range(2, nodes + 1)]
-        self.nodes = [Node(f"n{i + 1}", Service(h, log_path=base / f"n{i + 1}.log", log_level="info",
-                                                env=NODE_ENV)) for i, h in enumerate(homes)]
+        env = dict(NODE_ENV, CERTSRV_WORKERS=str(workers)) if workers is not None else {}
+        self.nodes = [Node(f"n{i + 1}", Service(h, log_path=base / f"n{i + 1}.log", log_level="info", env=env))
+                      for i, h in enumerate(homes)]
         self.ca_cert = first / "publish" / "ca.crt"
 
     @property
