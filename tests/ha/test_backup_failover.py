@@ -15,14 +15,9 @@ from pg_support import pair_context, promote, stop_immediate
 from support import certsrv, db_rows_readonly, manifest, openssl_verify
 
 
-def epochs(doc: Any) -> list[int]:
-    """Every value of a key ``epoch`` in a set's manifest (HA contract: each generation's epoch is recorded)."""
-    if isinstance(doc, dict):
-        return [int(v) for k, v in doc.items() if k == "epoch" and isinstance(v, int)] + \
-            [e for v in doc.values() for e in epochs(v)]
-    if isinstance(doc, list):
-        return [e for v in doc for e in epochs(v)]
-    return []
+def epochs(doc: dict[str, Any]) -> list[int]:
+    """The lease epochs of a set's generations, in generation order (the manifest's ``lineage`` runs)."""
+    return [int(r["epoch"]) for r in doc.get("lineage") or []]
 
 
 def test_full_before_and_incremental_after_a_failover_restore_into_one_ca(work: Path) -> None:
@@ -57,6 +52,7 @@ def test_full_before_and_incremental_after_a_failover_restore_into_one_ca(work: 
     # Each generation's epoch is in its set: the incremental's continue the full set's, past the failovers.
     e_full, e_incr = epochs(manifest(full)), epochs(manifest(incr))
     assert e_full and e_incr and min(e_incr) >= max(e_full) and max(e_incr) > max(e_full), (e_full, e_incr)
+    assert e_incr == sorted(set(e_incr)) and len(e_incr) >= 2  # new epochs: B took the lease, B re-took it
     certsrv("restore", str(full), str(incr), "--home", str(restored), "--password-file", str(pw), check=True)
     rows = db_rows_readonly(restored, ["request", "crl"])
     got = {int(r["request_id"]): (r["serial"], r["revoked_at"]) for r in rows["request"]}
