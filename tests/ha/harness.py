@@ -324,13 +324,13 @@ class Load:
             while not self._stop.is_set():
                 step += 1
                 try:
-                    if self.revoke_every and step % self.revoke_every == 0 and mine:
-                        self._revoke(c, mine.pop(0))
-                    elif w == 0 and self.crl_every and step % self.crl_every == 0:
+                    if w == 0 and self.crl_every and step % self.crl_every == 0:
                         t0 = time.monotonic_ns()
                         number = int(c.publish_crl()["number"])
                         with self._lock:
                             self.crls.append((number, t0, time.monotonic_ns()))
+                    elif self.revoke_every and step % self.revoke_every == 0 and mine:
+                        self._revoke(c, mine.pop(0))
                     else:
                         a = self._submit(c, w, step)
                         if a is not None:
