@@ -115,12 +115,16 @@ class Node:
         self.frozen = False
 
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
-        """An unauthenticated GET over the node's socket: (HTTP status, JSON body or None); (0, None) when
-        nothing answers."""
+        """A GET over the node's socket: (HTTP status, JSON body or None); (0, None) when nothing answers."""
+        return self.http("GET", path, timeout=timeout)
+
+    def http(self, method: str, path: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+        """One HTTP call to this node alone, as a plain client (no following of the writer, no retry): what
+        this node itself answers. (0, None) when nothing answers."""
         try:
             with httpx.Client(transport=httpx.HTTPTransport(uds=str(self.service.socket)),
                               base_url="http://certsrv", timeout=timeout, trust_env=False) as h:
-                r = h.get(path)
+                r = h.request(method, path, json=body)
         except httpx.TransportError:
             return 0, None
         try:
@@ -392,7 +396,15 @@ def check_answered(ha: HA, load: Load) -> None:
     is revoked there; every answered CRL number is there; no request key is on two requests."""
     reqs = db_requests(ha)
     lost = [a for a in load.issued if a.request_id not in reqs or reqs[a.request_id][0] != a.serial]
-    assert not lost, f"{len(lost)} answered issuances missing or changed, e.g. {lost[0]}"
+    if lost:
+        keys = keys_in_db(ha)
+        with ha.db() as c:
+            subjects = {int(r[0]): r[1] for r in c.execute("SELECT request_id, request_subject FROM request")}
+        detail = [(a.request_id, a.serial, a.cn, "in db:", reqs.get(a.request_id, (None,))[0],
+                   subjects.get(a.request_id), "key on", keys.get(a.key)) for a in lost[:3]]
+        raise AssertionError(f"{len(lost)} answered issuances missing or changed: {detail}; max id in the "
+                             f"database {max(reqs) if reqs else None}; unknown outcomes {len(load.unknown)}; "
+                             f"errors {load.errors[-4:]}\n{ha.logs()}")
     by_serial = {s: r for s, r, _ in reqs.values() if s is not None}
     unrevoked = [s for s, _, _ in load.revoked if by_serial.get(s) is None]
     assert not unrevoked, f"answered revocations not in the database: {unrevoked[:3]}"

@@ -12,6 +12,7 @@ from typing import Any
 
 from ha.harness import Load, ha_context
 from pg_support import pair_context, promote, stop_immediate
+from pycertsrv.ca import Authority
 from support import certsrv, db_rows_readonly, manifest, openssl_verify
 
 
@@ -46,6 +47,9 @@ def test_full_before_and_incremental_after_a_failover_restore_into_one_ca(work: 
             load.stop()
         with ha.db() as c:
             live = {int(r[0]): (r[1], r[2]) for r in c.execute("SELECT request_id, serial, revoked_at FROM request")}
+            gens = c.execute("SELECT g.gen, g.epoch, g.first_lsn, g.closed_us IS NOT NULL, min(r.lsn), max(r.lsn), "
+                             "count(r.lsn) FROM log_generation g LEFT JOIN log_record r USING (gen) "
+                             "GROUP BY g.gen ORDER BY g.gen").fetchall()
     for s in (full, incr):
         out = certsrv("verify-backup", str(s), "--password-file", str(pw), check=True)
         assert "OK" in out.stdout, out.stdout
@@ -54,14 +58,17 @@ def test_full_before_and_incremental_after_a_failover_restore_into_one_ca(work: 
     assert e_full and e_incr and min(e_incr) >= max(e_full) and max(e_incr) > max(e_full), (e_full, e_incr)
     assert e_incr == sorted(set(e_incr)) and len(e_incr) >= 2  # new epochs: B took the lease, B re-took it
     certsrv("restore", str(full), str(incr), "--home", str(restored), "--password-file", str(pw), check=True)
+    with Authority.open(restored) as ca:  # the restore completes here: hard recovery replays the generations
+        assert ca.store.integrity_check() == "ok"
     rows = db_rows_readonly(restored, ["request", "crl"])
     got = {int(r["request_id"]): (r["serial"], r["revoked_at"]) for r in rows["request"]}
-    # One consistent CA: every restored request is the database's (same serial), ids without a hole ...
-    assert all(live[rid][0] == serial for rid, (serial, _) in got.items())
-    assert sorted(got) == list(range(1, len(got) + 1))
+    # One consistent CA: every restored request is the database's (same id, same serial) ...
+    assert got and all(live[rid][0] == serial for rid, (serial, _) in got.items())
     # ... and everything answered before the incremental began is in it.
     lost = [x for x in load.issued if x.answered_ns < cut and got.get(x.request_id, (None,))[0] != x.serial]
-    assert not lost, f"answered issuances missing from the restored CA: {lost[:2]}"
+    assert not lost, (f"answered issuances missing from the restored CA: {[x.request_id for x in lost]}, restored "
+                      f"up to {max(got)}; {manifest(full).get('lineage')}; {manifest(incr).get('lineage')}; {gens}; "
+                      f"{ {k: v for k, v in manifest(incr).items() if k not in ('files', 'auth')} }")
     unrevoked = {s for s, _, done in load.revoked if done < cut} - {s for s, r in got.values() if r is not None}
     assert not unrevoked, f"answered revocations missing from the restored CA: {sorted(unrevoked)[:3]}"
     numbers = {int(r["number"]) for r in rows["crl"]}
