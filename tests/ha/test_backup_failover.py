@@ -61,21 +61,15 @@ def test_full_before_and_incremental_after_a_failover_restore_into_one_ca(work: 
     with Authority.open(restored) as ca:  # the restore completes here: hard recovery replays the generations
         assert ca.store.integrity_check() == "ok"
     rows = db_rows_readonly(restored, ["request", "crl"])
-    got = {int(r["request_id"]): (r["serial"], r["revoked_at"]) for r in rows["request"]}
+    got = {int(r["request_id"]): (r["serial"], r["revoked_at"], r["raw_cert"]) for r in rows["request"]}
     # One consistent CA: every restored request is the database's (same id, same serial) ...
-    assert got and all(live[rid][0] == serial for rid, (serial, _) in got.items())
+    assert got and all(live[rid][0] == serial for rid, (serial, _, _) in got.items())
     # ... and everything answered before the incremental began is in it.
-    lost = [x for x in load.issued if x.answered_ns < cut and got.get(x.request_id, (None,))[0] != x.serial]
-    assert not lost, (f"answered issuances missing from the restored CA: {[x.request_id for x in lost]}, restored "
-                      f"up to {max(got)}; {manifest(full).get('lineage')}; {manifest(incr).get('lineage')}; {gens}; "
-                      f"{ {k: v for k, v in manifest(incr).items() if k not in ('files', 'auth')} }")
-    unrevoked = {s for s, _, done in load.revoked if done < cut} - {s for s, r in got.values() if r is not None}
+    lost = [x.request_id for x in load.issued if x.answered_ns < cut and got.get(x.request_id, (None,))[0] != x.serial]
+    assert not lost, f"answered issuances missing from the restored CA: {lost}; generations in the database {gens}"
+    unrevoked = {s for s, _, done in load.revoked if done < cut} - {s for s, r, _ in got.values() if r is not None}
     assert not unrevoked, f"answered revocations missing from the restored CA: {sorted(unrevoked)[:3]}"
-    numbers = {int(r["number"]) for r in rows["crl"]}
-    assert {n for n, _, done in load.crls if done < cut} <= numbers
-    raw = {int(r["request_id"]): r["raw_cert"] for r in db_rows_readonly(restored, ["request"])["request"]}
-    for x in (load.issued[0], load.issued[-1]):
-        if x.request_id in raw:
-            openssl_verify(restored / "publish" / "ca.crt", bytes(raw[x.request_id]), work)
-    with_cert = [x for x in load.issued if x.answered_ns < cut]
-    openssl_verify(restored / "publish" / "ca.crt", bytes(raw[with_cert[-1].request_id]), work)
+    assert {n for n, _, done in load.crls if done < cut} <= {int(r["number"]) for r in rows["crl"]}
+    before = [x for x in load.issued if x.answered_ns < cut]
+    for x in (before[0], before[len(before) // 2], before[-1]):  # the first, one from the middle, the last
+        openssl_verify(restored / "publish" / "ca.crt", bytes(got[x.request_id][2]), work)
