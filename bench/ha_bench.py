@@ -5,11 +5,13 @@ streaming standby this bench starts itself (``tests/pg_support.py``) and two ``c
 - ``issuance``: issuances/s through the writer node (8 load clients on its socket) with the standby
   synchronous (``synchronous_commit = on``: each commit flushed on both servers) vs asynchronous (the same
   pair, ``synchronous_standby_names`` emptied and reloaded), rounds alternating, best of each;
-- ``failover_kill``: seconds from SIGKILL of the writer node to the first write answered through a client
-  given every node (``Client("unix:a,unix:b")``), median and worst over the trials (the node sees the dead
-  holder's pid on this host, so it need not wait for the lease);
+- ``failover_kill``: seconds from SIGKILL of the writer node until a standby says it is the writer
+  (``takeover``) and until the first write is answered through a client given every node
+  (``Client("unix:a,unix:b")``, ``first_write``), median and worst over the trials (the standby sees the dead
+  holder's pid on this host, so it need not wait for the lease to expire; it polls every ``lease_ttl / 3``);
 - ``failover_frozen``: the same when the writer is SIGSTOPped (a host that vanished: the lease must expire),
-  against ``lease_ttl``;
+  against ``lease_ttl``; the client's per-request timeout (5 s) adds to ``first_write``: a frozen writer
+  accepts connections and never answers;
 - ``failover_pg``: seconds from ``-m immediate`` of the PostgreSQL primary (the standby promoted at once) to
   the first write answered again.
 
@@ -84,14 +86,16 @@ def bench_issuance(pair: Any, base: Path, n: int, rounds: int) -> dict[str, Any]
             "sync_over_async": round(best["sync"]["rate"] / best["async"]["rate"], 3), "n": n, "rounds": rounds}
 
 
-def _first_write(ha: Any, t0: float, timeout: float = 120.0) -> float:
-    """Seconds from ``t0`` until a submit through every endpoint is answered."""
+def _first_write(ha: Any, t0: float, timeout: float = 120.0, request_timeout: float = 5.0) -> float:
+    """Seconds from ``t0`` until a submit through every endpoint is answered. ``request_timeout``: the client's
+    per-request timeout (a frozen writer accepts connections and never answers: the client waits that long
+    before it tries the next node)."""
     from ha.harness import submit
     from pycertsrv.errors import CertSrvError
     from support import make_csr
 
     deadline = time.monotonic() + timeout
-    with ha.client(timeout=30) as c:
+    with ha.client(timeout=request_timeout) as c:
         while True:
             try:
                 submit(c, make_csr(f"f-{uuid.uuid4().hex[:8]}.example.com"), uuid.uuid4().hex)
@@ -108,11 +112,16 @@ def _stats(xs: list[float]) -> dict[str, Any]:
 
 
 def bench_node_failover(pair: Any, base: Path, trials: int, frozen: bool) -> dict[str, Any]:
-    """Kill (or freeze) the writer node, time the first answered write; the old node comes back as a standby."""
+    """Kill (or freeze) the writer node; time until another node says it is the writer (``takeover``) and until
+    a client given every node has a write answered (``first_write``, measured at the same time from another
+    thread). The old node comes back as a standby (restarted, or thawed: fenced)."""
+    import threading
+
     from ha.harness import HA
 
     ha = HA(pair, base / ("frz" if frozen else "kill"), nodes=2, lease_ttl=LEASE_TTL, name="HA Bench CA").start()
-    times: list[float] = []
+    takeover: list[float] = []
+    first: list[float] = []
     try:
         for _ in range(trials):
             old = ha.wait_writer()
@@ -122,14 +131,21 @@ def bench_node_failover(pair: Any, base: Path, trials: int, frozen: bool) -> dic
                 old.freeze()
             else:
                 old.kill()
-            times.append(_first_write(ha, t0))
+            out: list[float] = []
+            writer = threading.Thread(target=lambda o=out, t=t0: o.append(_first_write(ha, t)))
+            writer.start()
+            ha.wait_writer(other_than=old, timeout=120)
+            takeover.append(time.monotonic() - t0)
+            writer.join()
+            first.append(out[0])
             if frozen:
                 old.thaw()  # fenced: it goes on as a standby
             else:
                 old.start()  # back, as a standby
     finally:
         ha.close()
-    return {**_stats(times), "lease_ttl_s": LEASE_TTL}
+    return {"takeover": _stats(takeover), "first_write": _stats(first), "lease_ttl_s": LEASE_TTL,
+            "client_request_timeout_s": 5.0}
 
 
 def bench_pg_failover(base: Path, trials: int) -> dict[str, Any]:
