@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ha.harness import Load, ha_context
+from ha.harness import Load, check_answered, ha_context
 from pg_support import pair_context, promote, stop_immediate
 from pycertsrv.ca import Authority
 from support import certsrv, db_rows_readonly, manifest, openssl_verify
@@ -45,6 +45,7 @@ def test_full_before_and_incremental_after_a_failover_restore_into_one_ca(work: 
                     "--password-file", str(pw), "--quiet", check=True)  # through node B
         finally:
             load.stop()
+        check_answered(ha, load)  # the database itself first: every answered write is there
         with ha.db() as c:
             live = {int(r[0]): (r[1], r[2]) for r in c.execute("SELECT request_id, serial, revoked_at FROM request")}
             gens = c.execute("SELECT g.gen, g.epoch, g.first_lsn, g.closed_us IS NOT NULL, min(r.lsn), max(r.lsn), "
