@@ -117,7 +117,7 @@ def bench_node_failover(pair: Any, base: Path, trials: int, frozen: bool) -> dic
     thread). The old node comes back as a standby (restarted, or thawed: fenced)."""
     import threading
 
-    from ha.harness import HA
+    from ha.harness import HA, until
 
     ha = HA(pair, base / ("frz" if frozen else "kill"), nodes=2, lease_ttl=LEASE_TTL, name="HA Bench CA").start()
     takeover: list[float] = []
@@ -139,7 +139,8 @@ def bench_node_failover(pair: Any, base: Path, trials: int, frozen: bool) -> dic
             writer.join()
             first.append(out[0])
             if frozen:
-                old.thaw()  # fenced: it goes on as a standby
+                old.thaw()  # fenced: it goes on as a standby once it looks (its next renewal, or a commit)
+                until("the thawed writer to step down", lambda o=old: not o.is_writer(), timeout=120)
             else:
                 old.start()  # back, as a standby
     finally:

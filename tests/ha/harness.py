@@ -3,7 +3,7 @@ PostgreSQL primary + streaming standby (:mod:`pg_support`), a load generator tha
 issuance, revocation and CRL, and the checks the "Must show" trials make on state re-read from the database.
 
 - :class:`HA`: the pair, the CA database, the node homes (the first by ``certsrv init --database``; the others
-  from the first home's configuration, key and chain: :func:`node_home`), the nodes' services;
+  the documented way, from a key-only set of the first: :func:`node_home`), the nodes' services;
 - :class:`Load`: client threads on every endpoint (``Client("unix:a,unix:b,...")``, which follows the writer),
   each submit with its own request key;
 - :func:`check_answered`, :func:`check_monotonic`, :func:`check_retries`, :func:`check_openssl`.
@@ -14,8 +14,6 @@ Real parts only: real servers, sockets, SIGKILL/SIGSTOP, X.509 checked with ``op
 from __future__ import annotations
 
 import contextlib
-import inspect
-import json
 import shutil
 import signal
 import tempfile
@@ -47,30 +45,25 @@ REQUEST_KEY = "RequestKey"  # the request attribute that holds a submit's key (H
 
 # --- node homes ------------------------------------------------------------------------------------------------
 
-# What a node needs of a CA home besides its database: configuration, key, chain. The "noderole" helper's
-# documented command makes this from a key-only set; until it is on main the trials copy the first home.
-NODE_FILES = ("certsrv.toml", "private/ca.key", "publish/ca.crt", "publish/ca.cer")
+KEYSET_PASSWORD = "ha trials key set password\n"
 
 
-def node_home(first: Path, dest: Path) -> Home:
-    """A further node's home: the first home's configuration, key and chain (0700 dirs, 0600 files as
-    :mod:`pycertsrv.home` wants them), no database of its own (it is on PostgreSQL)."""
-    dest.mkdir(mode=0o700)
-    for rel in NODE_FILES:
-        src = first / rel
-        if not src.exists():
-            continue
-        out = dest / rel
-        out.parent.mkdir(mode=0o700 if out.parent.name == "private" else 0o755, exist_ok=True)
-        shutil.copy2(src, out)
+def node_home(first: Path, dest: Path, url: str, work: Path) -> Home:
+    """A further node's home, made the documented way (issue 14, docs/deployment.md): a key-only set taken
+    through the first node's running service (once), restored with ``--key-only --database URL`` (the restore
+    checks that the database holds the CA of this key and records the URL)."""
+    pw, keyset = work / "keyset.pw", work / "keyset"
+    if not keyset.exists():
+        pw.write_text(KEYSET_PASSWORD)
+        certsrv("backup", str(keyset), "--key-only", "--quiet", "--password-file", str(pw), home=first, check=True)
+    certsrv("restore", str(keyset), "--key-only", "--database", url, "--password-file", str(pw), home=dest,
+            check=True)
     return Home.at(dest)
 
 
 def set_lease_ttl(home: Path, ttl: float) -> None:
     """``[store] lease_ttl`` in the home's configuration (the HA contract's key)."""
     cfg = config_mod.load(home)
-    if "lease_ttl" not in type(cfg.store).model_fields:
-        return  # the store of this tree has no configurable lease yet (pgnode's branch adds it)
     config_mod.save(home, cfg.model_copy(update={"store": cfg.store.model_copy(update={"lease_ttl": ttl})}))
 
 
@@ -159,13 +152,14 @@ class HA:
         base.mkdir(parents=True, exist_ok=True)
         self.dbname_url = pair.new_database("ha")
         self.dbname = self.dbname_url.split("?")[0].rsplit("/", 1)[1]
+        self.lease_ttl = lease_ttl
         first = base / "n1"
         certsrv("init", "--name", name, "--database", self.dbname_url, home=first, check=True)
         set_lease_ttl(first, lease_ttl)
-        homes = [Home.at(first)] + [node_home(first, base / f"n{i}") for i in range(2, nodes + 1)]
         env = dict(NODE_ENV, CERTSRV_WORKERS=str(workers)) if workers is not None else {}
-        self.nodes = [Node(f"n{i + 1}", Service(h, log_path=base / f"n{i + 1}.log", log_level="info", env=env))
-                      for i, h in enumerate(homes)]
+        # The other nodes' homes are made from the first node's key once it runs (start()).
+        self.nodes = [Node(f"n{i}", Service(Home.at(base / f"n{i}"), log_path=base / f"n{i}.log", log_level="info",
+                                            env=env)) for i in range(1, nodes + 1)]
         self.ca_cert = first / "publish" / "ca.crt"
 
     @property
@@ -174,10 +168,14 @@ class HA:
         return ",".join(n.address for n in self.nodes)
 
     def start(self) -> HA:
-        """Start the first node (it takes the lease: the writer), then the others (standbys)."""
-        self.nodes[0].start()
+        """Start the first node (it takes the lease: the writer), make the others' homes from its key, start
+        them (standbys)."""
+        first = self.nodes[0]
+        first.start()
         self.wait_writer()
         for n in self.nodes[1:]:
+            node_home(first.service.home.root, n.service.home.root, self.dbname_url, self.base)
+            set_lease_ttl(n.service.home.root, self.lease_ttl)
             n.start()
         return self
 
@@ -263,16 +261,9 @@ class Sent:
     error: str
 
 
-def _takes_request_key() -> bool:
-    return "request_key" in inspect.signature(Client.submit).parameters
-
-
 def submit(c: Client, csr: bytes, key: str) -> dict[str, Any]:
-    """A submit with its request key (HA contract: ``Client.submit(..., request_key=KEY)``). A client without
-    request keys gets the key as the request attribute, so the trials still record which request is which."""
-    if _takes_request_key():
-        return c.submit(csr, request_key=key)  # type: ignore[call-arg]
-    return c.submit(csr, attributes={REQUEST_KEY: key})
+    """A submit with its request key (HA contract: ``Client.submit(..., request_key=KEY)``)."""
+    return c.submit(csr, request_key=key)
 
 
 @dataclass
@@ -480,7 +471,3 @@ def until(what: str, check: Callable[[], bool], timeout: float = WAIT, ha: HA | 
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout}s" + ("\n" + ha.logs() if ha else ""))
         time.sleep(0.05)
-
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, indent=1, default=str)[:2000]
