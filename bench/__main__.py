@@ -22,7 +22,7 @@ from typing import Any
 
 from .common import RESULTS, flatten, table
 
-BENCHES = ["store", "ca", "service", "backup", "restore", "archive", "pg", "reqkey"]
+BENCHES = ["store", "ca", "service", "backup", "restore", "archive", "pg", "reqkey", "ha"]
 
 
 def run_one(name: str, quick: bool) -> tuple[str, float, Any]:

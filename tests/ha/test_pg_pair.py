@@ -4,19 +4,11 @@ the multi-host URL follows the promoted standby."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import psycopg
 import pytest
 
 from pg_support import STANDBY_NAME, PgPair, pair_context, promote, stop_immediate
 from pycertsrv.config import StoreSection
-
-
-@pytest.fixture(scope="module")
-def pair() -> Iterator[PgPair]:
-    with pair_context(sync="remote_apply") as p:
-        yield p
 
 
 def test_pair_streams_synchronously(pair: PgPair) -> None:

@@ -16,7 +16,7 @@ def run(*code_or_args: str) -> subprocess.CompletedProcess[str]:
 def test_list_and_unknown_name() -> None:
     out = run("-m", "bench", "--list")
     assert out.returncode == 0
-    assert out.stdout.split() == ["store", "ca", "service", "backup", "restore", "archive", "pg", "reqkey"]
+    assert out.stdout.split() == ["store", "ca", "service", "backup", "restore", "archive", "pg", "reqkey", "ha"]
     bad = run("-m", "bench", "nosuch")
     assert bad.returncode == 2 and "unknown bench 'nosuch'" in bad.stderr
 
