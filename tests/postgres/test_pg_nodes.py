@@ -318,3 +318,19 @@ def test_split_brain_under_load_trials(pg_url: str, nodes: list[Node], trial: in
     subjects = [str(r[0]) for r in _db(pg_url, "SELECT subject FROM request ORDER BY request_id")]
     assert sum(s.startswith("CN=new-") for s in subjects) == 10
     _gapless(pg_url)
+
+
+def test_a_writer_whose_renewals_stall_past_its_lease_stops_calling_its_lease_fresh(pg_url: str) -> None:
+    """Issue 14 (split brain, seen by a load balancer): a writer whose renewals the database has not confirmed
+    for a lease time may already be replaced, so ``lease_fresh`` (what ``/v1/health/writer`` asks) turns False
+    while ``role`` still says writer; once a renewal goes through it is fresh again."""
+    with PgStore.create(pg_url, "Nodes CA", lease_ttl=TTL) as writer:
+        _until("a renewal confirmed", lambda: writer.lease_fresh)
+        # Another session holds the lease row: the heartbeat's UPDATE waits, nothing is confirmed.
+        with psycopg.connect(pg_url) as blocker:
+            with blocker.transaction():
+                blocker.execute("SELECT 1 FROM writer_lease WHERE id = 1 FOR UPDATE")
+                _until("the lease seen as stale", lambda: not writer.lease_fresh, timeout=TTL * 10)
+                assert writer.role == "writer"  # nobody fenced it: only its freshness says it may be replaced
+        _until("a renewal confirmed again", lambda: writer.lease_fresh, timeout=TTL * 10)
+        assert writer.role == "writer"

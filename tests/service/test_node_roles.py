@@ -265,6 +265,9 @@ def test_a_fenced_writer_goes_back_to_standby(nodes: Nodes) -> None:
             done = cb.submit(make_csr("during.example"))
     finally:
         a.proc.send_signal(signal.SIGCONT)
+    # Thawed, it is never the load balancer's writer again, even before its heartbeat finds it was fenced: its
+    # lease is older than the lease time (lease_fresh).
+    assert _probe(a, "/v1/health/writer") == 503
     _until("the old writer sees it was fenced", lambda: _probe(a, "/v1/health/standby") == 200)
     with a.client(failover_timeout=0) as ca:
         with pytest.raises(NotWriter) as ei:

@@ -225,6 +225,9 @@ def role_probe(authority: Any, node: Any, *, online: bool, want: str) -> tuple[b
     body: dict[str, Any] = {"role": role, "status": st.status, "store": st.state, "online": online,
                             "node": node.to_json() if node is not None else None}
     ok = role == want and online and st.status != "failed"
+    if want == ROLE_WRITER and ok and node is not None and not node.lease_fresh:
+        ok = False  # issue 14: its lease is older than the lease time; another node may hold it now
+        body["lease"] = "stale"
     if want == ROLE_STANDBY and ok and node is not None and not node.multi_node:
         ok = False  # a lone SQLite home is never anybody's standby
     return ok, body

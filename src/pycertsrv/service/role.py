@@ -118,6 +118,12 @@ class NodeRole:
         return self.role == ROLE_WRITER
 
     @property
+    def lease_fresh(self) -> bool:
+        """Whether this node is the writer with a lease the database confirmed within the lease time (a writer
+        thawed after SIGSTOP is not, until its next renewal fences it: the load balancer must not pick it)."""
+        return self.is_writer and bool(getattr(self.store, "lease_fresh", True))
+
+    @property
     def epoch(self) -> int:
         """The lease epoch this node knows (0 on SQLite)."""
         e = getattr(self.store, "epoch", 0)

@@ -157,6 +157,9 @@ class Heartbeat(threading.Thread):
         self.url, self.lease, self.interval, self.on_fenced = url, lease, interval, on_fenced
         self.on_lost = on_lost
         self._halt = threading.Event()
+        # The monotonic time of the last renewal the database confirmed (the take counts as one). CLOCK_MONOTONIC
+        # goes on while the process is stopped, so a writer thawed after SIGSTOP sees its lease as stale at once.
+        self.renewed_mono = time.monotonic()
 
     def run(self) -> None:
         from .connect import connect, describe
@@ -169,6 +172,7 @@ class Heartbeat(threading.Thread):
                     conn = connect(self.url, idle_tx_timeout=self.interval * 3)
                 with conn.transaction():
                     check(conn.cursor(), subject, self.lease, time.time_ns() // 1000)
+                self.renewed_mono = time.monotonic()
             except StorageError as e:
                 self.on_fenced(e)
                 break
@@ -182,6 +186,11 @@ class Heartbeat(threading.Thread):
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+    def fresh(self, ttl: float) -> bool:
+        """Whether the database confirmed this lease less than ``ttl`` seconds ago (issue 14: another node may take a
+        lease older than that, so this node must no longer call itself the writer to a load balancer)."""
+        return time.monotonic() - self.renewed_mono < ttl
 
     def halt(self) -> None:
         """Ask the thread to end (it renews no more); does not wait."""

@@ -143,6 +143,17 @@ class PgNode:
         held = self.lease
         return held.epoch if self._role == WRITER and held is not None else self._seen_epoch
 
+    @property
+    def lease_fresh(self) -> bool:
+        """Whether this node is the writer and its lease was confirmed by the database within the lease time.
+
+        A writer frozen (SIGSTOP) past its lease and then thawed still has ``role == "writer"`` until its next
+        renewal finds the epoch superseded; it cannot commit (the epoch check and the trigger refuse it), and
+        this lets the load balancer's ``/v1/health/writer`` stop naming it at once.
+        """
+        beat = self._heartbeat
+        return self._role == WRITER and beat is not None and beat.fresh(self.lease_ttl)
+
     def writer_info(self, *, patient: bool = True) -> dict[str, Any]:
         """Who holds the lease now: ``holder`` (``host:pid``, '' when free), ``epoch``, ``endpoints`` (what it
         advertised), ``renewed_age_s`` (seconds since it renewed, by this node's clock; None when free)."""
