@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from ha.harness import (
     LEASE_TTL,
     Load,
@@ -20,9 +22,10 @@ from ha.harness import (
 from pg_support import PgPair
 
 
+@pytest.mark.parametrize("workers", [0, 2])  # 2: `certsrv serve`'s default here (worker pool, batch committer)
 def test_sigkill_of_the_writer_under_load_a_standby_takes_over_and_nothing_answered_is_lost(
-        pair: PgPair, work: Path) -> None:
-    with ha_context(pair, nodes=3) as ha:
+        pair: PgPair, work: Path, workers: int) -> None:
+    with ha_context(pair, nodes=3, workers=workers) as ha:
         load = Load(ha).start()
         cuts: list[int] = []
         takeovers: list[float] = []

@@ -101,9 +101,10 @@ async def service_middleware(request: web.Request, handler: Any) -> web.StreamRe
             if op is not None and op.roles is not None:
                 auth.require(request, *op.roles)
             node = app.get("node")
-            if op is not None and node is not None and op.operation_id in WRITE_OPERATIONS:
+            if op is not None and node is not None and op.operation_id in WRITE_OPERATIONS and not node.is_writer:
                 # Issue 14: a standby refuses a write before anything of it runs, naming the writer (HTTP 503).
-                node.refuse_write(op.operation_id)
+                # Naming it reads the lease row, which may wait out a database outage: off the loop.
+                await asyncio.to_thread(node.refuse_write, op.operation_id)
             resp: web.StreamResponse = await handler(request)
         except web.HTTPException as e:
             if e.status < 400:

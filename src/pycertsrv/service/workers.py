@@ -302,11 +302,16 @@ class BatchCommitter:
     :param in_flight: how many requests the workers are preparing now.
     :param max_batch: at most this many requests per transaction.
     :param linger: the longest a ready request waits for others to join its batch.
+    :param offload: commit in a thread beside the loop (default: when the store's commits can wait on the
+        network, i.e. PostgreSQL: a synchronous standby's answer, or a failover of up to three lease times, must
+        never stop the node answering reads and health checks).
     """
 
     def __init__(self, authority: Any, in_flight: Callable[[], int] = lambda: 0, max_batch: int = 256,
-                 linger: float = 0.002) -> None:
+                 linger: float = 0.002, offload: bool | None = None) -> None:
         self.authority = authority
+        self.offload = bool(getattr(authority.store, "commits_wait_on_network", False)) if offload is None \
+            else offload
         self.in_flight = in_flight
         self.linger = linger
         self.max_batch = max_batch
@@ -345,7 +350,13 @@ class BatchCommitter:
                     # beside the loop costs the process ~240 us of CPU per issuance more (the two threads trade
                     # the GIL for every row), and throughput is ~40% lower. While a batch is made durable (one
                     # fsync) the loop waits; the requests that arrive meanwhile form the next, larger batch.
-                    infos, lsns = self._write([b[0] for b in batch], [b[1] for b in batch])
+                    # On PostgreSQL (offload) the commit may wait on the network (a synchronous standby, a
+                    # failover): it runs in a thread so the node goes on serving reads and /v1/health (issue 14).
+                    items, times = [b[0] for b in batch], [b[1] for b in batch]
+                    if self.offload:
+                        infos, lsns = await asyncio.to_thread(self._write, items, times)
+                    else:
+                        infos, lsns = self._write(items, times)
                 except BaseException as e:
                     for _, _, fut in batch:
                         if not fut.done():

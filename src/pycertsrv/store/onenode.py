@@ -22,6 +22,7 @@ class OneNode(LocalClaims):
     role = "writer"
     epoch = 0
     lease_fresh = True  # no lease to age: the home's lock keeps every other process out
+    commits_wait_on_network = False  # a commit waits for one local fsync, never for another server
 
     def writer_info(self) -> dict[str, Any]:
         """This process, always the writer (epoch 0; no endpoints recorded)."""

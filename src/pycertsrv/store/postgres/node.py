@@ -143,6 +143,10 @@ class PgNode:
         held = self.lease
         return held.epoch if self._role == WRITER and held is not None else self._seen_epoch
 
+    # A commit waits for the server (and a synchronous standby), or for a failover: callers with an event loop
+    # run it in a thread (service.workers.BatchCommitter).
+    commits_wait_on_network = True
+
     @property
     def lease_fresh(self) -> bool:
         """Whether this node is the writer and its lease was confirmed by the database within the lease time.
