@@ -334,3 +334,22 @@ def test_a_writer_whose_renewals_stall_past_its_lease_stops_calling_its_lease_fr
                 assert writer.role == "writer"  # nobody fenced it: only its freshness says it may be replaced
         _until("a renewal confirmed again", lambda: writer.lease_fresh, timeout=TTL * 10)
         assert writer.role == "writer"
+
+
+def test_lease_ages_are_measured_by_the_database_servers_clock_not_the_nodes(pg_url: str) -> None:
+    """A node whose own clock runs an hour ahead must not take a live lease (issue 14: nodes share only the
+    database server's clock); the row's renewal time is the server's, whatever the writer's clock says."""
+    from pycertsrv.store.postgres import lease
+
+    with PgStore.create(pg_url, "Nodes CA", lease_ttl=TTL) as writer:
+        held = writer.epoch
+        skewed = time.time_ns() // 1000 + 3_600_000_000
+        with psycopg.connect(pg_url) as c:
+            with c.transaction():
+                with pytest.raises(Conflict, match="another writer holds"):
+                    lease.take(c.cursor(), "skewed node", skewed, TTL)
+            renewed, server_now = c.execute(
+                f"SELECT renewed_us, {lease.NOW_US} FROM writer_lease WHERE id = 1").fetchone()
+        assert 0 <= (int(server_now) - int(renewed)) / 1e6 < 60  # written by the server's clock
+        assert _db(pg_url, "SELECT epoch FROM writer_lease WHERE id = 1") == [(held,)]
+        assert writer.role == "writer"

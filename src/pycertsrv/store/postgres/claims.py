@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import CertSrvError
 from ..claims import busy_error, gone_error
 from .connect import as_certsrv
-
-NOW_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+from .lease import NOW_US
 
 
 class PgClaims:

@@ -84,8 +84,8 @@ def _v3() -> list[str]:
 
 
 def _v4() -> list[str]:
-    # Issue 14: a submit's request key is held at most once (pycertsrv.requestkey, ca/keyclaims.py); written by issue 14's
-    # "reqkey" part beside pgnode's v3, and appended after the last version whatever its number.
+    # Issue 14: a submit's request key is held at most once (pycertsrv.requestkey, ca/keyclaims.py); written by
+    # issue 14's "reqkey" part beside pgnode's v3, and appended after the last version whatever its number.
     return [REQUEST_KEY_INDEX]
 
 

@@ -27,6 +27,10 @@ from typing import Any
 
 from ...errors import ERROR_BUSY, ERROR_INVALID_STATE, Conflict, StorageError
 
+# The database server's clock, the one clock every node shares: lease ages are measured by it, so a node whose
+# own clock runs ahead never takes a live lease (and one behind never keeps a dead one alive).
+NOW_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+
 LEASE_TTL = 10.0  # issue 14: the default lease time is at most 10 s (a standby takes over within it)
 
 
@@ -68,17 +72,18 @@ def take(cur: Any, subject: str, now_us: int, ttl: float, *, takeover: bool = Fa
         after a PostgreSQL failover). Another object of this process is NOT "own": its epoch differs.
     :param endpoints: where the new holder's service listens (:func:`advertise`).
     """
-    row = cur.execute("SELECT epoch, holder, renewed_us FROM writer_lease WHERE id = 1 FOR UPDATE").fetchone()
-    epoch, holder, renewed = int(row[0]), str(row[1]), int(row[2])
-    age = (now_us - renewed) / 1e6
+    row = cur.execute(f"SELECT epoch, holder, renewed_us, {NOW_US} FROM writer_lease WHERE id = 1 FOR UPDATE"
+                      ).fetchone()
+    epoch, holder, renewed, server_now = int(row[0]), str(row[1]), int(row[2]), int(row[3])
+    age = (server_now - renewed) / 1e6  # by the server's clock (NOW_US); ``now_us`` is kept for the caller's log
     mine = own is not None and own.epoch == epoch and own.holder == holder
     if holder and age < ttl and not takeover and not mine and not _dead_here(holder):
         raise Conflict(ERROR_BUSY, subject,
                        f"another writer holds this CA's database (lease epoch {epoch}, {holder}, renewed "
                        f"{max(age, 0):.1f}s ago); stop it, or wait {ttl:.0f}s after it stops renewing")
     me = holder_name()
-    cur.execute("UPDATE writer_lease SET epoch = %s, holder = %s, acquired_us = %s, renewed_us = %s, endpoints = %s"
-                " WHERE id = 1", (epoch + 1, me, now_us, now_us, json.dumps(list(endpoints))))
+    cur.execute(f"UPDATE writer_lease SET epoch = %s, holder = %s, acquired_us = {NOW_US}, renewed_us = {NOW_US},"
+                " endpoints = %s WHERE id = 1", (epoch + 1, me, json.dumps(list(endpoints))))
     return Lease(epoch + 1, me)
 
 
@@ -89,13 +94,15 @@ def advertise(cur: Any, lease: Lease, endpoints: Sequence[str]) -> bool:
     return bool(cur.rowcount == 1)
 
 
-READ_SQL = "SELECT epoch, holder, renewed_us, endpoints FROM writer_lease WHERE id = 1"
+READ_SQL = f"SELECT epoch, holder, renewed_us, endpoints, {NOW_US} FROM writer_lease WHERE id = 1"
 
 
 def info(row: Sequence[Any], now_us: int) -> dict[str, Any]:
     """A :data:`READ_SQL` row as ``writer_info``: holder ('' when free), epoch, endpoints, renewed_age_s (None
     when free)."""
     epoch, holder, renewed = int(row[0]), str(row[1]), int(row[2])
+    if len(row) > 4 and row[4] is not None:
+        now_us = int(row[4])  # the server's clock (READ_SQL), as the lease was renewed by it
     try:
         endpoints = [str(e) for e in json.loads(row[3] or "[]")]
     except (ValueError, TypeError):  # a hand-edited row: name no endpoint rather than fail a refusal
@@ -108,7 +115,8 @@ def renew(cur: Any, lease: Lease, now_us: int) -> None:
     """The fencing statements, first of every commit transaction: declare our epoch (the database's trigger
     refuses log rows of any other, see :mod:`.ddl` v2) and renew the lease if the epoch is still ours."""
     declare(cur, lease.epoch)
-    cur.execute("UPDATE writer_lease SET renewed_us = %s WHERE id = 1 AND epoch = %s", (now_us, lease.epoch))
+    # By the server's clock (NOW_US), as :func:`take` measures the age; ``now_us`` is not written.
+    cur.execute(f"UPDATE writer_lease SET renewed_us = {NOW_US} WHERE id = 1 AND epoch = %s", (lease.epoch,))
 
 
 def declare(cur: Any, epoch: int) -> None:
