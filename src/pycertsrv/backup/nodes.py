@@ -13,19 +13,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import socket
 from typing import Any
 
 from ..errors import CertSrvError
+from ..store.claims import node_name as node_name  # the node a backup claim names
 
 log = logging.getLogger("pycertsrv.backup")
-
-
-def node_name() -> str:
-    """``host:pid``: the node a backup claim names (the writer lease names its holder the same way)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def claim(store: Any, ttl: float) -> str | None:

@@ -30,18 +30,15 @@ from typing import Any
 from ..backup import nodes as backup_nodes
 from ..errors import RPC_S_CALL_FAILED_DNE, RPC_S_SERVER_UNAVAILABLE, CertSrvError, NotWriter, Unavailable
 from ..store import DATABASE_ERRORS
-from ..store.postgres import PgStore
+from ..store.postgres import LEASE_TTL, PgStore
 
 log = logging.getLogger("pycertsrv.service")
 ROLE_WRITER = "writer"
 ROLE_STANDBY = "standby"
-LEASE_TTL = 10.0  # issue 14: "default at most 10 s" (the store's own value wins when it has one)
 # Operations that change the CA: a standby refuses them before they run (HA-CONTRACT "Service").
 WRITE_OPERATIONS = frozenset({"submit", "issue", "deny", "resubmit", "revoke", "unrevoke", "publish_crl"})
 REPLICATION_NONE: dict[str, Any] = {"mode": "none", "synchronous_commit": None, "synchronous_standby_names": None,
                                     "standbys": [], "warning": None}
-ASYNC_WARNING = ("replication is asynchronous: a write acknowledged here can be lost if the PostgreSQL primary "
-                 "fails over; set synchronous_standby_names and synchronous_commit = on (or remote_apply)")
 _ERRORS: tuple[type[BaseException], ...] = (CertSrvError, OSError, *DATABASE_ERRORS)
 
 
@@ -165,16 +162,14 @@ class NodeRole:
                 "writer": w, "lease_ttl": self.lease_ttl, "promotions": self.promotions, "fencings": self.fencings}
 
     def replication(self) -> dict[str, Any]:
-        """``store.replication()`` (PostgreSQL), else mode ``none``; the asynchronous warning filled in."""
+        """``store.replication()``: mode sync | async | none and the store's warning; ``unknown`` when unreadable."""
         if not hasattr(self.store, "replication"):
             return dict(REPLICATION_NONE)
         try:
             rep = dict(self.store.replication())
         except _ERRORS as e:
             return {**REPLICATION_NONE, "mode": "unknown", "warning": f"replication state unreadable: {e}"}
-        if rep.get("mode") == "async" and not rep.get("warning"):
-            rep["warning"] = ASYNC_WARNING
-        return rep
+        return rep  # the store words its own warning (store/postgres/replication.py)
 
     # ------------------------------------------------------------------ writer parts
 

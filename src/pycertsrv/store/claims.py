@@ -8,6 +8,8 @@ clock); a SQLite CA has one process, so its claim is local (:class:`LocalClaims`
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -15,6 +17,11 @@ from dataclasses import dataclass
 from ..errors import ERROR_BUSY, Conflict, NotFound
 
 SUBJECT = "backup"
+
+
+def node_name() -> str:
+    """``host:pid``: this node, as a backup claim and the writer lease name their holder."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def busy_error(node: str, session_id: str, age_s: float, ttl_s: float) -> Conflict:

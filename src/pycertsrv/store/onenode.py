@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .claims import LocalClaims
+from .claims import LocalClaims, node_name
 
 NO_REPLICATION = ("the database is a SQLite file in the CA home: nothing replicates it; only backups (and "
                   "archiving) protect acknowledged writes")
@@ -26,9 +26,7 @@ class OneNode(LocalClaims):
 
     def writer_info(self) -> dict[str, Any]:
         """This process, always the writer (epoch 0; no endpoints recorded)."""
-        from .postgres.lease import holder_name
-
-        return {"holder": holder_name(), "epoch": 0, "endpoints": [], "renewed_age_s": 0.0}
+        return {"holder": node_name(), "epoch": 0, "endpoints": [], "renewed_age_s": 0.0}
 
     def advertise(self, endpoints: Sequence[str]) -> None:
         """Nothing to record: no other node asks."""

@@ -26,17 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import ERROR_BUSY, ERROR_INVALID_STATE, Conflict, StorageError
+from ..claims import node_name as holder_name  # who holds a lease, for error lines and status
 
 # The database server's clock, the one clock every node shares: lease ages are measured by it, so a node whose
 # own clock runs ahead never takes a live lease (and one behind never keeps a dead one alive).
 NOW_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 
 LEASE_TTL = 10.0  # issue 14: the default lease time is at most 10 s (a standby takes over within it)
-
-
-def holder_name() -> str:
-    """``host:pid``: who holds a lease, for error lines and status."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
