@@ -197,7 +197,7 @@ class NodeRole:
         elif not self.is_writer and self._parts_on:
             await self._became_standby()
         elif not self.is_writer and not self._parts_on and self.promotions == 0 and self.fencings == 0:
-            w = self.writer()
+            w = await asyncio.to_thread(self.writer)  # reads the lease row: never in the event loop
             log.info("this node is a STANDBY: reads are served, writes are refused naming the writer %s (epoch %s, "
                      "at %s); it takes over when that writer's lease expires (lease_ttl %gs)", w.get("holder"),
                      w.get("epoch"), ", ".join(w.get("endpoints") or []) or "no endpoint advertised",
@@ -213,12 +213,12 @@ class NodeRole:
         self._parts_on = False
         await asyncio.to_thread(self._stop_parts)  # joins the shipper's thread: not in the event loop
         self.fencings += 1
-        w = self.writer()
+        w = await asyncio.to_thread(self.writer)
         log.warning("this node was FENCED: another node took the writer lease (%s, epoch %s); writer parts "
                     "stopped, serving reads as a standby", w.get("holder"), w.get("epoch"))
 
     async def _promote(self) -> None:
-        before = self.writer()
+        before = await asyncio.to_thread(self.writer)
         if not await asyncio.to_thread(self.store.try_promote):
             return
         self.promotions += 1
