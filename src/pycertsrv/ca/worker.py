@@ -37,14 +37,29 @@ def send(sock: socket.socket, obj: Any) -> None:
     sock.sendall(FRAME.pack(len(data)) + data)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
+class _Frames:
+    """The frames arriving on the socketpair, read in large chunks: one ``recv`` brings every frame the service
+    has written so far (not two system calls per frame, for its header and its body)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def next(self) -> Any:
+        """The next message, or None once the service closed its end."""
+        buf = self.buf
+        while True:
+            if len(buf) >= FRAME.size:
+                end = FRAME.size + FRAME.unpack_from(buf)[0]
+                if len(buf) >= end:
+                    with memoryview(buf) as view:
+                        msg = pickle.loads(view[FRAME.size:end])
+                    del buf[:end]
+                    return msg
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                return None
+            buf += chunk
 
 
 @dataclass
@@ -69,13 +84,12 @@ def worker_main(fd: int) -> int:
     # Ctrl-C in a terminal signals the whole group: the service stops its workers itself, in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
+    frames = _Frames(sock)
     mat: _Material | None = None
     while True:
-        head = _recv_exact(sock, FRAME.size)
-        body = None if head is None else _recv_exact(sock, FRAME.unpack(head)[0])
-        if body is None:
+        msg = frames.next()
+        if msg is None:
             return 0
-        msg = pickle.loads(body)
         if msg[0] == "material":
             mat = _material(msg)
             send(sock, ("ready", 0, os.getpid()))  # seq 0: no request's

@@ -82,7 +82,8 @@ class _Channel(asyncio.Protocol):
             n = _LEN.unpack_from(buf)[0]
             if len(buf) < _LEN.size + n:
                 return
-            msg = pickle.loads(buf[_LEN.size:_LEN.size + n])
+            with memoryview(buf) as view:
+                msg = pickle.loads(view[_LEN.size:_LEN.size + n])
             del buf[:_LEN.size + n]
             if msg[0] == "ready":
                 if not self.ready.done():
@@ -316,7 +317,7 @@ class BatchCommitter:
         self.linger = linger
         self.max_batch = max_batch
         self._queue: list[tuple[Any, float, asyncio.Future[Any]]] = []
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -327,7 +328,7 @@ class BatchCommitter:
         """The committed RequestInfo, or None when the serial was taken (prepare again)."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((prepared, started, fut))
-        self._wake.set()
+        _wake(self._waiter)
         info, lsns = await fut
         for lsn in lsns:
             note_unapplied(lsn)  # in the request's own scope: its answer says "committed, not yet applied"
@@ -338,10 +339,24 @@ class BatchCommitter:
             infos = self.authority.commit_prepared(items, started)
         return infos, set(notes)
 
+    async def _wait(self, timeout: float | None) -> None:
+        """Until :meth:`commit` queues a request, or ``timeout`` seconds (one future and at most one timer: the
+        batch loop runs this several times per batch, and ``asyncio.wait_for`` would make a task each time)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiter = waiter
+        timer = None if timeout is None else loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            if not self._queue:
+                await self._wait(None)
             while self._queue:
                 await self._gather()
                 batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
@@ -377,11 +392,7 @@ class BatchCommitter:
             left = deadline - loop.time()
             if left <= 0:
                 return
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), left)
-            except TimeoutError:
-                return
+            await self._wait(left)
 
     async def stop(self) -> None:
         """Write what is queued, then stop."""
@@ -391,6 +402,11 @@ class BatchCommitter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 async def submit_via_workers(app: Any, csr: bytes, *, requester: str, template: str | None,
