@@ -76,6 +76,8 @@ OPERATION_ROLES: dict[str, frozenset[str] | None] = {
     "ui_backups": frozenset({OPERATOR, AUDITOR, ADMINISTRATOR}),
 }
 
+PEERS_PURGE = 4096  # live Unix connections remembered before the closed ones are dropped
+
 # Roles whose holders see every request, not only their own.
 READ_ALL_ROLES = frozenset({OFFICER, AUDITOR, ADMINISTRATOR})
 
@@ -154,6 +156,9 @@ class RoleMap:
         self._subject: list[tuple[x509.Name | None, str, set[str]]] = []
         self._sha: dict[str, set[str]] = {}
         self._cache: dict[tuple[Any, ...], Principal] = {}
+        # A Unix connection's principal, by the connection (see :meth:`peer`); closed ones are dropped in bulk.
+        self._peers: dict[Any, Principal] = {}
+        self._purge_at = PEERS_PURGE
         for g in grants:
             kind, sep, value = g.principal.partition(":")
             roles: set[str] = set(g.roles)
@@ -197,6 +202,32 @@ class RoleMap:
             self._cache[key] = p
         return p
 
+    def peer(self, connection: Any, transport: Any) -> Principal:
+        """The principal of the Unix connection ``connection`` (an aiohttp request's ``protocol``) on
+        ``transport``; nobody when it is not a Unix socket.
+
+        SO_PEERCRED is the peer's credentials as of ``connect()`` (socket(7)), fixed for the connection's life:
+        it is read once per connection, not once per request (two system calls and a socket object each time).
+        """
+        p = self._peers.get(connection) if connection is not None else None
+        if p is not None:
+            return p
+        sock = transport.get_extra_info("socket")
+        if sock is None or sock.family != socket.AF_UNIX:
+            return ANONYMOUS
+        try:
+            _pid, uid, gid = peer_credentials(sock)
+        except OSError:
+            return ANONYMOUS
+        p = self.unix(uid, gid)
+        if connection is not None:
+            if len(self._peers) >= self._purge_at:
+                # aiohttp's protocol drops its transport when the connection is lost.
+                self._peers = {c: q for c, q in self._peers.items() if getattr(c, "transport", None) is not None}
+                self._purge_at = max(PEERS_PURGE, 2 * len(self._peers))
+            self._peers[connection] = p
+        return p
+
     def certificate(self, der: bytes) -> Principal:
         """The principal of a TLS caller whose (already verified) client certificate is ``der``."""
         sha = hashlib.sha256(der).hexdigest()
@@ -238,8 +269,13 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
-def identify(transport: Any, roles: RoleMap) -> Principal:
-    """The principal behind a connection: TLS peer certificate, else SO_PEERCRED, else nobody."""
+def identify(transport: Any, roles: RoleMap, connection: Any = None) -> Principal:
+    """The principal behind a connection: TLS peer certificate, else SO_PEERCRED, else nobody.
+
+    :param connection: what identifies the connection while it lives (an aiohttp request's ``protocol``): a Unix
+        peer's credentials are then read once per connection. A TLS peer is read from its certificate at every
+        request (no system call; a TLS 1.2 renegotiation may change the certificate).
+    """
     if transport is None:
         return ANONYMOUS
     ssl_object = transport.get_extra_info("ssl_object")
@@ -247,14 +283,7 @@ def identify(transport: Any, roles: RoleMap) -> Principal:
         der = ssl_object.getpeercert(binary_form=True)
         # The handshake required and verified a certificate (CERT_REQUIRED); without one, nobody.
         return roles.certificate(der) if der else ANONYMOUS
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family == socket.AF_UNIX:
-        try:
-            _pid, uid, gid = peer_credentials(sock)
-        except OSError:
-            return ANONYMOUS
-        return roles.unix(uid, gid)
-    return ANONYMOUS
+    return roles.peer(connection, transport)
 
 
 def certificate_fingerprint(pem_or_der: bytes) -> str:

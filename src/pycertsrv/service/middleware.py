@@ -83,7 +83,7 @@ async def service_middleware(request: web.Request, handler: Any) -> web.StreamRe
     app = request.app
     route = request.match_info.route
     op = operations(app).get(route.name or "") if route is not None else None
-    principal = auth.identify(request.transport, app["roles"])
+    principal = auth.identify(request.transport, app["roles"], request.protocol)
     request["principal"] = principal
     request["operation"] = op.operation_id if op else None
     request["audit"] = {}
