@@ -84,13 +84,23 @@ class ServiceMetrics:
         self.batches = Histogram("certsrv_commit_batch_size", "State changes per group commit (one redo-log "
                                  "record, one fsync)", buckets=BATCH_BUCKETS, registry=self.registry)
         self.registry.register(_StateCollector(authority, backup_manager, online, archiver))
+        # The labelled children, looked up once (``labels()`` validates and locks at every call; issue 15: this
+        # runs for every issuance, in the writer). Dispositions and templates are few: the dicts stay small.
+        self._requests: dict[tuple[str, str], Any] = {}
+        self._issuance: dict[str, Any] = {}
 
     # CAObserver: called in the worker thread that made the write durable; prometheus_client is thread-safe.
     def request_resolved(self, disposition: str, template: str, seconds: float) -> None:
         """Count a request's disposition; time an issuance."""
-        self.requests.labels(disposition, template).inc()
+        count = self._requests.get((disposition, template))
+        if count is None:
+            count = self._requests[disposition, template] = self.requests.labels(disposition, template)
+        count.inc()
         if disposition == "issued":
-            self.issuance.labels(template).observe(seconds)
+            timer = self._issuance.get(template)
+            if timer is None:
+                timer = self._issuance[template] = self.issuance.labels(template)
+            timer.observe(seconds)
 
     def batch_committed(self, size: int) -> None:
         """Record a group commit's size."""
