@@ -60,6 +60,7 @@ from .policy import ParsedRequest, decode_request, parse_request
 from .reading import RequestReader
 from .revocation import check_invalidity_date, check_revocable, check_unrevocable, revocation_reason
 from .rights import local_roles
+from .serials import SerialBook
 from .setup import check_ca_certificate, create_home, load_material
 from .templates import Template, get_template, templates_of
 
@@ -98,8 +99,7 @@ class Authority(RequestReader):
         self.templates = templates_of(cfg)
         self._local_roles: frozenset[str] | None = None
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
-        self._serial_lock = threading.Lock()
-        self._reserved: set[str] = set()
+        self._serials = SerialBook(store)  # RFC 5280 §4.1.2.2: held in flight, checked against the database
         self._keys = KeyClaims()  # request keys of commits in flight (issue 14, ca.keyclaims)
         self._crl_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -283,21 +283,10 @@ class Authority(RequestReader):
 
     def _claim(self, text: str) -> bool:
         """Hold serial ``text`` unless another issuance holds it or the database has it (then False)."""
-        with self._serial_lock:
-            if text in self._reserved:
-                return False
-            self._reserved.add(text)
-        # RFC 5280 §4.1.2.2: unique per CA. The database is checked, not only this process's memory.
-        # Outside the lock: the reservation already keeps concurrent issuances off this serial, and a
-        # query that lets go of the GIL while holding the lock would make every other issuer wait.
-        if self.store.count("request", [("serial", "=", text)]):
-            self._release_serial(text)
-            return False
-        return True
+        return self._serials.claim(text)
 
     def _release_serial(self, text: str) -> None:
-        with self._serial_lock:
-            self._reserved.discard(text)
+        self._serials.release([text])
 
     @staticmethod
     def _put_extensions(tx: Transaction, request_id: int, extensions: Sequence[tuple[str, int, bytes]]) -> None:
@@ -403,29 +392,33 @@ class Authority(RequestReader):
 
     def _commit_items(self, items: Sequence[PreparedRequest],
                       started: Sequence[float] | None) -> list[RequestInfo | None]:
-        claimed = self._claim_serials(items)
-        todo = [p for p, ok in zip(items, claimed) if ok]
+        # A serial held by an issuance in flight is refused here; one the database holds, by the write function
+        # (one query per group-committed batch, see SerialBook.in_use). Either way the item is not written: None.
+        held = self._serials.hold([p.serial for p in items])
+        todo = [p for p, ok in zip(items, held) if ok]
+        written: list[bool] = []
         try:
             if todo:
-                def write(tx: Transaction) -> None:
+                def write(tx: Transaction) -> list[bool]:
+                    done: list[bool] = []
                     for p in todo:
-                        self._write_prepared(tx, p)
+                        if p.serial is not None and self._serials.in_use(tx, p.serial):
+                            done.append(False)
+                        else:
+                            self._write_prepared(tx, p)
+                            done.append(True)
+                    return done
 
-                self._commit.run(write, len(todo))
+                written = self._commit.run(write, len(todo))
         finally:
-            with self._serial_lock:
-                for p in todo:
-                    if p.serial is not None:
-                        self._reserved.discard(p.serial)
+            self._serials.release([p.serial for p in todo])
+        ok = iter(written)
         now = time.monotonic()
         out: list[RequestInfo | None] = []
-        for k, (p, ok) in enumerate(zip(items, claimed)):
-            out.append(self._observed(RequestInfo.from_row(p.row), started[k] if started else now) if ok else None)
+        for k, (p, h) in enumerate(zip(items, held)):
+            out.append(self._observed(RequestInfo.from_row(p.row), started[k] if started else now)
+                       if h and next(ok) else None)
         return out
-
-    def _claim_serials(self, items: Sequence[PreparedRequest]) -> list[bool]:
-        """Reserve each item's serial unless in flight or in the database (see :meth:`_claim`)."""
-        return [p.serial is None or self._claim(p.serial) for p in items]
 
     def _write_prepared(self, tx: Transaction, p: PreparedRequest) -> None:
         rid = tx.next_id("request")

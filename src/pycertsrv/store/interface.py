@@ -222,6 +222,11 @@ class Engine(Protocol):
         """Largest value of a column; None for an empty table."""
         ...
 
+    def serials_in_use(self, serials: Sequence[str]) -> frozenset[str]:
+        """Which of ``serials`` (the database's serial text) a ``request`` row holds: the issuer's check that a
+        serial is unused (RFC 5280 §4.1.2.2), one indexed query for a whole batch of issuances."""
+        ...
+
     # -- the log
     def generations(self) -> list[Generation]:
         """Every generation still kept, oldest first; the last one is the open one."""

@@ -93,6 +93,13 @@ class PgReads:
         clause, params = sql.where(schema.table(table), where)
         return int(self._rows(f"SELECT count(*) FROM {table}{clause}", params)[0][0])
 
+    def serials_in_use(self, serials: Sequence[str]) -> frozenset[str]:
+        """Which of ``serials`` a request row holds (see :meth:`..interface.Engine.serials_in_use`)."""
+        if not serials:
+            return frozenset()
+        return frozenset(r[0] for r in self._rows("SELECT serial FROM request WHERE serial = ANY(%s)",
+                                                  [list(serials)]))
+
     def max_value(self, table: str, column: str) -> Any:
         """Largest value of a column (None for an empty table)."""
         if column not in schema.table(table).column_names:

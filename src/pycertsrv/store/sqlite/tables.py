@@ -12,6 +12,16 @@ from ..filters import order_clause, where_clause
 from .dbfile import connect_reader
 from .state import EngineState
 
+# SQLite allows 32766 parameters per statement; a group-commit batch is far below (ca.commit.MAX_BATCH).
+_SERIALS_SQL: dict[int, str] = {}
+
+
+def _serials_sql(n: int) -> str:
+    sql = f"SELECT serial FROM request WHERE serial IN ({', '.join('?' * n)})"
+    if len(_SERIALS_SQL) < 1024:  # bounded: one entry per batch size
+        _SERIALS_SQL[n] = sql
+    return sql
+
 
 class Tables(EngineState):
     """The store's reads (a part of :class:`~pycertsrv.store.sqlite.engine.Store`)."""
@@ -71,6 +81,14 @@ class Tables(EngineState):
         """Number of rows matching the filters."""
         clause, params = self._where(table, where)
         return int(self._reader().execute(f"SELECT COUNT(*) FROM {table}{clause}", params).fetchone()[0])
+
+    def serials_in_use(self, serials: Sequence[str]) -> frozenset[str]:
+        """Which of ``serials`` a request row holds (see :meth:`.interface.Engine.serials_in_use`)."""
+        if not serials:
+            return frozenset()
+        # One statement per batch size, kept in sqlite3's statement cache: no filter rendering, one step.
+        sql = _SERIALS_SQL.get(len(serials)) or _serials_sql(len(serials))
+        return frozenset(r[0] for r in self._reader().execute(sql, serials).fetchall())
 
     def max_value(self, table: str, column: str) -> Any:
         """Largest value of a column (None for an empty table)."""
