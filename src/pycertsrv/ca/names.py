@@ -45,9 +45,12 @@ UPPER_BOUNDS: dict[x509.ObjectIdentifier, tuple[str, int]] = {
     NameOID.STREET_ADDRESS: ("street", 128),
     NameOID.COUNTRY_NAME: ("C", 2),
 }
+_UNBOUNDED = ("", 32768)  # an attribute without an upper bound above: named by its OID in a refusal
 MAX_SAN_ENTRIES = 100
 MAX_URI = 2048
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.I)
+# A whole LDH host name (labels as _LABEL, ASCII only: no re.I, which lets [a-z] match a few non-ASCII letters).
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # RFC 5321 §4.1.2 dot-atom local part (atext), ASCII only.
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
@@ -75,6 +78,8 @@ def dns_problem(name: str, *, wildcard: bool = True) -> str | None:
     :param name: the name as requested.
     :param wildcard: a leftmost ``*.`` label is acceptable (SAN dNSName; not in URIs or e-mail domains).
     """
+    if len(name) <= 253 and _HOST.fullmatch(name) and not name.rpartition(".")[2].isdigit():
+        return None  # the common case at once: exactly the names the checks below accept without a wildcard
     if not name:
         return "is empty"
     if not name.isascii():
@@ -129,17 +134,18 @@ def _is_loopback_name(name: str) -> bool:
 
 def check_dns(name: str, tmpl: Template, what: str = "DNS name") -> None:
     """Refuse a SAN dNSName (or CN copied into one) that is malformed or outside the template's rules."""
-    label = f"{what} {_show(name)}"
     problem = dns_problem(name)
-    if problem:
-        raise _refuse(label, problem)
-    if _is_loopback_name(name) and not tmpl.allow_loopback:
-        raise _refuse(label, f"names the local host; template {tmpl.name!r} does not allow loopback names")
-    if tmpl.allowed_dns and not any(matches(name, p) for p in tmpl.allowed_dns):
-        raise _refuse(label, f"is outside the names template {tmpl.name!r} allows ({', '.join(tmpl.allowed_dns)})")
-    for p in tmpl.forbidden_dns:
-        if matches(name, p):
-            raise _refuse(label, f"matches {p!r}, forbidden by template {tmpl.name!r}")
+    if problem is None and _is_loopback_name(name) and not tmpl.allow_loopback:
+        problem = f"names the local host; template {tmpl.name!r} does not allow loopback names"
+    if problem is None and tmpl.allowed_dns and not any(matches(name, p) for p in tmpl.allowed_dns):
+        problem = f"is outside the names template {tmpl.name!r} allows ({', '.join(tmpl.allowed_dns)})"
+    if problem is None:
+        for p in tmpl.forbidden_dns:
+            if matches(name, p):
+                problem = f"matches {p!r}, forbidden by template {tmpl.name!r}"
+                break
+    if problem is not None:  # the label only for a refusal (see check_subject)
+        raise _refuse(f"{what} {_show(name)}", problem)
 
 
 def ip_problem(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopback: bool) -> str | None:
@@ -235,17 +241,20 @@ def check_subject(subject: x509.Name, tmpl: Template) -> list[str]:
     cns: list[str] = []
     for attr in subject:
         value = attr.value if isinstance(attr.value, str) else attr.value.hex()
-        short, limit = UPPER_BOUNDS.get(attr.oid, (attr.oid.dotted_string, 32768))
-        label = f"subject {short}={_show(value)}"
+        oid = attr.oid
+        short, limit = UPPER_BOUNDS.get(oid, _UNBOUNDED)
+        problem = None
         if not value.strip():
-            raise _refuse(label, "is empty")
-        if _CONTROL.search(value):
-            raise _refuse(label, "contains control characters")
-        if len(value) > limit:
-            raise _refuse(label, f"is {len(value)} characters; RFC 5280 Appendix A allows at most {limit}")
-        if attr.oid == NameOID.COUNTRY_NAME and (len(value) != 2 or not value.isalpha() or not value.isupper()):
-            raise _refuse(label, "is not a two-letter ISO 3166 country code (e.g. DE)")
-        if attr.oid == NameOID.COMMON_NAME:
+            problem = "is empty"
+        elif _CONTROL.search(value):
+            problem = "contains control characters"
+        elif len(value) > limit:
+            problem = f"is {len(value)} characters; RFC 5280 Appendix A allows at most {limit}"
+        elif oid == NameOID.COUNTRY_NAME and (len(value) != 2 or not value.isalpha() or not value.isupper()):
+            problem = "is not a two-letter ISO 3166 country code (e.g. DE)"
+        if problem is not None:  # the label only for a refusal: formatting it is most of an accepted name's cost
+            raise _refuse(f"subject {short or oid.dotted_string}={_show(value)}", problem)
+        if oid == NameOID.COMMON_NAME:
             cns.append(value)
     if len(cns) > 1:
         raise _refuse(f"subject {_show(subject.rfc4514_string(), 120)}",
