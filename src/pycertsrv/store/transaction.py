@@ -37,7 +37,6 @@ class Transaction:
     def __init__(self, store: TransactionHost) -> None:
         self._store = store
         self.ops: list[Op] = []
-        self._overlay: dict[tuple[str, tuple[Any, ...]], list[Any] | None] = {}
         self.lsn: int | None = None
         self.applied = True  # False: committed (durable in the log) but not yet applied to SQLite
 
@@ -59,10 +58,7 @@ class Transaction:
 
     def put(self, table: str, row: dict[str, Any]) -> None:
         """Store the whole resulting row (missing columns are NULL)."""
-        t = schema.table(table)
-        image = schema.row_to_image(t, row)
-        self.ops.append((table, "p", image))
-        self._overlay[(table, tuple([image[i] for i in t.key_positions]))] = image
+        self.ops.append((table, "p", schema.row_to_image(schema.table(table), row)))
 
     def delete(self, table: str, key: Any) -> None:
         """Delete a row by primary key (a scalar or a tuple)."""
@@ -71,14 +67,20 @@ class Transaction:
         if len(k) != len(t.key):
             raise InvalidArgument(None, "store", f"key for {table} needs {len(t.key)} values")
         self.ops.append((table, "d", list(k)))
-        self._overlay[(table, k)] = None
 
     def get(self, table: str, key: Any) -> dict[str, Any] | None:
         """Read a row as this transaction sees it (its own writes, then committed state)."""
         k = key if isinstance(key, tuple) else (key,)
-        if (table, k) in self._overlay:
-            image = self._overlay[(table, k)]
-            return dict(zip(schema.table(table).column_names, image)) if image is not None else None
+        t = schema.table(table)
+        # Its own last write of that row, if any: searched here rather than indexed at every put (issue 15:
+        # a put is on every issuance's path, a read inside a transaction is rare).
+        for tname, kind, values in reversed(self.ops):
+            if tname != table:
+                continue
+            if kind == "d" and tuple(values) == k:
+                return None
+            if kind == "p" and tuple([values[i] for i in t.key_positions]) == k:
+                return dict(zip(t.column_names, values))
         self._store._wait_applied_all()
         return self._store.get(table, k)
 
