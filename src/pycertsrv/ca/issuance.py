@@ -257,7 +257,8 @@ class Issuer:
         # duplicates and copies the builder once per extension, and our list is unique by construction
         # (fixed OIDs, then SKI and SAN, each once).
         exts: list[x509.Extension[x509.ExtensionType]] = [x509.Extension(_SKI, False, ski), *fixed.extensions]
-        ext_rows = [(_SKI_DOTTED, 0, ski.public_bytes()), *fixed.rows]
+        digest = ski.digest  # RFC 5280 §4.2.1.2: KeyIdentifier ::= OCTET STRING; its DER, without encoding it in Rust
+        ext_rows = [(_SKI_DOTTED, 0, b"\x04" + bytes((len(digest),)) + digest), *fixed.rows]
         if names is None and req.san is not None:
             names = NamePlan(req.san.value, req.san.critical)
         if names is not None and names.san is not None:

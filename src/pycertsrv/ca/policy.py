@@ -64,15 +64,16 @@ def decode_request(data: bytes, max_bytes: int) -> bytes:
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidArgument(E_INVALIDARG, "submit", f"request must be bytes, not {type(data).__name__}")
-    data = bytes(data)
+    if type(data) is not bytes:
+        data = bytes(data)
     if len(data) > max_bytes:
         raise InvalidArgument(E_INVALIDARG, "submit",
                               f"request is {len(data)} bytes, over the {max_bytes}-byte limit")
-    if not data.strip():
-        raise InvalidArgument(ERROR_INVALID_DATA, "submit", "request is empty")
-    if data[:1] == b"\x30":  # DER SEQUENCE
+    if data[:1] == b"\x30":  # DER SEQUENCE (never blank: checked first, without copying the request to strip it)
         return data
     stripped = data.strip()
+    if not stripped:
+        raise InvalidArgument(ERROR_INVALID_DATA, "submit", "request is empty")
     if stripped.startswith(b"-----BEGIN"):
         m = _PEM.search(stripped)
         if m is None:
