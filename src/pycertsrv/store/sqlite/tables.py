@@ -12,15 +12,9 @@ from ..filters import order_clause, where_clause
 from .dbfile import connect_reader
 from .state import EngineState
 
-# SQLite allows 32766 parameters per statement; a group-commit batch is far below (ca.commit.MAX_BATCH).
-_SERIALS_SQL: dict[int, str] = {}
-
-
-def _serials_sql(n: int) -> str:
-    sql = f"SELECT serial FROM request WHERE serial IN ({', '.join('?' * n)})"
-    if len(_SERIALS_SQL) < 1024:  # bounded: one entry per batch size
-        _SERIALS_SQL[n] = sql
-    return sql
+# Serials asked about per statement: below SQLite's parameter limit (999 in builds before 3.32).
+_SERIALS_CHUNK = 500
+_SERIALS_SQL = [f"SELECT serial FROM request WHERE serial IN ({', '.join('?' * n)})" for n in range(_SERIALS_CHUNK + 1)]
 
 
 class Tables(EngineState):
@@ -86,9 +80,13 @@ class Tables(EngineState):
         """Which of ``serials`` a request row holds (see :meth:`.interface.Engine.serials_in_use`)."""
         if not serials:
             return frozenset()
-        # One statement per batch size, kept in sqlite3's statement cache: no filter rendering, one step.
-        sql = _SERIALS_SQL.get(len(serials)) or _serials_sql(len(serials))
-        return frozenset(r[0] for r in self._reader().execute(sql, serials).fetchall())
+        # One statement text per batch size, kept in sqlite3's statement cache: no filter rendering, one step.
+        conn = self._reader()
+        found: set[str] = set()
+        for i in range(0, len(serials), _SERIALS_CHUNK):
+            part = serials[i:i + _SERIALS_CHUNK]
+            found.update(r[0] for r in conn.execute(_SERIALS_SQL[len(part)], part).fetchall())
+        return frozenset(found)
 
     def max_value(self, table: str, column: str) -> Any:
         """Largest value of a column (None for an empty table)."""
