@@ -126,3 +126,12 @@ def test_transaction_reads_its_own_writes(tmp_home: Path) -> None:
         assert store.get("setting", "k") == {"name": "k", "value": "2"} and store.get("setting", "gone") is None
     finally:
         store.close()
+
+
+def test_serials_in_use_over_many_statements(ca: Authority, make_csr: Callable[..., bytes],
+                                             req_keys: dict[str, Any]) -> None:
+    issued = [ca.submit(make_csr(req_keys["ec"], f"s{i}.example.com")).serial or "" for i in range(2)]
+    asked = [f"{n:040X}" for n in range(1, 1200)]
+    asked[3], asked[1100] = issued  # one in the first statement's share, one in the third's
+    assert ca.store.serials_in_use(asked) == frozenset(issued)
+    assert ca.store.serials_in_use([]) == frozenset()
