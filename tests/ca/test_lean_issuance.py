@@ -135,3 +135,25 @@ def test_serials_in_use_over_many_statements(ca: Authority, make_csr: Callable[.
     asked[3], asked[1100] = issued  # one in the first statement's share, one in the third's
     assert ca.store.serials_in_use(asked) == frozenset(issued)
     assert ca.store.serials_in_use([]) == frozenset()
+
+
+def test_payload_encoding_is_the_same_through_the_type_cache() -> None:
+    from pycertsrv.store import logfile
+
+    ops: list[logfile.Op] = [
+        ("extension", "p", [7, "2.5.29.14", 0, b"\x04\x02ab"]),
+        ("extension", "p", [7, "2.5.29.15", True, bytearray(b"\x03\x02\x05\xa0")]),  # converted: bool, bytearray
+        ("setting", "p", ["k", None]),
+        ("attribute", "d", [7, "name"]),
+    ]
+    logfile._BY_TYPES.clear()
+    first = logfile.encode_payload(ops)  # heads worked out
+    again = logfile.encode_payload(ops)  # encoders found by the values' types
+    assert first == again
+    assert logfile.decode_payload(again) == [
+        ("extension", "p", [7, "2.5.29.14", 0, b"\x04\x02ab"]),
+        ("extension", "p", [7, "2.5.29.15", 1, b"\x03\x02\x05\xa0"]),
+        ("setting", "p", ["k", None]),
+        ("attribute", "d", [7, "name"]),
+    ]
+    assert (("extension", "p", int, str, bool, bytearray)) not in logfile._BY_TYPES

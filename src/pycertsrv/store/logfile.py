@@ -179,22 +179,37 @@ def encode_payload(ops: Sequence[Op]) -> bytes:
     if not ops or len(ops) > 0xFFFF:
         raise ValueError(f"a record holds 1 to 65535 operations, not {len(ops)}")
     out: list[bytes] = [struct.pack("<H", len(ops))]
-    tag_of = _TAG_OF_TYPE.__getitem__
-    encoders = _ENCODERS
+    by_types = _BY_TYPES
     for tname, kind, values in ops:
+        key = (tname, kind, *map(type, values))  # found without working out its head: issue 15, -1/3 CPU
+        enc = by_types.get(key)
+        if enc is None:
+            values, enc, exact = _encoder_for(tname, kind, values)
+            if exact and len(by_types) < 4096:  # converted values (bool, bytearray ...): not by their types
+                by_types[key] = enc
         try:
-            tags = bytes(map(tag_of, map(type, values)))
-        except KeyError:
-            values = _normalise(tname, values)
-            tags = bytes(map(tag_of, map(type, values)))
-        if len(tags) > 255:
-            raise ValueError(f"{len(tags)} values in one operation on {tname}")
-        head = bytes((TABLE_CODE[tname], KIND_CODE[kind], len(tags))) + tags
-        try:
-            out.append((encoders.get(head) or _make_encoder(head))(values))
+            out.append(enc(values))
         except (struct.error, UnicodeEncodeError) as e:
             raise ValueError(f"a value for table {tname} cannot be stored: {e}") from None
     return b"".join(out)
+
+
+_BY_TYPES: dict[tuple[Any, ...], Encoder] = {}
+
+
+def _encoder_for(tname: str, kind: str, values: list[Any]) -> tuple[list[Any], Encoder, bool]:
+    """``(values as stored, their encoder, whether the values were stored as given)`` for one operation."""
+    tag_of = _TAG_OF_TYPE.__getitem__
+    exact = True
+    try:
+        tags = bytes(map(tag_of, map(type, values)))
+    except KeyError:
+        values, exact = _normalise(tname, values), False
+        tags = bytes(map(tag_of, map(type, values)))
+    if len(tags) > 255:
+        raise ValueError(f"{len(tags)} values in one operation on {tname}")
+    head = bytes((TABLE_CODE[tname], KIND_CODE[kind], len(tags))) + tags
+    return values, _ENCODERS.get(head) or _make_encoder(head), exact
 
 
 Decoder = Callable[[Any, int], tuple[Op, int]]
