@@ -5,7 +5,10 @@
   certificates, and ``certsrv serve --workers 0`` (everything in one process) with 8 clients as a baseline;
 - ``cfssl serve`` (Go; keeps nothing durable) with 8 and 32 clients, when installed (else it says how to
   install it);
-- ``openssl ca``, one process per certificate.
+- ``openssl ca``, one process per certificate;
+- the CPython ceiling (:mod:`bench.ceiling_server`): a bare issuer that only parses HTTP by hand, verifies the
+  request and signs, on every core, with no storage, policy, roles or audit. Its rate against cfssl's bounds
+  what any issuer written in CPython with ``cryptography`` can reach on this machine.
 
 Targets (issue 15): the service at 8 clients over the Unix socket >= 1.0x cfssl, and >= 10x ``openssl ca``.
 Also reported: p50/p99 latency of each, the server's CPU per issuance, and the resident memory of every
@@ -23,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +127,21 @@ class _Service:
         assert rc == 0 and stored == self.answered, (rc, stored, self.answered)
 
 
+def _start_ceiling(tmp: Path) -> tuple[subprocess.Popen[bytes], Target]:
+    """:mod:`bench.ceiling_server` on a Unix socket with one process per core (its own session: stopped as a
+    group)."""
+    sock = tmp / "ceiling.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.ceiling_server", f"unix:{sock}", str(os.cpu_count() or 1)],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / "ceiling.log", "wb"),  # noqa: SIM115
+                            start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+    deadline = time.monotonic() + 60
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("bench.ceiling_server did not start: " + (tmp / "ceiling.log").read_text()[-2000:])
+        time.sleep(0.05)
+    return proc, Target(unix=str(sock), path="/")
+
+
 def _print(name: str, r: dict[str, Any]) -> None:
     rss = r.get("rss_kib")
     mem = (f"rss {r['rss_total_kib'] / 1024:.0f} MiB ({' + '.join(f'{x / 1024:.0f}' for x in rss)})"
@@ -151,6 +170,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     cfssl_bodies = [json.dumps({"certificate_request": p.decode()}).encode() for p in csrs]
     services: list[_Service] = []
     cfssl_proc: subprocess.Popen[bytes] | None = None
+    ceiling_proc: subprocess.Popen[bytes] | None = None
     try:
         services = [_Service(tmp, None), _Service(tmp, 0)]
         # name -> (how to run it once, the server's pids, the service that answers, if ours)
@@ -161,6 +181,10 @@ def run(quick: bool = False) -> dict[str, Any]:
                                                services[0].pids, services[0])
         runs["certsrv_workers0_unix_8"] = (lambda: run_load(services[1].targets["unix"], ours_bodies, 8),
                                            services[1].pids, services[1])
+        ceiling_proc, ceiling_target = _start_ceiling(tmp)
+        time.sleep(0.5)  # every process of it is accepting
+        runs["python_ceiling_unix_8"] = (lambda: run_load(ceiling_target, ours_bodies, 8),
+                                         [ceiling_proc.pid, *peers.children(ceiling_proc.pid)], None)
         if peers.cfssl_binary() is None:
             print(f"  cfssl serve: not installed, not measured; install it with: {peers.CFSSL_INSTALL}")
         else:
@@ -182,6 +206,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         rows["openssl_ca"] = peers.run_openssl_ca(tmp / "openssl", csrs[:n_openssl])
         _print("openssl ca (1 process/cert)", rows["openssl_ca"])
     finally:
+        if ceiling_proc is not None:
+            os.killpg(ceiling_proc.pid, signal.SIGKILL)
+            ceiling_proc.wait(30)
         if cfssl_proc is not None:
             cfssl_proc.terminate()
             cfssl_proc.wait(30)
@@ -196,6 +223,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         "vs_cfssl_unix_32": round(rows["certsrv_unix_32"]["rate"] / rows["cfssl_32"]["rate"], 3) if cfssl else None,
         "vs_openssl_ca": round(ours / rows["openssl_ca"]["rate"], 3),
         "vs_workers0": round(ours / rows["certsrv_workers0_unix_8"]["rate"], 3),
+        # What any CPython issuer could reach (free storage, policy and HTTP framework), against cfssl; and
+        # what share of that bound the service reaches.
+        "python_ceiling_vs_cfssl_8": round(rows["python_ceiling_unix_8"]["rate"] / cfssl["rate"], 3) if cfssl else None,
+        "vs_python_ceiling_8": round(ours / rows["python_ceiling_unix_8"]["rate"], 3),
     }
     ok_cfssl = ratios["vs_cfssl_unix_8"] is not None and ratios["vs_cfssl_unix_8"] >= TARGET_CFSSL
     ok_openssl = ratios["vs_openssl_ca"] is not None and ratios["vs_openssl_ca"] >= TARGET_OPENSSL
@@ -204,6 +235,9 @@ def run(quick: bool = False) -> dict[str, Any]:
              if cfssl else "cfssl not installed"))
     print(f"  service (unix, 8 clients) vs openssl ca: {ratios['vs_openssl_ca']:.1f}x (target {TARGET_OPENSSL}x) "
           f"{'PASS' if ok_openssl else 'MISS'}; vs --workers 0: {ratios['vs_workers0']:.2f}x")
+    print(f"  the CPython ceiling (no storage, no policy, bare HTTP, {cpus} processes): "
+          + (f"{ratios['python_ceiling_vs_cfssl_8']:.2f}x cfssl; " if cfssl else "")
+          + f"the service reaches {ratios['vs_python_ceiling_8']:.2f}x of it")
     return {"benchmark": "service_issuance", "n": n, "rounds": rounds, "cpus": cpus, "rows": rows, "ratios": ratios,
             "targets": {"vs_cfssl_unix_8": TARGET_CFSSL, "vs_openssl_ca": TARGET_OPENSSL},
             "cfssl_installed": cfssl is not None, "pass": ok_cfssl and ok_openssl}
