@@ -135,8 +135,9 @@ def _raw_sign_fn(a: Authority, csrs: list[bytes]) -> Callable[[int], None]:
     return one
 
 
-def _raw_verify_sign_fn(a: Authority, csrs: list[bytes]) -> Callable[[int], None]:
-    """The ceiling including the request work every CA must do: parse, extract the key, verify, read the SAN."""
+def _raw_verify_sign_fn(a: Authority, csrs: list[bytes], log: _SyncedFile | None = None) -> Callable[[int], None]:
+    """The ceiling including the request work every CA must do: parse, extract the key, verify, read the SAN;
+    with ``log``, the durable floor: each certificate is also appended to ``log`` and synced before it returns."""
     sign = _signer(a)
 
     def one(i: int) -> None:
@@ -145,7 +146,9 @@ def _raw_verify_sign_fn(a: Authority, csrs: list[bytes]) -> Callable[[int], None
         if not csr.is_signature_valid:
             raise AssertionError("bench request does not verify")
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        sign(csr.subject, pub, san)
+        cert = sign(csr.subject, pub, san)
+        if log is not None:
+            log.append(cert.public_bytes(Encoding.DER))
 
     return one
 
@@ -183,21 +186,6 @@ class _SyncedFile:
 
     def close(self) -> None:
         os.close(self.fd)
-
-
-def _raw_durable_fn(a: Authority, csrs: list[bytes], log: _SyncedFile) -> Callable[[int], None]:
-    """``raw_verify`` whose certificate is appended to ``log`` and synced before it returns."""
-    sign = _signer(a)
-
-    def one(i: int) -> None:
-        csr = x509.load_der_x509_csr(csrs[i])
-        pub = csr.public_key()
-        if not csr.is_signature_valid:
-            raise AssertionError("bench request does not verify")
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        log.append(sign(csr.subject, pub, san).public_bytes(Encoding.DER))
-
-    return one
 
 
 class _ScratchTransaction:
@@ -259,7 +247,7 @@ def _measure(a: Authority, csrs: list[bytes], threads: int, rounds: int) -> dict
     n = len(csrs)
     raw_fn, verify_fn = _raw_sign_fn(a, csrs), _raw_verify_sign_fn(a, csrs)
     synced = _SyncedFile(a.home.root / "raw-durable.bin")
-    durable_fn = _raw_durable_fn(a, csrs, synced)
+    durable_fn = _raw_verify_sign_fn(a, csrs, synced)
     committer = a._commit
     scratch = _NoStorage()
     best: dict[str, float] = dict.fromkeys(KINDS, 0.0)
