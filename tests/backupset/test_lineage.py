@@ -122,3 +122,27 @@ def test_a_set_from_before_lineages_is_still_read_and_verified(ca: Any, tmp_path
         assert m.lineage is None
         rep = verify_backup(tmp_path / d, PASSWORD)
         assert rep.ok and rep.authenticated, [str(p) for p in rep.problems]
+
+
+def test_restore_refuses_a_forked_lineage_before_writing_anything(ca: Any, tmp_path: Path) -> None:
+    """Restore verifies each set as verify-backup does (lineage included): a chain whose incremental does not continue
+    its base's lineage is refused in one line, and the target home is never made."""
+    full_and_incremental(ca, tmp_path, PASSWORD, 2, 1)
+    pw = tmp_path / "pw"
+    pw.write_bytes(PASSWORD + b"\n")
+    inc = tmp_path / "i1"
+    doc = _doc(inc)
+    doc["base"]["epoch"] = 7
+    doc["lineage"][0]["epoch"] = 7
+    _write(inc, doc, reseal=True)  # authentic, but generations of another writer's chain
+    target = tmp_path / "restored"
+    r = certsrv("restore", str(tmp_path / "full"), str(inc), "--home", str(target), "--password-file", str(pw))
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "Traceback" not in out
+    line = next(x for x in out.splitlines() if "0xC8000212" in x)
+    assert "JET_errBadLogSignature" in line and "take a full backup" in line
+    assert not target.exists() or not any(target.iterdir())
+    # the unforked full set alone still restores, and the restored CA opens
+    ok = certsrv("restore", str(tmp_path / "full"), "--home", str(target), "--password-file", str(pw), "--force")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert (target / "certsrv.toml").exists()
