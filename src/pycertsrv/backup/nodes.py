@@ -16,6 +16,7 @@ import logging
 import secrets
 from typing import Any
 
+from ..epochs import runs_of
 from ..errors import CertSrvError
 from ..store.claims import node_name as node_name  # the node a backup claim names
 
@@ -42,16 +43,10 @@ def release(store: Any, cid: str, ttl: float) -> None:
 
 
 def lineage_runs(store: Any, low: int, high: int) -> list[dict[str, int]]:
-    """Generations ``low..high`` as runs of one writer lease epoch each (``Generation.epoch``; 0 on SQLite)."""
+    """Generations ``low..high`` as runs of one writer lease epoch each (``Generation.epoch``; 0 on SQLite, and for a
+    generation the store does not list)."""
     epochs = {g.generation: int(getattr(g, "epoch", 0) or 0) for g in store.generations()}
-    runs: list[dict[str, int]] = []
-    for g in range(low, high + 1):
-        e = epochs.get(g, 0)
-        if runs and runs[-1]["epoch"] == e:
-            runs[-1]["gen_high"] = g
-        else:
-            runs.append({"epoch": e, "gen_low": g, "gen_high": g})
-    return runs
+    return [r.to_json() for r in runs_of((g, epochs.get(g, 0)) for g in range(low, high + 1))]
 
 
 __all__ = ["claim", "lineage_runs", "node_name", "release"]

@@ -18,40 +18,14 @@ have none and are not checked.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
+from ..epochs import Run, runs_of
 from ..errors import JET_ERR_BAD_LOG_SIGNATURE
 
 FORK = JET_ERR_BAD_LOG_SIGNATURE
 WHAT_TO_DO = ("take a full backup through the current writer and start a new chain from it; restore only a "
               "chain whose lineage verifies")
-
-
-@dataclass(frozen=True)
-class Run:
-    """Generations ``gen_low..gen_high`` written under lease epoch ``epoch``."""
-
-    epoch: int
-    gen_low: int
-    gen_high: int
-
-    def to_json(self) -> dict[str, int]:
-        """As the manifest stores it."""
-        return {"epoch": self.epoch, "gen_low": self.gen_low, "gen_high": self.gen_high}
-
-
-def runs_of(pairs: Iterable[tuple[int, int]]) -> list[Run]:
-    """``(generation, epoch)`` pairs (any order) as runs of consecutive generations of one epoch."""
-    out: list[Run] = []
-    for gen, epoch in sorted(pairs):
-        last = out[-1] if out else None
-        if last is not None and last.epoch == epoch and last.gen_high + 1 == gen:
-            out[-1] = Run(epoch, last.gen_low, gen)
-        else:
-            out.append(Run(epoch, gen, gen))
-    return out
 
 
 def parse(value: Any) -> list[Run] | None:
