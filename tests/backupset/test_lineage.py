@@ -38,6 +38,21 @@ def _verify_cli(set_dir: Path, pw: Path, *extra: str) -> tuple[int, str]:
     return r.returncode, r.stdout + r.stderr
 
 
+def _forked_chain(ca: Any, tmp_path: Path, fulls: int, incs: int) -> tuple[Path, Path]:
+    """A full set and incrementals; the first incremental resealed (authentic) claiming that its base ended in epoch 7
+    and that it starts in epoch 7: the base beside it ended in epoch 0, so its generations are not that base's
+    continuation. Returns (the password file, that incremental)."""
+    full_and_incremental(ca, tmp_path, PASSWORD, fulls, incs)
+    pw = tmp_path / "pw"
+    pw.write_bytes(PASSWORD + b"\n")
+    inc = tmp_path / "i1"
+    doc = _doc(inc)
+    doc["base"]["epoch"] = 7
+    doc["lineage"][0]["epoch"] = 7
+    _write(inc, doc, reseal=True)
+    return pw, inc
+
+
 def test_sets_record_the_lineage_and_it_verifies(ca: Any, tmp_path: Path) -> None:
     full_and_incremental(ca, tmp_path, PASSWORD, 3, 2)
     full, inc = read_manifest(tmp_path / "full"), read_manifest(tmp_path / "i1")
@@ -54,16 +69,7 @@ def test_sets_record_the_lineage_and_it_verifies(ca: Any, tmp_path: Path) -> Non
 
 
 def test_a_forked_lineage_is_refused_in_one_line(ca: Any, tmp_path: Path) -> None:
-    full_and_incremental(ca, tmp_path, PASSWORD, 2, 2)
-    pw = tmp_path / "pw"
-    pw.write_bytes(PASSWORD + b"\n")
-    inc = tmp_path / "i1"
-    # An authentic (resealed) incremental that claims its base ended in epoch 7 and starts in epoch 7: the base beside
-    # it ended in epoch 0, so these generations are not that base's continuation.
-    doc = _doc(inc)
-    doc["base"]["epoch"] = 7
-    doc["lineage"][0]["epoch"] = 7
-    _write(inc, doc, reseal=True)
+    pw, inc = _forked_chain(ca, tmp_path, 2, 2)
     rep = verify_backup(inc, PASSWORD)
     assert rep.authenticated and not rep.ok
     assert {p.hresult for p in rep.problems} == {JET_ERR_BAD_LOG_SIGNATURE}
@@ -127,14 +133,7 @@ def test_a_set_from_before_lineages_is_still_read_and_verified(ca: Any, tmp_path
 def test_restore_refuses_a_forked_lineage_before_writing_anything(ca: Any, tmp_path: Path) -> None:
     """Restore verifies each set as verify-backup does (lineage included): a chain whose incremental does not continue
     its base's lineage is refused in one line, and the target home is never made."""
-    full_and_incremental(ca, tmp_path, PASSWORD, 2, 1)
-    pw = tmp_path / "pw"
-    pw.write_bytes(PASSWORD + b"\n")
-    inc = tmp_path / "i1"
-    doc = _doc(inc)
-    doc["base"]["epoch"] = 7
-    doc["lineage"][0]["epoch"] = 7
-    _write(inc, doc, reseal=True)  # authentic, but generations of another writer's chain
+    pw, inc = _forked_chain(ca, tmp_path, 2, 1)  # authentic, but generations of another writer's chain
     target = tmp_path / "restored"
     r = certsrv("restore", str(tmp_path / "full"), str(inc), "--home", str(target), "--password-file", str(pw))
     out = r.stdout + r.stderr
