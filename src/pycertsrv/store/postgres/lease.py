@@ -93,12 +93,10 @@ def advertise(cur: Any, lease: Lease, endpoints: Sequence[str]) -> bool:
 READ_SQL = f"SELECT epoch, holder, renewed_us, endpoints, {NOW_US} FROM writer_lease WHERE id = 1"
 
 
-def info(row: Sequence[Any], now_us: int) -> dict[str, Any]:
+def info(row: Sequence[Any]) -> dict[str, Any]:
     """A :data:`READ_SQL` row as ``writer_info``: holder ('' when free), epoch, endpoints, renewed_age_s (None
-    when free)."""
-    epoch, holder, renewed = int(row[0]), str(row[1]), int(row[2])
-    if len(row) > 4 and row[4] is not None:
-        now_us = int(row[4])  # the server's clock (READ_SQL), as the lease was renewed by it
+    when free; by the server's clock, the row's last column, as the lease was renewed by it)."""
+    epoch, holder, renewed, now_us = int(row[0]), str(row[1]), int(row[2]), int(row[4])
     try:
         endpoints = [str(e) for e in json.loads(row[3] or "[]")]
     except (ValueError, TypeError):  # a hand-edited row: name no endpoint rather than fail a refusal

@@ -160,9 +160,9 @@ class PgNode:
 
     def writer_info(self, *, patient: bool = True) -> dict[str, Any]:
         """Who holds the lease now: ``holder`` (``host:pid``, '' when free), ``epoch``, ``endpoints`` (what it
-        advertised), ``renewed_age_s`` (seconds since it renewed, by this node's clock; None when free)."""
+        advertised), ``renewed_age_s`` (seconds since it renewed, by the database server's clock; None when free)."""
         row = self._rows(lease.READ_SQL, patient=patient)[0]
-        info = lease.info(row, logfile.now_us())
+        info = lease.info(row)
         self._seen_epoch = int(info["epoch"])
         return info
 
