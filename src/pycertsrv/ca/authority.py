@@ -278,12 +278,8 @@ class Authority(RequestReader):
         while True:
             n = random_serial()
             text = serial_hex(n)
-            if self._claim(text):
+            if self._serials.claim(text):  # held unless in flight elsewhere or in the database
                 return n, text
-
-    def _claim(self, text: str) -> bool:
-        """Hold serial ``text`` unless another issuance holds it or the database has it (then False)."""
-        return self._serials.claim(text)
 
     def _release_serial(self, text: str) -> None:
         self._serials.release([text])
