@@ -168,12 +168,9 @@ async def read_json(request: web.Request) -> Any:
     what = request.get("operation") or f"{request.method} {request.path}"
     timeout = float(request.app["config"].service.body_timeout)
     try:
-        if request.content.is_eof():
-            # The whole body came with the headers (an issuance's does): nothing to wait for, no timer to arm.
+        # A body that came whole with the headers (an issuance's does) has nothing to wait for: no timer is armed.
+        async with asyncio.timeout(None if request.content.is_eof() else timeout):
             raw = await request.read()
-        else:
-            async with asyncio.timeout(timeout):
-                raw = await request.read()
     except TimeoutError:
         # Slowloris: a body sent slowly or never finished would hold the connection forever.
         log.info("%s %s: request body not received within %gs (service.body_timeout); connection closed",
