@@ -14,7 +14,6 @@ from .state import EngineState
 
 # Serials asked about per statement: below SQLite's parameter limit (999 in builds before 3.32).
 _SERIALS_CHUNK = 500
-_SERIALS_SQL = [f"SELECT serial FROM request WHERE serial IN ({', '.join('?' * n)})" for n in range(_SERIALS_CHUNK + 1)]
 
 
 class Tables(EngineState):
@@ -85,7 +84,8 @@ class Tables(EngineState):
         found: set[str] = set()
         for i in range(0, len(serials), _SERIALS_CHUNK):
             part = serials[i:i + _SERIALS_CHUNK]
-            found.update(r[0] for r in conn.execute(_SERIALS_SQL[len(part)], part).fetchall())
+            sql = f"SELECT serial FROM request WHERE serial IN ({', '.join('?' * len(part))})"
+            found.update(r[0] for r in conn.execute(sql, part).fetchall())
         return frozenset(found)
 
     def max_value(self, table: str, column: str) -> Any:
