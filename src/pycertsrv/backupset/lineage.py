@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..epochs import Run, runs_of
+from ..epochs import Run
 from ..errors import JET_ERR_BAD_LOG_SIGNATURE
 
 FORK = JET_ERR_BAD_LOG_SIGNATURE
@@ -79,4 +79,4 @@ def continuation_problem(base_epoch: Any, runs: list[Run], base_name: str) -> st
     return None
 
 
-__all__ = ["FORK", "WHAT_TO_DO", "Run", "continuation_problem", "last_epoch", "parse", "problems", "runs_of"]
+__all__ = ["FORK", "WHAT_TO_DO", "Run", "continuation_problem", "last_epoch", "parse", "problems"]
